@@ -1,0 +1,319 @@
+"""The `vlfactory` command line: a thin layer over the Python API.
+
+    vlfactory run quickstart
+    vlfactory sql "SELECT source, count(*) FROM problems GROUP BY source"
+    vlfactory --help
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+LAKE_HELP = "Lake folder or ducklake: URI [env VLFACTORY_LAKE; default ./lake]."
+
+
+class UserError(click.ClickException):
+    """One clear line for the user, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.secho(f"error: {self.message}", err=True, fg="red")
+
+
+def friendly(fn):
+    """Turn the errors a user can fix into one line instead of a traceback."""
+    from vlfactory.recipe import RecipeError
+    from vlfactory.stores.lake import LakeError
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (RecipeError, LakeError) as e:
+            raise UserError(str(e)) from None
+    return wrapper
+
+
+def lake_options(fn):
+    fn = click.option("--data-path", envvar="VLFACTORY_DATA_PATH", default=None,
+                      help="Where a new lake's Parquet files go (folder or s3:// URL) [env VLFACTORY_DATA_PATH].")(fn)
+    return click.option("--lake", envvar="VLFACTORY_LAKE", default=None, help=LAKE_HELP)(fn)
+
+
+def open_lake(lake: str | None, data_path: str | None, recipe=None, **kwargs):
+    from vlfactory.stores.lake import Lake
+
+    if lake is None and recipe is not None and recipe.lake.catalog:
+        lake, data_path = recipe.lake.catalog, data_path or recipe.lake.data_path
+    return Lake(lake, data_path=data_path, **kwargs)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="vlfactory")
+def main() -> None:
+    """vlfactory: versioned visual-reasoning datasets in a DuckLake catalog.
+
+    \b
+    Example, the whole main job on the embedded defaults:
+        vlfactory run quickstart
+        vlfactory sql "SELECT source, split, count(*) FROM problems GROUP BY ALL"
+    """
+
+
+# ---- ingest / run --------------------------------------------------------------
+
+STAGES = ("ingest",)
+
+
+@main.command()
+@click.argument("recipe")
+@lake_options
+@click.option("--limit", type=int, default=None, help="Read at most N rows per source.")
+@friendly
+def ingest(recipe: str, lake: str | None, data_path: str | None, limit: int | None) -> None:
+    """Ingest a recipe's sources into the lake.
+
+    \b
+    Example:
+        vlfactory ingest recipes/tabmwp.yaml --lake ./lake
+    """
+    _run(recipe, lake, data_path, ["ingest"], limit)
+
+
+@main.command()
+@click.argument("recipe")
+@lake_options
+@click.option("--stage", type=click.Choice(STAGES), default=None, help="Run only this stage.")
+@click.option("--limit", type=int, default=None, help="Work on the first N problems (rows per source for ingest).")
+@friendly
+def run(recipe: str, lake: str | None, data_path: str | None, stage: str | None, limit: int | None) -> None:
+    """Run a recipe's stages in order (today: ingest).
+
+    RECIPE is a YAML file or the name of a shipped recipe (quickstart, tabmwp, dynamath).
+
+    \b
+    Example:
+        vlfactory run quickstart
+        vlfactory run recipes/tabmwp.yaml --stage ingest --limit 100
+    """
+    _run(recipe, lake, data_path, [stage] if stage else list(STAGES), limit)
+
+
+def _run(recipe_ref: str, lake_spec, data_path, stages: list[str], limit: int | None) -> None:
+    from rich.console import Console
+
+    from vlfactory.ingest import ingest as ingest_stage
+    from vlfactory.recipe import load_recipe
+
+    console = Console(stderr=True)
+    recipe = load_recipe(recipe_ref)
+    if limit is not None:
+        for src in recipe.sources:
+            src.limit = limit if src.limit is None else min(src.limit, limit)
+            src.n = min(src.n, limit)
+    with open_lake(lake_spec, data_path, recipe) as lake:
+        console.print(f"lake: {lake.spec.display}")
+        lake.start_run("run " + ",".join(stages), recipe.text, recipe.name, " ".join(sys.argv[1:]))
+        counts: dict[str, int] = {}
+        t0 = time.perf_counter()
+        try:
+            if "ingest" in stages:
+                with _progress(console) as factory:
+                    tallies = ingest_stage(lake, recipe, progress_factory=factory)
+                for t in tallies:
+                    console.print(t.line())
+                    counts |= {f"{t.source}.read": t.read, f"{t.source}.ingested": t.ingested,
+                               f"{t.source}.present": t.present, f"{t.source}.rejected": t.n_rejected}
+                if tallies and all(t.ingested == 0 and t.n_rejected == 0 for t in tallies):
+                    console.print("nothing new: every row is already in the lake")
+        except KeyboardInterrupt:
+            lake.end_run("interrupted", counts)
+            raise
+        except Exception as e:
+            lake.end_run("failed", counts, error=f"{type(e).__name__}: {e}")
+            raise
+        lake.end_run("ok", counts)
+        console.print(f"done in {time.perf_counter() - t0:.1f}s; snapshot {lake.current_snapshot()} "
+                      f"(name it with `vlfactory tag NAME`)")
+
+
+def _progress(console):
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextlib.contextmanager
+    def cm():
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True, disable=not console.is_terminal) as bar:
+            def factory(name: str, total: int | None):
+                task = bar.add_task(f"ingest {name}", total=total)
+                return lambda n: bar.advance(task, n)
+            yield factory
+    return cm()
+
+
+# ---- inspection ------------------------------------------------------------------
+
+@main.command()
+@click.argument("query")
+@lake_options
+@click.option("--at", "at", default=None, help="Read every table at this version (tag or snapshot id).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write to a file (required for parquet).")
+@click.option("--max-width", type=int, default=60, help="Truncate cells to this many characters (table format).")
+@friendly
+def sql(query: str, lake: str | None, data_path: str | None, at: str | None, fmt: str, output: str | None,
+        max_width: int) -> None:
+    """Run a read-only SQL query against the lake.
+
+    A table at a version is written TABLE@VERSION (a tag or a snapshot id).
+
+    \b
+    Examples:
+        vlfactory sql "SELECT source, count(*) FROM problems GROUP BY source"
+        vlfactory sql "SELECT count(*) FROM problems@iter1"
+        vlfactory sql "SELECT * FROM rejected" --format csv -o rejected.csv
+    """
+    with open_lake(lake, data_path, read_only=True, at=at) as lk:
+        rel = lk.query(query)
+        if fmt == "parquet":
+            if not output:
+                raise UserError("--format parquet needs --output FILE")
+            import pyarrow.parquet as pq
+
+            pq.write_table(rel.fetch_arrow_table(), output)
+            click.echo(f"wrote {output}", err=True)
+            return
+        if fmt == "csv":
+            import csv
+            import io
+
+            buf = io.StringIO()
+            writer = csv.writer(buf)
+            writer.writerow(rel.columns)
+            writer.writerows([[_plain(v) for v in row] for row in rel.fetchall()])
+            _emit(buf.getvalue(), output)
+        elif fmt == "json":
+            rows = [dict(zip(rel.columns, (_plain(v) for v in row))) for row in rel.fetchall()]
+            _emit("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows), output)
+        else:
+            _print_table(rel.columns, rel.fetchall(), max_width, output)
+
+
+def _plain(v):
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return f"<{len(v)} bytes>"
+    return v
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output:
+        Path(output).write_text(text)
+    else:
+        click.echo(text, nl=False)
+
+
+def _print_table(columns, rows, max_width: int, output: str | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False, header_style="bold")
+    for c in columns:
+        table.add_column(str(c), overflow="fold")
+    for row in rows:
+        cells = []
+        for v in row:
+            s = "NULL" if v is None else str(_plain(v))
+            cells.append(s if len(s) <= max_width else s[: max_width - 1] + "…")
+        table.add_row(*cells)
+    console = Console(file=open(output, "w") if output else None, width=None if output is None else 200)
+    console.print(table)
+    console.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}", style="dim")
+
+
+@main.command()
+@lake_options
+@click.option("--last", type=int, default=20, show_default=True, help="Show the last N snapshots.")
+@friendly
+def versions(lake: str | None, data_path: str | None, last: int) -> None:
+    """List snapshots with tags, the run that wrote them, and row counts.
+
+    \b
+    Example:
+        vlfactory versions --last 10
+    """
+    with open_lake(lake, data_path) as lk:
+        rows, counted = [], ("images", "problems", "captions", "traces", "rollouts", "rejected")
+        tags: dict[int, list[str]] = {}
+        for name, snap in lk.tags().items():
+            tags.setdefault(snap, []).append(name)
+        commands = dict(lk.con.execute("SELECT run_id, command FROM lake.runs").fetchall())
+        for s in lk.snapshots()[-last:]:
+            extra = json.loads(s["commit_extra_info"]) if s["commit_extra_info"] else {}
+            run_id = extra.get("run_id")
+            counts = " ".join(f"{t}={lk.count(t, s['snapshot_id'])}" for t in counted if _has(lk, t, s["snapshot_id"]))
+            rows.append((s["snapshot_id"], ",".join(tags.get(s["snapshot_id"], [])),
+                         s["snapshot_time"].strftime("%Y-%m-%d %H:%M:%S"),
+                         f"{commands.get(run_id, '')} {run_id or ''}".strip(), s["commit_message"] or "", counts))
+        _print_table(["snapshot", "tags", "time (UTC)", "run", "message", "rows"], rows, 200)
+
+
+def _has(lk, table: str, snap: int) -> bool:
+    try:
+        lk.count(table, snap)
+        return True
+    except Exception:
+        return False
+
+
+@main.command()
+@click.argument("a")
+@click.argument("b", default="latest")
+@lake_options
+@friendly
+def diff(a: str, b: str, lake: str | None, data_path: str | None) -> None:
+    """Rows added and removed per table between versions A and B.
+
+    \b
+    Example:
+        vlfactory diff iter1 iter2
+        vlfactory diff 12          # from snapshot 12 to the latest
+    """
+    with open_lake(lake, data_path) as lk:
+        sa, sb = lk.resolve(a), lk.resolve(b)
+        rows = [(t, f"+{d['added']}", f"-{d['removed']}") for t, d in lk.diff(sa, sb).items()
+                if d["added"] or d["removed"]]
+        click.echo(f"{a} (snapshot {sa}) -> {b} (snapshot {sb})")
+        _print_table(["table", "added", "removed"], rows, 80)
+
+
+@main.command()
+@click.argument("name")
+@lake_options
+@click.option("--at", "at", default=None, help="Tag this version instead of the latest snapshot.")
+@click.option("--note", default=None, help="A note stored with the tag.")
+@click.option("--force", is_flag=True, help="Move an existing tag.")
+@friendly
+def tag(name: str, lake: str | None, data_path: str | None, at: str | None, note: str | None, force: bool) -> None:
+    """Name the current snapshot (or --at VERSION), e.g. iter1.
+
+    \b
+    Example:
+        vlfactory tag iter1
+        vlfactory sql "SELECT count(*) FROM problems@iter1"
+    """
+    with open_lake(lake, data_path) as lk:
+        snap = lk.tag(name, at, note=note, force=force)
+        click.echo(f"{name} -> snapshot {snap}")
+
+
+if __name__ == "__main__":
+    main()

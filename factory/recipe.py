@@ -1,0 +1,243 @@
+"""Recipes: YAML files parsed into typed configs.
+
+A recipe says where the lake is, which sources to ingest (and which benchmark
+sources to keep out of the training data), and how each later stage runs.
+Unknown keys and impossible values fail at load time with one line naming the
+key and the fix, before anything is written:
+
+    from vlfactory.recipe import load_recipe
+    recipe = load_recipe("recipes/quickstart.yaml")
+
+Relative paths inside a recipe are relative to the recipe file. A recipe name
+without a path (`quickstart`) is looked up among the recipes shipped with the
+package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FORMATS = ("hf", "parquet", "jsonl", "json", "imagefolder", "synthetic")
+COLUMN_KEYS = ("question", "answer", "image", "choices", "caption", "id", "split")
+SECRET_KEYS = ("api_key", "token", "hf_token", "password", "secret")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message names the key and the fix."""
+
+
+@dataclass
+class Source:
+    """One dataset mapped onto the factory's schema."""
+
+    name: str
+    format: str
+    path: str | None = None           # file, folder, glob, or `datasets` path (hf)
+    columns: dict[str, str | None] = field(default_factory=dict)  # schema column -> source column or "{template}"
+    images_root: str | None = None    # base for relative image paths (default: the data file's folder)
+    split: str = "train"              # stored split; for hf also the split loaded
+    limit: int | None = None          # read at most this many rows
+    # hf only
+    subset: str | None = None         # the `name` argument of load_dataset
+    data_dir: str | None = None
+    data_files: str | list[str] | None = None
+    revision: str | None = None
+    # synthetic only
+    n: int = 200
+    seed: int = 0
+    kinds: list[str] | None = None
+    license: str | None = None        # carried to dataset cards
+
+
+@dataclass
+class LakeConfig:
+    catalog: str | None = None        # a folder or a ducklake: URI
+    data_path: str | None = None
+
+
+@dataclass
+class Recipe:
+    name: str
+    sources: list[Source]
+    benchmarks: list[Source] = field(default_factory=list)
+    lake: LakeConfig = field(default_factory=LakeConfig)
+    decontaminate_by: list[str] = field(default_factory=lambda: ["image", "question"])
+    batch_rows: int = 1000            # rows per catalog commit during ingest
+    description: str | None = None
+    # filled by load_recipe
+    text: str = field(default="", repr=False, metadata={"internal": True})
+    path: str | None = field(default=None, metadata={"internal": True})
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
+
+def shipped_recipes() -> Path:
+    import vlfactory.recipes
+
+    return Path(vlfactory.recipes.__file__).parent
+
+
+def find_recipe(ref: str | Path) -> Path:
+    """A recipe path, or the name of a recipe shipped with the package."""
+    path = Path(ref)
+    if path.exists():
+        return path
+    for candidate in (shipped_recipes() / f"{ref}.yaml", shipped_recipes() / str(ref)):
+        if candidate.is_file():
+            return candidate
+    raise RecipeError(f"recipe not found: {ref} (a YAML file path, or one of: "
+                      f"{', '.join(sorted(p.stem for p in shipped_recipes().glob('*.yaml')))})")
+
+
+def load_recipe(ref: str | Path) -> Recipe:
+    path = find_recipe(ref)
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    return parse_recipe(raw, text=text, base=path.parent, path=str(path))
+
+
+def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: str | None = None) -> Recipe:
+    where = path or "recipe"
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: a recipe is a YAML mapping with at least `sources:`")
+    _no_secrets(raw, where)
+    raw = dict(raw)
+    raw.setdefault("name", Path(path).stem if path else "recipe")
+    if isinstance(raw.get("lake"), str):
+        raw["lake"] = {"catalog": raw["lake"]}
+    recipe = _build(Recipe, raw, where)
+    recipe.text, recipe.path = text, path
+    base = base or Path.cwd()
+    names = set()
+    for group, sources in (("sources", recipe.sources), ("benchmarks", recipe.benchmarks)):
+        for i, src in enumerate(sources):
+            _check_source(src, f"{where}: {group}[{i}] ({src.name})", base)
+            if src.name in names:
+                raise RecipeError(f"{where}: {group}[{i}]: source name {src.name!r} is used twice; names must be unique")
+            names.add(src.name)
+    if not recipe.sources:
+        raise RecipeError(f"{where}: `sources:` is empty; list at least one source")
+    bad = set(recipe.decontaminate_by) - {"image", "question"}
+    if bad:
+        raise RecipeError(f"{where}: decontaminate_by: unknown {sorted(bad)}; use image and/or question")
+    if recipe.lake.catalog and not recipe.lake.catalog.startswith("ducklake:"):
+        recipe.lake.catalog = str((base / recipe.lake.catalog).resolve())
+    return recipe
+
+
+def _check_source(src: Source, where: str, base: Path) -> None:
+    if src.format not in FORMATS:
+        raise RecipeError(f"{where}: format: {src.format!r} is not one of {', '.join(FORMATS)}")
+    unknown = set(src.columns) - set(COLUMN_KEYS)
+    if unknown:
+        key = sorted(unknown)[0]
+        raise RecipeError(f"{where}: columns.{key}: unknown schema column{_hint(key, COLUMN_KEYS)} "
+                          f"(map any of {', '.join(COLUMN_KEYS)})")
+    if src.format == "synthetic":
+        if src.n < 1:
+            raise RecipeError(f"{where}: n: must be at least 1")
+        return
+    if not src.path:
+        raise RecipeError(f"{where}: path: missing (the {src.format} data to read)")
+    if src.limit is not None and src.limit < 0:
+        raise RecipeError(f"{where}: limit: must be >= 0")
+    local = _local(src.path, base)
+    if src.format == "hf":
+        # A hub id (org/name) is not a local path; a local folder or file is.
+        if local.exists():
+            src.path = str(local)
+    else:
+        if not any(ch in src.path for ch in "*?[") and not local.exists():
+            raise RecipeError(f"{where}: path: {local} does not exist")
+        src.path = str(local)
+    if src.images_root:
+        root = _local(src.images_root, base)
+        if not root.is_dir():
+            raise RecipeError(f"{where}: images_root: {root} is not a folder")
+        src.images_root = str(root)
+
+
+def _local(p: str, base: Path) -> Path:
+    path = Path(p).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _no_secrets(raw: Any, where: str, trail: str = "") -> None:
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            if str(k).lower() in SECRET_KEYS:
+                raise RecipeError(f"{where}: {trail}{k}: secrets do not belong in recipes (they are stored in the "
+                                  f"catalog); put it in an environment variable and name that variable instead")
+            _no_secrets(v, where, f"{trail}{k}.")
+    elif isinstance(raw, list):
+        for i, v in enumerate(raw):
+            _no_secrets(v, where, f"{trail}{i}.")
+
+
+def _hint(key: str, options) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _build(cls, raw: Any, where: str):
+    """Build a dataclass from a mapping, checking keys and simple types."""
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: expected a mapping for {cls.__name__}, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise RecipeError(f"{where}: {key}: unknown key{_hint(str(key), fields)}; "
+                              f"known keys: {', '.join(fields)}")
+        kwargs[key] = _coerce(hints[key], value, f"{where}: {key}")
+    missing = [n for n, f in fields.items() if n not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise RecipeError(f"{where}: {missing[0]}: missing (required for {cls.__name__.lower()})")
+    return cls(**kwargs)
+
+
+def _coerce(tp, value: Any, where: str):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, where)
+            except RecipeError as e:
+                errors.append(str(e))
+        raise RecipeError(errors[0])
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecipeError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (str, int, float, bool) and (type(value) is not tp):
+        raise RecipeError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value

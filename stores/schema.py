@@ -1,0 +1,97 @@
+"""The catalog's tables, as recorded migrations.
+
+Tables and columns are part of the user interface: users query them with SQL
+(`vlfactory sql`), so columns are added, never renamed. Each migration is a
+small function applied once, in order, inside one transaction, and recorded in
+`schema_migrations`; an old lake opened by a newer vlfactory gets the missing
+ones applied. The Arrow schemas mirror the DDL so writers build batches that
+insert without casts.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# ---- Arrow schemas of the rows the factory writes --------------------------
+
+IMAGES = pa.schema([
+    ("image_id", pa.string()),      # SHA-256 hex of the original bytes
+    ("bytes", pa.binary()),         # the original file, byte-exact
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("format", pa.string()),        # PIL format name: PNG, JPEG, ...
+    ("n_bytes", pa.int64()),
+    ("run_id", pa.string()),
+])
+
+PROBLEMS = pa.schema([
+    ("problem_id", pa.string()),    # hash of (image_id, question, answer)
+    ("source", pa.string()),        # the recipe's source name
+    ("source_id", pa.string()),     # the row's id in its source
+    ("split", pa.string()),
+    ("question", pa.string()),
+    ("answer", pa.string()),
+    ("choices", pa.list_(pa.string())),
+    ("image_id", pa.string()),
+    ("caption", pa.string()),       # ground-truth caption from the source, if any
+    ("run_id", pa.string()),
+])
+
+REJECTED = pa.schema([
+    ("rejected_id", pa.string()),   # stable: a rerun that rejects the same row adds nothing
+    ("stage", pa.string()),         # ingest, caption, distil, verify, ...
+    ("reason", pa.string()),        # short machine-readable reason: missing_answer, bad_image, ...
+    ("detail", pa.string()),        # one human line: what and where
+    ("ref_id", pa.string()),        # what was rejected: a source row, a problem, a request key
+    ("source", pa.string()),
+    ("payload", pa.string()),       # the rejected row as JSON (image bytes left out)
+    ("run_id", pa.string()),
+])
+
+RUNS_DDL = """
+CREATE TABLE {db}.runs (
+    run_id VARCHAR, command VARCHAR, recipe_name VARCHAR, recipe VARCHAR,
+    recipe_hash VARCHAR, versions MAP(VARCHAR, VARCHAR), argv VARCHAR,
+    started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ, status VARCHAR, error VARCHAR,
+    counts MAP(VARCHAR, BIGINT), snapshot_start BIGINT, snapshot_end BIGINT)
+"""
+
+
+def _ddl(schema: pa.Schema) -> str:
+    import duckdb
+
+    # DuckDB infers the SQL types from an empty Arrow table of the schema.
+    empty = schema.empty_table()  # noqa: F841 (read by the query below)
+    rel = duckdb.sql("SELECT * FROM empty")
+    return ", ".join(f'"{n}" {t}' for n, t in zip(rel.columns, rel.types))
+
+
+def _m001_initial(con, db: str) -> None:
+    now = "created_at TIMESTAMPTZ DEFAULT now()"
+    con.execute(f"CREATE TABLE {db}.images ({_ddl(IMAGES)})")
+    con.execute(f"CREATE TABLE {db}.problems ({_ddl(PROBLEMS)})")
+    con.execute(f"CREATE TABLE {db}.rejected ({_ddl(REJECTED)})")
+    con.execute(RUNS_DDL.format(db=db))
+    con.execute(f"""CREATE TABLE {db}.tags (
+        name VARCHAR, snapshot_id BIGINT, run_id VARCHAR, note VARCHAR, {now})""")
+    con.execute(f"""CREATE TABLE {db}.captions (
+        caption_id VARCHAR, problem_id VARCHAR, image_id VARCHAR, model VARCHAR,
+        caption VARCHAR, origin VARCHAR, prompt_hash VARCHAR, request_key VARCHAR,
+        prompt_tokens BIGINT, completion_tokens BIGINT, finish_reason VARCHAR,
+        latency_s DOUBLE, run_id VARCHAR, {now})""")
+    sampled = """sample_index INTEGER, model VARCHAR, prompt_hash VARCHAR,
+        completion VARCHAR, reasoning VARCHAR, answer VARCHAR,
+        prompt_tokens BIGINT, completion_tokens BIGINT, finish_reason VARCHAR,
+        temperature DOUBLE, top_p DOUBLE, max_tokens INTEGER, seed BIGINT,
+        request_key VARCHAR, latency_s DOUBLE, run_id VARCHAR"""
+    con.execute(f"CREATE TABLE {db}.traces (trace_id VARCHAR, problem_id VARCHAR, {sampled}, {now})")
+    con.execute(f"""CREATE TABLE {db}.rollouts (rollout_id VARCHAR, problem_id VARCHAR, {sampled},
+        correct BOOLEAN, grade_reason VARCHAR, {now})""")
+
+
+# (version, name, function): append only; never edit an applied migration.
+MIGRATIONS = [
+    (1, "initial tables", _m001_initial),
+]
+
+TABLES = ("images", "problems", "captions", "traces", "rollouts", "rejected", "runs", "tags")
