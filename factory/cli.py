@@ -110,6 +110,7 @@ def _run(recipe_ref: str, lake_spec, data_path, stages: list[str], limit: int | 
     from rich.console import Console
 
     from vlfactory.ingest import ingest as ingest_stage
+    from vlfactory.ingest import preflight
     from vlfactory.recipe import load_recipe
 
     console = Console(stderr=True)
@@ -118,6 +119,8 @@ def _run(recipe_ref: str, lake_spec, data_path, stages: list[str], limit: int | 
         for src in recipe.sources:
             src.limit = limit if src.limit is None else min(src.limit, limit)
             src.n = min(src.n, limit)
+    if "ingest" in stages:
+        preflight(recipe)
     with open_lake(lake_spec, data_path, recipe) as lake:
         console.print(f"lake: {lake.spec.display}")
         lake.start_run("run " + ",".join(stages), recipe.text, recipe.name, " ".join(sys.argv[1:]))

@@ -216,6 +216,14 @@ def check_columns(src: Source, first: dict) -> None:
                                   f"(columns: {cols}); map it under `columns:`")
 
 
+def preflight(recipe: Recipe) -> None:
+    """Read each source's first row and check the mapping, before anything is written."""
+    for src in recipe.sources + recipe.benchmarks:
+        first = next(read_source(src), None)
+        if first is not None:
+            check_columns(src, first)
+
+
 def map_row(src: Source, mapping: dict[str, str | None], raw: dict, index: int) -> Row:
     if "_bad" in raw:
         raise Reject("bad_row", raw["_bad"])
