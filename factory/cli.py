@@ -192,7 +192,7 @@ def sql(query: str, lake: str | None, data_path: str | None, at: str | None, fmt
                 raise UserError("--format parquet needs --output FILE")
             import pyarrow.parquet as pq
 
-            pq.write_table(rel.fetch_arrow_table(), output)
+            pq.write_table(rel.to_arrow_table(), output)
             click.echo(f"wrote {output}", err=True)
             return
         if fmt == "csv":

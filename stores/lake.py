@@ -39,6 +39,7 @@ from vlfactory.stores import schema
 
 DB = "lake"
 DEFAULT_LAKE = "./lake"
+TAG_COMMIT = "tag "  # commit-message prefix of snapshots that only record a tag
 
 
 class LakeError(Exception):
@@ -229,6 +230,13 @@ class Lake:
     def current_snapshot(self) -> int:
         return self.con.execute(f"SELECT id FROM {DB}.current_snapshot()").fetchone()[0]
 
+    def data_snapshot(self) -> int:
+        """The latest snapshot, not counting the ones that only wrote tags."""
+        row = self.con.execute(f"""SELECT max(snapshot_id) FROM {DB}.snapshots()
+                                   WHERE commit_message IS NULL OR NOT starts_with(commit_message, ?)""",
+                               [TAG_COMMIT]).fetchone()
+        return row[0]
+
     def tags(self) -> dict[str, int]:
         rows = self.con.execute(f"""SELECT name, arg_max(snapshot_id, created_at) FROM {DB}.tags GROUP BY name""").fetchall()
         return dict(rows)
@@ -254,12 +262,12 @@ class Lake:
         """Name a snapshot (the current one by default)."""
         if not re.fullmatch(r"[A-Za-z][\w.-]*", name) or name == "latest":
             raise LakeError(f"bad tag name {name!r}: use letters, digits, '_', '-', '.', starting with a letter")
-        snap = self.resolve(version) if version is not None else self.current_snapshot()
+        snap = self.resolve(version) if version is not None else self.data_snapshot()
         old = self.tags().get(name)
         if old is not None and old != snap and not force:
             raise LakeError(f"tag {name!r} already names snapshot {old}; pass --force to move it to {snap}")
         if old != snap:
-            with self.transaction(f"tag {name} -> {snap}"):
+            with self.transaction(f"{TAG_COMMIT}{name} -> {snap}"):
                 self.con.execute(f"INSERT INTO {DB}.tags (name, snapshot_id, run_id, note) VALUES (?, ?, ?, ?)",
                                  [name, snap, self.run_id, note])
         return snap
@@ -280,9 +288,11 @@ class Lake:
             if name not in tables:
                 raise LakeError(f"unknown table {name!r} in {name}@{version}; tables: {', '.join(sorted(tables))}")
             at = f" AT (VERSION => {self.resolve(version)})"
-            if alias and alias.split()[-1].upper() in keywords:
+            word = alias.split()[-1] if alias else ""
+            if word.upper() in keywords:
                 return f"{DB}.{name}{at}{alias}"  # the next word is SQL, not an alias
-            return f"{DB}.{name}{alias}{at}"  # DuckDB wants the alias before AT
+            # DuckDB wants a bare alias before AT: `lake.t x AT (...)`
+            return f"{DB}.{name}{' ' + word if word else ''}{at}"
 
         pattern = re.compile(r"(?<![\w.\"])([A-Za-z_]\w*)@([A-Za-z0-9][\w.-]*)((?:\s+AS)?\s+[A-Za-z_]\w*)?", re.I)
         return "".join(pattern.sub(sub, sql[a:b]) if code else sql[a:b] for a, b, code in _code_spans(sql))
@@ -394,8 +404,12 @@ _KEYWORDS: set[str] = set()
 
 
 def _keywords(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Words that can follow a table reference but are not an alias."""
     if not _KEYWORDS:
-        _KEYWORDS.update(r[0].upper() for r in con.execute("SELECT keyword_name FROM duckdb_keywords()").fetchall())
+        rows = con.execute("""SELECT keyword_name FROM duckdb_keywords()
+                              WHERE keyword_category IN ('reserved', 'type_function')""").fetchall()
+        _KEYWORDS.update(r[0].upper() for r in rows)
+        _KEYWORDS.update(("SAMPLE", "PIVOT", "UNPIVOT"))
     return _KEYWORDS
 
 
