@@ -71,7 +71,8 @@ class Recipe:
     benchmarks: list[Source] = field(default_factory=list)
     lake: LakeConfig = field(default_factory=LakeConfig)
     decontaminate_by: list[str] = field(default_factory=lambda: ["image", "question"])
-    batch_rows: int = 1000            # rows per catalog commit during ingest
+    batch_rows: int = 500             # rows per catalog commit during ingest
+    full_decode: bool = False         # inflate every pixel when checking images (default: verify every byte)
     description: str | None = None
     # filled by load_recipe
     text: str = field(default="", repr=False, metadata={"internal": True})

@@ -89,9 +89,15 @@ def _m001_initial(con, db: str) -> None:
         correct BOOLEAN, grade_reason VARCHAR, {now})""")
 
 
+def _m002_images_uncompressed(con, db: str) -> None:
+    # Image files are already compressed: compressing them again costs time and saves nothing.
+    con.execute(f"CALL {db}.set_option('parquet_compression', 'uncompressed', table_name => 'images')")
+
+
 # (version, name, function): append only; never edit an applied migration.
 MIGRATIONS = [
     (1, "initial tables", _m001_initial),
+    (2, "store image bytes uncompressed", _m002_images_uncompressed),
 ]
 
 TABLES = ("images", "problems", "captions", "traces", "rollouts", "rejected", "runs", "tags")
