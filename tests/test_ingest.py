@@ -85,6 +85,14 @@ def test_bad_rows_are_rejected_with_reasons(cli, lake_dir, tmp_path):
     good = (img / "good1.png").read_bytes()
     (img / "truncated.png").write_bytes(good[: len(good) // 2])
     (img / "garbage.png").write_bytes(b"this is not an image at all")
+    # a flipped bit in the middle of the pixel data: the file's structure is intact, its CRC is not
+    import os as _os
+    from PIL import Image
+
+    Image.frombytes("RGB", (64, 64), _os.urandom(64 * 64 * 3)).save(img / "noise.png")
+    noisy = bytearray((img / "noise.png").read_bytes())
+    noisy[len(noisy) // 2] ^= 0x10
+    (img / "flipped.png").write_bytes(bytes(noisy))
     lines = [
         {"id": "a", "q": "How many?", "a": "3", "img": "good1.png"},
         {"id": "b", "q": "How many blue?", "a": "4", "img": "good2.png"},
@@ -95,6 +103,7 @@ def test_bad_rows_are_rejected_with_reasons(cli, lake_dir, tmp_path):
         {"id": "g", "q": "   ", "a": "2", "img": "good1.png"},
         {"id": "h", "q": "How many?", "a": "3", "img": "good1.png"},  # duplicate of a
         {"id": "i", "q": "Null answer", "a": None, "img": "good2.png"},
+        {"id": "j", "q": "Flipped bit?", "a": "1", "img": "flipped.png"},
     ]
     data = tmp_path / "rows.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in lines) + "\n{not json\n")
@@ -108,13 +117,13 @@ sources:
     columns: {{question: q, answer: a, image: img, id: id}}
 """)
     out = cli("ingest", recipe).output
-    assert "read 10 = ingested 2 + already in lake 0 + rejected 8" in out
+    assert "read 11 = ingested 2 + already in lake 0 + rejected 9" in out
     with Lake(lake_dir) as lake:
         got = dict(lake.query("SELECT ref_id, reason FROM rejected").fetchall())
         details = dict(lake.query("SELECT ref_id, detail FROM rejected").fetchall())
         payload = json.loads(lake.query("SELECT payload FROM rejected WHERE ref_id = 'mixed:f'").fetchone()[0])
         assert sorted(r[0] for r in lake.query("SELECT source_id FROM problems").fetchall()) == ["a", "b"]
-    assert got["mixed:c"] == got["mixed:d"] == "bad_image"
+    assert got["mixed:c"] == got["mixed:d"] == got["mixed:j"] == "bad_image"
     assert got["mixed:e"] == "missing_image" and "nope.png" in details["mixed:e"]
     assert got["mixed:f"] == got["mixed:i"] == "missing_answer"
     assert got["mixed:g"] == "empty_question"
@@ -124,7 +133,7 @@ sources:
     out = cli("ingest", recipe).output
     assert "ingested 0 + already in lake 2" in out
     with Lake(lake_dir) as lake:
-        assert lake.count("rejected") == 8
+        assert lake.count("rejected") == 9
 
 
 def test_decontamination_against_benchmarks(cli, lake_dir, tmp_path, shared_data):
