@@ -262,10 +262,11 @@ def versions(lake: str | None, data_path: str | None, last: int) -> None:
         for s in lk.snapshots()[-last:]:
             extra = json.loads(s["commit_extra_info"]) if s["commit_extra_info"] else {}
             run_id = extra.get("run_id")
-            counts = " ".join(f"{t}={lk.count(t, s['snapshot_id'])}" for t in counted if _has(lk, t, s["snapshot_id"]))
-            rows.append((s["snapshot_id"], ",".join(tags.get(s["snapshot_id"], [])),
-                         s["snapshot_time"].strftime("%Y-%m-%d %H:%M:%S"),
-                         f"{commands.get(run_id, '')} {run_id or ''}".strip(), s["commit_message"] or "", counts))
+            snap = s["snapshot_id"]
+            counts = {t: lk.count(t, snap) for t in counted if _has(lk, t, snap)}
+            rows.append((snap, ",".join(tags.get(snap, [])), s["snapshot_time"].strftime("%m-%d %H:%M:%S"),
+                         f"{commands.get(run_id, '')} {(run_id or '')[:8]}".strip(), s["commit_message"] or "",
+                         " ".join(f"{t}={n}" for t, n in counts.items() if n)))
         _print_table(["snapshot", "tags", "time (UTC)", "run", "message", "rows"], rows, 200)
 
 
