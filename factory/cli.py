@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import sys
 import time
@@ -69,7 +70,7 @@ def main() -> None:
 
 # ---- ingest / run --------------------------------------------------------------
 
-STAGES = ("ingest",)
+STAGES = ("ingest", "caption", "distil")
 
 
 @main.command()
@@ -94,7 +95,7 @@ def ingest(recipe: str, lake: str | None, data_path: str | None, limit: int | No
 @click.option("--limit", type=int, default=None, help="Work on the first N problems (rows per source for ingest).")
 @friendly
 def run(recipe: str, lake: str | None, data_path: str | None, stage: str | None, limit: int | None) -> None:
-    """Run a recipe's stages in order (today: ingest).
+    """Run a recipe's stages in order: ingest, caption, distil.
 
     RECIPE is a YAML file or the name of a shipped recipe (quickstart, tabmwp, dynamath).
 
@@ -125,6 +126,7 @@ def _run(recipe_ref: str, lake_spec, data_path, stages: list[str], limit: int | 
         console.print(f"lake: {lake.spec.display}")
         lake.start_run("run " + ",".join(stages), recipe.text, recipe.name, " ".join(sys.argv[1:]))
         counts: dict[str, int] = {}
+        summaries = []
         t0 = time.perf_counter()
         try:
             if "ingest" in stages:
@@ -136,6 +138,16 @@ def _run(recipe_ref: str, lake_spec, data_path, stages: list[str], limit: int | 
                                f"{t.source}.present": t.present, f"{t.source}.rejected": t.n_rejected}
                 if tallies and all(t.ingested == 0 and t.n_rejected == 0 for t in tallies):
                     console.print("nothing new: every row is already in the lake")
+            for name in ("caption", "distil"):
+                if name not in stages:
+                    continue
+                module = importlib.import_module(f"vlfactory.{name}")
+                with _generation_progress(console, name) as progress:
+                    stats = module.run(lake, recipe, limit=limit, progress=progress)
+                summaries.append(stats)
+                console.print(stats.line())
+                counts |= {f"{name}.{k}": getattr(stats, k) for k in
+                           ("samples", "cached", "done", "failed", "requested", "prompt_tokens", "completion_tokens")}
         except KeyboardInterrupt:
             lake.end_run("interrupted", counts)
             raise
@@ -143,8 +155,38 @@ def _run(recipe_ref: str, lake_spec, data_path, stages: list[str], limit: int | 
             lake.end_run("failed", counts, error=f"{type(e).__name__}: {e}")
             raise
         lake.end_run("ok", counts)
+        failed = sum(s.failed for s in summaries)
+        if failed:
+            console.print(f"[yellow]{failed} requests failed after retries: see `vlfactory sql \"SELECT * FROM "
+                          f"rejected WHERE reason = 'request_failed'\"`; rerun to retry them[/]")
         console.print(f"done in {time.perf_counter() - t0:.1f}s; snapshot {lake.current_snapshot()} "
                       f"(name it with `vlfactory tag NAME`)")
+
+
+def _generation_progress(console, name: str):
+    """A bar per generation stage: done/total, requests/s, tokens/s, cache hits, failures, ETA."""
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    @contextlib.contextmanager
+    def cm():
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+            task = bar.add_task(name, total=None, rate="")
+            start = time.perf_counter()
+            received = 0
+
+            def progress(stats, n: int) -> None:
+                nonlocal received
+                received += n
+                dt = max(time.perf_counter() - start, 1e-9)
+                bar.update(task, total=stats.samples, completed=stats.cached + received,
+                           rate=f"{stats.requested / dt:.1f} req/s {stats.completion_tokens / dt:.0f} tok/s "
+                                f"cached {stats.cached} failed {stats.failed}")
+            yield progress
+    return cm()
 
 
 def _progress(console):

@@ -59,6 +59,51 @@ class Source:
 
 
 @dataclass
+class SamplingConfig:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 1024
+    n: int = 1                        # samples per prompt
+    seed: int | None = 0
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StageConfig:
+    """How one generation stage (caption, distil, rollout) calls its model."""
+
+    model: str
+    backend: str = "openai"           # openai | vllm | transformers
+    model_id: str | None = None       # identity in cache keys (default: model); same across backends
+    prompt: str | None = None         # a shipped template name or a file path (default: the stage's own)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    overwrite: bool = False           # caption: call the model even where the source has a caption
+    commit_rows: int = 256            # commit generated rows every N rows...
+    commit_seconds: float = 10.0      # ...or every N seconds, whichever comes first
+    # openai backend
+    base_url: str | list[str] | None = None
+    concurrency: int = 64
+    timeout_s: float = 600.0
+    max_retries: int = 6
+    api_key_env: str | None = None    # the NAME of the env var holding the key
+    # vllm and transformers backends
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    enforce_eager: bool = False
+    device: str | None = None         # transformers: cpu, cuda, ... (default: cuda if available)
+    batch_size: int = 8               # transformers: prompts per generate() call
+
+    @property
+    def identity(self) -> str:
+        return self.model_id or self.model
+
+
+BACKENDS = ("openai", "vllm", "transformers")
+
+
+@dataclass
 class LakeConfig:
     catalog: str | None = None        # a folder or a ducklake: URI
     data_path: str | None = None
@@ -71,6 +116,9 @@ class Recipe:
     benchmarks: list[Source] = field(default_factory=list)
     lake: LakeConfig = field(default_factory=LakeConfig)
     decontaminate_by: list[str] = field(default_factory=lambda: ["image", "question"])
+    caption: StageConfig | None = None
+    distil: StageConfig | None = None
+    rollout: StageConfig | None = None
     batch_rows: int = 500             # rows per catalog commit during ingest
     full_decode: bool = False         # inflate every pixel when checking images (default: verify every byte)
     description: str | None = None
@@ -137,6 +185,10 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
     bad = set(recipe.decontaminate_by) - {"image", "question"}
     if bad:
         raise RecipeError(f"{where}: decontaminate_by: unknown {sorted(bad)}; use image and/or question")
+    for name in ("caption", "distil", "rollout"):
+        stage = getattr(recipe, name)
+        if stage is not None:
+            _check_stage(stage, f"{where}: {name}")
     if recipe.lake.catalog and not recipe.lake.catalog.startswith("ducklake:"):
         recipe.lake.catalog = str((base / recipe.lake.catalog).resolve())
     return recipe
@@ -172,6 +224,21 @@ def _check_source(src: Source, where: str, base: Path) -> None:
         if not root.is_dir():
             raise RecipeError(f"{where}: images_root: {root} is not a folder")
         src.images_root = str(root)
+
+
+def _check_stage(stage: StageConfig, where: str) -> None:
+    if stage.backend not in BACKENDS:
+        raise RecipeError(f"{where}.backend: {stage.backend!r} is not one of {', '.join(BACKENDS)}")
+    if stage.backend == "openai" and not stage.base_url:
+        raise RecipeError(f"{where}.base_url: missing (the OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1)")
+    s = stage.sampling
+    checks = [(s.n >= 1, "sampling.n: must be at least 1"), (s.max_tokens >= 1, "sampling.max_tokens: must be at least 1"),
+              (s.temperature >= 0, "sampling.temperature: must be >= 0"), (0 < s.top_p <= 1, "sampling.top_p: must be in (0, 1]"),
+              (stage.concurrency >= 1, "concurrency: must be at least 1"), (stage.timeout_s > 0, "timeout_s: must be > 0"),
+              (stage.commit_rows >= 1, "commit_rows: must be at least 1")]
+    for ok, message in checks:
+        if not ok:
+            raise RecipeError(f"{where}.{message}")
 
 
 def _local(p: str, base: Path) -> Path:

@@ -48,6 +48,47 @@ REJECTED = pa.schema([
     ("run_id", pa.string()),
 ])
 
+CAPTIONS = pa.schema([
+    ("caption_id", pa.string()),
+    ("problem_id", pa.string()),
+    ("image_id", pa.string()),
+    ("model", pa.string()),         # the model identity, or "source:<name>" for ground truth
+    ("caption", pa.string()),
+    ("origin", pa.string()),        # "source" (a ground-truth column) or "model"
+    ("prompt_hash", pa.string()),
+    ("request_key", pa.string()),   # the cache key: a rerun skips keys already here
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("finish_reason", pa.string()),
+    ("latency_s", pa.float64()),
+    ("run_id", pa.string()),
+])
+
+_SAMPLED = [
+    ("sample_index", pa.int32()),
+    ("model", pa.string()),
+    ("prompt_hash", pa.string()),   # hash of the prompt template
+    ("completion", pa.string()),    # the whole completion, as the model wrote it
+    ("reasoning", pa.string()),     # the thinking part
+    ("answer", pa.string()),        # the final answer as extracted (None: none found)
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("finish_reason", pa.string()),
+    ("temperature", pa.float64()),
+    ("top_p", pa.float64()),
+    ("max_tokens", pa.int32()),
+    ("seed", pa.int64()),
+    ("request_key", pa.string()),
+    ("latency_s", pa.float64()),
+    ("run_id", pa.string()),
+]
+
+TRACES = pa.schema([("trace_id", pa.string()), ("problem_id", pa.string()), *_SAMPLED,
+                    ("caption_id", pa.string()), ("backend", pa.string())])
+
+ROLLOUTS = pa.schema([("rollout_id", pa.string()), ("problem_id", pa.string()), *_SAMPLED,
+                      ("backend", pa.string()), ("correct", pa.bool_()), ("grade_reason", pa.string())])
+
 RUNS_DDL = """
 CREATE TABLE {db}.runs (
     run_id VARCHAR, command VARCHAR, recipe_name VARCHAR, recipe VARCHAR,
@@ -70,23 +111,13 @@ def _m001_initial(con, db: str) -> None:
     now = "created_at TIMESTAMPTZ DEFAULT now()"
     con.execute(f"CREATE TABLE {db}.images ({_ddl(IMAGES)})")
     con.execute(f"CREATE TABLE {db}.problems ({_ddl(PROBLEMS)})")
-    con.execute(f"CREATE TABLE {db}.rejected ({_ddl(REJECTED)})")
+    con.execute(f"CREATE TABLE {db}.rejected ({_ddl(REJECTED)}, {now})")
     con.execute(RUNS_DDL.format(db=db))
     con.execute(f"""CREATE TABLE {db}.tags (
         name VARCHAR, snapshot_id BIGINT, run_id VARCHAR, note VARCHAR, {now})""")
-    con.execute(f"""CREATE TABLE {db}.captions (
-        caption_id VARCHAR, problem_id VARCHAR, image_id VARCHAR, model VARCHAR,
-        caption VARCHAR, origin VARCHAR, prompt_hash VARCHAR, request_key VARCHAR,
-        prompt_tokens BIGINT, completion_tokens BIGINT, finish_reason VARCHAR,
-        latency_s DOUBLE, run_id VARCHAR, {now})""")
-    sampled = """sample_index INTEGER, model VARCHAR, prompt_hash VARCHAR,
-        completion VARCHAR, reasoning VARCHAR, answer VARCHAR,
-        prompt_tokens BIGINT, completion_tokens BIGINT, finish_reason VARCHAR,
-        temperature DOUBLE, top_p DOUBLE, max_tokens INTEGER, seed BIGINT,
-        request_key VARCHAR, latency_s DOUBLE, run_id VARCHAR"""
-    con.execute(f"CREATE TABLE {db}.traces (trace_id VARCHAR, problem_id VARCHAR, {sampled}, {now})")
-    con.execute(f"""CREATE TABLE {db}.rollouts (rollout_id VARCHAR, problem_id VARCHAR, {sampled},
-        correct BOOLEAN, grade_reason VARCHAR, {now})""")
+    con.execute(f"CREATE TABLE {db}.captions ({_ddl(CAPTIONS)}, {now})")
+    con.execute(f"CREATE TABLE {db}.traces ({_ddl(TRACES)}, {now})")
+    con.execute(f"CREATE TABLE {db}.rollouts ({_ddl(ROLLOUTS)}, {now})")
 
 
 def _m002_images_uncompressed(con, db: str) -> None:

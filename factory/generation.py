@@ -1,0 +1,254 @@
+"""The cached, resumable request loop shared by the generation stages.
+
+A stage describes its work as `Prompt`s (messages, sampling, how many
+samples); this module gives every sample a request key, skips the keys the
+lake already holds, sends the rest through a backend, and commits the rows a
+stage builds from each answer in batches (by count and by time). So:
+
+- rerunning a finished stage sends zero requests;
+- changing one sampling setting, the template, the model or an image
+  regenerates exactly the samples whose key changed;
+- `kill -9` loses at most the uncommitted batch, and the rerun sends only
+  the missing requests (keys are unique in the table: no duplicates);
+- a request that fails after its retries becomes a `rejected` row with the
+  error, and a rerun tries it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import pyarrow as pa
+
+from vlfactory.backends import Backend, Request, Result, Sampling
+from vlfactory.recipe import StageConfig
+from vlfactory.stores import schema
+from vlfactory.stores.lake import Lake
+
+
+def sha(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+def image_part(image_id: str, data: bytes | None = None, fmt: str = "png") -> dict:
+    """A message part for an image; `image_id` stands for the bytes in cache keys."""
+    return {"type": "image", "image_id": image_id, "image": data, "format": (fmt or "png").lower()}
+
+
+def hydrate_images(lake: Lake, prompts: list[Prompt]) -> None:
+    """Fill in the bytes of the image parts of these prompts, in one query."""
+    parts = [p for prompt in prompts for m in prompt.messages if isinstance(m["content"], list)
+             for p in m["content"] if p.get("type") == "image" and p.get("image") is None]
+    if not parts:
+        return
+    ids = sorted({p["image_id"] for p in parts})
+    lake.con.register("_ids", pa.table({"image_id": ids}))
+    try:
+        rows = lake.con.execute("SELECT image_id, bytes, format FROM lake.images WHERE image_id IN "
+                                "(SELECT image_id FROM _ids)").fetchall()
+    finally:
+        lake.con.unregister("_ids")
+    found = {r[0]: (r[1], r[2]) for r in rows}
+    for p in parts:
+        p["image"], fmt = found[p["image_id"]]
+        p["format"] = (fmt or "png").lower()
+
+
+def _key_messages(messages: list[dict]) -> list:
+    """Messages as they enter a cache key: images by hash, never by bytes."""
+    out = []
+    for m in messages:
+        content = m["content"]
+        if isinstance(content, list):
+            content = [{"type": "image", "image_id": p["image_id"]} if p.get("type") == "image" else p
+                       for p in content]
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+@dataclass
+class Prompt:
+    """One rendered prompt and the samples wanted from it."""
+
+    ref: str                          # what it is about (a problem id)
+    messages: list[dict]
+    context: dict = field(default_factory=dict)  # whatever the stage needs to build its rows
+
+
+@dataclass
+class Stats:
+    stage: str
+    prompts: int = 0
+    samples: int = 0                  # samples wanted
+    cached: int = 0                   # already in the lake
+    requested: int = 0                # requests sent (one per prompt with missing samples)
+    done: int = 0                     # samples written this run
+    failed: int = 0                   # requests that failed after retries
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    skipped: Counter = field(default_factory=Counter)  # prompts not made, by reason
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        skipped = "".join(f", skipped {n} ({why})" for why, n in self.skipped.items())
+        rate = f", {self.completion_tokens / self.seconds:.0f} tok/s" if self.seconds and self.completion_tokens else ""
+        return (f"{self.stage}: {self.samples} samples = {self.cached} cached + {self.done} generated"
+                f" + {self.samples - self.cached - self.done} missing ({self.failed} failed requests){skipped}; "
+                f"{self.requested} requests, {self.prompt_tokens} prompt + {self.completion_tokens} completion "
+                f"tokens in {self.seconds:.1f}s{rate}")
+
+
+def sampling_of(stage: StageConfig) -> Sampling:
+    s = stage.sampling
+    return Sampling(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, n=s.n, seed=s.seed,
+                    stop=tuple(s.stop))
+
+
+def prompt_key(stage: StageConfig, template_hash: str, messages: list[dict]) -> str:
+    s = stage.sampling
+    settings = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed,
+                "stop": list(s.stop)}
+    return sha("prompt", stage.identity, template_hash, _key_messages(messages), settings)
+
+
+def sample_key(prompt_key_: str, index: int) -> str:
+    return sha("sample", prompt_key_, index)
+
+
+RowBuilder = Callable[[Prompt, Result, list[int], list[str]], list[dict]]
+
+
+def run_prompts(lake: Lake, stage_name: str, table: str, stage: StageConfig, template_hash: str,
+                prompts: Iterable[Prompt], build_rows: RowBuilder, backend_factory: Callable[[], Backend],
+                progress=None, hydrate: Callable[[list[Prompt]], None] | None = None) -> Stats:
+    """Send what the lake lacks, commit what comes back. See the module docstring."""
+    stats = Stats(stage_name)
+    arrow_schema = {"captions": schema.CAPTIONS, "traces": schema.TRACES, "rollouts": schema.ROLLOUTS}[table]
+    base = sampling_of(stage)
+    t0 = time.perf_counter()
+
+    def pending() -> Iterator[Request]:
+        """Requests for the samples the lake lacks, checked in slices so memory stays flat."""
+        slice_: list[tuple[Prompt, str, list[str]]] = []
+
+        def flush_slice():
+            keys = [k for _, _, ks in slice_ for k in ks]
+            have = lake.existing(table, "request_key", keys)
+            if hydrate:  # fetch image bytes only for the prompts that will be sent
+                hydrate([p for p, _, ks in slice_ if any(k not in have for k in ks)])
+            for prompt, pkey, ks in slice_:
+                missing = [i for i, k in enumerate(ks) if k not in have]
+                stats.cached += len(ks) - len(missing)
+                if not missing:
+                    continue
+                # Partial prompts ask only for the missing samples; the seed moves with them.
+                sampling = base if len(missing) == base.n else Sampling(
+                    **{**base.__dict__, "n": len(missing),
+                       "seed": None if base.seed is None else base.seed + missing[0]})
+                prompt.context["_samples"] = (missing, [ks[i] for i in missing])
+                stats.requested += 1
+                yield Request(key=pkey, messages=prompt.messages, sampling=sampling), prompt
+
+        for prompt in prompts:
+            stats.prompts += 1
+            pkey = prompt_key(stage, template_hash, prompt.messages)
+            ks = [sample_key(pkey, i) for i in range(base.n)]
+            stats.samples += base.n
+            slice_.append((prompt, pkey, ks))
+            if len(slice_) >= 256:
+                yield from flush_slice()
+                slice_ = []
+        yield from flush_slice()
+
+    by_key: dict[str, Prompt] = {}
+
+    def requests() -> Iterator[Request]:
+        for request, prompt in pending():
+            by_key[request.key] = prompt
+            yield request
+
+    buffer: list[dict] = []
+    failures: list[tuple[str, str, str]] = []
+    last_commit = time.monotonic()
+
+    def commit() -> None:
+        nonlocal buffer, failures, last_commit
+        if buffer or failures:
+            rows = pa.Table.from_pylist(buffer, schema=arrow_schema)
+            rejected = pa.table({
+                "rejected_id": [sha("rejected", stage_name, "request_failed", k)[:16] for k, _, _ in failures],
+                "stage": [stage_name] * len(failures), "reason": ["request_failed"] * len(failures),
+                "detail": [d for _, d, _ in failures], "ref_id": [k for k, _, _ in failures],
+                "source": [None] * len(failures), "payload": [p for _, _, p in failures],
+                "run_id": [lake.run_id] * len(failures)}, schema=schema.REJECTED)
+            with lake.transaction(f"{stage_name}: {len(buffer)} rows, {len(failures)} failed"):
+                stats.done += lake.insert(table, rows, key="request_key")
+                lake.insert("rejected", rejected, key="rejected_id")
+            buffer, failures = [], []
+        last_commit = time.monotonic()
+
+    backend = None
+    try:
+        stream = requests()
+        first = next(stream, None)
+        if first is not None:  # only start a model when there is work for it
+            backend = backend_factory()
+
+            def all_requests():
+                yield first
+                yield from stream
+
+            for result in backend.generate(all_requests()):
+                prompt = by_key.pop(result.request.key)
+                indices, keys = prompt.context.pop("_samples")
+                if result.ok:
+                    stats.prompt_tokens += result.prompt_tokens
+                    stats.completion_tokens += sum(c.completion_tokens for c in result.completions)
+                    buffer.extend(build_rows(prompt, result, indices, keys))
+                else:
+                    stats.failed += 1
+                    payload = json.dumps({"ref": prompt.ref, "attempts": result.attempts,
+                                          "endpoint": result.endpoint, "samples": indices})
+                    failures.append((result.request.key, f"{prompt.ref}: {result.error}", payload))
+                if progress:
+                    progress(stats, len(indices))
+                if len(buffer) >= stage.commit_rows or time.monotonic() - last_commit >= stage.commit_seconds:
+                    commit()
+    finally:
+        # Whatever happens (Ctrl-C, a bug, a dead backend), keep every answer already received.
+        commit()
+        if backend is not None:
+            backend.close()
+        stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def common_row(prompt: Prompt, result: Result, index: int, key: str, stage: StageConfig,
+               template_hash: str, run_id: str | None) -> dict:
+    """The columns every generated row shares."""
+    c = result.completions[index]
+    s = result.request.sampling
+    return {"model": stage.identity, "prompt_hash": template_hash, "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason,
+            "latency_s": result.latency_s, "request_key": key, "run_id": run_id,
+            "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed}
+
+
+def make_backend_for(stage: StageConfig) -> Backend:
+    from vlfactory.backends import make_backend
+
+    if stage.backend == "openai":
+        opts = {"model": stage.model, "base_url": stage.base_url, "concurrency": stage.concurrency,
+                "timeout_s": stage.timeout_s, "max_retries": stage.max_retries, "api_key_env": stage.api_key_env}
+    elif stage.backend == "vllm":
+        opts = {"model": stage.model, "dtype": stage.dtype, "max_model_len": stage.max_model_len,
+                "tensor_parallel_size": stage.tensor_parallel_size,
+                "gpu_memory_utilization": stage.gpu_memory_utilization, "enforce_eager": stage.enforce_eager}
+    else:
+        opts = {"model": stage.model, "dtype": stage.dtype, "device": stage.device, "batch_size": stage.batch_size}
+    return make_backend({"backend": stage.backend, **opts})
