@@ -1,0 +1,101 @@
+"""Generation backends: send chat requests to a model, get completions back.
+
+A stage hands a backend an iterable of `Request`s and consumes `Result`s as
+they complete, in any order; every request yields exactly one `Result`, either
+answered (`error is None`, `len(completions) == sampling.n`) or failed after
+retries with the reason in `error`. The caller's `key` comes back untouched so
+results can be matched to the rows (and cache entries) they belong to.
+
+    from vlfactory.backends import Request, Sampling, make_backend
+
+    backend = make_backend({"backend": "openai", "model": "Qwen/Qwen2.5-VL-7B-Instruct",
+                            "base_url": "http://localhost:8000/v1"})
+    try:
+        reqs = [Request(key=f"q{i}", messages=[{"role": "user", "content": f"What is {i} + {i}?"}],
+                        sampling=Sampling(temperature=0.7, n=4)) for i in range(100)]
+        for r in backend.generate(reqs):
+            print(r.request.key, r.error or [c.text for c in r.completions])
+    finally:
+        backend.close()
+
+Implementations live in their own modules and are imported only when asked
+for, so that importing this package stays light (no vllm, no torch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping, Protocol
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 1024
+    n: int = 1
+    seed: int | None = 0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Request:
+    key: str              # opaque id chosen by the caller (the cache key); echoed back
+    messages: list[dict]  # chat messages; content is a str or a list of parts
+                          # {"type": "text", "text": ...} / {"type": "image", "image": <bytes>, "format": "png"}
+    sampling: Sampling = Sampling()
+
+
+@dataclass
+class Completion:
+    text: str
+    completion_tokens: int
+    finish_reason: str    # "stop", "length", ...
+
+
+@dataclass
+class Result:
+    request: Request
+    completions: list[Completion]  # len == sampling.n when ok
+    prompt_tokens: int
+    latency_s: float               # first attempt sent -> result ready, retries included
+    error: str | None = None       # set when the request failed after retries ("HTTP 500: ...", "timeout after 600s")
+    attempts: int = 1
+    endpoint: str = ""             # which base URL answered (or failed last)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Backend(Protocol):
+    model: str
+
+    def generate(self, requests: Iterable[Request]) -> Iterator[Result]:
+        """Yield one Result per request as they complete (any order), pulling requests lazily."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def make_backend(cfg: Mapping[str, Any] | Any) -> Backend:
+    """A backend from a mapping (or dataclass) with `backend: <name>` and that backend's options.
+
+    `{"backend": "openai", "model": ..., "base_url": ...}` -> `OpenAIBackend(OpenAIConfig(...))`.
+    """
+    cfg = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    name = cfg.pop("backend", None)
+    if name == "openai":
+        from vlfactory.backends.openai_compat import OpenAIBackend, OpenAIConfig
+
+        return OpenAIBackend(_config(OpenAIConfig, cfg, name))
+    raise ValueError(f"backend: unknown backend {name!r}; known: openai")
+
+
+def _config(cls, options: dict, name: str):
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"backend {name}: unknown option {unknown[0]!r}; known options: {', '.join(known)}")
+    return cls(**options)
