@@ -1,0 +1,153 @@
+"""Caption and distil stages through a real HTTP server: caching, failures, crash and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fault_server import FaultServer
+from vlfactory.prompts import load_template
+from vlfactory.stores.lake import Lake
+
+
+def recipe_text(url: str, n_problems: int = 12, n: int = 2, extra: str = "", caption: str = "") -> str:
+    return f"""
+name: stages
+sources:
+  - {{name: synthetic, format: synthetic, n: {n_problems}, seed: 7}}
+{caption}
+distil:
+  backend: openai
+  model: reasoner
+  base_url: {url}
+  concurrency: 4
+  timeout_s: 5
+  max_retries: 1
+  sampling: {{temperature: 0.7, max_tokens: 64, n: {n}, seed: 1}}
+  commit_rows: 4
+  commit_seconds: 0.2
+{extra}
+"""
+
+
+def prompts_of(lake_dir: Path) -> dict[str, str]:
+    """The rendered distil prompt of each problem, as the server will see it."""
+    template = load_template("reason")
+    with Lake(lake_dir) as lake:
+        rows = lake.query("SELECT p.problem_id, question, choices, c.caption FROM problems p "
+                          "JOIN captions c USING (problem_id)").fetchall()
+    return {r[0]: template.render(caption=r[3], question=r[1], choices=r[2]) for r in rows}
+
+
+def test_caption_then_distil_is_cached_and_keyed(cli, lake_dir, tmp_path):
+    with FaultServer() as server:
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(recipe_text(server.url))
+        out = cli("run", recipe).output
+        assert "caption: 12 samples = 0 cached + 12 generated" in out  # ground-truth captions, no model
+        assert "distil: 24 samples = 0 cached + 24 generated" in out
+        assert len(server.hits) == 12 and all(h.body["n"] == 2 for h in server.hits)
+        with Lake(lake_dir) as lake:
+            rows = lake.query("""SELECT t.problem_id, t.sample_index, t.completion, t.reasoning, t.prompt_tokens,
+                                        t.completion_tokens, t.finish_reason, t.model, t.prompt_hash, t.temperature,
+                                        t.seed, t.request_key, t.run_id, c.origin
+                                 FROM traces t JOIN captions c USING (caption_id)""").fetchall()
+        assert len(rows) == 24 and len({r[11] for r in rows}) == 24
+        assert sorted({r[1] for r in rows}) == [0, 1]
+        assert all(r[7] == "reasoner" and r[8] == load_template("reason").hash and r[9] == 0.7 and r[13] == "source"
+                   for r in rows)
+        assert all(r[4] > 0 and r[5] > 0 and r[6] == "stop" and r[12] for r in rows)
+        # the server echoed the prompt: the completion holds this problem's own rendered prompt
+        prompts = prompts_of(lake_dir)
+        assert all(prompts[r[0]] in r[2] for r in rows)
+
+        # a rerun sends nothing
+        out = cli("run", recipe, "--stage", "distil").output
+        assert "24 cached + 0 generated" in out and len(server.hits) == 12
+
+        # more samples: only the new ones are asked for, with their own seed
+        recipe.write_text(recipe_text(server.url, n=3))
+        out = cli("run", recipe, "--stage", "distil").output
+        assert "36 samples = 24 cached + 12 generated" in out
+        new = server.hits[12:]
+        assert len(new) == 12 and all(h.body["n"] == 1 and h.body["seed"] == 1 + 2 for h in new)
+
+        # one sampling setting changed: everything under it is regenerated, once
+        recipe.write_text(recipe_text(server.url, n=3).replace("temperature: 0.7", "temperature: 0.9"))
+        out = cli("run", recipe, "--stage", "distil", "--limit", "5").output
+        assert "15 samples = 0 cached + 15 generated" in out
+        with Lake(lake_dir) as lake:
+            assert lake.count("traces") == 36 + 15
+            assert lake.query("SELECT count(*) - count(DISTINCT request_key) FROM traces").fetchone()[0] == 0
+
+
+def test_failed_requests_become_rejected_rows_and_are_retried(cli, lake_dir, tmp_path):
+    with FaultServer() as server:
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(recipe_text(server.url))
+        cli("run", recipe, "--stage", "ingest")
+        cli("run", recipe, "--stage", "caption")
+        prompts = prompts_of(lake_dir)
+        bad = sorted(prompts)[:3]
+        for pid in bad:
+            server.plan[prompts[pid]] = ["500"] * 10
+        server.plan[prompts[sorted(prompts)[3]]] = ["429:0", "ok"]  # recovers within its retries
+        res = cli("run", recipe, "--stage", "distil")
+        assert "24 samples = 0 cached + 18 generated + 6 missing (3 failed requests)" in res.output
+        assert "3 requests failed" in res.output
+        with Lake(lake_dir) as lake:
+            rejected = lake.query("SELECT detail FROM rejected WHERE stage = 'distil' AND reason = 'request_failed'"
+                                  ).fetchall()
+            assert len(rejected) == 3 and all("HTTP 500" in r[0] for r in rejected)
+            assert {r[0].split(":")[0] for r in rejected} == set(bad)
+        # the server recovers: the rerun asks for exactly the failed prompts
+        server.plan.clear()
+        before = len(server.hits)
+        res = cli("run", recipe, "--stage", "distil")
+        assert "24 samples = 18 cached + 6 generated + 0 missing" in res.output
+        assert sorted(h.prompt for h in server.hits[before:]) == sorted(prompts[p] for p in bad)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_stage_then_rerun_equals_uninterrupted(tmp_path):
+    env = {**os.environ, "VLFACTORY_LAKE": ""}
+    cmd = [sys.executable, "-m", "vlfactory.cli"]
+
+    def run(lake: Path, recipe: Path, *args: str, **kw) -> subprocess.Popen:
+        return subprocess.Popen([*cmd, "run", str(recipe), "--lake", str(lake), *args], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+    with FaultServer(default="slow:0.15") as server:
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(recipe_text(server.url, n_problems=40).replace("concurrency: 4", "concurrency: 2"))
+        # the reference: one uninterrupted run
+        assert run(tmp_path / "ref", recipe).wait(120) == 0
+        reference_hits = len(server.hits)
+        # the same run, killed with SIGKILL once about half the requests were answered
+        server.hits.clear()
+        proc = run(tmp_path / "lake", recipe)
+        deadline = time.monotonic() + 60
+        while len(server.hits) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        first = len(server.hits)
+        with Lake(tmp_path / "lake") as lake:
+            kept = lake.count("traces")
+        assert 0 < kept < 80  # some batches committed, not all
+        # the rerun finishes the job and sends only what was not committed
+        out = run(tmp_path / "lake", recipe).communicate(timeout=120)[0]
+        assert "samples" in out
+        resent = len(server.hits) - first
+        assert resent == (80 - kept) // 2, out
+        with Lake(tmp_path / "lake") as lake, Lake(tmp_path / "ref") as ref:
+            keys = sorted(r[0] for r in lake.query("SELECT request_key FROM traces").fetchall())
+            ref_keys = sorted(r[0] for r in ref.query("SELECT request_key FROM traces").fetchall())
+        assert keys == ref_keys and len(set(keys)) == len(keys) == 80
+        assert reference_hits == 40
