@@ -24,6 +24,7 @@ for, so that importing this package stays light (no vllm, no torch).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Protocol
@@ -79,6 +80,25 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def openai_messages(messages: list[dict]) -> list[dict]:
+    """Our messages in OpenAI chat form: image parts become data URLs (what vLLM's chat API takes too)."""
+    out = []
+    for m in messages:
+        if isinstance(m["content"], list):
+            m = {**m, "content": [_openai_part(p) for p in m["content"]]}
+        out.append(m)
+    return out
+
+
+def _openai_part(p: dict) -> dict:
+    if p["type"] != "image":
+        return p
+    fmt = (p.get("format") or "png").lower()
+    mime = "jpeg" if fmt == "jpg" else fmt
+    return {"type": "image_url",
+            "image_url": {"url": f"data:image/{mime};base64,{base64.b64encode(p['image']).decode()}"}}
+
+
 def make_backend(cfg: Mapping[str, Any] | Any) -> Backend:
     """A backend from a mapping (or dataclass) with `backend: <name>` and that backend's options.
 
@@ -90,7 +110,15 @@ def make_backend(cfg: Mapping[str, Any] | Any) -> Backend:
         from vlfactory.backends.openai_compat import OpenAIBackend, OpenAIConfig
 
         return OpenAIBackend(_config(OpenAIConfig, cfg, name))
-    raise ValueError(f"backend: unknown backend {name!r}; known: openai")
+    if name == "vllm":
+        from vlfactory.backends.vllm_engine import VLLMBackend, VLLMConfig
+
+        return VLLMBackend(_config(VLLMConfig, cfg, name))
+    if name == "transformers":
+        from vlfactory.backends.hf_local import TransformersBackend, TransformersConfig
+
+        return TransformersBackend(_config(TransformersConfig, cfg, name))
+    raise ValueError(f"backend: unknown backend {name!r}; known: openai, vllm, transformers")
 
 
 def _config(cls, options: dict, name: str):

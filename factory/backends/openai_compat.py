@@ -41,7 +41,6 @@ again with `python bench/generation.py`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import json
 import os
@@ -54,7 +53,7 @@ from typing import Iterable, Iterator
 
 import aiohttp
 
-from vlfactory.backends import Completion, Request, Result
+from vlfactory.backends import Completion, Request, Result, openai_messages
 
 RETRY_STATUS = {408, 409, 429}  # the 4xx that can succeed when sent again
 
@@ -150,7 +149,7 @@ class OpenAIBackend:
 
     def _body(self, req: Request) -> bytes:
         s = req.sampling
-        body = {"model": self.model, "messages": [_message(m) for m in req.messages], "n": s.n,
+        body = {"model": self.model, "messages": openai_messages(req.messages), "n": s.n,
                 "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
         if s.seed is not None:
             body["seed"] = s.seed
@@ -249,21 +248,6 @@ class OpenAIBackend:
         if self._secret:
             error = error.replace(self._secret, "***")
         return Result(req, [], 0, time.monotonic() - start, error=error, attempts=attempt, endpoint=ep.base)
-
-
-def _message(m: dict) -> dict:
-    if isinstance(m["content"], str):
-        return m
-    return {**m, "content": [_part(p) for p in m["content"]]}
-
-
-def _part(p: dict) -> dict:
-    if p["type"] != "image":
-        return p
-    fmt = p.get("format", "png").lower()
-    mime = "jpeg" if fmt == "jpg" else fmt
-    return {"type": "image_url",
-            "image_url": {"url": f"data:image/{mime};base64,{base64.b64encode(p['image']).decode()}"}}
 
 
 def _result(req: Request, data: dict, start: float, attempt: int, endpoint: str) -> Result:
