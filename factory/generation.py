@@ -241,14 +241,16 @@ def common_row(prompt: Prompt, result: Result, index: int, key: str, stage: Stag
 
 def make_backend_for(stage: StageConfig) -> Backend:
     from vlfactory.backends import make_backend
+    from vlfactory.models import resolve_model
 
     if stage.backend == "openai":
         opts = {"model": stage.model, "base_url": stage.base_url, "concurrency": stage.concurrency,
                 "timeout_s": stage.timeout_s, "max_retries": stage.max_retries, "api_key_env": stage.api_key_env}
     elif stage.backend == "vllm":
-        opts = {"model": stage.model, "dtype": stage.dtype, "max_model_len": stage.max_model_len,
+        opts = {"model": resolve_model(stage.model), "dtype": stage.dtype, "max_model_len": stage.max_model_len,
                 "tensor_parallel_size": stage.tensor_parallel_size,
                 "gpu_memory_utilization": stage.gpu_memory_utilization, "enforce_eager": stage.enforce_eager}
     else:
-        opts = {"model": stage.model, "dtype": stage.dtype, "device": stage.device, "batch_size": stage.batch_size}
+        opts = {"model": resolve_model(stage.model), "dtype": stage.dtype, "device": stage.device,
+                "batch_size": stage.batch_size}
     return make_backend({"backend": stage.backend, **opts})

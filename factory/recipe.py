@@ -97,7 +97,9 @@ class StageConfig:
 
     @property
     def identity(self) -> str:
-        return self.model_id or self.model
+        from vlfactory.models import identity
+
+        return self.model_id or identity(self.model)
 
 
 BACKENDS = ("openai", "vllm", "transformers")

@@ -33,6 +33,9 @@ class TransformersBackend:
         import torch
         import transformers as tf
 
+        from vlfactory.models import register_processors
+
+        register_processors()  # Qwen2.5-VL folders saved with the image-only processor
         self.model = cfg.model
         self.device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)

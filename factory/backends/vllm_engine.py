@@ -36,15 +36,28 @@ class VLLMConfig:
 
 class VLLMBackend:
     def __init__(self, cfg: VLLMConfig):
+        import os
+
+        from vllm.platforms import current_platform
+
+        cpu = current_platform.is_cpu()
+        if cpu:
+            # In-process engine: loads in seconds instead of tens of seconds on a CPU.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
         self.model = cfg.model
         self.cfg = cfg
         kwargs = {"model": cfg.model, "dtype": cfg.dtype, "tensor_parallel_size": cfg.tensor_parallel_size,
-                  "enforce_eager": cfg.enforce_eager}
+                  "enforce_eager": cfg.enforce_eager or cpu}
+        if cpu:
+            # vLLM 0.32 on CPU: a seeded request in a chunked prefill batch kills the engine
+            # ("CPU Generator does not use offset"); the cache keys need the seeds.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["distributed_executor_backend"] = "uni"
         if cfg.max_model_len:
             kwargs["max_model_len"] = cfg.max_model_len
-        if cfg.gpu_memory_utilization:
+        if cfg.gpu_memory_utilization and not cpu:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         self.llm = LLM(**kwargs)
 
