@@ -1,25 +1,36 @@
-"""Generation throughput: the `openai` backend against a server with a known ceiling.
+"""Generation throughput: the product's request loop against a server with a known ceiling.
 
 bench/slot_server.py runs in its own process and answers every request after
 `latency` seconds with at most `slots` in service, so no client can beat
-slots / latency requests per second. Three clients drive the same number of
-requests through it, in this run:
+slots / latency requests per second. The same number of requests goes
+through it from each client, in this run:
 
-- the backend, with the caller doing what a stage does: collect results into
-  Arrow tables and write them to a DuckDB file in batches of 500;
+- the headline: `vlfactory.generation.run_prompts`, the path the distil stage
+  takes, on a fresh local lake: request keys, the cache probe, the `openai`
+  backend, distil-shaped `traces` rows, and DuckLake commits every
+  `commit_rows` rows / `commit_seconds` (catalog writes included). Then the
+  lake is checked (exactly `requests` traces rows, distinct request keys, no
+  rejected rows) and the same prompts run again, which must send nothing;
+- the backend alone, its results written to a plain DuckDB file in batches;
 - a bare asyncio.gather loop over the `openai` AsyncOpenAI client (semaphore of `slots`);
 - the same bare loop over a plain aiohttp session.
 
-The figure is each one's requests/s divided by slots / latency (target for the
-backend: >= 0.9), with the client's CPU per request, which is what limits it.
+The figure is each one's requests/s divided by slots / latency (target for
+run_prompts: >= 0.9 at 64 slots and 200 ms), with the client process's CPU per
+request (all its threads), which is what limits it. After the headline run,
+where the caller's thread spent its time (`--profile` adds cProfile's top
+functions for it).
 
-    python bench/generation.py [--requests 5000 --slots 64 --latency 0.2]
+    python bench/generation.py [--requests 5000 --slots 64 --latency 0.2] [--profile] [--only]
+
+(`--only`: the headline run alone.)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import os
 import shutil
@@ -32,6 +43,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PROMPT = "What is {i} + {i}? Answer with a number."
+CAPTION = ("A worksheet with a single arithmetic exercise, number {i}, printed in black on white paper, "
+           "with a box for the answer below it.")
 
 
 def start_server(slots: int, latency: float) -> tuple[subprocess.Popen, int]:
@@ -54,6 +67,184 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process so far (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Clock:
+    """Seconds the caller's thread spends in each part of run_prompts, by wrapping the parts."""
+
+    def __init__(self):
+        self.parts: dict[str, float] = {}
+
+    def add(self, part: str, seconds: float) -> None:
+        self.parts[part] = self.parts.get(part, 0.0) + seconds
+
+    def wrap(self, part: str, fn):
+        def timed(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.add(part, time.perf_counter() - t)
+        return timed
+
+    def wrap_cm(self, part: str, cm):
+        @contextlib.contextmanager
+        def timed(*a, **k):
+            t = time.perf_counter()
+            with cm(*a, **k) as v:
+                yield v
+            self.add(part, time.perf_counter() - t)
+        return timed
+
+    def wrap_backend(self, backend):
+        """Split the time inside backend.generate: producing requests, building bodies, waiting."""
+        backend._body = self.wrap("request bodies (json.dumps)", backend._body)
+        backend._start = self.wrap("backend start (loop thread, session)", backend._start)  # inside generate
+        backend.close = self.wrap("backend close", backend.close)
+        inner = backend.generate
+
+        def generate(reqs):
+            it, t_pull = iter(reqs), [0.0]
+
+            def pull():  # run_prompts' request generator: prompts, keys, cache probe
+                while True:
+                    t = time.perf_counter()
+                    r = next(it, _END)
+                    t_pull[0] += time.perf_counter() - t
+                    if r is _END:
+                        return
+                    yield r
+
+            gen, t_gen = inner(pull()), 0.0
+            try:
+                while True:
+                    t = time.perf_counter()
+                    r = next(gen, _END)
+                    t_gen += time.perf_counter() - t
+                    if r is _END:
+                        return
+                    yield r
+            finally:
+                self.add("backend.generate total", t_gen)
+                self.add("requests: keys, cache probe", t_pull[0])
+        backend.generate = generate
+        return backend
+
+
+_END = object()
+
+
+def distil_rows(stage, template_hash: str, run_id: str | None):
+    """The distil stage's `build`, as in factory/distil.py (answer extraction only if vlfactory.verify exists)."""
+    from vlfactory.distil import split_reasoning
+    from vlfactory.generation import common_row
+
+    try:
+        from vlfactory.distil import extract_answer
+        extract_answer("The answer is 42.", None)  # imports vlfactory.verify
+        extracting = True
+    except ImportError:
+        extracting = False
+
+        def extract_answer(text, choices):
+            return None
+
+    def build(prompt, result, indices, keys):
+        out = []
+        for j, (i, key) in enumerate(zip(indices, keys)):
+            text = result.completions[j].text
+            out.append(common_row(prompt, result, j, key, stage, template_hash, run_id) | {
+                "trace_id": key[:16], "problem_id": prompt.ref, "sample_index": i, "completion": text,
+                "reasoning": split_reasoning(text), "answer": extract_answer(text, prompt.context["choices"]),
+                "caption_id": prompt.context["caption_id"], "backend": stage.backend})
+        return out
+    return build, extracting
+
+
+def run_product(url: str, n: int, slots: int, root: Path, profile: bool = False):
+    """run_prompts on a fresh lake, then the checks and the rerun: (elapsed, CPU seconds, report lines)."""
+    import cProfile
+    import io
+    import pstats
+
+    import vlfactory.generation as generation
+    from vlfactory.generation import Prompt, make_backend_for, run_prompts
+    from vlfactory.prompts import load_template
+    from vlfactory.recipe import SamplingConfig, StageConfig
+    from vlfactory.stores.lake import Lake
+
+    lake = Lake(root / "lake")
+    lake.start_run("bench generation")
+    stage = StageConfig(model="slot", backend="openai", base_url=url, concurrency=slots,
+                        sampling=SamplingConfig(max_tokens=64))
+    template = load_template("reason")
+    template_hash = template.hash
+
+    def prompts():  # as the distil stage renders them: one distinct problem each
+        for i in range(n):
+            text = template.render(caption=CAPTION.format(i=i), question=PROMPT.format(i=i), choices=None)
+            yield Prompt(f"p{i:06d}", [{"role": "user", "content": text}], {"caption_id": f"c{i:06d}", "choices": None})
+
+    build, extracting = distil_rows(stage, template_hash, lake.run_id)
+
+    def backend_factory(clock=None):
+        backend = make_backend_for(stage)
+        return clock.wrap_backend(backend) if clock else backend
+
+    # The timed run, its parts clocked by wrapping them (a few us per request in all).
+    clock = Clock()
+    real = {"existing": lake.existing, "transaction": lake.transaction, "sha": generation.sha}
+    lake.existing = clock.wrap("lake.existing (cache probe)", lake.existing)
+    lake.transaction = clock.wrap_cm("DuckLake commit (insert + COMMIT)", lake.transaction)
+    generation.sha = clock.wrap("sha256 keys", generation.sha)
+    prof = cProfile.Profile() if profile else None
+    try:
+        if prof:
+            prof.enable()  # cProfile follows the thread that enabled it: the caller's
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        stats = run_prompts(lake, "distil", "traces", stage, template_hash, prompts(),
+                            clock.wrap("build_rows (distil rows)", build),
+                            lambda: backend_factory(clock))
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        if prof:
+            prof.disable()
+    finally:
+        lake.existing, lake.transaction, generation.sha = real["existing"], real["transaction"], real["sha"]
+
+    rows, keys, traces_ids, answers = lake.con.execute(
+        "SELECT count(*), count(DISTINCT request_key), count(DISTINCT trace_id), count(answer) "
+        "FROM lake.traces").fetchone()
+    rejected = lake.count("rejected")
+    commits = lake.con.execute("SELECT count(*) FROM lake.snapshots() WHERE commit_message LIKE 'distil:%'").fetchone()[0]
+    assert stats.done == n and stats.failed == 0, stats.line()
+    assert rows == keys == traces_ids == n and rejected == 0, f"{rows} rows, {keys} keys, {rejected} rejected"
+
+    t1 = time.perf_counter()
+    again = run_prompts(lake, "distil", "traces", stage, template_hash, prompts(), build, backend_factory)
+    rerun = time.perf_counter() - t1
+    assert again.requested == 0 and again.cached == n and lake.count("traces") == n, again.line()
+    lake.close()
+
+    lines = [f"  lake check: {rows} traces rows, {keys} distinct request keys, {rejected} rejected rows, "
+             f"{commits} catalog commits; {answers} answers extracted"
+             + ("" if extracting else " (no vlfactory.verify: rows built without answer extraction)"),
+             f"  rerun on the same lake: {again.cached} cached, {again.requested} requests sent, {rerun:.2f} s"]
+    parts = dict(clock.parts)
+    gen = parts.pop("backend.generate total", 0.0)
+    pulled = parts.pop("requests: keys, cache probe", 0.0)  # the requests pulled inside generate
+    # backend.generate's own time is building bodies (clocked) and waiting on its result queue;
+    # the rest of the caller's time is outside it.
+    parts["waiting for results (idle)"] = gen - pulled - parts.get("request bodies (json.dumps)", 0.0) - \
+        parts.get("backend start (loop thread, session)", 0.0)
+    parts["other: prompts, Arrow from_pylist, bookkeeping"] = elapsed - sum(parts.values())
+    lines.append(f"  caller thread, of the {elapsed:.2f} s run_prompts wall time:")
+    for part, sec in sorted(parts.items(), key=lambda kv: -kv[1]):
+        lines.append(f"    {part:46s} {sec:7.3f} s {sec / n * 1e6:7.0f} us/request")
+    if prof:
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
+        lines.append(out.getvalue())
+    return elapsed, cpu, lines
 
 
 def run_backend(url: str, n: int, slots: int, db: Path) -> float:
@@ -148,20 +339,27 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=5000)
     p.add_argument("--slots", type=int, default=64, help="server slots = client concurrency")
     p.add_argument("--latency", type=float, default=0.2, help="seconds of service per request")
+    p.add_argument("--profile", action="store_true", help="cProfile the caller's thread during run_prompts")
+    p.add_argument("--only", action="store_true", help="run_prompts alone, without the three baselines")
     args = p.parse_args()
     import aiohttp  # noqa: F401  (imports outside the timed runs)
     import duckdb  # noqa: F401
     import openai  # noqa: F401
 
+    import vlfactory.distil  # noqa: F401
+    import vlfactory.generation  # noqa: F401
+
     ideal = args.slots / args.latency
-    db = Path(tempfile.mkdtemp()) / "bench.duckdb"
+    tmp = Path(tempfile.mkdtemp(prefix="bench-generation-"))
     proc, port = start_server(args.slots, args.latency)
     url = f"http://127.0.0.1:{port}/v1"
-    runs = {
-        "openai backend + DuckDB writer": lambda: run_backend(url, args.requests, args.slots, db),
-        "bare AsyncOpenAI loop": lambda: asyncio.run(run_openai(url, args.requests, args.slots)),
-        "bare aiohttp loop": lambda: asyncio.run(run_aiohttp(url, args.requests, args.slots)),
-    }
+    runs = {"run_prompts + DuckLake (distil)": lambda: run_product(url, args.requests, args.slots, tmp, args.profile)}
+    if not args.only:
+        runs |= {
+            "openai backend + DuckDB writer": lambda: run_backend(url, args.requests, args.slots, tmp / "bench.duckdb"),
+            "bare AsyncOpenAI loop": lambda: asyncio.run(run_openai(url, args.requests, args.slots)),
+            "bare aiohttp loop": lambda: asyncio.run(run_aiohttp(url, args.requests, args.slots)),
+        }
     # The last wave is partly empty, so even a free client cannot quite reach 1.
     best = args.requests / (math.ceil(args.requests / args.slots) * args.latency) / ideal
     print(f"ideal {ideal:.0f} req/s ({args.slots} slots / {args.latency:g} s); {args.requests} requests per client "
@@ -170,15 +368,22 @@ def main() -> None:
     try:
         for name, run in runs.items():
             cpu0, srv0 = time.process_time(), cpu_seconds(proc.pid)
-            elapsed = run()
+            out = run()
             cpu, srv = time.process_time() - cpu0, cpu_seconds(proc.pid) - srv0
+            lines: list[str] = []
+            if isinstance(out, tuple):  # run_product: CPU of the timed part only, not the checks and rerun
+                out, cpu, lines = out
+            elapsed = out
             rate = args.requests / elapsed
             print(f"{name:32s} {elapsed:8.2f} {rate:7.1f} {rate / ideal:6.3f} "
                   f"{cpu / args.requests * 1e6:12.0f} us {srv / elapsed:10.0%}", flush=True)
+            if lines:
+                print("\n".join(lines), flush=True)
     finally:
         proc.terminate()
         proc.wait(10)
-        shutil.rmtree(db.parent, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
 
 if __name__ == "__main__":
     main()

@@ -38,6 +38,7 @@ class VLLMBackend:
     def __init__(self, cfg: VLLMConfig):
         import os
 
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # the factory prints its own progress
         from vllm.platforms import current_platform
 
         cpu = current_platform.is_cpu()
