@@ -202,7 +202,7 @@ def run_product(url: str, n: int, slots: int, root: Path, profile: bool = False)
         if prof:
             prof.enable()  # cProfile follows the thread that enabled it: the caller's
         cpu0, t0 = time.process_time(), time.perf_counter()
-        stats = run_prompts(lake, "distil", "traces", stage, template_hash, prompts(),
+        stats = run_prompts(lake, "distil", "traces", stage, template, prompts(),
                             clock.wrap("build_rows (distil rows)", build),
                             lambda: backend_factory(clock))
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -220,7 +220,7 @@ def run_product(url: str, n: int, slots: int, root: Path, profile: bool = False)
     assert rows == keys == traces_ids == n and rejected == 0, f"{rows} rows, {keys} keys, {rejected} rejected"
 
     t1 = time.perf_counter()
-    again = run_prompts(lake, "distil", "traces", stage, template_hash, prompts(), build, backend_factory)
+    again = run_prompts(lake, "distil", "traces", stage, template, prompts(), build, backend_factory)
     rerun = time.perf_counter() - t1
     assert again.requested == 0 and again.cached == n and lake.count("traces") == n, again.line()
     lake.close()

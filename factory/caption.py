@@ -83,7 +83,7 @@ def run(lake: Lake, recipe: Recipe, limit: int | None = None, progress=None) -> 
                           "caption": result.completions[j].text.strip(), "origin": "model"})
         return out
 
-    model_stats = run_prompts(lake, "caption", "captions", stage, template.hash, prompts(), build,
+    model_stats = run_prompts(lake, "caption", "captions", stage, template, prompts(), build,
                               lambda: make_backend_for(stage), progress,
                               hydrate=lambda ps: hydrate_images(lake, ps))
     for name in ("prompts", "samples", "cached", "requested", "done", "failed", "prompt_tokens",

@@ -86,7 +86,7 @@ def run(lake: Lake, recipe: Recipe, limit: int | None = None, progress=None) -> 
                 "caption_id": prompt.context["caption_id"], "backend": stage.backend})
         return out
 
-    stats = run_prompts(lake, "distil", "traces", stage, template.hash, prompts(), build,
+    stats = run_prompts(lake, "distil", "traces", stage, template, prompts(), build,
                         lambda: make_backend_for(stage), progress)
     if uncaptioned:
         stats.skipped["no caption yet: run the caption stage"] += uncaptioned

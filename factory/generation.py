@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 import pyarrow as pa
 
 from vlfactory.backends import Backend, Request, Result, Sampling
+from vlfactory.prompts import Template
 from vlfactory.recipe import StageConfig
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
@@ -123,7 +124,16 @@ def sample_key(prompt_key_: str, index: int) -> str:
 RowBuilder = Callable[[Prompt, Result, list[int], list[str]], list[dict]]
 
 
-def run_prompts(lake: Lake, stage_name: str, table: str, stage: StageConfig, template_hash: str,
+def record_template(lake: Lake, template: Template) -> None:
+    """Keep the text of every template that produced rows, keyed by its hash."""
+    row = pa.table({"prompt_hash": [template.hash], "name": [template.name], "text": [template.text],
+                    "run_id": [lake.run_id]}, schema=schema.PROMPTS)
+    if not lake.existing("prompts", "prompt_hash", [template.hash]):
+        with lake.transaction(f"prompt template {template.name} ({template.hash})"):
+            lake.insert("prompts", row, key="prompt_hash")
+
+
+def run_prompts(lake: Lake, stage_name: str, table: str, stage: StageConfig, template: Template,
                 prompts: Iterable[Prompt], build_rows: RowBuilder, backend_factory: Callable[[], Backend],
                 progress=None, hydrate: Callable[[list[Prompt]], None] | None = None) -> Stats:
     """Send what the lake lacks, commit what comes back. See the module docstring."""
@@ -156,7 +166,7 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: StageConfig, tem
 
         for prompt in prompts:
             stats.prompts += 1
-            pkey = prompt_key(stage, template_hash, prompt.messages)
+            pkey = prompt_key(stage, template.hash, prompt.messages)
             ks = [sample_key(pkey, i) for i in range(base.n)]
             stats.samples += base.n
             slice_.append((prompt, pkey, ks))
@@ -195,6 +205,7 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: StageConfig, tem
     backend = None
     try:
         stream = requests()
+        record_template(lake, template)
         first = next(stream, None)
         if first is not None:  # only start a model when there is work for it
             backend = backend_factory()

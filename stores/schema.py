@@ -125,10 +125,30 @@ def _m002_images_uncompressed(con, db: str) -> None:
     con.execute(f"CALL {db}.set_option('parquet_compression', 'uncompressed', table_name => 'images')")
 
 
+PROMPTS = pa.schema([
+    ("prompt_hash", pa.string()),   # what captions/traces/rollouts.prompt_hash refer to
+    ("name", pa.string()),          # the template's name or path in the recipe
+    ("text", pa.string()),
+    ("run_id", pa.string()),
+])
+
+
+def _m003_prompts_and_generations(con, db: str) -> None:
+    con.execute(f"CREATE TABLE {db}.prompts ({_ddl(PROMPTS)}, created_at TIMESTAMPTZ DEFAULT now())")
+    # Every model call of every stage in one place: tokens per stage and model are one GROUP BY.
+    cols = ("model, prompt_hash, request_key, prompt_tokens, completion_tokens, finish_reason, latency_s, "
+            "run_id, created_at")
+    con.execute(f"""CREATE VIEW {db}.generations AS
+        SELECT 'caption' AS stage, problem_id, {cols} FROM {db}.captions WHERE origin = 'model'
+        UNION ALL SELECT 'distil', problem_id, {cols} FROM {db}.traces
+        UNION ALL SELECT 'rollout', problem_id, {cols} FROM {db}.rollouts""")
+
+
 # (version, name, function): append only; never edit an applied migration.
 MIGRATIONS = [
     (1, "initial tables", _m001_initial),
     (2, "store image bytes uncompressed", _m002_images_uncompressed),
+    (3, "prompts table and generations view", _m003_prompts_and_generations),
 ]
 
-TABLES = ("images", "problems", "captions", "traces", "rollouts", "rejected", "runs", "tags")
+TABLES = ("images", "problems", "captions", "traces", "rollouts", "rejected", "runs", "tags", "prompts")
