@@ -147,25 +147,26 @@ class Lake:
         if "://" in (self.spec.data_path or "") or os.environ.get("AWS_ENDPOINT_URL"):
             load_extension(self.con, "httpfs")
             _s3_secret(self.con)
-        self._attach(None)
-        if not self.read_only:
-            self.migrate()
-        elif self._pending_migrations():
-            raise LakeError(f"the lake at {self.spec.display} needs an upgrade: run any write command "
-                            "(e.g. `vlfactory versions`) with this vlfactory first")
+        self._attach(None, read_only=False)
+        self.migrate()  # an old lake opens with a newer vlfactory, also for reading
+        if self.read_only:
+            self._reattach(None)
         if at is not None:
-            snap = self.resolve(at)
-            self.con.execute("USE memory")
-            self.con.execute(f"DETACH {DB}")
-            self._attach(snap)
+            self._reattach(self.resolve(at))
 
-    def _attach(self, snapshot: int | None) -> None:
+    def _reattach(self, snapshot: int | None) -> None:
+        self.con.execute("USE memory")
+        self.con.execute(f"DETACH {DB}")
+        self._attach(snapshot)
+
+    def _attach(self, snapshot: int | None, read_only: bool | None = None) -> None:
+        read_only = self.read_only if read_only is None else read_only
         opts = []
         if self.spec.data_path:
             opts.append(f"DATA_PATH '{self.spec.data_path}'")
         if snapshot is not None:
             opts.append(f"SNAPSHOT_VERSION {int(snapshot)}")
-        elif self.read_only:
+        elif read_only:
             opts.append("READ_ONLY")
         try:
             self.con.execute(f"ATTACH '{self.spec.catalog}' AS {DB}" + (f" ({', '.join(opts)})" if opts else ""))
