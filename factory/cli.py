@@ -70,7 +70,10 @@ def main() -> None:
 
 # ---- ingest / run --------------------------------------------------------------
 
-STAGES = ("ingest", "caption", "distil")
+# stage name -> module under vlfactory with run(lake, recipe, limit=, progress=) -> stats (.line(), .counts())
+STAGES = {"ingest": "ingest", "caption": "caption", "distil": "distil", "verify": "grading", "sft": "sftset",
+          "rollout": "rollout", "rl": "rlset"}
+OPTIONAL = ("distil", "sft", "rollout", "rl")  # skipped by a full run when the recipe leaves them out
 
 
 @main.command()
@@ -91,11 +94,15 @@ def ingest(recipe: str, lake: str | None, data_path: str | None, limit: int | No
 @main.command()
 @click.argument("recipe")
 @lake_options
-@click.option("--stage", type=click.Choice(STAGES), default=None, help="Run only this stage.")
+@click.option("--stage", type=click.Choice(list(STAGES)), multiple=True, help="Run only this stage (repeatable).")
 @click.option("--limit", type=int, default=None, help="Work on the first N problems (rows per source for ingest).")
+@click.option("--tag", "tag_name", default=None, help="Tag the snapshot the run ends on (e.g. iter1).")
 @friendly
-def run(recipe: str, lake: str | None, data_path: str | None, stage: str | None, limit: int | None) -> None:
-    """Run a recipe's stages in order: ingest, caption, distil.
+def run(recipe: str, lake: str | None, data_path: str | None, stage: tuple[str, ...], limit: int | None,
+        tag_name: str | None) -> None:
+    """Run a recipe's stages in order: ingest, caption, distil, verify, sft, rollout, rl.
+
+    Stages the recipe does not configure (distil, sft, rollout, rl) are skipped.
 
     RECIPE is a YAML file or the name of a shipped recipe (quickstart, tabmwp, dynamath).
 
@@ -103,11 +110,13 @@ def run(recipe: str, lake: str | None, data_path: str | None, stage: str | None,
     Example:
         vlfactory run quickstart
         vlfactory run recipes/tabmwp.yaml --stage ingest --limit 100
+        vlfactory run my.yaml --stage verify --stage sft --tag iter1
     """
-    _run(recipe, lake, data_path, [stage] if stage else list(STAGES), limit)
+    _run(recipe, lake, data_path, list(stage) or list(STAGES), limit, tag_name, explicit=bool(stage))
 
 
-def _run(recipe_ref: str, lake_spec, data_path, stages: list[str], limit: int | None) -> None:
+def _run(recipe_ref: str, lake_spec, data_path, stages: list[str], limit: int | None, tag_name: str | None = None,
+         explicit: bool = True) -> None:
     from rich.console import Console
 
     from vlfactory.ingest import ingest as ingest_stage
@@ -116,6 +125,8 @@ def _run(recipe_ref: str, lake_spec, data_path, stages: list[str], limit: int | 
 
     console = Console(stderr=True)
     recipe = load_recipe(recipe_ref)
+    if not explicit:
+        stages = [s for s in stages if s not in OPTIONAL or getattr(recipe, s) is not None]
     if limit is not None:
         for src in recipe.sources:
             src.limit = limit if src.limit is None else min(src.limit, limit)
@@ -138,16 +149,15 @@ def _run(recipe_ref: str, lake_spec, data_path, stages: list[str], limit: int | 
                                f"{t.source}.present": t.present, f"{t.source}.rejected": t.n_rejected}
                 if tallies and all(t.ingested == 0 and t.n_rejected == 0 for t in tallies):
                     console.print("nothing new: every row is already in the lake")
-            for name in ("caption", "distil"):
-                if name not in stages:
+            for name in stages:
+                if name == "ingest":
                     continue
-                module = importlib.import_module(f"vlfactory.{name}")
+                module = importlib.import_module(f"vlfactory.{STAGES[name]}")
                 with _generation_progress(console, name) as progress:
                     stats = module.run(lake, recipe, limit=limit, progress=progress)
                 summaries.append(stats)
                 console.print(stats.line())
-                counts |= {f"{name}.{k}": getattr(stats, k) for k in
-                           ("samples", "cached", "done", "failed", "requested", "prompt_tokens", "completion_tokens")}
+                counts |= {f"{name}.{k}": v for k, v in stats.counts().items()}
         except KeyboardInterrupt:
             lake.end_run("interrupted", counts)
             raise
@@ -155,7 +165,9 @@ def _run(recipe_ref: str, lake_spec, data_path, stages: list[str], limit: int | 
             lake.end_run("failed", counts, error=f"{type(e).__name__}: {e}")
             raise
         lake.end_run("ok", counts)
-        failed = sum(s.failed for s in summaries)
+        if tag_name:
+            console.print(f"tagged {tag_name} -> snapshot {lake.tag(tag_name, force=True)}")
+        failed = sum(getattr(s, "failed", 0) for s in summaries)
         if failed:
             console.print(f"[yellow]{failed} requests failed after retries: see `vlfactory sql \"SELECT * FROM "
                           f"rejected WHERE reason = 'request_failed'\"`; rerun to retry them[/]")
@@ -359,6 +371,37 @@ def tag(name: str, lake: str | None, data_path: str | None, at: str | None, note
     with open_lake(lake, data_path) as lk:
         snap = lk.tag(name, at, note=note, force=force)
         click.echo(f"{name} -> snapshot {snap}")
+
+
+@main.command()
+@click.argument("version")
+@click.option("--table", default=None, help="The table to export (or write VERSION as TABLE@VERSION).")
+@click.option("--to", "to", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "hf"]), default="parquet",
+              help="parquet: shards that load with datasets.load_dataset('parquet'); hf: Dataset.save_to_disk.")
+@click.option("--shard-rows", type=int, default=5000, show_default=True)
+@lake_options
+@friendly
+def export(version: str, table: str | None, to: str, fmt: str, shard_rows: int, lake: str | None,
+           data_path: str | None) -> None:
+    """Export a table at a version, images embedded as a datasets Image feature.
+
+    \b
+    Examples:
+        vlfactory export sft@iter1 --to out/
+        vlfactory export iter1 --table sft --to out/ --format hf
+        python -c "import datasets; print(datasets.load_dataset('parquet', data_dir='out/sft'))"
+    """
+    from vlfactory.export import export as do_export
+
+    if "@" in version:
+        table, version = version.split("@", 1)
+    if not table:
+        raise UserError("name the table: --table NAME, or VERSION as TABLE@VERSION (e.g. sft@iter1)")
+    with open_lake(lake, data_path, read_only=True) as lk:
+        paths = do_export(lk, table, version, Path(to), fmt, shard_rows)
+    click.echo(f"wrote {len(paths)} {'shard' if fmt == 'parquet' else 'dataset'}{'s' if len(paths) > 1 else ''} "
+               f"to {paths[0].parent if fmt == 'parquet' else paths[0]}")
 
 
 if __name__ == "__main__":

@@ -95,6 +95,10 @@ class Stats:
     skipped: Counter = field(default_factory=Counter)  # prompts not made, by reason
     seconds: float = 0.0
 
+    def counts(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in ("samples", "cached", "done", "failed", "requested", "prompt_tokens",
+                                               "completion_tokens")}
+
     def line(self) -> str:
         skipped = "".join(f", skipped {n} ({why})" for why, n in self.skipped.items())
         rate = f", {self.completion_tokens / self.seconds:.0f} tok/s" if self.seconds and self.completion_tokens else ""
@@ -190,12 +194,11 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: StageConfig, tem
         nonlocal buffer, failures, last_commit
         if buffer or failures:
             rows = pa.Table.from_pylist(buffer, schema=arrow_schema)
-            rejected = pa.table({
-                "rejected_id": [sha("rejected", stage_name, "request_failed", k)[:16] for k, _, _ in failures],
-                "stage": [stage_name] * len(failures), "reason": ["request_failed"] * len(failures),
-                "detail": [d for _, d, _ in failures], "ref_id": [k for k, _, _ in failures],
-                "source": [None] * len(failures), "payload": [p for _, _, p in failures],
-                "run_id": [lake.run_id] * len(failures)}, schema=schema.REJECTED)
+            rejected = pa.Table.from_pylist([
+                {"rejected_id": sha("rejected", stage_name, "request_failed", key)[:16], "stage": stage_name,
+                 "reason": "request_failed", "reasons": ["request_failed"], "detail": detail, "ref_id": key,
+                 "payload": payload, "run_id": lake.run_id} for key, detail, payload in failures],
+                schema=schema.REJECTED)
             with lake.transaction(f"{stage_name}: {len(buffer)} rows, {len(failures)} failed"):
                 stats.done += lake.insert(table, rows, key="request_key")
                 lake.insert("rejected", rejected, key="rejected_id")

@@ -512,12 +512,10 @@ def _write_batch(lake: Lake, src: Source, images: dict[str, CheckedImage], probl
         "question": [p[1].question for p in new], "answer": [p[1].answer for p in new],
         "choices": [p[1].choices for p in new], "image_id": [p[2] for p in new],
         "caption": [p[1].caption for p in new], "run_id": [run] * len(new)}, schema=schema.PROBLEMS)
-    rejected_table = pa.table({
-        "rejected_id": [rejected_id("ingest", r[0], r[2]) for r in rejected],
-        "stage": ["ingest"] * len(rejected), "reason": [r[0] for r in rejected],
-        "detail": [r[1] for r in rejected], "ref_id": [r[2] for r in rejected],
-        "source": [src.name] * len(rejected), "payload": [r[3] for r in rejected],
-        "run_id": [run] * len(rejected)}, schema=schema.REJECTED)
+    rejected_table = pa.Table.from_pylist([
+        {"rejected_id": rejected_id("ingest", r[0], r[2]), "stage": "ingest", "reason": r[0], "reasons": [r[0]],
+         "detail": r[1], "ref_id": r[2], "source": src.name, "payload": r[3], "run_id": run} for r in rejected],
+        schema=schema.REJECTED)
     with lake.transaction(f"ingest {src.name}: {len(new)} problems, {len(rejected)} rejected"):
         tally.new_images += lake.insert("images", image_table, key="image_id")
         tally.ingested += lake.insert("problems", problem_table, key="problem_id")

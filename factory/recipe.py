@@ -104,6 +104,50 @@ class StageConfig:
 
 BACKENDS = ("openai", "vllm", "transformers")
 
+REFLECTION_KEYWORDS = ["Wait", "But wait", "But the question", "Hmm", "Alternatively", "Let me double-check",
+                       "Let me re-check", "Let me verify"]
+
+
+@dataclass
+class VerifyConfig:
+    """How the verify stage grades traces and rollouts, and cleans accepted traces for SFT."""
+
+    max_words: int = 2000             # longer completions: too_long
+    forbidden_phrases: list[str] = field(default_factory=lambda: [
+        "the caption", "the description", "the image description", "described in", "as described"])
+    require_format: bool = False      # completions must be <think>...</think> ... <answer>...</answer>
+    repetition_ngram: int = 12        # a word n-gram repeated...
+    repetition_max: int = 4           # ...more than this many times is a repetition loop
+    timeout_s: float = 5.0            # per item, for math-verify
+    reflection_keywords: list[str] = field(default_factory=lambda: list(REFLECTION_KEYWORDS))
+    clean_max_words: int = 500        # the cleaned reasoning's word cap for SFT
+    rel_tol: float = 1e-4
+
+
+@dataclass
+class SFTSetConfig:
+    """Which accepted samples become the `sft` set."""
+
+    candidates: str = "traces"        # traces (distillation) | rollouts (self-improvement)
+    model: str | None = None          # only samples of this model (default: all)
+    per_problem: int = 1              # k: at most this many examples per problem
+    pick: str = "shortest"            # shortest | random | all
+    seed: int = 0
+    weights: dict[str, float] | None = None  # per source; balances the mix (default: take everything)
+    max_examples: int | None = None
+    cleaned: bool = True              # use the cleaned completion (reflection-truncated, capped)
+    prompt: str = "rollout"           # the user turn's template: what the trained model will see
+
+
+@dataclass
+class RLSetConfig:
+    """Which problems the `rl` set keeps, by the policy's pass rate on rollouts."""
+
+    band: list[float] = field(default_factory=lambda: [0.0, 0.75])  # keep pass rates in [lo, hi]
+    min_samples: int = 1              # problems with fewer graded rollouts are left out
+    model: str | None = None          # whose rollouts count (default: the rollout stage's model)
+    prompt: str = "rollout"
+
 
 @dataclass
 class LakeConfig:
@@ -120,7 +164,10 @@ class Recipe:
     decontaminate_by: list[str] = field(default_factory=lambda: ["image", "question"])
     caption: StageConfig | None = None
     distil: StageConfig | None = None
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    sft: SFTSetConfig | None = None
     rollout: StageConfig | None = None
+    rl: RLSetConfig | None = None
     batch_rows: int = 500             # rows per catalog commit during ingest
     full_decode: bool = False         # inflate every pixel when checking images (default: verify every byte)
     description: str | None = None
@@ -191,6 +238,17 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
         stage = getattr(recipe, name)
         if stage is not None:
             _check_stage(stage, f"{where}: {name}")
+    if recipe.sft is not None:
+        if recipe.sft.candidates not in ("traces", "rollouts"):
+            raise RecipeError(f"{where}: sft.candidates: {recipe.sft.candidates!r} is not traces or rollouts")
+        if recipe.sft.pick not in ("shortest", "random", "all"):
+            raise RecipeError(f"{where}: sft.pick: {recipe.sft.pick!r} is not shortest, random or all")
+        if recipe.sft.per_problem < 1:
+            raise RecipeError(f"{where}: sft.per_problem: must be at least 1")
+    if recipe.rl is not None:
+        lo_hi = recipe.rl.band
+        if len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1] <= 1:
+            raise RecipeError(f"{where}: rl.band: {lo_hi} must be [lo, hi] with 0 <= lo <= hi <= 1")
     if recipe.lake.catalog and not recipe.lake.catalog.startswith("ducklake:"):
         recipe.lake.catalog = str((base / recipe.lake.catalog).resolve())
     return recipe

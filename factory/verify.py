@@ -65,6 +65,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+VERSION = "1"               # bump when a verdict can change: the verify stage regrades on a new version
 REL_TOL = 1e-4
 TIMEOUT_S = 5.0
 MAX_ANSWER_CHARS = 1000     # a longer "answer" is compared as text only: sympy never sees a novel

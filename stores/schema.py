@@ -46,6 +46,7 @@ REJECTED = pa.schema([
     ("source", pa.string()),
     ("payload", pa.string()),       # the rejected row as JSON (image bytes left out)
     ("run_id", pa.string()),
+    ("reasons", pa.list_(pa.string())),  # every reason that applies (verify); reason is the first
 ])
 
 CAPTIONS = pa.schema([
@@ -111,7 +112,8 @@ def _m001_initial(con, db: str) -> None:
     now = "created_at TIMESTAMPTZ DEFAULT now()"
     con.execute(f"CREATE TABLE {db}.images ({_ddl(IMAGES)})")
     con.execute(f"CREATE TABLE {db}.problems ({_ddl(PROBLEMS)})")
-    con.execute(f"CREATE TABLE {db}.rejected ({_ddl(REJECTED)}, {now})")
+    first = REJECTED.remove(REJECTED.get_field_index("reasons"))  # `reasons` came with migration 4
+    con.execute(f"CREATE TABLE {db}.rejected ({_ddl(first)}, {now})")
     con.execute(RUNS_DDL.format(db=db))
     con.execute(f"""CREATE TABLE {db}.tags (
         name VARCHAR, snapshot_id BIGINT, run_id VARCHAR, note VARCHAR, {now})""")
@@ -144,11 +146,80 @@ def _m003_prompts_and_generations(con, db: str) -> None:
         UNION ALL SELECT 'rollout', problem_id, {cols} FROM {db}.rollouts""")
 
 
+GRADES = pa.schema([
+    ("grade_id", pa.string()),      # hash of (ref_table, ref_id, verifier, settings_hash)
+    ("ref_table", pa.string()),     # traces | rollouts
+    ("ref_id", pa.string()),        # trace_id / rollout_id
+    ("problem_id", pa.string()),
+    ("source", pa.string()),
+    ("verifier", pa.string()),      # verifier version string: a newer one regrades
+    ("settings_hash", pa.string()), # hash of the recipe's verify settings: changed thresholds regrade
+    ("correct", pa.bool_()),
+    ("extracted", pa.string()),
+    ("grade_reason", pa.string()),  # the verifier's reason: correct, incorrect, no_answer, ...
+    ("reasons", pa.list_(pa.string())),  # every rejection reason that applies (empty: accepted)
+    ("accepted", pa.bool_()),
+    ("words", pa.int32()),
+    ("cleaned", pa.string()),       # the cleaned completion for SFT, beside the original
+    ("cleaned_words", pa.int32()),
+    ("cleaned_ok", pa.bool_()),     # the cleaned completion re-verified correct and under the cap
+    ("run_id", pa.string()),
+])
+
+SFT = pa.schema([
+    ("example_id", pa.string()),
+    ("problem_id", pa.string()),
+    ("source", pa.string()),
+    ("source_id", pa.string()),
+    ("image_id", pa.string()),
+    ("question", pa.string()),
+    ("choices", pa.list_(pa.string())),
+    ("answer", pa.string()),        # the gold answer
+    ("prompt", pa.string()),        # the user turn's text (the image goes before it)
+    ("completion", pa.string()),    # the assistant turn: reasoning + final answer
+    ("from_table", pa.string()),    # traces | rollouts
+    ("from_id", pa.string()),
+    ("model", pa.string()),         # who wrote the completion
+    ("words", pa.int32()),
+    ("run_id", pa.string()),
+])
+
+RL = pa.schema([
+    ("problem_id", pa.string()),
+    ("source", pa.string()),
+    ("source_id", pa.string()),
+    ("image_id", pa.string()),
+    ("question", pa.string()),
+    ("choices", pa.list_(pa.string())),
+    ("answer", pa.string()),
+    ("prompt", pa.string()),
+    ("policy_model", pa.string()),
+    ("samples", pa.int32()),
+    ("correct", pa.int32()),
+    ("pass_rate", pa.float64()),
+    ("run_id", pa.string()),
+])
+
+
+def _m004_datasets(con, db: str) -> None:
+    now = "created_at TIMESTAMPTZ DEFAULT now()"
+    con.execute(f"CREATE TABLE {db}.grades ({_ddl(GRADES)}, {now})")
+    con.execute(f"CREATE TABLE {db}.sft ({_ddl(SFT)}, {now})")
+    con.execute(f"CREATE TABLE {db}.rl ({_ddl(RL)}, {now})")
+    con.execute(f"ALTER TABLE {db}.rejected ADD COLUMN reasons VARCHAR[]")
+    con.execute(f"""CREATE VIEW {db}.pass_rates AS
+        SELECT problem_id, model, count(*) AS samples, count(*) FILTER (WHERE correct) AS correct,
+               avg(CASE WHEN correct THEN 1.0 ELSE 0.0 END) AS pass_rate
+        FROM {db}.rollouts GROUP BY ALL""")
+
+
 # (version, name, function): append only; never edit an applied migration.
 MIGRATIONS = [
     (1, "initial tables", _m001_initial),
     (2, "store image bytes uncompressed", _m002_images_uncompressed),
     (3, "prompts table and generations view", _m003_prompts_and_generations),
+    (4, "grades, sft and rl tables; rejected.reasons; pass_rates view", _m004_datasets),
 ]
 
-TABLES = ("images", "problems", "captions", "traces", "rollouts", "rejected", "runs", "tags", "prompts")
+TABLES = ("images", "problems", "captions", "traces", "rollouts", "rejected", "runs", "tags", "prompts",
+          "grades", "sft", "rl")

@@ -1,0 +1,166 @@
+"""The sft set: accepted samples turned into vision-language chat examples.
+
+Candidates are the verify stage's accepted traces (iteration 1: distillation
+through captions) or rollouts (later iterations: the RL model's own verified
+answers). Per problem at most `per_problem` are kept, picked by a rule
+(`shortest` correct, `random` with a seed, `all`), and the mix is balanced
+across sources by the recipe's weights. Each example is image + the user
+prompt the trained model will see (the `rollout` template: question, choices,
+the think/answer instruction) -> the completion (cleaned: reflection
+truncated and capped, unless `cleaned: false`).
+
+The set is a table, rewritten in one transaction, so a tag names exactly
+one iteration's set: `sft@iter1`.
+
+    vlfactory run RECIPE --stage verify --stage sft --tag iter1
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from vlfactory.prompts import load_template
+from vlfactory.recipe import Recipe
+from vlfactory.stores import schema
+from vlfactory.stores.lake import Lake
+
+
+@dataclass
+class SetStats:
+    name: str
+    candidates: int = 0               # accepted samples considered
+    problems: int = 0                 # problems with at least one candidate
+    examples: int = 0
+    by_source: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)
+    written: bool = False
+
+    def counts(self) -> dict[str, int]:
+        return {"candidates": self.candidates, "problems": self.problems, "examples": self.examples,
+                **{f"source.{k}": v for k, v in self.by_source.items()}}
+
+    def line(self) -> str:
+        mix = ", ".join(f"{s} {n}" for s, n in sorted(self.by_source.items()))
+        dropped = "".join(f"; {n} {why}" for why, n in self.dropped.items() if n)
+        state = "written" if self.written else "unchanged, nothing written"
+        return (f"{self.name}: {self.examples} examples from {self.problems} problems "
+                f"({self.candidates} accepted candidates){dropped}; by source: {mix or 'none'}; {state}")
+
+
+def _order_key(seed: int, ident: str) -> str:
+    return hashlib.sha256(f"{seed}:{ident}".encode()).hexdigest()
+
+
+def candidates(lake: Lake, recipe: Recipe, limit: int | None) -> list[dict]:
+    cfg = recipe.sft
+    table = cfg.candidates
+    id_col = "trace_id" if table == "traces" else "rollout_id"
+    where, params = ["g.accepted", "g.ref_table = ?"], [table]
+    if cfg.model:
+        where.append("s.model = ?")
+        params.append(cfg.model)
+    limit_sql = f" LIMIT {int(limit)}" if limit is not None else ""
+    sql = f"""
+        WITH todo AS (SELECT * FROM problems ORDER BY source, source_id, problem_id{limit_sql})
+        SELECT s.{id_col} AS from_id, s.model, s.completion, g.cleaned, g.cleaned_ok, g.words, g.cleaned_words,
+               p.problem_id, p.source, p.source_id, p.image_id, p.question, p.choices, p.answer
+        FROM grades g JOIN {table} s ON s.{id_col} = g.ref_id JOIN todo p ON p.problem_id = s.problem_id
+        WHERE {' AND '.join(where)}"""
+    rel = lake.con.execute(sql, params)
+    cols = [d[0] for d in rel.description]
+    return [dict(zip(cols, r)) for r in rel.fetchall()]
+
+
+def pick(rows: list[dict], recipe: Recipe, stats: SetStats) -> list[dict]:
+    """At most k per problem by the recipe's rule, then the source mix by weights."""
+    cfg = recipe.sft
+    per_problem: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if cfg.cleaned:
+            if not r["cleaned_ok"]:
+                stats.dropped["failed cleaning (re-verify or word cap)"] += 1
+                continue
+            r["text"], r["n_words"] = r["cleaned"], r["cleaned_words"]
+        else:
+            r["text"], r["n_words"] = r["completion"], r["words"]
+        if r["image_id"] is None:
+            stats.dropped["no image"] += 1
+            continue
+        per_problem[r["problem_id"]].append(r)
+    chosen: dict[str, list[dict]] = {}
+    for pid, group in per_problem.items():
+        if cfg.pick == "shortest":
+            group.sort(key=lambda r: (r["n_words"], r["from_id"]))
+        else:  # random and all: a seeded order, stable across runs
+            group.sort(key=lambda r: _order_key(cfg.seed, r["from_id"]))
+        chosen[pid] = group if cfg.pick == "all" else group[: cfg.per_problem]
+    stats.problems = len(chosen)
+
+    # Balance: each weighted source contributes in proportion to its weight, as far as the
+    # scarcest source (relative to its weight) allows; unweighted sources are left out.
+    by_source: dict[str, list[str]] = defaultdict(list)
+    for pid, group in chosen.items():
+        by_source[group[0]["source"]].append(pid)
+    if cfg.weights:
+        weights = {s: w for s, w in cfg.weights.items() if w > 0}
+        for s in set(by_source) - set(weights):
+            stats.dropped[f"source {s} has no weight"] += len(by_source.pop(s))
+        total = sum(weights.values())
+        present = {s: w / total for s, w in weights.items() if by_source.get(s)}
+        if present:
+            scale = min(len(by_source[s]) / share for s, share in present.items())
+            for s, share in present.items():
+                keep = int(scale * share + 1e-9)
+                pids = sorted(by_source[s], key=lambda p: _order_key(cfg.seed, p))
+                stats.dropped["over the source's weighted share"] += len(pids) - keep
+                by_source[s] = pids[:keep]
+    problems = sorted((p for pids in by_source.values() for p in pids), key=lambda p: _order_key(cfg.seed, p))
+    if cfg.max_examples is not None:
+        out: list[dict] = []
+        for pid in problems:
+            for r in chosen[pid]:
+                if len(out) < cfg.max_examples:
+                    out.append(r)
+                else:
+                    stats.dropped["over max_examples"] += 1
+        return out
+    return [r for pid in problems for r in chosen[pid]]
+
+
+def run(lake: Lake, recipe: Recipe, limit: int | None = None, progress=None) -> SetStats:
+    stats = SetStats("sft")
+    if recipe.sft is None:
+        return stats
+    template = load_template(recipe.sft.prompt, Path(recipe.path).parent if recipe.path else None,
+                             needs={"question"})
+    rows = candidates(lake, recipe, limit)
+    stats.candidates = len(rows)
+    examples = pick(rows, recipe, stats)
+    table = pa.Table.from_pylist([{
+        "example_id": hashlib.sha256(f"{r['from_id']}\x1f{r['text']}\x1f{template.hash}".encode()).hexdigest()[:16],
+        "problem_id": r["problem_id"], "source": r["source"], "source_id": r["source_id"],
+        "image_id": r["image_id"], "question": r["question"], "choices": r["choices"], "answer": r["answer"],
+        "prompt": template.render(question=r["question"], choices=r["choices"]), "completion": r["text"],
+        "from_table": recipe.sft.candidates, "from_id": r["from_id"], "model": r["model"], "words": r["n_words"],
+        "run_id": lake.run_id} for r in examples], schema=schema.SFT)
+    stats.examples = table.num_rows
+    stats.by_source.update(table.column("source").to_pylist())
+    write_set(lake, "sft", table, "example_id", stats)
+    return stats
+
+
+def write_set(lake: Lake, name: str, table: pa.Table, key: str, stats) -> None:
+    """Replace a set table in one snapshot, unless it already holds exactly these rows."""
+    current = {r[0] for r in lake.con.execute(f"SELECT {key} FROM lake.{name}").fetchall()}
+    if current == set(table.column(key).to_pylist()):
+        return
+    with lake.transaction(f"{name} set: {table.num_rows} rows"):
+        lake.con.execute(f"DELETE FROM lake.{name}")
+        lake.insert(name, table)
+    stats.written = True
