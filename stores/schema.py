@@ -213,13 +213,26 @@ def _m004_datasets(con, db: str) -> None:
         FROM {db}.rollouts GROUP BY ALL""")
 
 
+def _m005_trainings_and_evals(con, db: str) -> None:
+    con.execute(f"""CREATE TABLE {db}.trainings (
+        training_id VARCHAR, kind VARCHAR, dataset VARCHAR, dataset_table VARCHAR, snapshot_id BIGINT,
+        rows BIGINT, base_model VARCHAR, output_dir VARCHAR, config VARCHAR, versions MAP(VARCHAR, VARCHAR),
+        status VARCHAR, metrics MAP(VARCHAR, DOUBLE), started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ,
+        run_id VARCHAR, iteration INTEGER)""")
+    con.execute(f"""CREATE TABLE {db}.evals (
+        eval_id VARCHAR, model VARCHAR, benchmark VARCHAR, split VARCHAR, problems BIGINT, correct BIGINT,
+        accuracy DOUBLE, snapshot_id BIGINT, sampling VARCHAR, run_id VARCHAR, iteration INTEGER,
+        created_at TIMESTAMPTZ DEFAULT now())""")
+
+
 # (version, name, function): append only; never edit an applied migration.
 MIGRATIONS = [
     (1, "initial tables", _m001_initial),
     (2, "store image bytes uncompressed", _m002_images_uncompressed),
     (3, "prompts table and generations view", _m003_prompts_and_generations),
     (4, "grades, sft and rl tables; rejected.reasons; pass_rates view", _m004_datasets),
+    (5, "trainings and evals tables", _m005_trainings_and_evals),
 ]
 
 TABLES = ("images", "problems", "captions", "traces", "rollouts", "rejected", "runs", "tags", "prompts",
-          "grades", "sft", "rl")
+          "grades", "sft", "rl", "trainings", "evals")
