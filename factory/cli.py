@@ -373,6 +373,45 @@ def tag(name: str, lake: str | None, data_path: str | None, at: str | None, note
         click.echo(f"{name} -> snapshot {snap}")
 
 
+@main.command("eval")
+@click.option("--model", required=True, help="The model to evaluate: a folder or hub id.")
+@click.option("--benchmark", "benchmarks", required=True, multiple=True,
+              help="A source of the recipe (its benchmarks: or sources:); repeatable.")
+@click.option("--recipe", "recipe_ref", default="quickstart", show_default=True,
+              help="The recipe naming the benchmark sources and the rollout backend.")
+@click.option("--backend", type=click.Choice(["transformers", "vllm", "openai"]), default=None,
+              help="Override the recipe's rollout backend.")
+@click.option("--max-tokens", type=int, default=None, help="New tokens per answer (default: the recipe's).")
+@click.option("--limit", type=int, default=None, help="Evaluate the first N problems.")
+@lake_options
+@friendly
+def eval_(model: str, benchmarks: tuple[str, ...], recipe_ref: str, backend: str | None, max_tokens: int | None,
+          limit: int | None, lake: str | None, data_path: str | None) -> None:
+    """Answer a benchmark from its images, verify, store accuracy in `evals`.
+
+    \b
+    Example:
+        vlfactory eval --model runs/quickstart/iter1/grpo --benchmark dynamath --recipe recipes/quickstart.yaml
+        vlfactory sql "SELECT model, benchmark, accuracy FROM evals ORDER BY created_at"
+    """
+    import dataclasses
+
+    from vlfactory.evaluate import evaluate
+    from vlfactory.recipe import StageConfig, load_recipe
+
+    recipe = load_recipe(recipe_ref)
+    stage = recipe.rollout or StageConfig(model=model, backend="transformers")
+    if backend:
+        stage = dataclasses.replace(stage, backend=backend)
+    if max_tokens:
+        stage = dataclasses.replace(stage, sampling=dataclasses.replace(stage.sampling, max_tokens=max_tokens))
+    with open_lake(lake, data_path, recipe) as lk:
+        lk.start_run("eval", recipe.text, recipe.name, " ".join(sys.argv[1:]))
+        for name in benchmarks:
+            click.echo(evaluate(lk, recipe, model, name, limit=limit, stage=stage).line(), err=True)
+        lk.end_run("ok")
+
+
 @main.command()
 @click.argument("version")
 @click.option("--table", default=None, help="The table to export (or write VERSION as TABLE@VERSION).")

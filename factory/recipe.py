@@ -136,7 +136,7 @@ class SFTSetConfig:
     weights: dict[str, float] | None = None  # per source; balances the mix (default: take everything)
     max_examples: int | None = None
     cleaned: bool = True              # use the cleaned completion (reflection-truncated, capped)
-    prompt: str = "rollout"           # the user turn's template: what the trained model will see
+    prompt: str | None = None         # the user turn's template (default: the rollout stage's, else `rollout`)
 
 
 @dataclass
@@ -146,7 +146,7 @@ class RLSetConfig:
     band: list[float] = field(default_factory=lambda: [0.0, 0.75])  # keep pass rates in [lo, hi]
     min_samples: int = 1              # problems with fewer graded rollouts are left out
     model: str | None = None          # whose rollouts count (default: the rollout stage's model)
-    prompt: str = "rollout"
+    prompt: str | None = None         # the GRPO prompt template (default: the rollout stage's, else `rollout`)
 
 
 @dataclass
@@ -249,6 +249,11 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
         lo_hi = recipe.rl.band
         if len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1] <= 1:
             raise RecipeError(f"{where}: rl.band: {lo_hi} must be [lo, hi] with 0 <= lo <= hi <= 1")
+        if recipe.rl.min_samples < 1:
+            raise RecipeError(f"{where}: rl.min_samples: must be at least 1")
+        if recipe.rl.model is None and recipe.rollout is None:
+            raise RecipeError(f"{where}: rl.model: missing; name the policy model whose rollouts count, "
+                              "or add a rollout: stage")
     if recipe.lake.catalog and not recipe.lake.catalog.startswith("ducklake:"):
         recipe.lake.catalog = str((base / recipe.lake.catalog).resolve())
     return recipe

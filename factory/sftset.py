@@ -137,7 +137,8 @@ def run(lake: Lake, recipe: Recipe, limit: int | None = None, progress=None) -> 
     stats = SetStats("sft")
     if recipe.sft is None:
         return stats
-    template = load_template(recipe.sft.prompt, Path(recipe.path).parent if recipe.path else None,
+    template = load_template(recipe.sft.prompt or (recipe.rollout.prompt if recipe.rollout else None) or "rollout",
+                             Path(recipe.path).parent if recipe.path else None,
                              needs={"question"})
     rows = candidates(lake, recipe, limit)
     stats.candidates = len(rows)
@@ -151,16 +152,5 @@ def run(lake: Lake, recipe: Recipe, limit: int | None = None, progress=None) -> 
         "run_id": lake.run_id} for r in examples], schema=schema.SFT)
     stats.examples = table.num_rows
     stats.by_source.update(table.column("source").to_pylist())
-    write_set(lake, "sft", table, "example_id", stats)
+    stats.written = lake.replace("sft", table, f"sft set: {table.num_rows} examples")
     return stats
-
-
-def write_set(lake: Lake, name: str, table: pa.Table, key: str, stats) -> None:
-    """Replace a set table in one snapshot, unless it already holds exactly these rows."""
-    current = {r[0] for r in lake.con.execute(f"SELECT {key} FROM lake.{name}").fetchall()}
-    if current == set(table.column(key).to_pylist()):
-        return
-    with lake.transaction(f"{name} set: {table.num_rows} rows"):
-        lake.con.execute(f"DELETE FROM lake.{name}")
-        lake.insert(name, table)
-    stats.written = True

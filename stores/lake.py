@@ -359,6 +359,27 @@ class Lake:
             self.con.unregister("_batch")
         return n
 
+    def replace(self, table: str, rows: pa.Table, message: str) -> bool:
+        """Make `table` hold exactly these rows, in one snapshot; write nothing when it already does.
+
+        Rows compare on every column but `run_id` (and the table's `created_at`),
+        so rebuilding an unchanged set leaves the lake as it was.
+        """
+        cols = ", ".join(f'"{c}"' for c in rows.column_names if c != "run_id")
+        self.con.register("_new", rows)
+        try:
+            differ = self.con.execute(f"""SELECT count(*) FROM (
+                (SELECT {cols} FROM {DB}.{table} EXCEPT ALL SELECT {cols} FROM _new) UNION ALL
+                (SELECT {cols} FROM _new EXCEPT ALL SELECT {cols} FROM {DB}.{table}))""").fetchone()[0]
+        finally:
+            self.con.unregister("_new")
+        if not differ:
+            return False
+        with self.transaction(message):
+            self.con.execute(f"DELETE FROM {DB}.{table}")
+            self.insert(table, rows)
+        return True
+
     def existing(self, table: str, key: str, values: list[str]) -> set[str]:
         """Which of these key values the table already holds."""
         if not values:

@@ -1,0 +1,203 @@
+"""The rollout stage (the policy answers from the image, graded inline) and the rl set picked by pass rate."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pyarrow as pa
+import pytest
+
+from vlfactory.prompts import load_template
+from vlfactory.stores import schema
+from vlfactory.stores.lake import Lake
+
+
+class AnswerServer:
+    """An OpenAI-compatible chat server whose answers are planned: `answers[prompt]` is the list of
+    completions for a request of that prompt (its text part); it records each request's prompt and
+    whether an image came with it."""
+
+    def __init__(self, answers: dict[str, list[str]]):
+        self.answers = answers
+        self.hits: list[tuple[str, bool]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                parts = body["messages"][-1]["content"]
+                prompt = " ".join(p["text"] for p in parts if p["type"] == "text")
+                image = any(p["type"] == "image_url" and p["image_url"]["url"].startswith("data:image/")
+                            for p in parts)
+                server.hits.append((prompt, image))
+                texts = server.answers[prompt][: body.get("n", 1)]
+                data = json.dumps({
+                    "id": "x", "object": "chat.completion", "model": body["model"],
+                    "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+                                for i, t in enumerate(texts)],
+                    "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 5 * len(texts)}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def __enter__(self) -> "AnswerServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def recipe_text(url: str, band: str) -> str:
+    return f"""
+name: rollouts
+sources:
+  - {{name: synthetic, format: synthetic, n: 10, seed: 7}}
+rollout:
+  backend: openai
+  model: policy
+  base_url: {url}
+  concurrency: 4
+  timeout_s: 5
+  max_retries: 0
+  sampling: {{temperature: 1.0, top_p: 0.99, max_tokens: 64, n: 4, seed: 3}}
+  commit_rows: 8
+rl:
+  band: {band}
+  min_samples: 4
+"""
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())  # rich wraps long lines
+
+
+def rl_rows(lake_dir, table: str = "rl") -> dict[str, tuple]:
+    with Lake(lake_dir) as lake:
+        rows = lake.query(f"SELECT problem_id, samples, correct, pass_rate, prompt, policy_model, image_id "
+                          f"FROM {table}").fetchall()
+    return {r[0]: r[1:] for r in rows}
+
+
+def test_rollouts_graded_inline_then_rl_set_by_pass_rate(cli, lake_dir, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text("http://127.0.0.1:9/v1", "[0.25, 0.75]"))
+    cli("run", recipe, "--stage", "ingest")
+    template = load_template("rollout")
+    with Lake(lake_dir) as lake:
+        problems = lake.query("SELECT problem_id, question, choices, answer FROM problems "
+                              "ORDER BY source, source_id, problem_id").fetchall()
+        # a problem without an image: the policy cannot see it, so it gets no rollouts
+        with lake.transaction("a problem without an image"):
+            lake.insert("problems", pa.Table.from_pylist([{
+                "problem_id": "no-image", "source": "synthetic", "source_id": "zz", "question": "What is 2 + 2?",
+                "answer": "4"}], schema=schema.PROBLEMS))
+    # problem i gets i % 5 of its 4 samples right: pass rates 0, 1/4, 1/2, 3/4, 1
+    right = {pid: i % 5 for i, (pid, *_) in enumerate(problems)}
+    prompts = {pid: template.render(question=q, choices=c) for pid, q, c, _ in problems}
+    answers = {prompts[pid]: [f"<think>I read the image.</think> <answer>{gold if s < right[pid] else 'no idea'}"
+                              f"</answer>" for s in range(4)] for pid, _, _, gold in problems}
+
+    with AnswerServer(answers) as server:
+        recipe.write_text(recipe_text(server.url, "[0.25, 0.75]"))
+        out = flat(cli("run", recipe, "--stage", "rollout").output)
+        assert "rollout: 40 samples = 0 cached + 40 generated + 0 missing" in out, out
+        assert "skipped 1 (no image)" in out
+        assert len(server.hits) == 10 and all(image for _, image in server.hits)
+        assert sorted(p for p, _ in server.hits) == sorted(prompts.values())
+        with Lake(lake_dir) as lake:
+            rows = lake.query("""SELECT problem_id, sample_index, correct, grade_reason, answer, reasoning, model,
+                                        backend, prompt_hash, temperature, request_key FROM rollouts""").fetchall()
+            rates = {r[0]: r[1:] for r in lake.query(
+                "SELECT problem_id, model, samples, correct, pass_rate FROM pass_rates").fetchall()}
+        assert len(rows) == 40 and len({r[10] for r in rows}) == 40
+        assert all(r[5] == "I read the image." and r[6] == "policy" and r[7] == "openai"
+                   and r[8] == template.hash and r[9] == 1.0 for r in rows)
+        assert all(r[3] == ("correct" if r[2] else "incorrect") and (r[2] or r[4] == "no idea") for r in rows)
+        assert rates == {pid: ("policy", 4, k, k / 4) for pid, k in right.items()}
+
+        # a rerun sends nothing
+        out = flat(cli("run", recipe, "--stage", "rollout").output)
+        assert "40 samples = 40 cached + 0 generated" in out and len(server.hits) == 10
+
+    # the rl set: pass rate in [0.25, 0.75] with 4 samples -> 1, 2 or 3 right
+    out = flat(cli("run", recipe, "--stage", "rl").output)
+    assert ("rl: 6 of 11 problems with pass rate in [0.25, 0.75] (min 4 samples) by policy; "
+            "4 outside the band, 1 with too few samples; by source: synthetic 6; written") in out, out
+    first = rl_rows(lake_dir)
+    assert first == {pid: (4, k, k / 4, prompts[pid], "policy", first[pid][-1]) for pid, k in right.items()
+                     if 1 <= k <= 3}
+    assert all(r[-1] for r in first.values())  # every problem comes with its image
+    cli("tag", "iter1")
+
+    # the next iteration's band rewrites the table; the tag still reads the old set
+    recipe.write_text(recipe_text("http://127.0.0.1:9/v1", "[0.0, 0.25]"))
+    out = flat(cli("run", recipe, "--stage", "rl").output)
+    assert "rl: 4 of 11 problems with pass rate in [0.0, 0.25]" in out and out.count("; written") == 1, out
+    assert set(rl_rows(lake_dir)) == {pid for pid, k in right.items() if k <= 1}
+    assert rl_rows(lake_dir, "rl@iter1") == first
+
+    # an identical rebuild writes nothing
+    with Lake(lake_dir) as lake:
+        rl_snapshots = len([s for s in lake.snapshots() if (s["commit_message"] or "").startswith("rl set")])
+    out = flat(cli("run", recipe, "--stage", "rl").output)
+    assert "rl: 4 of 11 problems" in out and "unchanged, nothing written" in out, out
+    with Lake(lake_dir) as lake:
+        assert rl_snapshots == len([s for s in lake.snapshots()
+                                    if (s["commit_message"] or "").startswith("rl set")]) == 2
+
+    # --limit: only the first problems are considered
+    out = flat(cli("run", recipe, "--stage", "rl", "--limit", "3").output)
+    assert "rl: 2 of 3 problems with pass rate in [0.0, 0.25]" in out and "1 outside the band" in out, out
+
+
+@pytest.mark.slow
+def test_rollout_with_the_transformers_backend_sends_the_image(tiny_vlm_dir, cli, lake_dir, tmp_path):
+    from transformers import AutoProcessor
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+sources:
+  - {{name: synthetic, format: synthetic, n: 3, seed: 4}}
+rollout:
+  backend: transformers
+  model: {tiny_vlm_dir}
+  device: cpu
+  sampling: {{temperature: 1.0, top_p: 0.99, max_tokens: 8, n: 2, seed: 3}}
+""")
+    cli("run", recipe, "--stage", "ingest")
+    out = flat(cli("run", recipe, "--stage", "rollout").output)
+    assert "rollout: 6 samples = 0 cached + 6 generated + 0 missing" in out, out
+    with Lake(lake_dir) as lake:
+        rows = lake.query("""SELECT r.sample_index, r.prompt_tokens, r.completion_tokens, r.correct, r.grade_reason,
+                                    r.model, r.backend, p.question, p.choices
+                             FROM rollouts r JOIN problems p USING (problem_id)""").fetchall()
+    assert len(rows) == 6 and sorted(r[0] for r in rows) == [0, 0, 0, 1, 1, 1]
+    # a random model: nothing right, and every sample graded
+    assert all(not r[3] and r[4] in ("incorrect", "no_answer") for r in rows)
+    assert all(r[5] == str(tiny_vlm_dir) and r[6] == "transformers" and 1 <= r[2] <= 8 for r in rows)
+    # the image's tokens are in the prompt: more than the same text alone
+    processor = AutoProcessor.from_pretrained(tiny_vlm_dir)
+    template = load_template("rollout")
+    for r in rows:
+        text = template.render(question=r[7], choices=r[8])
+        chat = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": text}]}],
+                                             add_generation_prompt=True, tokenize=False)
+        assert r[1] >= len(processor.tokenizer(chat)["input_ids"]) + 4
+
+    # a rerun sends nothing (and loads no model)
+    out = flat(cli("run", recipe, "--stage", "rollout").output)
+    assert "6 samples = 6 cached + 0 generated" in out, out
