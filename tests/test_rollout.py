@@ -2,63 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pyarrow as pa
 import pytest
 
+from answer_server import AnswerServer
 from vlfactory.prompts import load_template
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
-
-
-class AnswerServer:
-    """An OpenAI-compatible chat server whose answers are planned: `answers[prompt]` is the list of
-    completions for a request of that prompt (its text part); it records each request's prompt and
-    whether an image came with it."""
-
-    def __init__(self, answers: dict[str, list[str]]):
-        self.answers = answers
-        self.hits: list[tuple[str, bool]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                parts = body["messages"][-1]["content"]
-                prompt = " ".join(p["text"] for p in parts if p["type"] == "text")
-                image = any(p["type"] == "image_url" and p["image_url"]["url"].startswith("data:image/")
-                            for p in parts)
-                server.hits.append((prompt, image))
-                texts = server.answers[prompt][: body.get("n", 1)]
-                data = json.dumps({
-                    "id": "x", "object": "chat.completion", "model": body["model"],
-                    "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
-                                for i, t in enumerate(texts)],
-                    "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 5 * len(texts)}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-    def __enter__(self) -> "AnswerServer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
 
 def recipe_text(url: str, band: str) -> str:
@@ -201,3 +151,36 @@ rollout:
     # a rerun sends nothing (and loads no model)
     out = flat(cli("run", recipe, "--stage", "rollout").output)
     assert "6 samples = 6 cached + 0 generated" in out, out
+
+
+def test_eval_records_accuracy_per_benchmark(cli, lake_dir, tmp_path, shared_data):
+    import json as _json
+
+    dyn = _json.loads((shared_data / "dynamath-seed" / "dataset.json").read_text())
+    ids = list(dyn)[:6]
+    template = load_template("rollout")
+    # the server answers the gold for the first four problems and a wrong number for the others
+    answers = {template.render(question=dyn[k]["question"], choices=None):
+               [f"<think>...</think><answer>{dyn[k]['answer'] if i < 4 else 'nonsense 12345'}</answer>"]
+               for i, k in enumerate(ids)}
+    with AnswerServer(answers) as server:
+        recipe = tmp_path / "eval.yaml"
+        recipe.write_text(f"""
+sources:
+  - {{name: synthetic, format: synthetic, n: 2}}
+benchmarks:
+  - {{name: dynamath, format: json, path: {shared_data / 'dynamath-seed' / 'dataset.json'}}}
+rollout:
+  backend: openai
+  model: ignored-by-eval
+  base_url: {server.url}
+  sampling: {{max_tokens: 64, temperature: 1.0}}
+""")
+        cli("ingest", recipe)
+        out = cli("eval", "--model", "policy-v1", "--benchmark", "dynamath", "--recipe", recipe, "--limit", "6").output
+        assert "eval dynamath: 4/6 correct = 66.7%" in out
+        assert len(server.hits) == 6 and all(image for _, image in server.hits)
+    with Lake(lake_dir) as lake:
+        rows = lake.query("SELECT model, benchmark, problems, correct, accuracy, sampling FROM evals").fetchall()
+    assert rows[0][:4] == ("policy-v1", "dynamath", 6, 4) and abs(rows[0][4] - 4 / 6) < 1e-9
+    assert '"temperature": 0.0' in rows[0][5]  # evaluation decodes greedily whatever the rollout stage says
