@@ -11,7 +11,10 @@ TRL load it like any local model. Its identity in cache keys is the hub name,
     from vlfactory.models import resolve_model
     path = resolve_model("smollm2-135m-instruct")   # -> ~/.cache/vlfactory/models/SmolLM2-135M-Instruct
 
-Any other name (a local folder, a hub id) passes through unchanged.
+`tiny-qwen2.5-vl` and `tiny-qwen2` name random tiny models (a Qwen2.5-VL and a
+Qwen2, about half a million parameters) built offline from configs by
+vlfactory.tiny: the quickstart loop trains one on a CPU in seconds. Any other
+name (a local folder, a hub id) passes through unchanged.
 """
 
 from __future__ import annotations
@@ -37,8 +40,15 @@ def identity(model: str) -> str:
     return IDENTITIES.get(model.lower(), model)
 
 
+TINY = {"tiny-qwen2.5-vl": "tiny_vlm", "tiny-qwen2": "tiny_qwen2"}
+
+
 def resolve_model(model: str) -> str:
     """A loadable path or id for a model name."""
+    if model.lower() in TINY:  # random tiny models built offline: the quickstart loop's base VLM
+        from vlfactory import tiny
+
+        return str(getattr(tiny, TINY[model.lower()])(cache_dir() / "models" / model.lower()))
     if model.lower() != SMOLLM2:
         return model
     out = cache_dir() / "models" / "SmolLM2-135M-Instruct"
