@@ -373,6 +373,38 @@ def tag(name: str, lake: str | None, data_path: str | None, at: str | None, note
         click.echo(f"{name} -> snapshot {snap}")
 
 
+@main.command()
+@click.argument("recipe")
+@lake_options
+@click.option("--iterations", type=int, default=None, help="Override the recipe's loop.iterations.")
+@click.option("--limit", type=int, default=None, help="Work on the first N problems in every stage.")
+@friendly
+def iterate(recipe: str, lake: str | None, data_path: str | None, iterations: int | None, limit: int | None) -> None:
+    """Run the OpenVLThinker loop: distil -> SFT -> rollouts -> RL set -> GRPO -> eval, repeated.
+
+    Every step is resumable: rerun after a crash and it continues from the first unfinished step.
+
+    \b
+    Example:
+        vlfactory iterate quickstart
+        vlfactory sql "SELECT iteration, benchmark, accuracy FROM evals ORDER BY iteration"
+    """
+    from rich.console import Console
+
+    from vlfactory.loop import Loop
+    from vlfactory.recipe import load_recipe
+    from vlfactory.stores.lake import LakeSpec
+
+    console = Console(stderr=True)
+    r = load_recipe(recipe)
+    if lake is None and r.lake.catalog:
+        lake, data_path = r.lake.catalog, data_path or r.lake.data_path
+    spec = LakeSpec.resolve(lake, data_path)
+    console.print(f"lake: {spec.display}")
+    policies = Loop(r, spec, say=console.print, limit=limit).run(iterations)
+    console.print(f"done: {len(policies)} iterations; final policy {policies[-1] if policies else '-'}")
+
+
 @main.command("eval")
 @click.option("--model", required=True, help="The model to evaluate: a folder or hub id.")
 @click.option("--benchmark", "benchmarks", required=True, multiple=True,
@@ -441,6 +473,70 @@ def export(version: str, table: str | None, to: str, fmt: str, shard_rows: int, 
         paths = do_export(lk, table, version, Path(to), fmt, shard_rows)
     click.echo(f"wrote {len(paths)} {'shard' if fmt == 'parquet' else 'dataset'}{'s' if len(paths) > 1 else ''} "
                f"to {paths[0].parent if fmt == 'parquet' else paths[0]}")
+
+
+# ---- train ---------------------------------------------------------------------
+
+@main.group()
+def train() -> None:
+    """Train a VLM on a set version with TRL; every run is a row in `trainings`.
+
+    \b
+    Example:
+        vlfactory train sft --dataset sft@iter1 --model tiny-qwen2.5-vl --output runs/sft-iter1
+        vlfactory sql "SELECT kind, dataset, snapshot_id, rows, status, metrics['train_loss'] FROM trainings"
+    """
+
+
+def train_options(fn):
+    fn = lake_options(fn)
+    for option in reversed([
+        click.option("--dataset", required=True, help="The set version: TABLE@TAG, TABLE@SNAPSHOT, or a tag."),
+        click.option("--model", required=True, help="Base model: a folder, a hub id, or tiny-qwen2.5-vl."),
+        click.option("--output", required=True, type=click.Path(file_okay=False), help="Checkpoint folder."),
+        click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="Trainers YAML: TRL config fields (default: a few tiny steps on any CPU)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+@train.command("sft")
+@train_options
+@friendly
+def train_sft(dataset: str, model: str, output: str, config_path: str | None, lake: str | None,
+              data_path: str | None) -> None:
+    """Supervised fine-tuning on an sft set version (TRL's SFTTrainer).
+
+    \b
+    Example:
+        vlfactory train sft --dataset sft@iter1 --model tiny-qwen2.5-vl --output runs/sft-iter1
+    On GPUs, the same through accelerate (python -m vlfactory.trainers.sft --help):
+        accelerate launch --num_processes 8 -m vlfactory.trainers.sft --dataset sft@iter1 \\
+            --model Qwen/Qwen2.5-VL-7B-Instruct --output runs/sft-iter1 --config sft.yaml
+    """
+    from vlfactory.trainers import sft
+
+    click.echo(sft.train_sft(dataset, model, output, config=config_path, lake=lake, data_path=data_path).line())
+
+
+@train.command("grpo")
+@train_options
+@friendly
+def train_grpo(dataset: str, model: str, output: str, config_path: str | None, lake: str | None,
+               data_path: str | None) -> None:
+    """GRPO on an rl set version (TRL's GRPOTrainer, the factory's verifier as reward).
+
+    \b
+    Example:
+        vlfactory train grpo --dataset rl@iter1 --model runs/sft-iter1 --output runs/grpo-iter1
+    On GPUs, the same through accelerate (python -m vlfactory.trainers.grpo --help):
+        accelerate launch --num_processes 8 -m vlfactory.trainers.grpo --dataset rl@iter1 \\
+            --model runs/sft-iter1 --output runs/grpo-iter1 --config grpo.yaml
+    """
+    from vlfactory.trainers import grpo
+
+    click.echo(grpo.train_grpo(dataset, model, output, config=config_path, lake=lake, data_path=data_path).line())
 
 
 if __name__ == "__main__":

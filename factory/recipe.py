@@ -150,6 +150,19 @@ class RLSetConfig:
 
 
 @dataclass
+class LoopConfig:
+    """The iteration loop (`vlfactory iterate`): what to train, with which TRL settings, how often."""
+
+    base_model: str                   # the VLM every SFT starts from (OpenVLThinker: Qwen2.5-VL-7B-Instruct)
+    iterations: int = 2
+    output_dir: str = "runs"          # checkpoints: OUTPUT/iterK/{sft,grpo}-<config hash> (relative to the cwd)
+    sft: dict[str, Any] | str | None = None   # SFTConfig fields, or a trainers YAML file (default: tiny CPU run)
+    grpo: dict[str, Any] | str | None = None  # GRPOConfig fields (reward_weights: [accuracy, format])
+    benchmarks: list[str] = field(default_factory=list)  # sources to evaluate each iteration's RL model on
+    eval_limit: int | None = None
+
+
+@dataclass
 class LakeConfig:
     catalog: str | None = None        # a folder or a ducklake: URI
     data_path: str | None = None
@@ -168,6 +181,7 @@ class Recipe:
     sft: SFTSetConfig | None = None
     rollout: StageConfig | None = None
     rl: RLSetConfig | None = None
+    loop: LoopConfig | None = None
     batch_rows: int = 500             # rows per catalog commit during ingest
     full_decode: bool = False         # inflate every pixel when checking images (default: verify every byte)
     description: str | None = None
@@ -254,6 +268,17 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
         if recipe.rl.model is None and recipe.rollout is None:
             raise RecipeError(f"{where}: rl.model: missing; name the policy model whose rollouts count, "
                               "or add a rollout: stage")
+    if recipe.loop is not None:
+        names = {src.name for src in recipe.sources + recipe.benchmarks}
+        for b in recipe.loop.benchmarks:
+            if b not in names:
+                raise RecipeError(f"{where}: loop.benchmarks: {b!r} is not a source or benchmark of the recipe")
+        for kind in ("sft", "grpo"):
+            value = getattr(recipe.loop, kind)
+            if isinstance(value, str) and not (base / value).exists():
+                raise RecipeError(f"{where}: loop.{kind}: {base / value} does not exist")
+            if isinstance(value, str):
+                setattr(recipe.loop, kind, str((base / value).resolve()))
     if recipe.lake.catalog and not recipe.lake.catalog.startswith("ducklake:"):
         recipe.lake.catalog = str((base / recipe.lake.catalog).resolve())
     return recipe
