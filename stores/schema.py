@@ -225,6 +225,10 @@ def _m005_trainings_and_evals(con, db: str) -> None:
         created_at TIMESTAMPTZ DEFAULT now())""")
 
 
+def _m006_training_errors(con, db: str) -> None:
+    con.execute(f"ALTER TABLE {db}.trainings ADD COLUMN error VARCHAR")
+
+
 # (version, name, function): append only; never edit an applied migration.
 MIGRATIONS = [
     (1, "initial tables", _m001_initial),
@@ -232,6 +236,7 @@ MIGRATIONS = [
     (3, "prompts table and generations view", _m003_prompts_and_generations),
     (4, "grades, sft and rl tables; rejected.reasons; pass_rates view", _m004_datasets),
     (5, "trainings and evals tables", _m005_trainings_and_evals),
+    (6, "trainings.error", _m006_training_errors),
 ]
 
 TABLES = ("images", "problems", "captions", "traces", "rollouts", "rejected", "runs", "tags", "prompts",

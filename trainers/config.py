@@ -1,0 +1,96 @@
+"""Trainer settings: a YAML mapping of TRL config fields, parsed into a stock SFTConfig or GRPOConfig.
+
+The file is flat: every key is a field of TRL's config class (and of
+transformers' TrainingArguments beneath it), so TRL's documentation is its
+reference, plus the image resolution (`min_pixels`, `max_pixels`), which
+goes to the processor: TRL's configs have no such field. An unknown key fails
+with one line naming it; `output_dir` comes from `--output`, not from the file.
+
+    # recipes/openvlthinker/sft.yaml (an example)
+    learning_rate: 5.0e-7
+    lr_scheduler_type: cosine
+    warmup_steps: 0.1            # a fraction of the steps
+    per_device_train_batch_size: 4
+    gradient_accumulation_steps: 1
+    num_train_epochs: 1
+    bf16: true
+    model_init_kwargs: {dtype: bfloat16}
+    max_pixels: 262144           # the processor's: images are resized to at most this many pixels
+
+    from vlfactory.trainers.config import load_config
+    args, processor_kwargs = load_config("sft", "recipes/openvlthinker/sft.yaml", "runs/sft-iter1")
+
+Without a file, `TINY` applies: a few quick steps of a tiny model on a CPU.
+On a machine without a GPU a file must say `use_cpu: true` (TRL defaults to bf16).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+
+from vlfactory.recipe import RecipeError
+
+# Used when no trainers YAML is given: tiny models, a few steps, any machine.
+TINY = {
+    "sft": {"per_device_train_batch_size": 2, "num_train_epochs": 1, "learning_rate": 1e-4, "logging_steps": 1,
+            "bf16": False, "gradient_checkpointing": False, "save_strategy": "no", "report_to": "none"},
+    "grpo": {"per_device_train_batch_size": 4, "num_generations": 4, "max_completion_length": 32,
+             "num_train_epochs": 1, "learning_rate": 1e-5, "logging_steps": 1, "bf16": False,
+             "gradient_checkpointing": False, "save_strategy": "no", "report_to": "none",
+             # TRL's vLLM integration needs a GPU build of vLLM: set use_vllm: true (and vllm_mode) in a recipe.
+             "use_vllm": False},
+}
+
+PROCESSOR_KEYS = ("min_pixels", "max_pixels")  # AutoProcessor.from_pretrained kwargs (Qwen2-VL image processors)
+
+
+# YAML 1.2 reads `5e-7` as a number; PyYAML (YAML 1.1, also behind recipes' inline configs) reads a string.
+_EXPONENT = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)[eE][-+]?\d+$")
+
+
+def config_class(kind: str):
+    from trl import GRPOConfig, SFTConfig
+
+    return {"sft": SFTConfig, "grpo": GRPOConfig}[kind]
+
+
+def load_config(kind: str, source: str | Path | Mapping | None, output_dir: str | Path) -> tuple:
+    """(SFTConfig or GRPOConfig, processor kwargs) from a YAML file, a mapping, or None (TINY).
+
+    >>> args, processor = load_config("sft", {"learning_rate": "5e-7", "bf16": False, "max_pixels": 262144}, "out")
+    >>> args.learning_rate, processor
+    (5e-07, {'max_pixels': 262144})
+    """
+    cls = config_class(kind)
+    where = str(source) if isinstance(source, (str, Path)) else f"{kind} config"
+    if source is None:
+        values = TINY[kind]
+    elif isinstance(source, Mapping):
+        values = source
+    else:
+        try:
+            values = yaml.safe_load(Path(source).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise RecipeError(f"{where}: {str(e).splitlines()[0]}") from None
+        if not isinstance(values, Mapping):
+            raise RecipeError(f"{where}: expected a mapping of {cls.__name__} fields")
+    known = {f.name for f in dataclasses.fields(cls) if f.init} | set(PROCESSOR_KEYS)
+    for key in values:
+        if key == "output_dir":
+            raise RecipeError(f"{where}: output_dir is set by --output; remove it from the file")
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise RecipeError(f"{where}: unknown {cls.__name__} field {key!r}{hint}")
+    values = {k: float(v) if isinstance(v, str) and _EXPONENT.match(v) else v for k, v in values.items()}
+    processor = {k: v for k, v in values.items() if k in PROCESSOR_KEYS}
+    try:
+        return cls(output_dir=str(output_dir), **{k: v for k, v in values.items() if k not in processor}), processor
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"{where}: {str(e).strip().splitlines()[0]}") from None

@@ -1,0 +1,56 @@
+"""GRPO on a set version: TRL's GRPOTrainer with the factory's verifier as reward, recorded in the catalog.
+
+Each `rl` row becomes a conversational prompt (the image, then the prompt
+text) with its `images`; the gold `answer`, `choices` and `question` reach the
+rewards as keyword arguments. Rewards: vlfactory.verify.accuracy_reward (the
+same grader that built the sets) and format_reward (`<think>...</think>
+<answer>...</answer>`), weighted by the config's `reward_weights` (default
+1 and 1; OpenVLThinker's is accuracy only: `reward_weights: [1.0, 0.0]`).
+
+Generation: TRL's vLLM integration with `use_vllm: true` (`vllm_mode:
+colocate` or `server`) in the trainers YAML on GPU machines; otherwise
+transformers' generate. The default is off: vLLM's CPU build cannot load a
+vision-language model (its multimodal code imports torchvision).
+
+    vlfactory train grpo --dataset rl@iter1 --model runs/sft-iter1 --output runs/grpo-iter1
+    python -m vlfactory.trainers.grpo --dataset rl@iter1 --model runs/sft-iter1 --output runs/grpo-iter1 --lake ./lake
+
+One GPU, and eight (the same entry point; only the main process writes the catalog):
+
+    accelerate launch --num_processes 1 -m vlfactory.trainers.grpo --dataset rl@iter1 \\
+        --model runs/sft-iter1 --output runs/grpo-iter1 --config recipes/openvlthinker/grpo.yaml
+    accelerate launch --num_processes 8 -m vlfactory.trainers.grpo --dataset rl@iter1 \\
+        --model runs/sft-iter1 --output runs/grpo-iter1 --config recipes/openvlthinker/grpo.yaml
+    # with use_vllm: true and vllm_mode: colocate, each process also runs its own vLLM engine
+
+Python:
+
+    from vlfactory.trainers.grpo import train_grpo
+    record = train_grpo("rl@iter1", "runs/sft-iter1", "runs/grpo-iter1", lake="./lake")
+"""
+
+from __future__ import annotations
+
+from vlfactory.trainers.run import Training, main, train
+
+
+def train_grpo(dataset: str, model: str, output_dir: str, **kwargs) -> Training | None:
+    """GRPO of `model` on the rl set version `dataset`; kwargs: config, lake, data_path, run_id, iteration."""
+
+    def make_trainer(model_path, processor_kwargs, args, train_dataset):
+        from transformers import AutoProcessor
+        from trl import GRPOTrainer
+
+        from vlfactory.verify import accuracy_reward, format_reward
+
+        # left padding and truncation, as GRPOTrainer loads its own processor for generation
+        processor = AutoProcessor.from_pretrained(model_path, padding_side="left", truncation_side="left",
+                                                  **processor_kwargs)
+        return GRPOTrainer(model=model_path, processing_class=processor, reward_funcs=[accuracy_reward, format_reward],
+                           args=args, train_dataset=train_dataset)
+
+    return train("grpo", make_trainer, dataset, model, output_dir, **kwargs)
+
+
+if __name__ == "__main__":
+    main("grpo", train_grpo)

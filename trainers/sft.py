@@ -1,0 +1,44 @@
+"""Supervised fine-tuning on a set version: TRL's SFTTrainer, recorded in the catalog's `trainings` table.
+
+Each `sft` row becomes one chat: the user turn is the image then the prompt
+text, the assistant turn the completion (vlfactory.trainers.data). The
+trainers YAML holds SFTConfig fields (vlfactory.trainers.config); without one,
+a few tiny steps run on any CPU.
+
+    vlfactory train sft --dataset sft@iter1 --model tiny-qwen2.5-vl --output runs/sft-iter1
+    python -m vlfactory.trainers.sft --dataset sft@iter1 --model tiny-qwen2.5-vl --output runs/sft-iter1 --lake ./lake
+
+One GPU, and eight (the same entry point; only the main process writes the catalog):
+
+    accelerate launch --num_processes 1 -m vlfactory.trainers.sft --dataset sft@iter1 \\
+        --model Qwen/Qwen2.5-VL-7B-Instruct --output runs/sft-iter1 --config recipes/openvlthinker/sft.yaml
+    accelerate launch --num_processes 8 -m vlfactory.trainers.sft --dataset sft@iter1 \\
+        --model Qwen/Qwen2.5-VL-7B-Instruct --output runs/sft-iter1 --config recipes/openvlthinker/sft.yaml
+    # add --config_file with a DeepSpeed ZeRO-3 or FSDP accelerate config to shard a 7B model
+
+Python:
+
+    from vlfactory.trainers.sft import train_sft
+    record = train_sft("sft@iter1", "tiny-qwen2.5-vl", "runs/sft-iter1", lake="./lake")
+"""
+
+from __future__ import annotations
+
+from vlfactory.trainers.run import Training, main, train
+
+
+def train_sft(dataset: str, model: str, output_dir: str, **kwargs) -> Training | None:
+    """Fine-tune `model` on the sft set version `dataset`; kwargs: config, lake, data_path, run_id, iteration."""
+
+    def make_trainer(model_path, processor_kwargs, args, train_dataset):
+        from transformers import AutoProcessor
+        from trl import SFTTrainer
+
+        processor = AutoProcessor.from_pretrained(model_path, **processor_kwargs)
+        return SFTTrainer(model=model_path, processing_class=processor, args=args, train_dataset=train_dataset)
+
+    return train("sft", make_trainer, dataset, model, output_dir, **kwargs)
+
+
+if __name__ == "__main__":
+    main("sft", train_sft)
