@@ -124,7 +124,8 @@ class Loop:
             self.stage("rollout", writer)
             self.stage("verify", writer)
             sft_recipe = dataclasses.replace(r, sft=dataclasses.replace(
-                r.sft or SFTSetConfig(), candidates="rollouts", model=writer.rollout.identity))
+                r.sft or SFTSetConfig(), candidates="both" if self.cfg.keep_traces else "rollouts",
+                model=writer.rollout.identity))
         self.stage("sft", sft_recipe)
         self.tag_set("sft", f"iter{k}-sft")
         sft_model = self.train("sft", f"sft@iter{k}-sft", self.cfg.base_model, k)

@@ -128,7 +128,7 @@ class VerifyConfig:
 class SFTSetConfig:
     """Which accepted samples become the `sft` set."""
 
-    candidates: str = "traces"        # traces (distillation) | rollouts (self-improvement)
+    candidates: str = "traces"        # traces (distillation) | rollouts (self-improvement) | both
     model: str | None = None          # only samples of this model (default: all)
     per_problem: int = 1              # k: at most this many examples per problem
     pick: str = "shortest"            # shortest | random | all
@@ -159,6 +159,8 @@ class LoopConfig:
     sft: dict[str, Any] | str | None = None   # SFTConfig fields, or a trainers YAML file (default: tiny CPU run)
     grpo: dict[str, Any] | str | None = None  # GRPOConfig fields (reward_weights: [accuracy, format])
     benchmarks: list[str] = field(default_factory=list)  # sources to evaluate each iteration's RL model on
+    keep_traces: bool = False         # iterations > 1 also keep the distilled traces as SFT candidates
+                                      # (OpenVLThinker: no; a weak model with few correct rollouts: yes)
     eval_limit: int | None = None
 
 
@@ -253,8 +255,8 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
         if stage is not None:
             _check_stage(stage, f"{where}: {name}")
     if recipe.sft is not None:
-        if recipe.sft.candidates not in ("traces", "rollouts"):
-            raise RecipeError(f"{where}: sft.candidates: {recipe.sft.candidates!r} is not traces or rollouts")
+        if recipe.sft.candidates not in ("traces", "rollouts", "both"):
+            raise RecipeError(f"{where}: sft.candidates: {recipe.sft.candidates!r} is not traces, rollouts or both")
         if recipe.sft.pick not in ("shortest", "random", "all"):
             raise RecipeError(f"{where}: sft.pick: {recipe.sft.pick!r} is not shortest, random or all")
         if recipe.sft.per_problem < 1:

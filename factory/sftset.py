@@ -1,8 +1,8 @@
 """The sft set: accepted samples turned into vision-language chat examples.
 
 Candidates are the verify stage's accepted traces (iteration 1: distillation
-through captions) or rollouts (later iterations: the RL model's own verified
-answers). Per problem at most `per_problem` are kept, picked by a rule
+through captions), rollouts (later iterations: the RL model's own verified
+answers), or both. Per problem at most `per_problem` are kept, picked by a rule
 (`shortest` correct, `random` with a seed, `all`), and the mix is balanced
 across sources by the recipe's weights. Each example is image + the user
 prompt the trained model will see (the `rollout` template: question, choices,
@@ -59,22 +59,25 @@ def _order_key(seed: int, ident: str) -> str:
 
 def candidates(lake: Lake, recipe: Recipe, limit: int | None) -> list[dict]:
     cfg = recipe.sft
-    table = cfg.candidates
-    id_col = "trace_id" if table == "traces" else "rollout_id"
-    where, params = ["g.accepted", "g.ref_table = ?"], [table]
-    if cfg.model:
-        where.append("s.model = ?")
-        params.append(cfg.model)
+    tables = ("traces", "rollouts") if cfg.candidates == "both" else (cfg.candidates,)
     limit_sql = f" LIMIT {int(limit)}" if limit is not None else ""
-    sql = f"""
-        WITH todo AS (SELECT * FROM problems ORDER BY source, source_id, problem_id{limit_sql})
-        SELECT s.{id_col} AS from_id, s.model, s.completion, g.cleaned, g.cleaned_ok, g.words, g.cleaned_words,
-               p.problem_id, p.source, p.source_id, p.image_id, p.question, p.choices, p.answer
-        FROM grades g JOIN {table} s ON s.{id_col} = g.ref_id JOIN todo p ON p.problem_id = s.problem_id
-        WHERE {' AND '.join(where)}"""
-    rel = lake.con.execute(sql, params)
-    cols = [d[0] for d in rel.description]
-    return [dict(zip(cols, r)) for r in rel.fetchall()]
+    out = []
+    for table in tables:
+        id_col = "trace_id" if table == "traces" else "rollout_id"
+        where, params = ["g.accepted", "g.ref_table = ?"], [table]
+        if cfg.model and (table == "rollouts" or cfg.candidates != "both"):
+            where.append("s.model = ?")  # with `both`, the model names whose rollouts join the traces
+            params.append(cfg.model)
+        rel = lake.con.execute(f"""
+            WITH todo AS (SELECT * FROM problems ORDER BY source, source_id, problem_id{limit_sql})
+            SELECT s.{id_col} AS from_id, '{table}' AS from_table, s.model, s.completion, g.cleaned, g.cleaned_ok,
+                   g.words, g.cleaned_words, p.problem_id, p.source, p.source_id, p.image_id, p.question,
+                   p.choices, p.answer
+            FROM grades g JOIN {table} s ON s.{id_col} = g.ref_id JOIN todo p ON p.problem_id = s.problem_id
+            WHERE {' AND '.join(where)}""", params)
+        cols = [d[0] for d in rel.description]
+        out += [dict(zip(cols, r)) for r in rel.fetchall()]
+    return out
 
 
 def pick(rows: list[dict], recipe: Recipe, stats: SetStats) -> list[dict]:
@@ -148,7 +151,7 @@ def run(lake: Lake, recipe: Recipe, limit: int | None = None, progress=None) -> 
         "problem_id": r["problem_id"], "source": r["source"], "source_id": r["source_id"],
         "image_id": r["image_id"], "question": r["question"], "choices": r["choices"], "answer": r["answer"],
         "prompt": template.render(question=r["question"], choices=r["choices"]), "completion": r["text"],
-        "from_table": recipe.sft.candidates, "from_id": r["from_id"], "model": r["model"], "words": r["n_words"],
+        "from_table": r["from_table"], "from_id": r["from_id"], "model": r["model"], "words": r["n_words"],
         "run_id": lake.run_id} for r in examples], schema=schema.SFT)
     stats.examples = table.num_rows
     stats.by_source.update(table.column("source").to_pylist())
