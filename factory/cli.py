@@ -539,5 +539,84 @@ def train_grpo(dataset: str, model: str, output: str, config_path: str | None, l
     click.echo(grpo.train_grpo(dataset, model, output, config=config_path, lake=lake, data_path=data_path).line())
 
 
+# ---- publish, report, show -------------------------------------------------------
+
+@main.command()
+@click.argument("version")
+@click.option("--repo", required=True, help="The dataset repo on the Hugging Face Hub: ORG/NAME.")
+@click.option("--table", "tables", multiple=True, required=True,
+              help="A table to publish as a config (repeatable): problems, sft, rl, traces, rejected, ...")
+@click.option("--private", is_flag=True, help="Create the repo private (default: the account's default visibility).")
+@click.option("--dry-run", "dry_run", type=click.Path(file_okay=False), default=None,
+              help="Write the exact folder here and upload nothing.")
+@lake_options
+@friendly
+def publish(version: str, repo: str, tables: tuple[str, ...], private: bool, dry_run: str | None, lake: str | None,
+            data_path: str | None) -> None:
+    """Publish a version to the Hugging Face Hub: a Parquet config per table, a dataset card, the recipes.
+
+    The token comes from HF_TOKEN or `hf auth login`. Parquet files in the repo that are not
+    part of this version are deleted by the upload.
+
+    \b
+    Example:
+        vlfactory publish iter1 --repo my-org/vl-reasoning --table sft --table rl --dry-run out/
+        vlfactory publish iter1 --repo my-org/vl-reasoning --table sft --table rl
+    """
+    from vlfactory.publish import PublishError
+    from vlfactory.publish import publish as do_publish
+
+    with open_lake(lake, data_path, read_only=True) as lk:
+        try:
+            click.echo(do_publish(lk, version, repo, list(tables), private, dry_run).line())
+        except PublishError as e:
+            raise UserError(str(e)) from None
+
+
+@main.command()
+@click.argument("version", required=False)
+@click.option("--iterations", is_flag=True, help="Compare the loop's tags iter1, iter2, ... instead of one version.")
+@click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False),
+              help="The HTML file to write.")
+@lake_options
+@friendly
+def report(version: str | None, iterations: bool, out: str, lake: str | None, data_path: str | None) -> None:
+    """Write a self-contained HTML report of a version (default: latest) or of the loop's iterations.
+
+    \b
+    Example:
+        vlfactory report iter1 --out report.html
+        vlfactory report --iterations --out loop.html
+    """
+    from vlfactory.reports.html import report as page
+
+    if version and iterations:
+        raise UserError("give VERSION or --iterations, not both")
+    with open_lake(lake, data_path, read_only=True) as lk:
+        Path(out).write_text(page(lk, version, iterations))
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("version")
+@click.option("--table", default="traces", show_default=True, help="traces, rollouts, sft, rl, captions, rejected, ...")
+@click.option("--sample", "n", type=int, default=5, show_default=True, help="How many rows to show.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Another seed shows other rows.")
+@click.option("--max-chars", type=int, default=2000, show_default=True, help="Cut longer texts.")
+@lake_options
+@friendly
+def show(version: str, table: str, n: int, seed: int, max_chars: int, lake: str | None, data_path: str | None) -> None:
+    """Print a few rows of a table at a version, with their question, image and verdict.
+
+    \b
+    Example:
+        vlfactory show iter1 --table traces --sample 5
+    """
+    from vlfactory.reports.show import render, samples
+
+    with open_lake(lake, data_path, read_only=True) as lk:
+        render(samples(lk, version, table, n, seed), table, max_chars=max_chars)
+
+
 if __name__ == "__main__":
     main()

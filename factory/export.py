@@ -27,7 +27,10 @@ def read_table(lake: Lake, table: str, version: str | int | None) -> pa.Table:
         raise LakeError(f"unknown table {table!r}; tables: {', '.join(lake.tables())}")
     ref = f"{table}@{version}" if version is not None else table
     cols = lake.query(f"SELECT * FROM {ref} LIMIT 0").columns
-    order = ", ".join(f"t.{c}" for c in ("source", "source_id", "problem_id") if c in cols) or "1"
+    # A total order (the row's own id last), so rebuilding an export gives byte-identical shards.
+    ids = ("source", "source_id", "problem_id", "sample_index", "trace_id", "rollout_id", "example_id",
+           "grade_id", "rejected_id", "caption_id", "image_id", "run_id")
+    order = ", ".join(f"t.{c}" for c in ids if c in cols) or "1"
     if "image_id" in cols and table != "images":
         images = f"images@{version}" if version is not None else "images"
         sql = f"""SELECT t.*, {{'bytes': i.bytes, 'path': t.image_id || '.' || lower(i.format)}} AS image

@@ -1,0 +1,191 @@
+"""The numbers behind the dataset card, the HTML report and `vlfactory show`, read from one version.
+
+Each query reads the tables at the version's snapshot (`traces@12`), so a report of
+`iter1` says what `iter1` held even after later iterations rewrote the sets. The
+generation tables are read directly rather than through the `generations` and
+`pass_rates` views, because DuckLake views do not time-travel.
+
+    from vlfactory.reports.stats import version_stats
+    with Lake("./lake", read_only=True) as lake:
+        s = version_stats(lake, "iter1")
+        print(s.funnel, s.rejected)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+
+import yaml
+
+from vlfactory.recipe import RLSetConfig, SFTSetConfig, VerifyConfig
+from vlfactory.stores.lake import Lake, LakeError
+
+# Per source, in funnel order: label -> SQL giving (source, count) at snapshot {s}.
+FUNNEL = {
+    "problems": "SELECT source, count(*) FROM problems@{s} GROUP BY 1",
+    "captioned": """SELECT p.source, count(DISTINCT c.problem_id) FROM captions@{s} c
+                    JOIN problems@{s} p USING (problem_id) GROUP BY 1""",
+    "distilled": """SELECT p.source, count(DISTINCT t.problem_id) FROM traces@{s} t
+                    JOIN problems@{s} p USING (problem_id) GROUP BY 1""",
+    "solved": "SELECT source, count(DISTINCT problem_id) FROM grades@{s} WHERE accepted GROUP BY 1",
+    "in sft": "SELECT source, count(DISTINCT problem_id) FROM sft@{s} GROUP BY 1",
+    "in rl": "SELECT source, count(*) FROM rl@{s} GROUP BY 1",
+    "traces": "SELECT p.source, count(*) FROM traces@{s} t JOIN problems@{s} p USING (problem_id) GROUP BY 1",
+    "accepted traces": """SELECT source, count(DISTINCT ref_id) FROM grades@{s}
+                          WHERE accepted AND ref_table = 'traces' GROUP BY 1""",
+    "rollouts": "SELECT p.source, count(*) FROM rollouts@{s} r JOIN problems@{s} p USING (problem_id) GROUP BY 1",
+    "correct rollouts": """SELECT p.source, count(*) FROM rollouts@{s} r JOIN problems@{s} p USING (problem_id)
+                           WHERE r.correct GROUP BY 1""",
+    "sft examples": "SELECT source, count(*) FROM sft@{s} GROUP BY 1",
+}
+PROBLEM_STAGES = ("problems", "captioned", "distilled", "solved", "in sft", "in rl")  # the funnel plot's bars
+
+
+def generations(s: int) -> str:
+    """Every model call at snapshot s: the `generations` view's rows, with the sampling settings."""
+    cols = "model, prompt_hash, prompt_tokens, completion_tokens, latency_s"
+    sampled = f"{cols}, temperature, top_p, max_tokens, sample_index"
+    return f"""(SELECT 'caption' AS stage, {cols}, NULL::DOUBLE AS temperature, NULL::DOUBLE AS top_p,
+                       NULL::INTEGER AS max_tokens, 0 AS sample_index FROM captions@{s} WHERE origin = 'model'
+                UNION ALL SELECT 'distil', {sampled} FROM traces@{s}
+                UNION ALL SELECT 'rollout', {sampled} FROM rollouts@{s})"""
+
+
+@dataclass
+class VersionStats:
+    version: str
+    snapshot: int
+    funnel: dict[str, dict[str, int]] = field(default_factory=dict)   # source -> label -> count
+    rejected: list[dict] = field(default_factory=list)                # stage, reason, rows
+    verdicts: list[dict] = field(default_factory=list)                # ref_table, reason, rows (graded, not accepted)
+    lengths: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # words|tokens -> group -> values
+    pass_rates: dict[str, list[float]] = field(default_factory=dict)  # policy model -> per-problem pass rates
+    usage: list[dict] = field(default_factory=list)                   # stage, model, calls, tokens, latency
+    sampling: list[dict] = field(default_factory=list)                # stage, model, temperature, top_p, ...
+    prompts: list[dict] = field(default_factory=list)                 # stage, name, prompt_hash, text
+    runs: list[dict] = field(default_factory=list)                    # the runs that wrote this version
+    recipes: list[dict] = field(default_factory=list)                 # name, hash, text, in order of last use
+    licenses: dict[str, str | None] = field(default_factory=dict)     # source -> the recipe's license
+    settings: dict[str, dict] = field(default_factory=dict)           # verify / sft / rl, defaults filled in
+    evals: list[dict] = field(default_factory=list)
+
+    @property
+    def sources(self) -> list[str]:
+        return sorted(self.funnel)
+
+    @property
+    def band(self) -> tuple[float, float] | None:
+        rl = self.settings.get("rl")
+        return tuple(rl["band"]) if rl else None
+
+
+def rows(lake: Lake, sql: str, params: list | None = None) -> list[dict]:
+    """A query's rows as dicts; empty when a table it reads did not exist yet at that version."""
+    try:
+        rel = lake.query(sql, params)
+    except LakeError as e:
+        if "does not exist at version" in str(e):
+            return []  # the table came with a later migration than the version
+        raise
+    return [dict(zip(rel.columns, r)) for r in rel.fetchall()]
+
+
+def version_stats(lake: Lake, version: str | int) -> VersionStats:
+    s = lake.resolve(version)
+    st = VersionStats(str(version), s)
+    for label, sql in FUNNEL.items():
+        for r in rows(lake, sql.format(s=s)):
+            source, n = r.values()
+            st.funnel.setdefault(source, dict.fromkeys(FUNNEL, 0))[label] = n
+    st.rejected = rows(lake, f"""SELECT stage, reason, count(*) AS rows FROM rejected@{s}
+                                GROUP BY ALL ORDER BY 3 DESC, 1, 2""")
+    st.verdicts = rows(lake, f"""SELECT ref_table, reason, count(*) AS rows FROM (
+                                    SELECT ref_table, unnest(coalesce(nullif(reasons, []), [grade_reason])) AS reason
+                                    FROM grades@{s} WHERE NOT accepted) GROUP BY ALL ORDER BY 3 DESC, 1, 2""")
+    graded = rows(lake, f"""SELECT CASE WHEN g.accepted THEN 'accepted' ELSE 'rejected' END AS grp, g.words,
+                                   coalesce(t.completion_tokens, r.completion_tokens) AS tokens
+                            FROM grades@{s} g
+                            LEFT JOIN traces@{s} t ON g.ref_table = 'traces' AND t.trace_id = g.ref_id
+                            LEFT JOIN rollouts@{s} r ON g.ref_table = 'rollouts' AND r.rollout_id = g.ref_id""")
+    sft = rows(lake, f"SELECT 'sft' AS grp, words, NULL AS tokens FROM sft@{s}")
+    for r in graded + sft:
+        for unit in ("words", "tokens"):
+            if r[unit] is not None:
+                st.lengths.setdefault(unit, {}).setdefault(r["grp"], []).append(r[unit])
+    for r in rows(lake, f"""SELECT model, avg(CASE WHEN correct THEN 1.0 ELSE 0.0 END) AS rate
+                            FROM rollouts@{s} WHERE correct IS NOT NULL GROUP BY problem_id, model ORDER BY ALL"""):
+        st.pass_rates.setdefault(r["model"], []).append(float(r["rate"]))
+    st.usage = rows(lake, f"""SELECT stage, model, count(*) AS calls, sum(prompt_tokens) AS prompt_tokens,
+                                     sum(completion_tokens) AS completion_tokens, sum(latency_s) AS latency_s
+                              FROM {generations(s)} GROUP BY ALL ORDER BY ALL""")
+    st.sampling = rows(lake, f"""SELECT stage, model, temperature, top_p, max_tokens,
+                                        max(sample_index) + 1 AS samples_per_prompt, count(*) AS rows
+                                 FROM {generations(s)} WHERE stage != 'caption' GROUP BY ALL ORDER BY ALL""")
+    st.prompts = rows(lake, f"""SELECT g.stage, p.name, g.prompt_hash, p.text
+                                FROM (SELECT DISTINCT stage, prompt_hash FROM {generations(s)}) g
+                                LEFT JOIN (SELECT prompt_hash, any_value(name) AS name, any_value(text) AS text
+                                           FROM prompts@{s} GROUP BY 1) p USING (prompt_hash) ORDER BY ALL""")
+    st.evals = rows(lake, f"""SELECT iteration, benchmark, model, split, problems, correct, accuracy, created_at
+                              FROM evals@{s} ORDER BY created_at""")
+    st.runs = runs_until(lake, s)
+    lineage(st)
+    return st
+
+
+def runs_until(lake: Lake, snapshot: int) -> list[dict]:
+    """The runs whose commits make up the lake up to this snapshot (each commit names its run)."""
+    ids = []
+    for snap in lake.snapshots():
+        extra = json.loads(snap["commit_extra_info"]) if snap["commit_extra_info"] else {}
+        if snap["snapshot_id"] <= snapshot and extra.get("run_id") and extra["run_id"] not in ids:
+            ids.append(extra["run_id"])
+    if not ids:
+        return []
+    # The runs table as it is now: a run's end (status, counts) is written after its data.
+    return rows(lake, """SELECT run_id, command, argv, recipe_name, recipe_hash, recipe, versions, started_at,
+                                ended_at, status, snapshot_start, snapshot_end
+                         FROM runs WHERE list_contains(?, run_id) ORDER BY started_at""", [ids])
+
+
+def lineage(st: VersionStats) -> None:
+    """Recipes, source licenses and the filter settings, from the recipe texts of the runs."""
+    seen = {}
+    for run in st.runs:
+        if run["recipe"]:
+            seen.pop(run["recipe_hash"], None)  # keep the order of last use
+            seen[run["recipe_hash"]] = {"name": run["recipe_name"], "hash": run["recipe_hash"], "text": run["recipe"]}
+    st.recipes = list(seen.values())
+    parsed = [yaml.safe_load(r["text"]) or {} for r in st.recipes]
+    for raw in parsed:
+        for src in raw.get("sources") or []:
+            st.licenses[src.get("name")] = src.get("license")  # a later recipe's word wins
+    # The last recipe's settings, with the defaults it left out: what applied.
+    raw = parsed[-1] if parsed else {}
+    st.settings = {"verify": dataclasses.asdict(VerifyConfig()) | (raw.get("verify") or {})}
+    for key, cls in (("sft", SFTSetConfig), ("rl", RLSetConfig)):
+        if raw.get(key) is not None:
+            st.settings[key] = dataclasses.asdict(cls()) | raw[key]
+
+
+def summary(values: list[int | float]) -> dict[str, float]:
+    """count, mean, median, p90, max of a list of lengths."""
+    v = sorted(values)
+    if not v:
+        return {"count": 0}
+    return {"count": len(v), "mean": sum(v) / len(v), "median": v[len(v) // 2], "p90": v[int(0.9 * (len(v) - 1))],
+            "max": v[-1]}
+
+
+def iteration_tags(lake: Lake) -> list[tuple[str, int]]:
+    """The loop's tags `iter1`, `iter2`, ... in order, with their snapshots."""
+    tags = [(name, snap) for name, snap in lake.tags().items() if re.fullmatch(r"iter\d+", name)]
+    return sorted(tags, key=lambda t: int(t[0][4:]))
+
+
+def previous_tag(lake: Lake, snapshot: int) -> tuple[str, int] | None:
+    """The latest tag strictly before a snapshot: what a version is compared against."""
+    earlier = [(snap, name) for name, snap in lake.tags().items() if snap < snapshot]
+    return (max(earlier)[1], max(earlier)[0]) if earlier else None

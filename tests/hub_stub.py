@@ -1,0 +1,158 @@
+"""A stand-in for the Hugging Face Hub's HTTP API: just what `create_repo` and `upload_folder` use.
+
+The Hub cannot be reached from the tests, so this small server plays it on 127.0.0.1, in a
+thread of the test process, and records every request. Point huggingface_hub at it with
+`HF_ENDPOINT=server.url` (read when huggingface_hub is imported, so in a fresh process) and
+`HF_HUB_DISABLE_XET=1`: the Xet storage protocol is a Rust client's business, while the
+git-LFS batch protocol, which huggingface_hub uses without hf_xet, is plain HTTP.
+
+    with HubStub(token="hf_test") as hub:
+        ...run `vlfactory publish` with HF_ENDPOINT=hub.url and HF_TOKEN=hf_test...
+        hub.files["README.md"]          # bytes of every file in the repo after the commits
+        [c.path for c in hub.calls]     # every request, with its Authorization header
+
+Endpoints (what huggingface_hub 2.x calls, read from its hf_api.py, _commit_api.py, lfs.py):
+    GET  /api/agent-harnesses                         public, no token: huggingface_hub's agent detection
+    GET  /api/whoami-v2                               the token's owner
+    POST /api/repos/create                            {"name", "organization", "type", "visibility"}
+    POST /api/validate-yaml                           the card's front matter must parse
+    GET  /api/datasets/ORG/NAME/tree/REV              the repo's files (for delete_patterns)
+    POST /api/datasets/ORG/NAME/preupload/REV         upload mode per file: lfs for Parquet, else regular
+    POST /datasets/ORG/NAME.git/info/lfs/objects/batch   where to PUT each LFS object
+    PUT  /lfs/OID                                     public: the object's bytes (like a signed storage URL)
+    POST /api/datasets/ORG/NAME/commit/REV            ndjson: header, file (base64), lfsFile (oid), deletedFile
+Every request but those two public ones must carry `Authorization: Bearer <token>`, else 401 as the Hub does.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
+
+import yaml
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    authorization: str | None
+    body: bytes
+
+
+class HubStub:
+    def __init__(self, token: str):
+        self.token = token
+        self.calls: list[Call] = []
+        self.repos: dict[str, dict] = {}        # repo id -> the create payload
+        self.files: dict[str, bytes] = {}       # path -> bytes, after all commits
+        self.commits: list[list[dict]] = []     # the operations of each commit
+        self.lfs: dict[str, bytes] = {}         # oid -> bytes
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._httpd.hub = self
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> "HubStub":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    # ---- the API ---------------------------------------------------------------------
+
+    def answer(self, method: str, path: str, auth: str | None, body: bytes) -> tuple[int, object]:
+        if path.startswith("/lfs/"):
+            oid = path.rsplit("/", 1)[1]
+            if hashlib.sha256(body).hexdigest() != oid:
+                return 400, {"error": "the bytes do not match the oid"}
+            self.lfs[oid] = body
+            return 200, {}
+        if path == "/api/agent-harnesses":  # public: huggingface_hub fetches it for its user agent
+            return 200, {"standardEnvVars": [], "harnesses": {}}
+        if auth != f"Bearer {self.token}":
+            return 401, {"error": "Invalid credentials in Authorization header"}
+        if path == "/api/whoami-v2":
+            return 200, {"type": "user", "name": "tester", "auth": {"type": "access_token"}}
+        if path == "/api/repos/create":
+            req = json.loads(body)
+            repo = f"{req['organization']}/{req['name']}"
+            self.repos[repo] = req
+            return 200, {"url": f"{self.url}/datasets/{repo}", "name": repo}
+        if path == "/api/validate-yaml":
+            try:
+                yaml.safe_load(json.loads(body)["content"].split("---")[1])
+            except yaml.YAMLError as e:
+                return 400, {"errors": [{"message": f"the front matter does not parse: {e}"}]}
+            return 200, {"errors": [], "warnings": []}
+        if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/tree/[^/]+", path):
+            return 200, [{"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                         for p, b in sorted(self.files.items())]
+        if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/preupload/[^/]+", path):
+            files = json.loads(body)["files"]
+            return 200, {"files": [{"path": f["path"], "uploadMode": "lfs" if f["path"].endswith(".parquet")
+                                    else "regular", "shouldIgnore": False, "oid": None} for f in files]}
+        if m := re.fullmatch(r"/datasets/([^/]+/[^/]+)\.git/info/lfs/objects/batch", path):
+            objects = json.loads(body)["objects"]
+            return 200, {"transfer": "basic", "objects": [
+                {"oid": o["oid"], "size": o["size"], "authenticated": True,
+                 "actions": {"upload": {"href": f"{self.url}/lfs/{o['oid']}"}}} for o in objects]}
+        if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/commit/[^/]+", path):
+            ops = [json.loads(line) for line in body.splitlines() if line.strip()]
+            for op in ops:
+                value = op["value"]
+                if op["key"] == "file":
+                    self.files[value["path"]] = base64.b64decode(value["content"])
+                elif op["key"] == "lfsFile":
+                    if value["oid"] not in self.lfs:
+                        return 400, {"error": f"LFS object {value['oid']} was never uploaded"}
+                    self.files[value["path"]] = self.lfs[value["oid"]]
+                elif op["key"] == "deletedFile":
+                    self.files.pop(value["path"], None)
+            self.commits.append(ops)
+            return 200, {"commitUrl": f"{self.url}/datasets/{m.group(1)}/commit/{len(self.commits):040x}",
+                         "commitOid": f"{len(self.commits):040x}", "success": True}
+        return 404, {"error": f"the stub does not implement {method} {path}"}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _serve(self) -> None:
+        hub: HubStub = self.server.hub
+        body = self._body()
+        path = urlparse(self.path).path
+        auth = self.headers.get("Authorization")
+        with hub._lock:
+            hub.calls.append(Call(self.command, path, auth, body))
+            status, payload = hub.answer(self.command, path, auth, body)
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            self.rfile.readline()
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    do_GET = do_POST = do_PUT = _serve
+
+    def log_message(self, *args) -> None:
+        pass
