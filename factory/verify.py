@@ -71,6 +71,7 @@ TIMEOUT_S = 5.0
 MAX_ANSWER_CHARS = 1000     # a longer "answer" is compared as text only: sympy never sees a novel
 WORKER_MEMORY = 2 << 30     # bytes of address space per worker: 9^{9^{9}} fails there, not in the machine
 WORKER_START_S = 120.0
+CHUNK = 32                  # math-verify jobs per message to a worker (grade_many)
 
 # ---- finding the answer ------------------------------------------------------------------
 
@@ -118,20 +119,41 @@ def _extract(completion: str) -> str | None:
     return (_clean(span) or None) if span is not None else None
 
 
+def stated_answer(text: str) -> str | None:
+    """The answer a text states outright, cleaned: its last \\boxed{} run, else what follows its
+    last "answer is"; None if it states none. Unlike `extract_answer`, a short text is not an
+    answer by itself, and `<think>` tags mean nothing: this reads a piece of reasoning.
+
+    >>> stated_answer("The base is 4, so the area is \\\\boxed{12}. Wait, the base is 5.")
+    '12'
+    >>> stated_answer("7 * 6 = 42") is None
+    True
+    """
+    span = _stated(text)
+    return (_clean(span) or None) if span is not None else None
+
+
 def _narrow(text: str, whole: bool) -> str | None:
     """The answer inside `text`: a boxed run, else after "answer is", else all of it if `whole` or short."""
+    stated = _stated(text)
+    if stated is not None:
+        return stated
+    text = text.strip()
+    return text if whole or (len(text) <= 100 and "\n" not in text) else None
+
+
+def _stated(text: str) -> str | None:
     boxed = _boxed(text)
     if boxed is not None:
         return boxed
     said = None
     for said in _ANSWER_IS.finditer(text):
         pass
-    if said is not None:
-        rest = text[said.end():].lstrip().split("\n", 1)[0]
-        stop = _SENTENCE_END.search(rest)
-        return rest[:stop.start()] if stop else rest
-    text = text.strip()
-    return text if whole or (len(text) <= 100 and "\n" not in text) else None
+    if said is None:
+        return None
+    rest = text[said.end():].lstrip().split("\n", 1)[0]
+    stop = _SENTENCE_END.search(rest)
+    return rest[:stop.start()] if stop else rest
 
 
 def _boxed(text: str) -> str | None:
@@ -377,7 +399,7 @@ def grade(completion: str, answer: str, choices: Sequence[str] | None = None, qu
     Grade(correct=False, extracted='15', reason='incorrect')
     """
     judged = _safely(_judge, completion, answer, choices, question, rel_tol)
-    return judged if isinstance(judged, Grade) else _finish(judged, timeout_s)
+    return judged if isinstance(judged, Grade) else _finish([judged], timeout_s)[0]
 
 
 def grade_many(items: Iterable[Mapping[str, Any] | Sequence[Any]], workers: int | None = None,
@@ -396,9 +418,15 @@ def grade_many(items: Iterable[Mapping[str, Any] | Sequence[Any]], workers: int 
     results = [_safely(_judge, *a, rel_tol=rel_tol) for a in args]
     pending = [i for i, r in enumerate(results) if not isinstance(r, Grade)]
     if pending:
-        with ThreadPoolExecutor(min(len(pending), workers or os.cpu_count() or 1)) as pool:
-            for i, graded in zip(pending, pool.map(lambda i: _finish(results[i], timeout_s), pending)):
-                results[i] = graded
+        n = min(len(pending), workers or os.cpu_count() or 1)
+        # Jobs go out in chunks, so a worker moves on to its next job without a round trip to us;
+        # at least 4 chunks per worker keep the load even when some jobs are slow.
+        size = max(1, min(CHUNK, len(pending) // (4 * n)))
+        chunks = [pending[k:k + size] for k in range(0, len(pending), size)]
+        with ThreadPoolExecutor(n) as pool:
+            for chunk, graded in zip(chunks, pool.map(lambda c: _finish([results[i] for i in c], timeout_s), chunks)):
+                for i, g in zip(chunk, graded):
+                    results[i] = g
     return results
 
 
@@ -446,13 +474,13 @@ def _judge(completion: str, answer: Any, choices: Sequence[str] | None = None, q
     return gold, pred, decimals, tol
 
 
-def _finish(job: Job, timeout_s: float) -> Grade:
+def _finish(jobs: list[Job], timeout_s: float) -> list[Grade]:
     try:
-        correct, reason = _WORKERS.run(job, timeout_s)
+        verdicts = _WORKERS.run(jobs, timeout_s)
     except Exception:
         log.warning("a math-verify worker failed", exc_info=True)
-        correct, reason = False, "error"
-    return Grade(correct, job[1], reason)
+        verdicts = [(False, "error")] * len(jobs)
+    return [Grade(correct, job[1], reason) for job, (correct, reason) in zip(jobs, verdicts)]
 
 # ---- math-verify, in worker processes --------------------------------------------------------
 
@@ -502,7 +530,8 @@ def _real(text: str, expr: Any) -> _Num | None:
 
 
 def _serve(fd: int) -> None:
-    """A worker's loop: read jobs from the socket `fd`, answer verdicts, until the parent goes."""
+    """A worker's loop: read lists of jobs from the socket `fd`, answer a verdict per job as it is
+    done, until the parent goes."""
     import resource
     from multiprocessing.connection import Connection
 
@@ -515,15 +544,16 @@ def _serve(fd: int) -> None:
     conn.send("ready")
     while True:
         try:
-            job = conn.recv()
+            jobs = conn.recv()
         except EOFError:
             return
-        try:
-            verdict = _sympy_grade(*job)
-        except Exception:   # MemoryError under the limit above, RecursionError, a bug
-            log.warning("math-verify failed on %r", job[:2], exc_info=True)
-            verdict = False, "error"
-        conn.send(verdict)
+        for job in jobs:
+            try:
+                verdict = _sympy_grade(*job)
+            except Exception:   # MemoryError under the limit above, RecursionError, a bug
+                log.warning("math-verify failed on %r", job[:2], exc_info=True)
+                verdict = False, "error"
+            conn.send(verdict)
 
 
 class _Workers:
@@ -542,24 +572,37 @@ class _Workers:
         """In a forked child: the parent's workers are not ours."""
         self._idle, self._lock = [], threading.Lock()
 
-    def run(self, job: Job, timeout_s: float) -> tuple[bool, str]:
-        with self._lock:
-            worker = self._idle.pop() if self._idle else None
-        proc, conn = worker or self._start()
-        try:
-            conn.send(job)
-            if conn.poll(timeout_s):
-                verdict = conn.recv()
+    def run(self, jobs: list[Job], timeout_s: float) -> list[tuple[bool, str]]:
+        """Verdicts for `jobs`, in order, each within `timeout_s` of the one before.
+
+        The worker gets them all at once and answers each as it finishes; one that overruns or
+        dies is replaced, and the jobs after the one it failed on go to the new worker.
+        """
+        verdicts: list[tuple[bool, str]] = []
+        while len(verdicts) < len(jobs):
+            with self._lock:
+                worker = self._idle.pop() if self._idle else None
+            proc, conn = worker or self._start()
+            todo = jobs[len(verdicts):]
+            reason = None
+            try:
+                conn.send(todo)
+                for _ in todo:
+                    if not conn.poll(timeout_s):
+                        reason = "timeout"
+                        break
+                    verdicts.append(conn.recv())
+            except (EOFError, OSError):   # it died: out of memory, or killed from outside
+                reason = "error"
+            if reason is None:
                 with self._lock:
                     self._idle.append((proc, conn))
-                return verdict
-            reason = "timeout"
-        except (EOFError, OSError):   # it died: out of memory, or killed from outside
-            reason = "error"
-        proc.kill()
-        proc.wait()
-        conn.close()
-        return False, reason
+                break
+            proc.kill()
+            proc.wait()
+            conn.close()
+            verdicts.append((False, reason))
+        return verdicts
 
     @staticmethod
     def _start() -> tuple[subprocess.Popen, Any]:
