@@ -71,7 +71,8 @@ def catalog(recipe_path: Path, lake_dir: Path) -> tuple[int, float]:
         t0 = time.perf_counter()
         tallies = ingest(lake, load_recipe(recipe_path))
         elapsed = time.perf_counter() - t0
-    assert tallies[0].ingested == tallies[0].read, tallies[0].line()
+    t = tallies[0]
+    assert t.ingested + t.n_rejected == t.read and t.ingested > 0.9 * t.read, t.line()
     return tallies[0].read, elapsed
 
 
@@ -85,7 +86,7 @@ def main() -> None:
         print(f"{'source':<10} {'rows':>6} {'catalog rows/s':>15} {'parquet rows/s':>15} {'ratio':>6}")
         for name, recipe in recipes(tmp).items():
             best_cat = best_floor = float("inf")
-            for r in range(args.repeat):
+            for r in range(args.repeat):  # best of N: the first run pays for cold caches
                 rows, t_floor = parquet_floor(recipe, tmp / f"{name}-{r}.parquet")
                 _, t_cat = catalog(recipe, tmp / f"lake-{name}-{r}")
                 best_cat, best_floor = min(best_cat, t_cat), min(best_floor, t_floor)

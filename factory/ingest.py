@@ -319,10 +319,10 @@ def load_image(value: Any, root: Path, full_decode: bool = False) -> CheckedImag
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
     elif isinstance(value, (str, os.PathLike)):
-        path = Path(value).expanduser()
-        path = path if path.is_absolute() else root / path
+        path = os.path.join(root, os.path.expanduser(value))  # an absolute path stays as it is
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                data = f.read()
         except FileNotFoundError:
             raise Reject("missing_image", f"image file not found: {path}")
         except OSError as e:
@@ -370,7 +370,7 @@ class Fingerprints:
     def match(self, image_id: str | None, question: str, by: list[str]) -> str | None:
         if "image" in by and image_id and image_id in self.images:
             return "its image is a benchmark image"
-        if "question" in by and normalise_question(question) in self.questions:
+        if "question" in by and self.questions and normalise_question(question) in self.questions:
             return "its question matches a benchmark question"
         return None
 
@@ -415,6 +415,23 @@ def _chunks(it: Iterable, n: int) -> Iterator[list]:
         yield chunk
 
 
+def _batches(it: Iterable, n: int) -> Iterator[list]:
+    """Chunks of n rows with the last two evened out: a short tail would cost a commit of
+    its own while the writer has nothing left to overlap it with."""
+    held = None
+    for chunk in _chunks(it, n):
+        if held is not None and len(chunk) < n:
+            both = held + chunk
+            yield both[:len(both) // 2]
+            held = both[len(both) // 2:]
+            continue
+        if held is not None:
+            yield held
+        held = chunk
+    if held is not None:
+        yield held
+
+
 def _payload(raw: dict) -> str:
     def clean(v):
         if isinstance(v, (bytes, bytearray, memoryview)):
@@ -427,10 +444,36 @@ def _payload(raw: dict) -> str:
     return json.dumps(clean({k: v for k, v in raw.items() if not k.startswith("_")}), ensure_ascii=False, default=str)[:100_000]
 
 
+@dataclass
+class LakeKeys:
+    """The problem and image ids the lake holds as of `snapshot`.
+
+    Read with one query per source rather than probed per batch: every scan of a
+    DuckLake table costs a few milliseconds of catalog lookups before any data. A batch
+    is filtered against these ids and written on top of exactly this snapshot; when
+    another writer has committed in between (a shared catalog), they are read again and
+    the batch refiltered. As with an anti-join inside the batch's INSERT, a writer
+    committing *during* the batch's transaction goes unseen: DuckLake retries appends to
+    the same table without rechecking them.
+    """
+
+    snapshot: int = -1
+    problems: set[str] = field(default_factory=set)
+    images: set[str] = field(default_factory=set)
+
+    def read(self, lake: Lake) -> "LakeKeys":
+        # One statement, so one snapshot for the ids and its number.
+        self.snapshot, problems, images = lake.con.execute("""SELECT (SELECT id FROM lake.current_snapshot()),
+            (SELECT list(problem_id) FROM lake.problems), (SELECT list(image_id) FROM lake.images)""").fetchone()
+        self.problems, self.images = set(problems or ()), set(images or ())
+        return self
+
+
 def ingest_source(lake: Lake, src: Source, recipe: Recipe, fingerprints: Fingerprints,
                   pool: ThreadPoolExecutor, writer: ThreadPoolExecutor,
                   progress: Callable[[int], None] | None = None) -> Tally:
     tally = Tally(src.name)
+    loading = writer.submit(LakeKeys().read, lake)  # read while the first batch is prepared
     mapping, root = column_map(src), _images_root(src)
     rows = read_source(src)
     first = next(rows, None)
@@ -456,7 +499,7 @@ def ingest_source(lake: Lake, src: Source, recipe: Recipe, fingerprints: Fingerp
     # decodes release the GIL and are worth spreading over cores.
     mapper = pool.map if recipe.full_decode else map
     pending = None  # the batch being written while the next one is prepared
-    for chunk in _chunks(enumerate(itertools.chain([first], rows)), recipe.batch_rows):
+    for chunk in _batches(enumerate(itertools.chain([first], rows)), recipe.batch_rows):
         images: dict[str, CheckedImage] = {}
         problems, rejected = [], []
         for row, image, rej in itertools.chain.from_iterable(mapper(prepare, _chunks(chunk, 64))):
@@ -484,7 +527,7 @@ def ingest_source(lake: Lake, src: Source, recipe: Recipe, fingerprints: Fingerp
         tally.rejected.update(r[0] for r in rejected)
         if pending is not None:
             pending.result()
-        pending = writer.submit(_write_batch, lake, src, images, problems, rejected, tally)
+        pending = writer.submit(_write_batch, lake, src, loading.result(), images, problems, rejected, tally)
         if progress:
             progress(len(chunk))
     if pending is not None:
@@ -492,34 +535,50 @@ def ingest_source(lake: Lake, src: Source, recipe: Recipe, fingerprints: Fingerp
     return tally
 
 
-def _write_batch(lake: Lake, src: Source, images: dict[str, CheckedImage], problems: list,
+class _Stale(Exception):
+    """Another writer committed since the keys were read."""
+
+
+def _write_batch(lake: Lake, src: Source, keys: LakeKeys, images: dict[str, CheckedImage], problems: list,
                  rejected: list, tally: Tally) -> None:
-    present = lake.existing("problems", "problem_id", [p[0] for p in problems])
-    new = [p for p in problems if p[0] not in present]
-    tally.present += len(problems) - len(new)
-    if not new and not rejected:
-        return
-    imgs = [images[i] for i in sorted({p[2] for p in new if p[2]})]  # ones the lake holds are skipped on insert
     run = lake.run_id
-    image_table = pa.table({
-        "image_id": [i.image_id for i in imgs], "bytes": [i.data for i in imgs],
-        "width": [i.width for i in imgs], "height": [i.height for i in imgs],
-        "format": [i.format for i in imgs], "n_bytes": [len(i.data) for i in imgs],
-        "run_id": [run] * len(imgs)}, schema=schema.IMAGES)
-    problem_table = pa.table({
-        "problem_id": [p[0] for p in new], "source": [src.name] * len(new),
-        "source_id": [p[1].source_id for p in new], "split": [p[1].split for p in new],
-        "question": [p[1].question for p in new], "answer": [p[1].answer for p in new],
-        "choices": [p[1].choices for p in new], "image_id": [p[2] for p in new],
-        "caption": [p[1].caption for p in new], "run_id": [run] * len(new)}, schema=schema.PROBLEMS)
     rejected_table = pa.Table.from_pylist([
         {"rejected_id": rejected_id("ingest", r[0], r[2]), "stage": "ingest", "reason": r[0], "reasons": [r[0]],
          "detail": r[1], "ref_id": r[2], "source": src.name, "payload": r[3], "run_id": run} for r in rejected],
         schema=schema.REJECTED)
-    with lake.transaction(f"ingest {src.name}: {len(new)} problems, {len(rejected)} rejected"):
-        tally.new_images += lake.insert("images", image_table, key="image_id")
-        tally.ingested += lake.insert("problems", problem_table, key="problem_id")
-        lake.insert("rejected", rejected_table, key="rejected_id")
+    while True:
+        new = [p for p in problems if p[0] not in keys.problems]
+        if not new and not rejected:
+            break  # the keys lag the lake, never lead it: what they hold is there
+        imgs = [images[i] for i in sorted({p[2] for p in new if p[2]} - keys.images)]
+        image_table = pa.table({
+            "image_id": [i.image_id for i in imgs], "bytes": [i.data for i in imgs],
+            "width": [i.width for i in imgs], "height": [i.height for i in imgs],
+            "format": [i.format for i in imgs], "n_bytes": [len(i.data) for i in imgs],
+            "run_id": [run] * len(imgs)}, schema=schema.IMAGES)
+        problem_table = pa.table({
+            "problem_id": [p[0] for p in new], "source": [src.name] * len(new),
+            "source_id": [p[1].source_id for p in new], "split": [p[1].split for p in new],
+            "question": [p[1].question for p in new], "answer": [p[1].answer for p in new],
+            "choices": [p[1].choices for p in new], "image_id": [p[2] for p in new],
+            "caption": [p[1].caption for p in new], "run_id": [run] * len(new)}, schema=schema.PROBLEMS)
+        try:
+            with lake.transaction(f"ingest {src.name}: {len(new)} problems, {len(rejected)} rejected"):
+                if lake.current_snapshot() != keys.snapshot:
+                    raise _Stale
+                written = lake.append("images", image_table) + lake.insert("problems", problem_table)
+                written += lake.insert("rejected", rejected_table, key="rejected_id")  # rare: probed in SQL
+        except _Stale:
+            keys.read(lake)
+            continue
+        if written:
+            keys.snapshot += 1  # the one this transaction made
+        keys.problems.update(p[0] for p in new)
+        keys.images.update(i.image_id for i in imgs)
+        tally.new_images += len(imgs)
+        tally.ingested += len(new)
+        break
+    tally.present += len(problems) - len(new)
 
 
 def ingest(lake: Lake, recipe: Recipe, workers: int | None = None,
