@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -161,3 +162,25 @@ def test_a_failed_training_is_recorded(sets_lake, lake_dir, tmp_path):
     assert row["error"].startswith(error.type.__name__)  # the reason is one query away
     lineage = json.loads((tmp_path / "out" / "vlfactory_training.json").read_text())
     assert lineage["status"] == "failed" and lineage["error"].startswith(error.type.__name__)
+
+
+@pytest.mark.slow
+def test_two_processes_with_torchrun_record_one_training(sets_lake, lake_dir, tmp_path, tiny_vlm_dir):
+    """The accelerate/torchrun entry point: every rank reads the same snapshot, only rank 0 writes the catalog."""
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed")
+    config = tmp_path / "sft.yaml"
+    config.write_text(json.dumps(SFT | {"max_steps": 2, "per_device_train_batch_size": 1}))
+    res = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "vlfactory.trainers.sft", "--dataset", "sft@iter1",
+                          "--model", str(tiny_vlm_dir), "--output", str(tmp_path / "out"), "--config", str(config),
+                          "--lake", str(lake_dir)], capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = trainings(lake_dir)
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["rows"] == 6
+    assert (tmp_path / "out" / "vlfactory_training.json").exists()
