@@ -10,11 +10,14 @@ with numbers, then a final answer written the ways models write it: in
 right, some wrong, some cut off before any answer. A fair share (printed)
 needs math-verify, which is where the pool's worker processes earn their keep.
 
-Measured in the same run over the same pairs:
+Measured in the same run over the same pairs, in slices of 2,000 (the verify stage's batch):
 - single process: the verifier's rules, then math-verify in this process, one
   item after another (the floor a plain loop gets on one core);
+- pool, 1 worker: `grade_many(pairs, workers=1)` (what the worker round trips cost);
 - pool: `grade_many(pairs)` with one worker per core.
 Verdicts must be identical (asserted); the figure is the ratio (target >= 1.7x on 2 cores).
+On a shared machine neighbours take cores away: the "machine ceiling" printed before and after
+(how much faster N busy processes go than one) says whether the cores were there to use.
 
     python bench/verify.py [--pairs 20000] [--repeat 2]
 """
@@ -115,7 +118,8 @@ def pairs(n: int, seed: int = 0, rows: list[dict] | None = None) -> list[tuple[s
         elif shape == "answer_is":
             text = f"<think>\n{think}\n</think>\nAfter checking each step, the answer is {answer}."
         elif shape == "boxed" or (shape.startswith("latex") and rng.random() < 0.5):
-            text = f"<think>\n{think}\n</think>\nSo the result is $\\boxed{{{answer}}}$.\n<answer>\\boxed{{{answer}}}</answer>"
+            text = (f"<think>\n{think}\n</think>\nSo the result is $\\boxed{{{answer}}}$.\n"
+                    f"<answer>\\boxed{{{answer}}}</answer>")
         else:
             text = f"<think>\n{think}\n</think>\nThe final answer follows.\n<answer>{answer}</answer>"
         out.append((text, gold, choices, p["question"]))
@@ -178,7 +182,8 @@ def main() -> None:
     verify.grade_many(items[:200])   # start the workers and import math-verify outside the timing
     single_process(items[:50])
     # Slices alternate which side goes first, so a neighbour's load falls on both alike.
-    runs = {"single process": single_process, f"pool ({cores} workers)": verify.grade_many}
+    runs = {"single process": single_process, "pool, 1 worker": lambda x: verify.grade_many(x, workers=1),
+            f"pool, {cores} workers": verify.grade_many}
     seconds = dict.fromkeys(runs, 0.0)
     grades: dict[str, list] = {name: [] for name in runs}
     slices = [items[k:k + args.slice] for k in range(0, len(items), args.slice)]
@@ -190,13 +195,14 @@ def main() -> None:
                 seconds[name] += time.perf_counter() - t0
                 if rep == 0:
                     grades[name] += got
-    (g1, gp), (t1, tp) = grades.values(), seconds.values()
-    same = g1 == gp
+    (g1, gw, gp), (t1, tw, tp) = grades.values(), seconds.values()
+    same = g1 == gw == gp
     n = len(items) * args.repeat
     for name, dt in seconds.items():
-        print(f"  {name:<20} {dt:7.2f} s  {n / dt:8.0f} grades/s")
-    print(f"  speedup {t1 / tp:.2f}x; verdicts identical: {same} ({sum(g.correct for g in gp)} correct, "
-          f"{sum(g.reason == 'no_answer' for g in gp)} no answer); load average {os.getloadavg()[0]:.1f}")
+        print(f"  {name:<20} {dt:7.2f} s  {n / dt:8.0f} grades/s  {t1 / dt:5.2f}x")
+    print(f"  pool over single process: {t1 / tp:.2f}x (over one worker: {tw / tp:.2f}x); verdicts identical: "
+          f"{same} ({sum(g.correct for g in gp)} correct, {sum(g.reason == 'no_answer' for g in gp)} no answer)")
+    print(f"  machine ceiling after: {ceiling(cores):.2f}x (a figure is only meaningful when both are near {cores})")
     assert same, [(i, a, b) for i, (a, b) in enumerate(zip(g1, gp)) if a != b][:5]
 
 

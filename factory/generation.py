@@ -221,6 +221,8 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: StageConfig, tem
                 prompt = by_key.pop(result.request.key)
                 indices, keys = prompt.context.pop("_samples")
                 if result.ok:
+                    for c in result.completions:  # a lone surrogate from a JSON reply would not store
+                        c.text = c.text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
                     stats.prompt_tokens += result.prompt_tokens
                     stats.completion_tokens += sum(c.completion_tokens for c in result.completions)
                     buffer.extend(build_rows(prompt, result, indices, keys))

@@ -264,7 +264,7 @@ class VerifyStats:
             head = (f"verify: graded {self.graded} samples{regraded}, {self.current} already current, "
                     f"in {self.seconds:.1f}s ({self.graded / max(self.seconds, 1e-9):.0f}/s)")
         else:
-            head = f"verify: nothing new: all {self.samples} samples already graded by this verifier and settings"
+            head = f"verify: nothing new: all {self.samples} samples already graded (same verifier, settings)"
         lines = [head, f"  verifier {self.verifier}, settings {self.settings_hash}"]
         width = max([len(r) for f in self.funnels.values() for r in f.applies] + [10])
         for (table, source), f in self.funnels.items():

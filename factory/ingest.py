@@ -4,8 +4,9 @@ Every row read ends in exactly one place: a new problem, a problem the lake
 already holds, or `rejected` with a reason. Images are decoded once to prove
 they are images, stored once (by SHA-256 of the original bytes) and
 byte-exact. Problems are keyed by (image, question, answer), so re-ingesting a
-source adds nothing. Writes go in batches, one snapshot each, so a crash loses
-at most the batch in flight and a rerun picks up the rest.
+source adds nothing. Writes go in batches, one snapshot each (a batch's images
+as one Parquet file the lake adopts), so a crash loses at most the batch in
+flight and a rerun picks up the rest.
 
     vlfactory ingest recipes/tabmwp.yaml
 """
@@ -321,7 +322,7 @@ def load_image(value: Any, root: Path, full_decode: bool = False) -> CheckedImag
     elif isinstance(value, (str, os.PathLike)):
         path = os.path.join(root, os.path.expanduser(value))  # an absolute path stays as it is
         try:
-            with open(path, "rb") as f:
+            with open(path, "rb", buffering=0) as f:  # unbuffered: one read of the whole file
                 data = f.read()
         except FileNotFoundError:
             raise Reject("missing_image", f"image file not found: {path}")
@@ -549,7 +550,7 @@ def _write_batch(lake: Lake, src: Source, keys: LakeKeys, images: dict[str, Chec
     while True:
         new = [p for p in problems if p[0] not in keys.problems]
         if not new and not rejected:
-            break  # the keys lag the lake, never lead it: what they hold is there
+            break  # the keys lag the lake but never lead it: what they hold is there
         imgs = [images[i] for i in sorted({p[2] for p in new if p[2]} - keys.images)]
         image_table = pa.table({
             "image_id": [i.image_id for i in imgs], "bytes": [i.data for i in imgs],
@@ -567,12 +568,13 @@ def _write_batch(lake: Lake, src: Source, keys: LakeKeys, images: dict[str, Chec
                 if lake.current_snapshot() != keys.snapshot:
                     raise _Stale
                 written = lake.append("images", image_table) + lake.insert("problems", problem_table)
-                written += lake.insert("rejected", rejected_table, key="rejected_id")  # rare: probed in SQL
+                # Rejected rows are few: an anti-join costs less than reading their ids up front.
+                written += lake.insert("rejected", rejected_table, key="rejected_id")
         except _Stale:
             keys.read(lake)
             continue
         if written:
-            keys.snapshot += 1  # the one this transaction made
+            keys.snapshot += 1  # ours; had DuckLake retried it after another writer's, the next batch sees a mismatch
         keys.problems.update(p[0] for p in new)
         keys.images.update(i.image_id for i in imgs)
         tally.new_images += len(imgs)
@@ -585,14 +587,20 @@ def ingest(lake: Lake, recipe: Recipe, workers: int | None = None,
            progress_factory: Callable[[str, int | None], Callable[[int], None]] | None = None) -> list[Tally]:
     """Ingest every source of a recipe; returns one tally per source.
 
-    One writer thread commits each batch to the lake (DuckDB releases the
-    GIL) while the next batch is read and checked.
+    One writer thread reads the lake's ids, then commits each batch (DuckDB
+    releases the GIL) while the next batch is read and checked.
     """
     workers = workers or os.cpu_count() or 1
-    with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(1) as writer:
-        fingerprints = benchmark_fingerprints(recipe, workers)
-        tallies = []
-        for src in recipe.sources:
-            progress = progress_factory(src.name, src.limit) if progress_factory else None
-            tallies.append(ingest_source(lake, src, recipe, fingerprints, pool, writer, progress))
+    # Ingest's statements are small: DuckDB's worker threads cost more in hand-offs than they save.
+    threads = lake.con.execute("SELECT current_setting('threads')").fetchone()[0]
+    lake.con.execute("SET threads = 1")
+    try:
+        with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(1) as writer:
+            fingerprints = benchmark_fingerprints(recipe, workers)
+            tallies = []
+            for src in recipe.sources:
+                progress = progress_factory(src.name, src.limit) if progress_factory else None
+                tallies.append(ingest_source(lake, src, recipe, fingerprints, pool, writer, progress))
+    finally:
+        lake.con.execute(f"SET threads = {threads}")
     return tallies

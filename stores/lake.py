@@ -376,7 +376,7 @@ class Lake:
         import pyarrow.parquet as pq
 
         opts = dict(self.con.execute(f"""SELECT option_name, value FROM {DB}.options()
-            WHERE option_name IN ('data_path', 'encrypted', 'parquet_compression')
+            WHERE option_name IN ('data_path', 'encrypted', 'parquet_compression', 'parquet_compression_level')
               AND (scope = 'GLOBAL' OR scope_entry IN ('main', ?))
             ORDER BY CASE scope WHEN 'GLOBAL' THEN 0 WHEN 'SCHEMA' THEN 1 ELSE 2 END""",
                                      [f"main.{table}"]).fetchall())  # the narrowest scope wins
@@ -393,9 +393,10 @@ class Lake:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"ducklake-{uuid.uuid4()}.parquet"
         compression = opts.get("parquet_compression", "snappy")
+        level = opts.get("parquet_compression_level")
         small = [f.name for f in rows.schema if not pa.types.is_binary(f.type)]  # no dictionary or min/max of blobs
         pq.write_table(rows, path, compression={"uncompressed": "none", "lz4_raw": "lz4"}.get(compression, compression),
-                       use_dictionary=small, write_statistics=small)
+                       compression_level=int(level) if level else None, use_dictionary=small, write_statistics=small)
         self.con.execute(f"CALL ducklake_add_data_files('{DB}', ?, ?)", [table, str(path)])
         return rows.num_rows
 

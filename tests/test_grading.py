@@ -19,7 +19,7 @@ RECIPE = """sources:
   - {name: s, format: synthetic, n: 10}
 verify: {max_words: 200, require_format: true, clean_max_words: 60}
 """
-WORDY = " ".join(f"step {i} adds one more shape to the count." for i in range(40))   # 320 words, no loop
+WORDY = " ".join(f"step {i} adds one more shape to the count." for i in range(40))   # 360 words, no loop
 ROWS = " ".join(f"Row {i} of the table holds eight." for i in range(12))                # 84 words, no loop
 MEGABYTE = 1 << 20
 
@@ -35,7 +35,7 @@ TRACES = [
     ("geometry-0-2", 3, "<think>\n112 / 8 = 15.\n</think>\n<answer>15</answer>", "stop", ["incorrect"]),
     ("geometry-0-2", 4, "<think>\nthe width is 8 feet, so the height is 112 / 8 = 14.\nWait, let me check:  "
                         "8 * 14 = 112.   Yes.\n</think>\n<answer>14</answer>", "stop", ["duplicate"]),
-    ("geometry-0-2", 5, f"<think>\n{ROWS} So 112 / 8 = 14.\n</think>\n<answer>14</answer>", "stop", []),  # over 60 words
+    ("geometry-0-2", 5, f"<think>\n{ROWS} So 112 / 8 = 14.\n</think>\n<answer>14</answer>", "stop", []),  # > 60 words
     # counting-0-3: "How many shapes are there in total?" gold 8
     ("counting-0-3", 0, "<think>\nCounting the shapes: 1, 2, 3", "length", ["truncated", "no_answer", "format_error"]),
     ("counting-0-3", 1, f"<think>\n{WORDY}\n</think>\n<answer>8</answer>", "stop", ["too_long"]),
@@ -100,7 +100,8 @@ def test_every_reason_lands_in_grades_and_rejected(lake):
             "SELECT ref_id, reasons, accepted, grade_reason, source, words FROM grades").fetchall()}
         rejected = {r[0]: r[1:] for r in lk.query(
             "SELECT ref_id, reason, reasons, detail, payload, source FROM rejected WHERE stage = 'verify'").fetchall()}
-    expected = {f"t-{sid}-{i}": want for sid, i, *_, want in TRACES} | {f"r-{sid}-{i}": want for sid, i, *_, want in ROLLOUTS}
+    expected = {f"t-{sid}-{i}": want for sid, i, *_, want in TRACES}
+    expected |= {f"r-{sid}-{i}": want for sid, i, *_, want in ROLLOUTS}
     assert {ref: g[0] for ref, g in grades.items()} == expected
     assert {ref for ref, g in grades.items() if g[1]} == {ref for ref, want in expected.items() if not want}
     assert set(rejected) == {ref for ref, want in expected.items() if want}
