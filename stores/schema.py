@@ -166,8 +166,8 @@ GRADES = pa.schema([
     ("run_id", pa.string()),
 ])
 
-SFT = pa.schema([
-    ("example_id", pa.string()),
+# A set row's problem, as the trainers see it: the image, the question and the prompt built from it.
+_SET_PROBLEM = [
     ("problem_id", pa.string()),
     ("source", pa.string()),
     ("source_id", pa.string()),
@@ -176,6 +176,11 @@ SFT = pa.schema([
     ("choices", pa.list_(pa.string())),
     ("answer", pa.string()),        # the gold answer
     ("prompt", pa.string()),        # the user turn's text (the image goes before it)
+]
+
+SFT = pa.schema([
+    ("example_id", pa.string()),
+    *_SET_PROBLEM,
     ("completion", pa.string()),    # the assistant turn: reasoning + final answer
     ("from_table", pa.string()),    # traces | rollouts
     ("from_id", pa.string()),
@@ -185,14 +190,7 @@ SFT = pa.schema([
 ])
 
 RL = pa.schema([
-    ("problem_id", pa.string()),
-    ("source", pa.string()),
-    ("source_id", pa.string()),
-    ("image_id", pa.string()),
-    ("question", pa.string()),
-    ("choices", pa.list_(pa.string())),
-    ("answer", pa.string()),
-    ("prompt", pa.string()),
+    *_SET_PROBLEM,
     ("policy_model", pa.string()),
     ("samples", pa.int32()),
     ("correct", pa.int32()),
