@@ -25,9 +25,9 @@ from vlfactory.stores.lake import Lake
 
 
 def problems(lake: Lake, limit: int | None) -> list[tuple]:
-    sql = """SELECT p.problem_id, p.image_id, p.caption, p.source, i.format FROM problems p
-             LEFT JOIN images i USING (image_id) ORDER BY p.source, p.source_id, p.problem_id"""
-    return lake.con.execute(sql + (f" LIMIT {int(limit)}" if limit is not None else "")).fetchall()
+    return lake.con.execute(f"""SELECT p.problem_id, p.image_id, p.caption, p.source, i.format
+        FROM {lake.problems_in_scope(limit)} p LEFT JOIN images i USING (image_id)
+        ORDER BY p.source, p.source_id, p.problem_id""").fetchall()
 
 
 def run(lake: Lake, recipe: Recipe, limit: int | None = None, progress=None) -> Stats:

@@ -39,14 +39,12 @@ def problems_with_captions(lake: Lake, recipe: Recipe, limit: int | None) -> tup
     where, params = "", []
     if cap is not None:  # model captions count only when made by the recipe's caption model
         where, params = "WHERE origin = 'source' OR model = ?", [cap.identity]
-    limit_sql = f" LIMIT {int(limit)}" if limit is not None else ""
     sql = f"""
         WITH chosen AS (
             SELECT problem_id, caption_id, caption, row_number() OVER (
                 PARTITION BY problem_id ORDER BY (origin = 'source') = ? DESC, created_at DESC) AS rank
             FROM captions {where}),
-        todo AS (SELECT problem_id, question, choices, source, source_id FROM problems
-                 ORDER BY source, source_id, problem_id{limit_sql})
+        todo AS {lake.problems_in_scope(limit)}
         SELECT t.problem_id, t.question, t.choices, c.caption_id, c.caption
         FROM todo t LEFT JOIN chosen c ON c.problem_id = t.problem_id AND c.rank = 1
         ORDER BY t.source, t.source_id, t.problem_id"""

@@ -279,8 +279,7 @@ def _scope(limit: int | None) -> str:
     """SQL condition on `s.problem_id`: the first `limit` problems in the stages' common order."""
     if limit is None:
         return "TRUE"
-    return (f"s.problem_id IN (SELECT problem_id FROM {DB}.problems "
-            f"ORDER BY source, source_id, problem_id LIMIT {int(limit)})")
+    return f"s.problem_id IN (SELECT problem_id FROM {Lake.problems_in_scope(limit)})"
 
 
 def pending(lake: Lake, table: str, stats: VerifyStats, limit: int | None) -> tuple[list[str], int]:

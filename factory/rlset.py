@@ -70,9 +70,8 @@ def policy_model(recipe: Recipe) -> str:
 
 def candidates(lake: Lake, model: str, limit: int | None) -> list[dict]:
     """Each problem (the first `limit`, in the stages' common order) with the policy's tallies."""
-    limit_sql = f" LIMIT {int(limit)}" if limit is not None else ""
     rel = lake.con.execute(f"""
-        WITH todo AS (SELECT * FROM problems ORDER BY source, source_id, problem_id{limit_sql})
+        WITH todo AS {lake.problems_in_scope(limit)}
         SELECT p.problem_id, p.source, p.source_id, p.image_id, p.question, p.choices, p.answer,
                coalesce(r.samples, 0) AS samples, coalesce(r.correct, 0) AS correct
         FROM todo p LEFT JOIN pass_rates r ON r.problem_id = p.problem_id AND r.model = ?

@@ -29,9 +29,9 @@ from vlfactory.verify import extract_answer, grade_many
 
 def problems(lake: Lake, limit: int | None) -> list[tuple]:
     """(problem_id, question, choices, answer, image_id, image format), in the stages' common order."""
-    sql = """SELECT p.problem_id, p.question, p.choices, p.answer, p.image_id, i.format FROM problems p
-             LEFT JOIN images i USING (image_id) ORDER BY p.source, p.source_id, p.problem_id"""
-    return lake.con.execute(sql + (f" LIMIT {int(limit)}" if limit is not None else "")).fetchall()
+    return lake.con.execute(f"""SELECT p.problem_id, p.question, p.choices, p.answer, p.image_id, i.format
+        FROM {lake.problems_in_scope(limit)} p LEFT JOIN images i USING (image_id)
+        ORDER BY p.source, p.source_id, p.problem_id""").fetchall()
 
 
 def run(lake: Lake, recipe: Recipe, limit: int | None = None, progress=None) -> Stats:

@@ -60,7 +60,6 @@ def _order_key(seed: int, ident: str) -> str:
 def candidates(lake: Lake, recipe: Recipe, limit: int | None) -> list[dict]:
     cfg = recipe.sft
     tables = ("traces", "rollouts") if cfg.candidates == "both" else (cfg.candidates,)
-    limit_sql = f" LIMIT {int(limit)}" if limit is not None else ""
     out = []
     for table in tables:
         id_col = "trace_id" if table == "traces" else "rollout_id"
@@ -69,7 +68,7 @@ def candidates(lake: Lake, recipe: Recipe, limit: int | None) -> list[dict]:
             where.append("s.model = ?")  # with `both`, the model names whose rollouts join the traces
             params.append(cfg.model)
         rel = lake.con.execute(f"""
-            WITH todo AS (SELECT * FROM problems ORDER BY source, source_id, problem_id{limit_sql})
+            WITH todo AS {lake.problems_in_scope(limit)}
             SELECT s.{id_col} AS from_id, '{table}' AS from_table, s.model, s.completion, g.cleaned, g.cleaned_ok,
                    g.words, g.cleaned_words, p.problem_id, p.source, p.source_id, p.image_id, p.question,
                    p.choices, p.answer
