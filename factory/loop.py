@@ -65,7 +65,7 @@ class Loop:
         """Tag the set's current content, unless the tag already names the same rows."""
         with self.lake() as lake:
             tags = lake.tags()
-            if tag in tags and not _table_differs(lake, table, tags[tag]):
+            if tag in tags and not lake.differs(table, f"lake.{table} AT (VERSION => {int(tags[tag])})"):
                 return tags[tag]
             snap = lake.tag(tag, force=True)
             rows = lake.count(table)
@@ -163,11 +163,3 @@ class Loop:
                 lake.end_run(status, {"iterations": len(policies)}, error=error)
         return policies
 
-
-def _table_differs(lake: Lake, table: str, snapshot: int) -> bool:
-    cols = ", ".join(f'"{c}"' for c in lake.query(f"SELECT * FROM {table} LIMIT 0").columns
-                     if c not in ("run_id", "created_at"))
-    old = f"(SELECT {cols} FROM lake.{table} AT (VERSION => {int(snapshot)}))"
-    new = f"(SELECT {cols} FROM lake.{table})"
-    return lake.con.execute(f"SELECT count(*) FROM (({old} EXCEPT ALL {new}) UNION ALL ({new} EXCEPT ALL {old}))"
-                            ).fetchone()[0] > 0

@@ -412,12 +412,9 @@ class Lake:
         Rows compare on every column but `run_id` (and the table's `created_at`),
         so rebuilding an unchanged set leaves the lake as it was.
         """
-        cols = ", ".join(f'"{c}"' for c in rows.column_names if c != "run_id")
         self.con.register("_new", rows)
         try:
-            differ = self.con.execute(f"""SELECT count(*) FROM (
-                (SELECT {cols} FROM {DB}.{table} EXCEPT ALL SELECT {cols} FROM _new) UNION ALL
-                (SELECT {cols} FROM _new EXCEPT ALL SELECT {cols} FROM {DB}.{table}))""").fetchone()[0]
+            differ = self.differs(table, "_new", rows.column_names)
         finally:
             self.con.unregister("_new")
         if not differ:
@@ -426,6 +423,18 @@ class Lake:
             self.con.execute(f"DELETE FROM {DB}.{table}")
             self.insert(table, rows)
         return True
+
+    def differs(self, table: str, other: str, columns: list[str] | None = None) -> bool:
+        """Whether `table` and the relation `other` hold different rows (as multisets).
+
+        Rows compare on `columns` (default: the table's) less `run_id` and `created_at`,
+        which say when a row was written, not what it holds.
+        """
+        columns = columns or self.con.sql(f"SELECT * FROM {DB}.{table} LIMIT 0").columns
+        cols = ", ".join(f'"{c}"' for c in columns if c not in ("run_id", "created_at"))
+        return self.con.execute(f"""SELECT count(*) FROM (
+            (SELECT {cols} FROM {DB}.{table} EXCEPT ALL SELECT {cols} FROM {other}) UNION ALL
+            (SELECT {cols} FROM {other} EXCEPT ALL SELECT {cols} FROM {DB}.{table}))""").fetchone()[0] > 0
 
     def existing(self, table: str, key: str, values: list[str]) -> set[str]:
         """Which of these key values the table already holds."""
