@@ -45,6 +45,9 @@ class VLLMBackend:
         if cpu:
             # In-process engine: loads in seconds instead of tens of seconds on a CPU.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            # Without it vLLM reserves a fraction of all RAM for its KV cache and refuses to start
+            # when other processes use more than the rest; 1 GiB serves small models. Override in the env.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import LLM
 
         self.model = cfg.model
