@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import sys
 import time
@@ -70,12 +69,6 @@ def main() -> None:
 
 # ---- ingest / run --------------------------------------------------------------
 
-# stage name -> module under vlfactory with run(lake, recipe, limit=, progress=) -> stats (.line(), .counts())
-STAGES = {"ingest": "ingest", "caption": "caption", "distil": "distil", "verify": "grading", "sft": "sftset",
-          "rollout": "rollout", "rl": "rlset"}
-OPTIONAL = ("distil", "sft", "rollout", "rl")  # skipped by a full run when the recipe leaves them out
-
-
 @main.command()
 @click.argument("recipe")
 @lake_options
@@ -91,18 +84,23 @@ def ingest(recipe: str, lake: str | None, data_path: str | None, limit: int | No
     _run(recipe, lake, data_path, ["ingest"], limit)
 
 
+STAGE_NAMES = ("ingest", "caption", "distil", "verify", "sft", "rollout", "rl")  # vlfactory.stages.STAGES
+
+
 @main.command()
 @click.argument("recipe")
 @lake_options
-@click.option("--stage", type=click.Choice(list(STAGES)), multiple=True, help="Run only this stage (repeatable).")
-@click.option("--limit", type=int, default=None, help="Work on the first N problems (rows per source for ingest).")
+@click.option("--stage", type=click.Choice(STAGE_NAMES), multiple=True, help="Run only this stage (repeatable).")
+@click.option("--limit", type=int, default=None,
+              help="Work on the first N problems of the recipe's sources (rows per source for ingest).")
 @click.option("--tag", "tag_name", default=None, help="Tag the snapshot the run ends on (e.g. iter1).")
 @friendly
 def run(recipe: str, lake: str | None, data_path: str | None, stage: tuple[str, ...], limit: int | None,
         tag_name: str | None) -> None:
     """Run a recipe's stages in order: ingest, caption, distil, verify, sft, rollout, rl.
 
-    Stages the recipe does not configure (distil, sft, rollout, rl) are skipped.
+    Stages work on the recipe's own sources only. Stages the recipe does not configure
+    (distil, sft, rollout, rl) are skipped.
 
     RECIPE is a YAML file or the name of a shipped recipe (quickstart, tabmwp, dynamath).
 
@@ -112,52 +110,39 @@ def run(recipe: str, lake: str | None, data_path: str | None, stage: tuple[str, 
         vlfactory run recipes/tabmwp.yaml --stage ingest --limit 100
         vlfactory run my.yaml --stage verify --stage sft --tag iter1
     """
-    _run(recipe, lake, data_path, list(stage) or list(STAGES), limit, tag_name, explicit=bool(stage))
+    _run(recipe, lake, data_path, list(stage) or list(STAGE_NAMES), limit, tag_name, explicit=bool(stage))
 
 
 def _run(recipe_ref: str, lake_spec, data_path, stages: list[str], limit: int | None, tag_name: str | None = None,
          explicit: bool = True) -> None:
     from rich.console import Console
 
-    from vlfactory.ingest import ingest as ingest_stage
-    from vlfactory.ingest import preflight
     from vlfactory.recipe import load_recipe
+    from vlfactory.stages import OPTIONAL, Scope, run_stage
 
     console = Console(stderr=True)
     recipe = load_recipe(recipe_ref)
+    configs = {name: recipe.stage_config(name) for name in stages}
     if not explicit:
-        stages = [s for s in stages if s not in OPTIONAL or getattr(recipe, s) is not None]
-    if limit is not None:
-        for src in recipe.sources:
-            src.limit = limit if src.limit is None else min(src.limit, limit)
-            src.n = min(src.n, limit)
-    if "ingest" in stages:
-        preflight(recipe)
+        stages = [s for s in stages if s not in OPTIONAL or configs[s] is not None]
+    scope = Scope.of(recipe, limit)
+    if "ingest" in stages:  # a mapping that does not fit the data fails here, before anything is written
+        from vlfactory.ingest import preflight
+
+        preflight(configs["ingest"])
     with open_lake(lake_spec, data_path, recipe) as lake:
         console.print(f"lake: {lake.spec.display}")
         lake.start_run("run " + ",".join(stages), recipe.text, recipe.name, " ".join(sys.argv[1:]))
         counts: dict[str, int] = {}
-        summaries = []
+        failed = 0
         t0 = time.perf_counter()
         try:
-            if "ingest" in stages:
-                with _progress(console) as factory:
-                    tallies = ingest_stage(lake, recipe, progress_factory=factory)
-                for t in tallies:
-                    console.print(t.line())
-                    counts |= {f"{t.source}.read": t.read, f"{t.source}.ingested": t.ingested,
-                               f"{t.source}.present": t.present, f"{t.source}.rejected": t.n_rejected}
-                if tallies and all(t.ingested == 0 and t.n_rejected == 0 for t in tallies):
-                    console.print("nothing new: every row is already in the lake")
             for name in stages:
-                if name == "ingest":
-                    continue
-                module = importlib.import_module(f"vlfactory.{STAGES[name]}")
-                with _generation_progress(console, name) as progress:
-                    stats = module.run(lake, recipe, limit=limit, progress=progress)
-                summaries.append(stats)
-                console.print(stats.line())
-                counts |= {f"{name}.{k}": v for k, v in stats.counts().items()}
+                with _progress(console, name) as progress:
+                    result = run_stage(lake, name, configs[name], scope, progress)
+                console.print(result.line())
+                counts |= {f"{name}.{k}": v for k, v in result.counts().items()}
+                failed += result.failed
         except KeyboardInterrupt:
             lake.end_run("interrupted", counts)
             raise
@@ -167,7 +152,6 @@ def _run(recipe_ref: str, lake_spec, data_path, stages: list[str], limit: int | 
         lake.end_run("ok", counts)
         if tag_name:
             console.print(f"tagged {tag_name} -> snapshot {lake.tag(tag_name, force=True)}")
-        failed = sum(getattr(s, "failed", 0) for s in summaries)
         if failed:
             console.print(f"[yellow]{failed} requests failed after retries: see `vlfactory sql \"SELECT * FROM "
                           f"rejected WHERE reason = 'request_failed'\"`; rerun to retry them[/]")
@@ -175,8 +159,8 @@ def _run(recipe_ref: str, lake_spec, data_path, stages: list[str], limit: int | 
                       f"(name it with `vlfactory tag NAME`)")
 
 
-def _generation_progress(console, name: str):
-    """A bar per generation stage: done/total, requests/s, tokens/s, cache hits, failures, ETA."""
+def _progress(console, name: str):
+    """A bar per stage: done/total, requests/s, tokens/s, cache hits, failures, ETA."""
     import contextlib
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -190,30 +174,14 @@ def _generation_progress(console, name: str):
             start = time.perf_counter()
             received = 0
 
-            def progress(stats, n: int) -> None:
+            def progress(result, n: int) -> None:
                 nonlocal received
                 received += n
                 dt = max(time.perf_counter() - start, 1e-9)
-                bar.update(task, total=stats.samples, completed=stats.cached + received,
-                           rate=f"{stats.requested / dt:.1f} req/s {stats.completion_tokens / dt:.0f} tok/s "
-                                f"cached {stats.cached} failed {stats.failed}")
+                bar.update(task, total=result.wanted or None, completed=result.cached + received,
+                           rate=f"{result.requests / dt:.1f} req/s {result.completion_tokens / dt:.0f} tok/s "
+                                f"cached {result.cached} failed {result.failed}")
             yield progress
-    return cm()
-
-
-def _progress(console):
-    import contextlib
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    @contextlib.contextmanager
-    def cm():
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True, disable=not console.is_terminal) as bar:
-            def factory(name: str, total: int | None):
-                task = bar.add_task(f"ingest {name}", total=total)
-                return lambda n: bar.advance(task, n)
-            yield factory
     return cm()
 
 
@@ -308,7 +276,7 @@ def versions(lake: str | None, data_path: str | None, last: int) -> None:
         vlfactory versions --last 10
     """
     with open_lake(lake, data_path) as lk:
-        rows, counted = [], ("images", "problems", "captions", "traces", "rollouts", "rejected")
+        rows, counted = [], ("images", "problems", "captions", "traces", "rollouts", "grades", "sft", "rl", "rejected")
         tags: dict[int, list[str]] = {}
         for name, snap in lk.tags().items():
             tags.setdefault(snap, []).append(name)
@@ -428,19 +396,25 @@ def eval_(model: str, benchmarks: tuple[str, ...], recipe_ref: str, backend: str
     """
     import dataclasses
 
-    from vlfactory.evaluate import evaluate
-    from vlfactory.recipe import StageConfig, load_recipe
+    from vlfactory import evaluate
+    from vlfactory.backends import backend_config_class
+    from vlfactory.recipe import load_recipe
 
     recipe = load_recipe(recipe_ref)
-    stage = recipe.rollout or StageConfig(model=model, backend="transformers")
-    if backend:
-        stage = dataclasses.replace(stage, backend=backend)
-    if max_tokens:
-        stage = dataclasses.replace(stage, sampling=dataclasses.replace(stage.sampling, max_tokens=max_tokens))
+    configs = [recipe.eval_config(name, model, limit=limit) for name in benchmarks]
+    for i, cfg in enumerate(configs):
+        gen = cfg.generation
+        if backend and backend != gen.backend:
+            if backend == "openai":
+                raise UserError("--backend openai needs a base_url: give the recipe a rollout: block with one")
+            gen = dataclasses.replace(gen, backend=backend, options=backend_config_class(backend)(model=model))
+        if max_tokens:
+            gen = dataclasses.replace(gen, sampling=dataclasses.replace(gen.sampling, max_tokens=max_tokens))
+        configs[i] = dataclasses.replace(cfg, generation=gen)
     with open_lake(lake, data_path, recipe) as lk:
         lk.start_run("eval", recipe.text, recipe.name, " ".join(sys.argv[1:]))
-        for name in benchmarks:
-            click.echo(evaluate(lk, recipe, model, name, limit=limit, stage=stage).line(), err=True)
+        for cfg in configs:
+            click.echo(evaluate.run(lk, cfg).line(), err=True)
         lk.end_run("ok")
 
 
@@ -496,6 +470,8 @@ def train_options(fn):
         click.option("--output", required=True, type=click.Path(file_okay=False), help="Checkpoint folder."),
         click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="Trainers YAML: TRL config fields (default: a few tiny steps on any CPU)."),
+        click.option("--overwrite", is_flag=True,
+                     help="Train into --output even when it holds a different finished training."),
     ]):
         fn = option(fn)
     return fn
@@ -504,7 +480,7 @@ def train_options(fn):
 @train.command("sft")
 @train_options
 @friendly
-def train_sft(dataset: str, model: str, output: str, config_path: str | None, lake: str | None,
+def train_sft(dataset: str, model: str, output: str, config_path: str | None, overwrite: bool, lake: str | None,
               data_path: str | None) -> None:
     """Supervised fine-tuning on an sft set version (TRL's SFTTrainer).
 
@@ -517,13 +493,14 @@ def train_sft(dataset: str, model: str, output: str, config_path: str | None, la
     """
     from vlfactory.trainers import sft
 
-    click.echo(sft.train_sft(dataset, model, output, config=config_path, lake=lake, data_path=data_path).line())
+    click.echo(sft.train_sft(dataset, model, output, config=config_path, lake=lake, data_path=data_path,
+                                 overwrite=overwrite).line())
 
 
 @train.command("grpo")
 @train_options
 @friendly
-def train_grpo(dataset: str, model: str, output: str, config_path: str | None, lake: str | None,
+def train_grpo(dataset: str, model: str, output: str, config_path: str | None, overwrite: bool, lake: str | None,
                data_path: str | None) -> None:
     """GRPO on an rl set version (TRL's GRPOTrainer, the factory's verifier as reward).
 
@@ -536,7 +513,8 @@ def train_grpo(dataset: str, model: str, output: str, config_path: str | None, l
     """
     from vlfactory.trainers import grpo
 
-    click.echo(grpo.train_grpo(dataset, model, output, config=config_path, lake=lake, data_path=data_path).line())
+    click.echo(grpo.train_grpo(dataset, model, output, config=config_path, lake=lake, data_path=data_path,
+                                 overwrite=overwrite).line())
 
 
 # ---- publish, report, show -------------------------------------------------------

@@ -4,8 +4,10 @@ Each problem's caption (the ground truth where its source has one, unless
 the recipe overwrites captions; else the recipe's caption model's) and
 question fill the reasoning template; the reasoner writes `sampling.n`
 samples. Each sample is a `traces` row with the whole completion, the
-reasoning part, the final answer as extracted, token counts, finish reason,
-model, sampling settings and the template's hash.
+reasoning part, the final answer as the verifier reads it
+(`vlfactory.verify.extract_answer`, the same extraction its grade records),
+token counts, finish reason, model identity, sampling settings and the
+template's hash.
 
     vlfactory run recipes/quickstart.yaml --stage distil
 """
@@ -13,12 +15,13 @@ model, sampling settings and the template's hash.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-from vlfactory.generation import Prompt, Stats, common_row, make_backend_for, run_prompts
+from vlfactory.generation import Prompt, common_row, run_prompts
 from vlfactory.prompts import load_template
-from vlfactory.recipe import Recipe
+from vlfactory.recipe import DistilConfig
+from vlfactory.stages import Scope, StageResult
 from vlfactory.stores.lake import Lake
+from vlfactory.verify import extract_answer
 
 _THINK_OPEN = re.compile(r"^\s*<think>\s*", re.I)
 
@@ -32,9 +35,9 @@ def split_reasoning(completion: str) -> str:
     return _THINK_OPEN.sub("", completion if cut == -1 else completion[:cut]).strip()
 
 
-def problems_with_captions(lake: Lake, recipe: Recipe, limit: int | None) -> tuple[list[tuple], int]:
+def problems_with_captions(lake: Lake, cfg: DistilConfig, scope: Scope) -> tuple[list[tuple], int]:
     """(problem_id, question, choices, caption_id, caption) per problem, and how many lack a caption."""
-    cap = recipe.caption
+    cap = cfg.captions
     prefer_source = not (cap and cap.overwrite)
     where, params = "", []
     if cap is not None:  # model captions count only when made by the recipe's caption model
@@ -43,8 +46,8 @@ def problems_with_captions(lake: Lake, recipe: Recipe, limit: int | None) -> tup
         WITH chosen AS (
             SELECT problem_id, caption_id, caption, row_number() OVER (
                 PARTITION BY problem_id ORDER BY (origin = 'source') = ? DESC, created_at DESC) AS rank
-            FROM captions {where}),
-        todo AS {lake.problems_in_scope(limit)}
+            FROM lake.captions {where}),
+        todo AS {scope.problems()}
         SELECT t.problem_id, t.question, t.choices, c.caption_id, c.caption
         FROM todo t LEFT JOIN chosen c ON c.problem_id = t.problem_id AND c.rank = 1
         ORDER BY t.source, t.source_id, t.problem_id"""
@@ -52,40 +55,27 @@ def problems_with_captions(lake: Lake, recipe: Recipe, limit: int | None) -> tup
     return [r for r in rows if r[4] is not None], sum(r[4] is None for r in rows)
 
 
-def extract_answer(completion: str, choices: list[str] | None) -> str | None:
-    from vlfactory.verify import extract_answer as extract
-
-    return extract(completion, choices)
-
-
-def run(lake: Lake, recipe: Recipe, limit: int | None = None, progress=None) -> Stats:
-    stage = recipe.distil
-    rows, uncaptioned = problems_with_captions(lake, recipe, limit)
-    if stage is None:
-        stats = Stats("distil")
-        stats.skipped["no distil model in the recipe"] += len(rows)
-        return stats
-    template = load_template(stage.prompt or "reason", Path(recipe.path).parent if recipe.path else None,
-                             needs={"caption", "question"})
+def run(lake: Lake, cfg: DistilConfig, scope: Scope, progress=None) -> StageResult:
+    rows, uncaptioned = problems_with_captions(lake, cfg, scope)
+    template = load_template(cfg.prompt or "reason", needs={"caption", "question"})
+    identity = cfg.identity
 
     def prompts():
         for problem_id, question, choices, caption_id, caption in rows:
             text = template.render(caption=caption, question=question, choices=choices)
-            yield Prompt(problem_id, [{"role": "user", "content": text}],
-                         {"caption_id": caption_id, "choices": choices})
+            yield Prompt(problem_id, [{"role": "user", "content": text}], {"caption_id": caption_id})
 
     def build(prompt: Prompt, result, indices: list[int], keys: list[str]) -> list[dict]:
         out = []
         for j, (i, key) in enumerate(zip(indices, keys)):
             text = result.completions[j].text
-            out.append(common_row(prompt, result, j, key, stage, template.hash, lake.run_id) | {
+            out.append(common_row(prompt, result, j, key, identity, template.hash, lake.run_id) | {
                 "trace_id": key[:16], "problem_id": prompt.ref, "sample_index": i, "completion": text,
-                "reasoning": split_reasoning(text), "answer": extract_answer(text, prompt.context["choices"]),
-                "caption_id": prompt.context["caption_id"], "backend": stage.backend})
+                "reasoning": split_reasoning(text), "answer": extract_answer(text),
+                "caption_id": prompt.context["caption_id"], "backend": cfg.backend})
         return out
 
-    stats = run_prompts(lake, "distil", "traces", stage, template, prompts(), build,
-                        lambda: make_backend_for(stage), progress)
+    result = run_prompts(lake, "distil", "traces", cfg, identity, template, prompts(), build, progress)
     if uncaptioned:
-        stats.skipped["no caption yet: run the caption stage"] += uncaptioned
-    return stats
+        result.skipped["no caption yet: run the caption stage"] += uncaptioned
+    return result

@@ -16,15 +16,17 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 
-from vlfactory.backends import Request, Sampling
-from vlfactory.generation import image_part, make_backend_for
+from vlfactory.backends import Request
+from vlfactory.generation import image_part, make_backend_for, record_model, sha
+from vlfactory.grading import settings_hash, verifier
 from vlfactory.ingest import Reject, _images_root, column_map, load_image, map_row, read_source
 from vlfactory.prompts import load_template
-from vlfactory.recipe import Recipe, RecipeError, StageConfig
+from vlfactory.recipe import EvalConfig
+from vlfactory.stages import Scope, StageResult
+from vlfactory.stores.lake import Lake
 
 
 @dataclass
@@ -34,39 +36,25 @@ class EvalResult:
     problems: int
     correct: int
     skipped: int
+    done_before: bool = False
 
     @property
     def accuracy(self) -> float:
         return self.correct / self.problems if self.problems else 0.0
 
     def line(self) -> str:
-        return (f"eval {self.benchmark}: {self.correct}/{self.problems} correct = {100 * self.accuracy:.1f}% "
+        before = "done before: " if self.done_before else ""
+        return (f"eval {self.benchmark}: {before}{self.correct}/{self.problems} correct = {100 * self.accuracy:.1f}% "
                 f"({self.model}){f'; {self.skipped} rows without an image or answer skipped' if self.skipped else ''}")
 
 
-def benchmark_source(recipe: Recipe, name: str):
-    for src in recipe.benchmarks + recipe.sources:
-        if src.name == name:
-            return src
-    known = ", ".join(s.name for s in recipe.benchmarks + recipe.sources)
-    raise RecipeError(f"--benchmark {name!r} is not a source of the recipe (known: {known})")
-
-
-def evaluate(lake, recipe: Recipe, model: str, benchmark: str, limit: int | None = None,
-             stage: StageConfig | None = None, iteration: int | None = None) -> EvalResult:
-    from vlfactory.verify import grade_many
-
-    src = benchmark_source(recipe, benchmark)
-    base = stage or recipe.rollout or StageConfig(model=model, backend="transformers")
-    # Near-greedy decoding, one sample: the paper's evaluation setting.
-    stage = dataclasses.replace(base, model=model, model_id=None,
-                                sampling=dataclasses.replace(base.sampling, temperature=0.0, top_p=1.0, n=1))
-    template = load_template((recipe.rollout.prompt if recipe.rollout else None) or "rollout",
-                             Path(recipe.path).parent if recipe.path else None)
+def benchmark_rows(cfg: EvalConfig) -> tuple[list, int]:
+    """The benchmark's first `limit` usable rows (mapped, image checked), and how many were skipped."""
+    src = cfg.benchmark
     mapping, root = column_map(src), _images_root(src)
     rows, skipped = [], 0
     for i, raw in enumerate(read_source(src)):
-        if limit is not None and len(rows) >= limit:
+        if cfg.limit is not None and len(rows) >= cfg.limit:
             break
         try:
             row = map_row(src, mapping, raw, i)
@@ -75,24 +63,50 @@ def evaluate(lake, recipe: Recipe, model: str, benchmark: str, limit: int | None
             skipped += 1
             continue
         rows.append((row, image))
-    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=stage.sampling.max_tokens, n=1,
-                        seed=stage.sampling.seed, stop=tuple(stage.sampling.stop))
+    return rows, skipped
+
+
+def run(lake: Lake, cfg: EvalConfig, scope: Scope | None = None, progress=None) -> StageResult:
+    """Evaluate once per eval key: the model's identity, the benchmark rows, the prompt, the decoding and
+    the verifier. The same key again reads the recorded result instead of generating."""
+    from vlfactory.verify import grade_many
+
+    gen, src = cfg.generation, cfg.benchmark
+    template = load_template(gen.prompt or "rollout", needs={"question"})
+    rows, skipped = benchmark_rows(cfg)
+    identity = gen.identity
+    current = (verifier(), settings_hash(cfg.verify))
+    key = sha("eval", identity, src.name, [(row.question, row.answer, row.choices, image.image_id) for row, image in rows], template.hash,
+              dataclasses.asdict(gen.sampling), current)[:16]
+    done = lake.con.execute("SELECT problems, correct FROM lake.evals WHERE eval_key = ? ORDER BY created_at "
+                            "LIMIT 1", [key]).fetchone()
+    if done:
+        result = EvalResult(src.name, identity, done[0], done[1], skipped, done_before=True)
+        return StageResult("eval", wanted=done[0], cached=done[0], value=result, summary=result.line())
     requests = [Request(str(i), [{"role": "user", "content": [
         image_part(image.image_id, image.data, image.format),
-        {"type": "text", "text": template.render(question=row.question, choices=row.choices)}]}], sampling)
+        {"type": "text", "text": template.render(question=row.question, choices=row.choices)}]}], gen.sampling)
         for i, (row, image) in enumerate(rows)]
-    backend = make_backend_for(stage)
+    record_model(lake, gen, identity)
+    backend = make_backend_for(gen)
     try:
         answers = {r.request.key: (r.completions[0].text if r.ok else "") for r in backend.generate(requests)}
     finally:
         backend.close()
     grades = grade_many([{"completion": answers[str(i)], "answer": row.answer, "choices": row.choices,
-                          "question": row.question} for i, (row, _) in enumerate(rows)])
-    result = EvalResult(benchmark, stage.identity, len(rows), sum(g.correct for g in grades), skipped)
-    record = {"model": result.model, "benchmark": benchmark, "split": src.split, "problems": result.problems,
-              "correct": result.correct, "accuracy": result.accuracy, "snapshot_id": lake.current_snapshot(),
-              "sampling": json.dumps(dataclasses.asdict(sampling)), "run_id": lake.run_id, "iteration": iteration}
+                          "question": row.question} for i, (row, _) in enumerate(rows)],
+                        timeout_s=cfg.verify.timeout_s, rel_tol=cfg.verify.rel_tol)
+    result = EvalResult(src.name, identity, len(rows), sum(g.correct for g in grades), skipped)
+    record = {"model": identity, "model_name": gen.model, "benchmark": src.name, "split": src.split,
+              "problems": result.problems, "correct": result.correct, "accuracy": result.accuracy,
+              "snapshot_id": lake.current_snapshot(), "sampling": json.dumps(dataclasses.asdict(gen.sampling)),
+              "run_id": lake.run_id, "iteration": cfg.iteration, "eval_key": key}
     record["eval_id"] = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    with lake.transaction(f"eval {benchmark}: {result.correct}/{result.problems} ({result.model})"):
+    with lake.transaction(f"eval {src.name}: {result.correct}/{result.problems} ({identity})"):
         lake.insert("evals", pa.Table.from_pylist([record]))
-    return result
+    return StageResult("eval", wanted=len(rows), written=1, requests=len(requests), value=result,
+                       summary=result.line())
+
+
+def evaluate(lake: Lake, cfg: EvalConfig) -> EvalResult:
+    return run(lake, cfg).value

@@ -27,7 +27,8 @@ import pyarrow as pa
 
 from vlfactory.backends import Backend, Request, Result, Sampling
 from vlfactory.prompts import Template
-from vlfactory.recipe import StageConfig
+from vlfactory.recipe import GenerationConfig
+from vlfactory.stages import StageResult
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
 
@@ -81,44 +82,10 @@ class Prompt:
     context: dict = field(default_factory=dict)  # whatever the stage needs to build its rows
 
 
-@dataclass
-class Stats:
-    stage: str
-    prompts: int = 0
-    samples: int = 0                  # samples wanted
-    cached: int = 0                   # already in the lake
-    requested: int = 0                # requests sent (one per prompt with missing samples)
-    done: int = 0                     # samples written this run
-    failed: int = 0                   # requests that failed after retries
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    skipped: Counter = field(default_factory=Counter)  # prompts not made, by reason
-    seconds: float = 0.0
-
-    def counts(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in ("samples", "cached", "done", "failed", "requested", "prompt_tokens",
-                                               "completion_tokens")}
-
-    def line(self) -> str:
-        skipped = "".join(f", skipped {n} ({why})" for why, n in self.skipped.items())
-        rate = f", {self.completion_tokens / self.seconds:.0f} tok/s" if self.seconds and self.completion_tokens else ""
-        return (f"{self.stage}: {self.samples} samples = {self.cached} cached + {self.done} generated"
-                f" + {self.samples - self.cached - self.done} missing ({self.failed} failed requests){skipped}; "
-                f"{self.requested} requests, {self.prompt_tokens} prompt + {self.completion_tokens} completion "
-                f"tokens in {self.seconds:.1f}s{rate}")
-
-
-def sampling_of(stage: StageConfig) -> Sampling:
-    s = stage.sampling
-    return Sampling(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, n=s.n, seed=s.seed,
-                    stop=tuple(s.stop))
-
-
-def prompt_key(stage: StageConfig, template_hash: str, messages: list[dict]) -> str:
-    s = stage.sampling
-    settings = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed,
-                "stop": list(s.stop)}
-    return sha("prompt", stage.identity, template_hash, _key_messages(messages), settings)
+def prompt_key(identity: str, sampling: Sampling, template_hash: str, messages: list[dict]) -> str:
+    settings = {"temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens,
+                "seed": sampling.seed, "stop": list(sampling.stop)}
+    return sha("prompt", identity, template_hash, _key_messages(messages), settings)
 
 
 def sample_key(prompt_key_: str, index: int) -> str:
@@ -137,13 +104,20 @@ def record_template(lake: Lake, template: Template) -> None:
             lake.insert("prompts", row, key="prompt_hash")
 
 
-def run_prompts(lake: Lake, stage_name: str, table: str, stage: StageConfig, template: Template,
-                prompts: Iterable[Prompt], build_rows: RowBuilder, backend_factory: Callable[[], Backend],
-                progress=None, hydrate: Callable[[list[Prompt]], None] | None = None) -> Stats:
-    """Send what the lake lacks, commit what comes back. See the module docstring."""
-    stats = Stats(stage_name)
+def run_prompts(lake: Lake, stage_name: str, table: str, stage: GenerationConfig, identity: str, template: Template,
+                prompts: Iterable[Prompt], build_rows: RowBuilder, progress=None,
+                hydrate: Callable[[list[Prompt]], None] | None = None,
+                backend_factory: Callable[[], Backend] | None = None) -> StageResult:
+    """Send what the lake lacks, commit what comes back. See the module docstring.
+
+    `identity` is the model's (GenerationConfig.identity, computed once by the stage): it is in
+    every request key and every row, so another model, or the same folder with new weights,
+    never reads these rows as its own.
+    """
+    stats = StageResult(stage_name)
     arrow_schema = {"captions": schema.CAPTIONS, "traces": schema.TRACES, "rollouts": schema.ROLLOUTS}[table]
-    base = sampling_of(stage)
+    base = stage.sampling
+    backend_factory = backend_factory or (lambda: make_backend_for(stage))
     t0 = time.perf_counter()
 
     def pending() -> Iterator[Request]:
@@ -165,14 +139,13 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: StageConfig, tem
                     **{**base.__dict__, "n": len(missing),
                        "seed": None if base.seed is None else base.seed + missing[0]})
                 prompt.context["_samples"] = (missing, [ks[i] for i in missing])
-                stats.requested += 1
+                stats.requests += 1
                 yield Request(key=pkey, messages=prompt.messages, sampling=sampling), prompt
 
         for prompt in prompts:
-            stats.prompts += 1
-            pkey = prompt_key(stage, template.hash, prompt.messages)
+            pkey = prompt_key(identity, base, template.hash, prompt.messages)
             ks = [sample_key(pkey, i) for i in range(base.n)]
-            stats.samples += base.n
+            stats.wanted += base.n
             slice_.append((prompt, pkey, ks))
             if len(slice_) >= 256:
                 yield from flush_slice()
@@ -200,7 +173,7 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: StageConfig, tem
                  "payload": payload, "run_id": lake.run_id} for key, detail, payload in failures],
                 schema=schema.REJECTED)
             with lake.transaction(f"{stage_name}: {len(buffer)} rows, {len(failures)} failed"):
-                stats.done += lake.insert(table, rows, key="request_key")
+                stats.written += lake.insert(table, rows, key="request_key")
                 lake.insert("rejected", rejected, key="rejected_id")
             buffer, failures = [], []
         last_commit = time.monotonic()
@@ -209,6 +182,7 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: StageConfig, tem
     try:
         stream = requests()
         record_template(lake, template)
+        record_model(lake, stage, identity)
         first = next(stream, None)
         if first is not None:  # only start a model when there is work for it
             backend = backend_factory()
@@ -228,6 +202,7 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: StageConfig, tem
                     buffer.extend(build_rows(prompt, result, indices, keys))
                 else:
                     stats.failed += 1
+                    stats.rejected["request_failed"] += 1
                     payload = json.dumps({"ref": prompt.ref, "attempts": result.attempts,
                                           "endpoint": result.endpoint, "samples": indices})
                     failures.append((result.request.key, f"{prompt.ref}: {result.error}", payload))
@@ -244,29 +219,38 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: StageConfig, tem
     return stats
 
 
-def common_row(prompt: Prompt, result: Result, index: int, key: str, stage: StageConfig,
+def common_row(prompt: Prompt, result: Result, index: int, key: str, identity: str,
                template_hash: str, run_id: str | None) -> dict:
     """The columns every generated row shares."""
     c = result.completions[index]
     s = result.request.sampling
-    return {"model": stage.identity, "prompt_hash": template_hash, "prompt_tokens": result.prompt_tokens,
+    return {"model": identity, "prompt_hash": template_hash, "prompt_tokens": result.prompt_tokens,
             "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason,
             "latency_s": result.latency_s, "request_key": key, "run_id": run_id,
             "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed}
 
 
-def make_backend_for(stage: StageConfig) -> Backend:
+def record_model(lake: Lake, stage: GenerationConfig, identity: str) -> None:
+    """Name the identity in `models` (what the recipe called it, where it was), once per identity and name."""
+    from vlfactory.models import describe
+
+    info = describe(stage.model) if stage.model_id is None else {"path": None, "kind": "declared"}
+    key = sha("model", identity, stage.model)[:16]
+    if lake.existing("models", "model_key", [key]):
+        return
+    row = pa.table({"model_key": [key], "model_id": [identity], "name": [stage.model], "revision": [stage.revision],
+                    "path": [info.get("path")], "kind": [info.get("kind")], "training_id": [None],
+                    "run_id": [lake.run_id]}, schema=schema.MODELS)
+    with lake.transaction(f"model {identity} ({stage.model})"):
+        lake.insert("models", row, key="model_key")
+
+
+def make_backend_for(stage: GenerationConfig) -> Backend:
+    """The stage's backend, its model resolved to what the backend loads (a folder for local backends)."""
+    import dataclasses
+
     from vlfactory.backends import make_backend
     from vlfactory.models import resolve_model
 
-    if stage.backend == "openai":
-        opts = {"model": stage.model, "base_url": stage.base_url, "concurrency": stage.concurrency,
-                "timeout_s": stage.timeout_s, "max_retries": stage.max_retries, "api_key_env": stage.api_key_env}
-    elif stage.backend == "vllm":
-        opts = {"model": resolve_model(stage.model), "dtype": stage.dtype, "max_model_len": stage.max_model_len,
-                "tensor_parallel_size": stage.tensor_parallel_size,
-                "gpu_memory_utilization": stage.gpu_memory_utilization, "enforce_eager": stage.enforce_eager}
-    else:
-        opts = {"model": resolve_model(stage.model), "dtype": stage.dtype, "device": stage.device,
-                "batch_size": stage.batch_size}
-    return make_backend({"backend": stage.backend, **opts})
+    model = stage.model if stage.backend == "openai" else resolve_model(stage.model)
+    return make_backend(dataclasses.replace(stage.options, model=model))

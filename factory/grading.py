@@ -55,7 +55,8 @@ import pyarrow as pa
 
 from vlfactory import verify
 from vlfactory.distil import split_reasoning
-from vlfactory.recipe import Recipe, VerifyConfig
+from vlfactory.recipe import VerifyConfig
+from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema
 from vlfactory.stores.lake import DB, Lake
 
@@ -163,7 +164,7 @@ def grade_rows(rows: list[dict], table: str, cfg: VerifyConfig, verifier_: str, 
                "ref_id": r["ref_id"], "problem_id": r["problem_id"], "source": r["source"],
                "verifier": verifier_, "settings_hash": settings,
                "correct": None if g is None else g.correct,
-               "extracted": verify.extract_answer(text) if g is None else g.extracted,
+               "extracted": verify.extract_answer(text),  # the one extraction: traces.answer and rollouts.answer too
                "grade_reason": None if g is None else g.reason, "reasons": reasons,
                "accepted": not reasons, "words": len(words), "run_id": run_id}
         grades.append(row)
@@ -229,60 +230,34 @@ class Funnel:
     cleaned_ok: int = 0
 
 
-@dataclass
-class VerifyStats:
-    verifier: str
-    settings_hash: str
-    samples: int = 0                  # samples in scope
-    current: int = 0                  # already graded by this verifier with these settings
-    graded: int = 0                   # graded this run
-    regraded: int = 0                 # ... of which had an older grade (another verifier or settings)
-    funnels: dict[tuple[str, str], Funnel] = field(default_factory=dict)  # (table, source) -> funnel
-    seconds: float = 0.0
-    failed = 0                        # for the CLI's progress bar, which reads generation stats
-    completion_tokens = 0
-
-    @property
-    def cached(self) -> int:
-        return self.current
-
-    @property
-    def requested(self) -> int:
-        return self.graded
-
-    def counts(self) -> dict[str, int]:
-        out = {"samples": self.samples, "graded": self.graded, "regraded": self.regraded, "current": self.current}
-        for (table, source), f in self.funnels.items():
-            out |= {f"{table}.{source}.generated": f.generated, f"{table}.{source}.accepted": f.accepted,
-                    f"{table}.{source}.cleaned_ok": f.cleaned_ok}
-            out |= {f"{table}.{source}.{reason}": n for reason, n in f.first.items()}
-        return out
-
-    def line(self) -> str:
-        if self.graded:
-            regraded = f" ({self.regraded} regraded: older verifier or settings)" if self.regraded else ""
-            head = (f"verify: graded {self.graded} samples{regraded}, {self.current} already current, "
-                    f"in {self.seconds:.1f}s ({self.graded / max(self.seconds, 1e-9):.0f}/s)")
-        else:
-            head = f"verify: nothing new: all {self.samples} samples already graded (same verifier, settings)"
-        lines = [head, f"  verifier {self.verifier}, settings {self.settings_hash}"]
-        width = max([len(r) for f in self.funnels.values() for r in f.applies] + [10])
-        for (table, source), f in self.funnels.items():
-            lines.append(f"  {table} of {source}: {f.generated} generated")
-            for reason in (r for r in REASONS if f.applies[r]):
-                lines.append(f"    - {reason:<{width}} {f.first[reason]:>7}   (applies to {f.applies[reason]})")
-            lines.append(f"    = {'accepted':<{width}} {f.accepted:>7}   ({f.cleaned_ok} clean for SFT)")
-        return "\n".join(lines)
+def funnel_lines(funnels: dict[tuple[str, str], Funnel]) -> list[str]:
+    lines = []
+    width = max([len(r) for f in funnels.values() for r in f.applies] + [10])
+    for (table, source), f in funnels.items():
+        lines.append(f"  {table} of {source}: {f.generated} generated")
+        for reason in (r for r in REASONS if f.applies[r]):
+            lines.append(f"    - {reason:<{width}} {f.first[reason]:>7}   (applies to {f.applies[reason]})")
+        lines.append(f"    = {'accepted':<{width}} {f.accepted:>7}   ({f.cleaned_ok} clean for SFT)")
+    return lines
 
 
-def _scope(limit: int | None) -> str:
-    """SQL condition on `s.problem_id`: the first `limit` problems in the stages' common order."""
-    if limit is None:
-        return "TRUE"
-    return f"s.problem_id IN (SELECT problem_id FROM {Lake.problems_in_scope(limit)})"
+def funnel_counts(funnels: dict[tuple[str, str], Funnel]) -> dict[str, int]:
+    out = {}
+    for (table, source), f in funnels.items():
+        out |= {f"{table}.{source}.generated": f.generated, f"{table}.{source}.accepted": f.accepted,
+                f"{table}.{source}.cleaned_ok": f.cleaned_ok}
+        out |= {f"{table}.{source}.{reason}": n for reason, n in f.first.items()}
+    return out
 
 
-def pending(lake: Lake, table: str, stats: VerifyStats, limit: int | None) -> tuple[list[str], int]:
+def _scope(scope: Scope) -> str:
+    """SQL condition on `s.problem_id`: the problems in scope; with no limit, also samples whose
+    problem is gone (graded problem_missing)."""
+    orphans = "" if scope.limit is not None else f" OR s.problem_id NOT IN (SELECT problem_id FROM {DB}.problems)"
+    return f"(s.problem_id IN (SELECT problem_id FROM {scope.problems()}){orphans})"
+
+
+def pending(lake: Lake, table: str, current: tuple[str, str], scope: Scope) -> tuple[list[str], int]:
     """Ids of the samples in scope without a current grade, in problem order; and how many have one."""
     id_col = TABLES[table]
     rows = lake.con.execute(f"""
@@ -290,9 +265,9 @@ def pending(lake: Lake, table: str, stats: VerifyStats, limit: int | None) -> tu
         FROM {DB}.{table} s LEFT JOIN {DB}.problems p ON p.problem_id = s.problem_id
         LEFT JOIN (SELECT DISTINCT ref_id FROM {DB}.grades
                    WHERE ref_table = ? AND verifier = ? AND settings_hash = ?) g ON g.ref_id = s.{id_col}
-        WHERE {_scope(limit)}
+        WHERE {_scope(scope)}
         ORDER BY p.source, p.source_id, s.problem_id, s.sample_index, s.{id_col}""",
-        [table, stats.verifier, stats.settings_hash]).fetchall()
+        [table, *current]).fetchall()
     return [r[0] for r in rows if not r[1]], sum(r[1] for r in rows)
 
 
@@ -339,7 +314,7 @@ def commit(lake: Lake, table: str, grades: list[dict], rejected: list[dict]) -> 
     return old
 
 
-def funnels(lake: Lake, stats: VerifyStats, limit: int | None) -> dict[tuple[str, str], Funnel]:
+def funnels(lake: Lake, current: tuple[str, str], scope: Scope) -> dict[tuple[str, str], Funnel]:
     """Per (table, source): the current grades of the samples in scope, as a funnel."""
     out: dict[tuple[str, str], Funnel] = {}
     for table, id_col in TABLES.items():
@@ -347,8 +322,8 @@ def funnels(lake: Lake, stats: VerifyStats, limit: int | None) -> dict[tuple[str
         rows = lake.con.execute(f"""
             SELECT coalesce(g.source, '(no problem)') AS source, g.reasons, count(*), count(*) FILTER (g.cleaned_ok)
             FROM {DB}.grades g JOIN {DB}.{table} s ON s.{id_col} = g.ref_id
-            WHERE g.ref_table = ? AND g.verifier = ? AND g.settings_hash = ? AND {_scope(limit)}
-            GROUP BY ALL ORDER BY source""", [table, stats.verifier, stats.settings_hash]).fetchall()
+            WHERE g.ref_table = ? AND g.verifier = ? AND g.settings_hash = ? AND {_scope(scope)}
+            GROUP BY ALL ORDER BY source""", [table, *current]).fetchall()
         for source, reasons, n, cleaned_ok in rows:
             f = out.setdefault((table, source), Funnel())
             f.generated += n
@@ -361,23 +336,33 @@ def funnels(lake: Lake, stats: VerifyStats, limit: int | None) -> dict[tuple[str
     return out
 
 
-def run(lake: Lake, recipe: Recipe, limit: int | None = None, progress=None) -> VerifyStats:
-    cfg = recipe.verify
-    stats = VerifyStats(verifier(), settings_hash(cfg))
+def run(lake: Lake, cfg: VerifyConfig, scope: Scope, progress=None) -> StageResult:
+    current = (verifier(), settings_hash(cfg))
+    result = StageResult("verify")
     t0 = time.perf_counter()
-    todo = {}
+    todo, regraded = {}, 0
     for table in TABLES:
-        todo[table], current = pending(lake, table, stats, limit)
-        stats.samples += len(todo[table]) + current
-        stats.current += current
+        todo[table], have = pending(lake, table, current, scope)
+        result.wanted += len(todo[table]) + have
+        result.cached += have
     for table, ids in todo.items():
         for k in range(0, len(ids), BATCH):
             rows = fetch(lake, table, ids[k:k + BATCH])
-            grades, rejected = grade_rows(rows, table, cfg, stats.verifier, stats.settings_hash, lake.run_id)
-            stats.regraded += commit(lake, table, grades, rejected)
-            stats.graded += len(grades)
+            grades, rejected = grade_rows(rows, table, cfg, *current, lake.run_id)
+            regraded += commit(lake, table, grades, rejected)
+            result.written += len(grades)
+            result.rejected.update(r["reason"] for r in rejected)
             if progress:
-                progress(stats, len(grades))
-    stats.funnels = funnels(lake, stats, limit)
-    stats.seconds = time.perf_counter() - t0
-    return stats
+                progress(result, len(grades))
+    found = funnels(lake, current, scope)
+    result.seconds = time.perf_counter() - t0
+    result.value = found
+    result.extra = {"regraded": regraded, **funnel_counts(found)}
+    if result.written:
+        again = f" ({regraded} regraded: older verifier or settings)" if regraded else ""
+        result.summary = (f"verify: graded {result.written} samples{again}, {result.cached} already current, "
+                          f"in {result.seconds:.1f}s ({result.written / max(result.seconds, 1e-9):.0f}/s)")
+    else:
+        result.summary = f"verify: nothing new: all {result.wanted} samples already graded (same verifier, settings)"
+    result.notes = [f"  verifier {current[0]}, settings {current[1]}", *funnel_lines(found)]
+    return result

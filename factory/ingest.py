@@ -13,6 +13,7 @@ flight and a rerun picks up the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import itertools
 import hashlib
@@ -21,6 +22,7 @@ import json
 import os
 import re
 import string
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,7 +31,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 
-from vlfactory.recipe import Recipe, RecipeError, Source
+from vlfactory.recipe import IngestConfig, RecipeError, Source
+from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
 
@@ -217,7 +220,7 @@ def check_columns(src: Source, first: dict) -> None:
                                   f"(columns: {cols}); map it under `columns:`")
 
 
-def preflight(recipe: Recipe) -> None:
+def preflight(recipe: IngestConfig) -> None:
     """Read each source's first row and check the mapping, before anything is written."""
     for src in recipe.sources + recipe.benchmarks:
         first = next(read_source(src), None)
@@ -376,7 +379,7 @@ class Fingerprints:
         return None
 
 
-def benchmark_fingerprints(recipe: Recipe, workers: int) -> Fingerprints:
+def benchmark_fingerprints(recipe: IngestConfig, workers: int) -> Fingerprints:
     fp = Fingerprints()
     for src in recipe.benchmarks:
         mapping, root = column_map(src), _images_root(src)
@@ -470,7 +473,7 @@ class LakeKeys:
         return self
 
 
-def ingest_source(lake: Lake, src: Source, recipe: Recipe, fingerprints: Fingerprints,
+def ingest_source(lake: Lake, src: Source, recipe: IngestConfig, fingerprints: Fingerprints,
                   pool: ThreadPoolExecutor, writer: ThreadPoolExecutor,
                   progress: Callable[[int], None] | None = None) -> Tally:
     tally = Tally(src.name)
@@ -583,7 +586,7 @@ def _write_batch(lake: Lake, src: Source, keys: LakeKeys, images: dict[str, Chec
     tally.present += len(problems) - len(new)
 
 
-def ingest(lake: Lake, recipe: Recipe, workers: int | None = None,
+def ingest(lake: Lake, recipe: IngestConfig, workers: int | None = None,
            progress_factory: Callable[[str, int | None], Callable[[int], None]] | None = None) -> list[Tally]:
     """Ingest every source of a recipe; returns one tally per source.
 
@@ -604,3 +607,29 @@ def ingest(lake: Lake, recipe: Recipe, workers: int | None = None,
     finally:
         lake.con.execute(f"SET threads = {threads}")
     return tallies
+
+
+def run(lake: Lake, cfg: IngestConfig, scope: Scope, progress=None) -> StageResult:
+    """The ingest stage: the sources in scope, each read up to `scope.limit` rows; one tally line per source."""
+    limit = scope.limit
+    sources = [dataclasses.replace(src, limit=src.limit if limit is None else (limit if src.limit is None else min(src.limit, limit)),
+                                   n=src.n if limit is None else min(src.n, limit))
+               for src in cfg.sources if src.name in scope.sources]
+    cfg = dataclasses.replace(cfg, sources=sources)
+    preflight(cfg)
+    result = StageResult("ingest")
+    t0 = time.perf_counter()
+    factory = (lambda name, total: lambda n: progress(result, n)) if progress else None
+    tallies = ingest(lake, cfg, progress_factory=factory)
+    for t in tallies:
+        result.wanted += t.read
+        result.written += t.ingested
+        result.cached += t.present
+        result.rejected.update(t.rejected)
+        result.extra |= {f"{t.source}.read": t.read, f"{t.source}.ingested": t.ingested,
+                         f"{t.source}.present": t.present, f"{t.source}.rejected": t.n_rejected}
+    result.seconds = time.perf_counter() - t0
+    nothing = tallies and not result.written and not result.rejected
+    result.summary = "\n".join(t.line() for t in tallies) + (
+        "\nnothing new: every row is already in the lake" if nothing else "")
+    return result

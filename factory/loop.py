@@ -12,8 +12,13 @@ then RL and eval. Tags name every step's data: `iterK-sft`, `iterK-rl`,
 
 Every step is resumable: generation stages skip what the lake holds, sets
 that did not change are not rewritten (so their tags stay put), and a
-training whose output folder records the same data snapshot finished is not
-run again. A rerun after a crash continues from the first incomplete step.
+checkpoint lives at OUTPUT/iterK/{sft,grpo}-<address>, the address a digest
+of (data snapshot, base model identity, resolved trainer settings): the same
+training is found finished and skipped, a different one (new data, another
+base model, an edited trainers YAML) gets its own folder. A rerun after a
+crash continues from the first incomplete step. Models are known by content
+(vlfactory.models.identity), so rollouts and evals of a retrained model are
+never served from the cache of an older one.
 The lake is opened per step and closed while training, since a local lake
 admits one process at a time and the trainers open it themselves.
 """
@@ -21,12 +26,11 @@ admits one process at a time and the trainers open it themselves.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
-import json
 from pathlib import Path
 
-from vlfactory.recipe import Recipe, RecipeError, SFTSetConfig, StageConfig
+from vlfactory.recipe import GenerationConfig, Recipe, RecipeError, SFTSetConfig
+from vlfactory.stages import Scope, StageResult, run_stage
 from vlfactory.stores.lake import Lake, LakeSpec
 
 
@@ -36,7 +40,8 @@ class Loop:
             raise RecipeError(f"{recipe.path or 'recipe'}: loop: missing (base_model, iterations, ...) for iterate")
         if recipe.rollout is None or recipe.rl is None:
             raise RecipeError(f"{recipe.path or 'recipe'}: iterate needs rollout: and rl: sections")
-        self.recipe, self.spec, self.say, self.limit = recipe, spec, say, limit
+        self.recipe, self.spec, self.say = recipe, spec, say
+        self.scope = Scope.of(recipe, limit)
         self.cfg = recipe.loop
         self.run_id: str | None = None
         self.out = Path(self.cfg.output_dir).resolve()  # relative to the working directory, like ./lake
@@ -48,18 +53,11 @@ class Loop:
 
     # ---- steps ---------------------------------------------------------------------
 
-    def stage(self, name: str, recipe: Recipe) -> None:
-        module = {"ingest": "ingest", "caption": "caption", "distil": "distil", "verify": "grading",
-                  "sft": "sftset", "rollout": "rollout", "rl": "rlset"}[name]
+    def stage(self, name: str, config) -> StageResult:
         with self.lake() as lake:
-            if name == "ingest":
-                from vlfactory.ingest import ingest
-
-                for tally in ingest(lake, recipe):
-                    self.say(tally.line())
-                return
-            stats = importlib.import_module(f"vlfactory.{module}").run(lake, recipe, limit=self.limit)
-            self.say(stats.line())
+            result = run_stage(lake, name, config, self.scope)
+        self.say(result.line())
+        return result
 
     def tag_set(self, table: str, tag: str) -> int:
         """Tag the set's current content, unless the tag already names the same rows."""
@@ -76,66 +74,61 @@ class Loop:
         return snap
 
     def train(self, kind: str, dataset: str, model: str, iteration: int) -> str:
-        """Train unless the output folder already holds this exact training, finished."""
+        """Train into the folder addressed by (data snapshot, base model identity, settings); a training
+        found finished there is skipped."""
+        from vlfactory.models import identity
+        from vlfactory.trainers.config import load_config, settings_digest
+        from vlfactory.trainers.run import address
+
         config = getattr(self.cfg, kind)
-        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
-        output = self.out / f"iter{iteration}" / f"{kind}-{digest}"
+        settings = settings_digest(*load_config(kind, config, self.out))
         with self.lake() as lake:
             snapshot = lake.resolve(dataset.rpartition("@")[2])
-        record = output / "vlfactory_training.json"
-        if record.exists():
-            done = json.loads(record.read_text())
-            if done.get("status") == "ok" and done.get("snapshot_id") == snapshot and done.get("base_model") == model:
-                self.say(f"{kind} iter{iteration}: done before ({output}), skipped")
-                return str(output)
+        output = self.out / f"iter{iteration}" / f"{kind}-{address(snapshot, identity(model), settings)}"
         trainer = importlib.import_module(f"vlfactory.trainers.{kind}")
         result = getattr(trainer, f"train_{kind}")(dataset, model, str(output), config=config,
                                                    lake=self.spec.catalog, data_path=self.spec.data_path,
                                                    run_id=self.run_id, iteration=iteration)
-        self.say(result.line())
+        self.say(f"{kind} iter{iteration}: done before ({output}), skipped" if result.reused else result.line())
         return str(output)
 
     def evaluate(self, model: str, iteration: int) -> None:
-        from vlfactory.evaluate import evaluate
+        from vlfactory import evaluate
 
         for name in self.cfg.benchmarks:
+            cfg = self.recipe.eval_config(name, model, limit=self.cfg.eval_limit, iteration=iteration)
             with self.lake() as lake:
-                done = lake.con.execute("SELECT accuracy FROM lake.evals WHERE model = ? AND benchmark = ? "
-                                        "AND iteration = ?", [model, name, iteration]).fetchone()
-                if done:
-                    self.say(f"eval {name} iter{iteration}: done before ({100 * done[0]:.1f}%), skipped")
-                    continue
-                self.say(evaluate(lake, self.recipe, model, name, limit=self.cfg.eval_limit,
-                                  iteration=iteration).line())
+                result = evaluate.run(lake, cfg).value
+            if result.done_before:
+                self.say(f"eval {name} iter{iteration}: done before ({100 * result.accuracy:.1f}%), skipped")
+            else:
+                self.say(result.line())
 
     # ---- the loop ------------------------------------------------------------------
 
     def iteration(self, k: int, previous_policy: str | None) -> str:
         r = self.recipe
         self.say(f"== iteration {k} ==")
+        sft = r.stage_config("sft") or SFTSetConfig(prompt=r.rollout.prompt or "rollout", verify=r.verify)
         if k == 1:
-            sft_recipe = dataclasses.replace(r, sft=dataclasses.replace(r.sft or SFTSetConfig(), candidates="traces"))
             for name in ("ingest", "caption", "distil", "verify"):
                 if name != "distil" or r.distil is not None:
-                    self.stage(name, r)
+                    self.stage(name, r.stage_config(name))
+            sft = dataclasses.replace(sft, candidates="traces")
         else:
             # The previous RL model answers from the images; its verified answers are this round's SFT data.
-            writer = dataclasses.replace(r, rollout=self.rollout_config(previous_policy))
-            self.stage("rollout", writer)
-            self.stage("verify", writer)
-            sft_recipe = dataclasses.replace(r, sft=dataclasses.replace(
-                r.sft or SFTSetConfig(), candidates="both" if self.cfg.keep_traces else "rollouts",
-                model=writer.rollout.identity))
-        self.stage("sft", sft_recipe)
+            self.stage("rollout", self.rollout_config(previous_policy))
+            self.stage("verify", r.verify)
+            sft = dataclasses.replace(sft, candidates="both" if self.cfg.keep_traces else "rollouts",
+                                      model=previous_policy)
+        self.stage("sft", sft)
         self.tag_set("sft", f"iter{k}-sft")
         sft_model = self.train("sft", f"sft@iter{k}-sft", self.cfg.base_model, k)
 
-        # Pass rates of the SFT model pick the RL set.
-        measured = dataclasses.replace(r, rollout=self.rollout_config(sft_model))
-        measured = dataclasses.replace(measured, rl=dataclasses.replace(r.rl, model=measured.rollout.identity))
-        self.stage("rollout", measured)
-        self.stage("verify", measured)
-        self.stage("rl", measured)
+        # Pass rates of the SFT model (its rollouts, graded by the verifier) pick the RL set.
+        self.stage("rollout", self.rollout_config(sft_model))
+        self.stage("verify", r.verify)
+        self.stage("rl", dataclasses.replace(r.stage_config("rl"), model=sft_model))
         self.tag_set("rl", f"iter{k}-rl")
         policy = self.train("grpo", f"rl@iter{k}-rl", sft_model, k)
         self.evaluate(policy, k)
@@ -144,8 +137,8 @@ class Loop:
                 self.say(f"tagged iter{k} -> snapshot {lake.tag(f'iter{k}')}")
         return policy
 
-    def rollout_config(self, model: str) -> StageConfig:
-        return dataclasses.replace(self.recipe.rollout, model=model, model_id=None)
+    def rollout_config(self, model: str) -> GenerationConfig:
+        return dataclasses.replace(self.recipe.rollout, model=model, model_id=None, revision=None)
 
     def run(self, iterations: int | None = None) -> list[str]:
         with self.lake() as lake:
@@ -162,4 +155,3 @@ class Loop:
             with self.lake() as lake:
                 lake.end_run(status, {"iterations": len(policies)}, error=error)
         return policies
-

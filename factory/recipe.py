@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from vlfactory.backends import Sampling, backend_config_class
+
 FORMATS = ("hf", "parquet", "jsonl", "json", "imagefolder", "synthetic")
 COLUMN_KEYS = ("question", "answer", "image", "choices", "caption", "id", "split")
 SECRET_KEYS = ("api_key", "token", "hf_token", "password", "secret")
@@ -59,50 +61,43 @@ class Source:
 
 
 @dataclass
-class SamplingConfig:
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: int = 1024
-    n: int = 1                        # samples per prompt
-    seed: int | None = 0
-    stop: list[str] = field(default_factory=list)
+class GenerationConfig:
+    """How one generation stage (caption, distil, rollout) calls its model.
 
-
-@dataclass
-class StageConfig:
-    """How one generation stage (caption, distil, rollout) calls its model."""
+    The backend's own options (base_url, concurrency, dtype, device, batch_size, ...) are written
+    flat beside `backend:` in the recipe and parsed into that backend's typed config
+    (`options`): OpenAIConfig, VLLMConfig or TransformersConfig. An option of another backend
+    fails at load time.
+    """
 
     model: str
     backend: str = "openai"           # openai | vllm | transformers
-    model_id: str | None = None       # identity in cache keys (default: model); same across backends
+    revision: str | None = None       # a hub model's revision: part of its identity
+    model_id: str | None = None       # identity override, for a served model whose weights we cannot read
     prompt: str | None = None         # a shipped template name or a file path (default: the stage's own)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    overwrite: bool = False           # caption: call the model even where the source has a caption
+    sampling: Sampling = field(default_factory=Sampling)
     commit_rows: int = 256            # commit generated rows every N rows...
     commit_seconds: float = 10.0      # ...or every N seconds, whichever comes first
-    # openai backend
-    base_url: str | list[str] | None = None
-    concurrency: int = 64
-    timeout_s: float = 600.0
-    max_retries: int = 6
-    api_key_env: str | None = None    # the NAME of the env var holding the key
-    # vllm and transformers backends
-    dtype: str = "auto"
-    max_model_len: int | None = None
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    enforce_eager: bool = False
-    device: str | None = None         # transformers: cpu, cuda, ... (default: cuda if available)
-    batch_size: int = 8               # transformers: prompts per generate() call
+    options: Any = field(default=None, metadata={"internal": True})  # the backend's typed config
 
     @property
     def identity(self) -> str:
+        """What the model is, by content (vlfactory.models.identity); every row it writes carries it."""
         from vlfactory.models import identity
 
-        return self.model_id or identity(self.model)
+        return self.model_id or identity(self.model, self.revision)
 
 
-BACKENDS = ("openai", "vllm", "transformers")
+@dataclass
+class CaptionConfig(GenerationConfig):
+    overwrite: bool = False           # call the model even where the source has a caption
+
+
+@dataclass
+class DistilConfig(GenerationConfig):
+    # Which captions the reasoner reads: the recipe's caption block (set by Recipe.stage_config).
+    captions: CaptionConfig | None = field(default=None, metadata={"internal": True})
+
 
 REFLECTION_KEYWORDS = ["Wait", "But wait", "But the question", "Hmm", "Alternatively", "Let me double-check",
                        "Let me re-check", "Let me verify"]
@@ -137,6 +132,8 @@ class SFTSetConfig:
     max_examples: int | None = None
     cleaned: bool = True              # use the cleaned completion (reflection-truncated, capped)
     prompt: str | None = None         # the user turn's template (default: the rollout stage's, else `rollout`)
+    # Whose grades count: the recipe's verify block (set by Recipe.stage_config).
+    verify: VerifyConfig = field(default_factory=VerifyConfig, metadata={"internal": True})
 
 
 @dataclass
@@ -147,6 +144,41 @@ class RLSetConfig:
     min_samples: int = 1              # problems with fewer graded rollouts are left out
     model: str | None = None          # whose rollouts count (default: the rollout stage's model)
     prompt: str | None = None         # the GRPO prompt template (default: the rollout stage's, else `rollout`)
+    # Pass rates come from the current verifier's grades (the verify block), of the policy's rollouts
+    # (`model`, else the rollout block's model); both set by Recipe.stage_config.
+    verify: VerifyConfig = field(default_factory=VerifyConfig, metadata={"internal": True})
+    policy: GenerationConfig | None = field(default=None, metadata={"internal": True})
+
+    @property
+    def identity(self) -> str | None:
+        """The identity of the policy whose rollouts count."""
+        from vlfactory.models import identity
+
+        if self.model:
+            return identity(self.model)
+        return self.policy.identity if self.policy else None
+
+
+@dataclass
+class IngestConfig:
+    """What the ingest stage reads: the recipe's sources, and the benchmarks kept out of them."""
+
+    sources: list[Source]
+    benchmarks: list[Source] = field(default_factory=list)
+    decontaminate_by: list[str] = field(default_factory=lambda: ["image", "question"])
+    batch_rows: int = 500
+    full_decode: bool = False
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation: a model answers a benchmark source from its images, graded like the factory's data."""
+
+    benchmark: Source
+    generation: GenerationConfig      # the policy's backend and decoding (near-greedy: temperature 0, n 1)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    limit: int | None = None          # the first N rows of the benchmark
+    iteration: int | None = None
 
 
 @dataclass
@@ -177,11 +209,11 @@ class Recipe:
     benchmarks: list[Source] = field(default_factory=list)
     lake: LakeConfig = field(default_factory=LakeConfig)
     decontaminate_by: list[str] = field(default_factory=lambda: ["image", "question"])
-    caption: StageConfig | None = None
-    distil: StageConfig | None = None
+    caption: CaptionConfig | None = None
+    distil: DistilConfig | None = None
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     sft: SFTSetConfig | None = None
-    rollout: StageConfig | None = None
+    rollout: GenerationConfig | None = None
     rl: RLSetConfig | None = None
     loop: LoopConfig | None = None
     batch_rows: int = 500             # rows per catalog commit during ingest
@@ -194,6 +226,48 @@ class Recipe:
     @property
     def hash(self) -> str:
         return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
+    def stage_config(self, name: str):
+        """The typed config of one stage (vlfactory.stages.STAGES), or None when the recipe leaves it out.
+
+        Settings one stage takes from another block are filled in here, once: the captions the
+        reasoner reads (caption block), the prompt the sets render (the rollout stage's), the
+        verifier whose grades count (verify block).
+        """
+        rollout_prompt = self.rollout.prompt if self.rollout else None
+        if name == "ingest":
+            return IngestConfig(self.sources, self.benchmarks, self.decontaminate_by, self.batch_rows,
+                                self.full_decode)
+        if name == "distil":
+            return dataclasses.replace(self.distil, captions=self.caption) if self.distil else None
+        if name == "verify":
+            return self.verify
+        if name == "sft":
+            return dataclasses.replace(self.sft, prompt=self.sft.prompt or rollout_prompt or "rollout",
+                                       verify=self.verify) if self.sft else None
+        if name == "rl":
+            if self.rl is None:
+                return None
+            return dataclasses.replace(self.rl, prompt=self.rl.prompt or rollout_prompt or "rollout",
+                                       policy=self.rollout, verify=self.verify)
+        if name in ("caption", "rollout"):
+            return getattr(self, name)
+        raise RecipeError(f"unknown stage {name!r}")
+
+    def eval_config(self, benchmark: str, model: str, limit: int | None = None,
+                    iteration: int | None = None) -> EvalConfig:
+        """How `model` is evaluated on the source or benchmark named `benchmark`: the rollout stage's
+        backend and prompt, decoded near-greedily (OpenVLThinker: temperature ~0), graded with the
+        recipe's verify settings."""
+        src = next((s for s in self.benchmarks + self.sources if s.name == benchmark), None)
+        if src is None:
+            known = ", ".join(s.name for s in self.benchmarks + self.sources)
+            raise RecipeError(f"--benchmark {benchmark!r} is not a source of the recipe (known: {known})")
+        base = self.rollout or GenerationConfig(model=model, backend="transformers",
+                                                options=backend_config_class("transformers")(model=model))
+        greedy = dataclasses.replace(base.sampling, temperature=0.0, top_p=1.0, n=1)
+        gen = dataclasses.replace(base, model=model, model_id=None, revision=None, sampling=greedy)
+        return EvalConfig(src, gen, self.verify, limit, iteration)
 
 
 def shipped_recipes() -> Path:
@@ -254,6 +328,9 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
         stage = getattr(recipe, name)
         if stage is not None:
             _check_stage(stage, f"{where}: {name}")
+    for block in (recipe.caption, recipe.distil, recipe.rollout, recipe.sft, recipe.rl):
+        if block is not None and block.prompt:
+            block.prompt = _template_ref(block.prompt, base)
     if recipe.sft is not None:
         if recipe.sft.candidates not in ("traces", "rollouts", "both"):
             raise RecipeError(f"{where}: sft.candidates: {recipe.sft.candidates!r} is not traces, rollouts or both")
@@ -318,15 +395,20 @@ def _check_source(src: Source, where: str, base: Path) -> None:
         src.images_root = str(root)
 
 
-def _check_stage(stage: StageConfig, where: str) -> None:
-    if stage.backend not in BACKENDS:
-        raise RecipeError(f"{where}.backend: {stage.backend!r} is not one of {', '.join(BACKENDS)}")
-    if stage.backend == "openai" and not stage.base_url:
-        raise RecipeError(f"{where}.base_url: missing (the OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1)")
-    s = stage.sampling
+def _template_ref(ref: str, base: Path) -> str:
+    """A template reference that no longer depends on the recipe's folder: a shipped name stays a
+    name, a file relative to the recipe becomes an absolute path."""
+    local = _local(ref, base)
+    return str(local) if local.is_file() else ref
+
+
+def _check_stage(stage: GenerationConfig, where: str) -> None:
+    s, o = stage.sampling, stage.options
     checks = [(s.n >= 1, "sampling.n: must be at least 1"), (s.max_tokens >= 1, "sampling.max_tokens: must be at least 1"),
               (s.temperature >= 0, "sampling.temperature: must be >= 0"), (0 < s.top_p <= 1, "sampling.top_p: must be in (0, 1]"),
-              (stage.concurrency >= 1, "concurrency: must be at least 1"), (stage.timeout_s > 0, "timeout_s: must be > 0"),
+              (getattr(o, "concurrency", 1) >= 1, "concurrency: must be at least 1"),
+              (getattr(o, "timeout_s", 1) > 0, "timeout_s: must be > 0"),
+              (getattr(o, "batch_size", 1) >= 1, "batch_size: must be at least 1"),
               (stage.commit_rows >= 1, "commit_rows: must be at least 1")]
     for ok, message in checks:
         if not ok:
@@ -355,10 +437,45 @@ def _hint(key: str, options) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _build_generation(cls, raw: dict, where: str):
+    """A generation stage block: its own keys, plus the chosen backend's options written flat beside them."""
+    from vlfactory.backends import BACKENDS
+
+    own = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    backend = raw.get("backend", "openai")
+    if backend not in BACKENDS:
+        raise RecipeError(f"{where}: backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    options_cls = backend_config_class(backend)
+    allowed = {f.name for f in dataclasses.fields(options_cls)} - {"model"}
+    options = {}
+    for key in [k for k in raw if k not in own]:
+        if key in allowed:
+            options[key] = raw[key]
+            continue
+        other = [b for b in BACKENDS if b != backend and key in {f.name for f in dataclasses.fields(
+            backend_config_class(b))}]
+        if other:
+            raise RecipeError(f"{where}: {key}: an option of the {other[0]} backend; this stage's backend is "
+                              f"{backend} (its options: {', '.join(sorted(allowed))})")
+        known = sorted(own | allowed)
+        raise RecipeError(f"{where}: {key}: unknown key{_hint(str(key), known)}; known keys: {', '.join(known)}")
+    stage = _build_fields(cls, {k: v for k, v in raw.items() if k in own}, where)
+    if backend == "openai" and not options.get("base_url"):
+        raise RecipeError(f"{where}: base_url: missing (the OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1)")
+    stage.options = _build(options_cls, {"model": stage.model, **options}, where)
+    return stage
+
+
 def _build(cls, raw: Any, where: str):
     """Build a dataclass from a mapping, checking keys and simple types."""
     if not isinstance(raw, dict):
         raise RecipeError(f"{where}: expected a mapping for {cls.__name__}, got {type(raw).__name__}")
+    if issubclass(cls, GenerationConfig):
+        return _build_generation(cls, raw, where)
+    return _build_fields(cls, raw, where)
+
+
+def _build_fields(cls, raw: dict, where: str):
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -388,10 +505,11 @@ def _coerce(tp, value: Any, where: str):
         raise RecipeError(errors[0])
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where)
-    if origin is list:
+    if origin in (list, tuple):
         if not isinstance(value, list):
             raise RecipeError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
             raise RecipeError(f"{where}: expected a mapping, got {value!r}")

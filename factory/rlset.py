@@ -2,9 +2,11 @@
 
 OpenVLThinker trains GRPO on the problems its model does not yet solve
 reliably. A problem joins the set when the policy (`rl.model`, else the
-rollout stage's model) has at least `rl.min_samples` graded rollouts of it and
-its pass rate (the `pass_rates` view: correct / samples) lies in the band
-`rl.band: [lo, hi]`, both ends included. Each row carries what GRPO needs:
+rollout stage's model, by identity) has at least `rl.min_samples` rollouts
+graded by the current verifier and settings, and its pass rate (the
+`pass_rates` view over `grades`: correct / samples) lies in the band
+`rl.band: [lo, hi]`, both ends included. A new verifier or new settings
+regrade (verify stage) and so move the set. Each row carries what GRPO needs:
 the image, the prompt the trainer shows (the `rl.prompt` template rendered
 with question and choices), the gold answer, and the pass rate it was picked
 by.
@@ -21,75 +23,78 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 
+from vlfactory.grading import settings_hash, verifier
 from vlfactory.prompts import load_template
-from vlfactory.recipe import Recipe, RecipeError
+from vlfactory.recipe import RecipeError, RLSetConfig
+from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
-
-# Compared columns when deciding whether a rebuild changes the set (run_id only says who wrote it).
 
 
 @dataclass
 class RLStats:
-    model: str | None = None
+    model: str
     band: tuple[float, float] = (0.0, 1.0)
     min_samples: int = 1
     problems: int = 0                 # problems considered
     kept: int = 0
     outside: int = 0                  # enough samples, pass rate outside the band
-    too_few: int = 0                  # fewer than min_samples rollouts by the policy (none included)
+    too_few: int = 0                  # fewer than min_samples graded rollouts by the policy (none included)
+    ungraded: int = 0                 # rollouts of the policy without a current grade: run verify
     by_source: Counter = field(default_factory=Counter)
     written: bool = False
 
-    def counts(self) -> dict[str, int]:
-        return {"problems": self.problems, "kept": self.kept, "outside_band": self.outside,
-                "too_few_samples": self.too_few, "written": int(self.written),
-                **{f"source.{k}": v for k, v in self.by_source.items()}}
-
-    def line(self) -> str:
-        if self.model is None:
-            return "rl: no rl block in the recipe, nothing to do"
+    def result(self) -> StageResult:
         mix = ", ".join(f"{s} {n}" for s, n in sorted(self.by_source.items()))
         state = "written" if self.written else "unchanged, nothing written"
-        return (f"rl: {self.kept} of {self.problems} problems with pass rate in [{self.band[0]}, {self.band[1]}] "
-                f"(min {self.min_samples} samples) by {self.model}; {self.outside} outside the band, "
-                f"{self.too_few} with too few samples; by source: {mix or 'none'}; {state}")
+        notes = [f"  {self.ungraded} rollouts of the policy have no grade by the current verifier and settings: "
+                 "run the verify stage first"] if self.ungraded else []
+        return StageResult(
+            "rl", wanted=self.problems, written=self.kept if self.written else 0,
+            cached=0 if self.written else self.kept, value=self, notes=notes,
+            extra={"problems": self.problems, "kept": self.kept, "outside_band": self.outside,
+                   "too_few_samples": self.too_few, "ungraded": self.ungraded, "written": int(self.written),
+                   **{f"source.{k}": v for k, v in self.by_source.items()}},
+            summary=(f"rl: {self.kept} of {self.problems} problems with pass rate in [{self.band[0]}, {self.band[1]}] "
+                     f"(min {self.min_samples} samples) by {self.model}; {self.outside} outside the band, "
+                     f"{self.too_few} with too few samples; by source: {mix or 'none'}; {state}"))
 
 
-def policy_model(recipe: Recipe) -> str:
-    if recipe.rl.model:
-        return recipe.rl.model
-    if recipe.rollout is None:
-        raise RecipeError("rl.model: missing; name the policy whose rollouts count, or add a rollout: block")
-    return recipe.rollout.identity
-
-
-def candidates(lake: Lake, model: str, limit: int | None) -> list[dict]:
-    """Each problem (the first `limit`, in the stages' common order) with the policy's tallies."""
+def candidates(lake: Lake, model: str, current: tuple[str, str], scope: Scope) -> list[dict]:
+    """Each problem in scope with the policy's tallies, by the current verifier's grades."""
     rel = lake.con.execute(f"""
-        WITH todo AS {lake.problems_in_scope(limit)}
+        WITH todo AS {scope.problems()},
+        rates AS (SELECT problem_id, samples, correct FROM lake.pass_rates
+                  WHERE model = ? AND verifier = ? AND settings_hash = ?)
         SELECT p.problem_id, p.source, p.source_id, p.image_id, p.question, p.choices, p.answer,
                coalesce(r.samples, 0) AS samples, coalesce(r.correct, 0) AS correct
-        FROM todo p LEFT JOIN pass_rates r ON r.problem_id = p.problem_id AND r.model = ?
-        ORDER BY p.source, p.source_id, p.problem_id""", [model])
+        FROM todo p LEFT JOIN rates r ON r.problem_id = p.problem_id
+        ORDER BY p.source, p.source_id, p.problem_id""", [model, *current])
     cols = [d[0] for d in rel.description]
     return [dict(zip(cols, r)) for r in rel.fetchall()]
 
 
-def run(lake: Lake, recipe: Recipe, limit: int | None = None, progress=None) -> RLStats:
-    cfg = recipe.rl
-    if cfg is None:
-        return RLStats()
-    stats = RLStats(policy_model(recipe), tuple(cfg.band), cfg.min_samples)
-    template = load_template(cfg.prompt or (recipe.rollout.prompt if recipe.rollout else None) or "rollout",
-                             Path(recipe.path).parent if recipe.path else None, needs={"question"})
+def ungraded(lake: Lake, model: str, current: tuple[str, str], scope: Scope) -> int:
+    return lake.con.execute(f"""
+        SELECT count(*) FROM lake.rollouts r
+        WHERE r.model = ? AND r.problem_id IN (SELECT problem_id FROM {scope.problems()})
+          AND r.rollout_id NOT IN (SELECT ref_id FROM lake.grades WHERE ref_table = 'rollouts'
+                                   AND verifier = ? AND settings_hash = ?)""", [model, *current]).fetchone()[0]
+
+
+def run(lake: Lake, cfg: RLSetConfig, scope: Scope, progress=None) -> StageResult:
+    model = cfg.identity
+    if model is None:
+        raise RecipeError("rl.model: missing; name the policy whose rollouts count, or add a rollout: block")
+    current = (verifier(), settings_hash(cfg.verify))
+    stats = RLStats(model, tuple(cfg.band), cfg.min_samples)
+    template = load_template(cfg.prompt or "rollout", needs={"question"})
     lo, hi = cfg.band
     rows = []
-    for c in candidates(lake, stats.model, limit):
+    for c in candidates(lake, model, current, scope):
         stats.problems += 1
         if c["samples"] == 0 or c["samples"] < cfg.min_samples:
             stats.too_few += 1
@@ -99,9 +104,10 @@ def run(lake: Lake, recipe: Recipe, limit: int | None = None, progress=None) -> 
             stats.outside += 1
             continue
         rows.append(c | {"prompt": template.render(question=c["question"], choices=c["choices"]),
-                         "policy_model": stats.model, "pass_rate": rate, "run_id": lake.run_id})
+                         "policy_model": model, "pass_rate": rate, "run_id": lake.run_id})
+    stats.ungraded = ungraded(lake, model, current, scope)
     table = pa.Table.from_pylist(rows, schema=schema.RL)
     stats.kept = table.num_rows
     stats.by_source.update(table.column("source").to_pylist())
-    stats.written = lake.replace("rl", table, f"rl set: {stats.kept} problems, pass rate in [{lo}, {hi}] by {stats.model}")
-    return stats
+    stats.written = lake.replace("rl", table, f"rl set: {stats.kept} problems, pass rate in [{lo}, {hi}] by {model}")
+    return stats.result()

@@ -21,12 +21,13 @@ import hashlib
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 
+from vlfactory.grading import settings_hash, verifier
 from vlfactory.prompts import load_template
-from vlfactory.recipe import Recipe
+from vlfactory.recipe import SFTSetConfig
+from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
 
@@ -41,34 +42,39 @@ class SetStats:
     dropped: Counter = field(default_factory=Counter)
     written: bool = False
 
-    def counts(self) -> dict[str, int]:
-        return {"candidates": self.candidates, "problems": self.problems, "examples": self.examples,
-                **{f"source.{k}": v for k, v in self.by_source.items()}}
-
-    def line(self) -> str:
+    def result(self) -> StageResult:
         mix = ", ".join(f"{s} {n}" for s, n in sorted(self.by_source.items()))
         dropped = "".join(f"; {n} {why}" for why, n in self.dropped.items() if n)
         state = "written" if self.written else "unchanged, nothing written"
-        return (f"{self.name}: {self.examples} examples from {self.problems} problems "
-                f"({self.candidates} accepted candidates){dropped}; by source: {mix or 'none'}; {state}")
+        return StageResult(
+            self.name, wanted=self.candidates, written=self.examples if self.written else 0,
+            cached=0 if self.written else self.examples, value=self,
+            extra={"candidates": self.candidates, "problems": self.problems, "examples": self.examples,
+                   **{f"source.{k}": v for k, v in self.by_source.items()}},
+            summary=(f"{self.name}: {self.examples} examples from {self.problems} problems "
+                     f"({self.candidates} accepted candidates){dropped}; by source: {mix or 'none'}; {state}"))
 
 
 def _order_key(seed: int, ident: str) -> str:
     return hashlib.sha256(f"{seed}:{ident}".encode()).hexdigest()
 
 
-def candidates(lake: Lake, recipe: Recipe, limit: int | None) -> list[dict]:
-    cfg = recipe.sft
+def candidates(lake: Lake, cfg: SFTSetConfig, scope: Scope) -> list[dict]:
+    """Accepted samples of the problems in scope, by the current verifier's grades."""
+    from vlfactory.models import identity
+
     tables = ("traces", "rollouts") if cfg.candidates == "both" else (cfg.candidates,)
+    model = identity(cfg.model) if cfg.model else None
     out = []
     for table in tables:
         id_col = "trace_id" if table == "traces" else "rollout_id"
-        where, params = ["g.accepted", "g.ref_table = ?"], [table]
-        if cfg.model and (table == "rollouts" or cfg.candidates != "both"):
+        where = ["g.accepted", "g.ref_table = ?", "g.verifier = ?", "g.settings_hash = ?"]
+        params = [table, verifier(), settings_hash(cfg.verify)]
+        if model and (table == "rollouts" or cfg.candidates != "both"):
             where.append("s.model = ?")  # with `both`, the model names whose rollouts join the traces
-            params.append(cfg.model)
+            params.append(model)
         rel = lake.con.execute(f"""
-            WITH todo AS {lake.problems_in_scope(limit)}
+            WITH todo AS {scope.problems()}
             SELECT s.{id_col} AS from_id, '{table}' AS from_table, s.model, s.completion, g.cleaned, g.cleaned_ok,
                    g.words, g.cleaned_words, p.problem_id, p.source, p.source_id, p.image_id, p.question,
                    p.choices, p.answer
@@ -79,9 +85,8 @@ def candidates(lake: Lake, recipe: Recipe, limit: int | None) -> list[dict]:
     return out
 
 
-def pick(rows: list[dict], recipe: Recipe, stats: SetStats) -> list[dict]:
+def pick(rows: list[dict], cfg: SFTSetConfig, stats: SetStats) -> list[dict]:
     """At most k per problem by the recipe's rule, then the source mix by weights."""
-    cfg = recipe.sft
     per_problem: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         if cfg.cleaned:
@@ -135,16 +140,12 @@ def pick(rows: list[dict], recipe: Recipe, stats: SetStats) -> list[dict]:
     return [r for pid in problems for r in chosen[pid]]
 
 
-def run(lake: Lake, recipe: Recipe, limit: int | None = None, progress=None) -> SetStats:
+def run(lake: Lake, cfg: SFTSetConfig, scope: Scope, progress=None) -> StageResult:
     stats = SetStats("sft")
-    if recipe.sft is None:
-        return stats
-    template = load_template(recipe.sft.prompt or (recipe.rollout.prompt if recipe.rollout else None) or "rollout",
-                             Path(recipe.path).parent if recipe.path else None,
-                             needs={"question"})
-    rows = candidates(lake, recipe, limit)
+    template = load_template(cfg.prompt or "rollout", needs={"question"})
+    rows = candidates(lake, cfg, scope)
     stats.candidates = len(rows)
-    examples = pick(rows, recipe, stats)
+    examples = pick(rows, cfg, stats)
     table = pa.Table.from_pylist([{
         "example_id": hashlib.sha256(f"{r['from_id']}\x1f{r['text']}\x1f{template.hash}".encode()).hexdigest()[:16],
         "problem_id": r["problem_id"], "source": r["source"], "source_id": r["source_id"],
@@ -155,4 +156,4 @@ def run(lake: Lake, recipe: Recipe, limit: int | None = None, progress=None) -> 
     stats.examples = table.num_rows
     stats.by_source.update(table.column("source").to_pylist())
     stats.written = lake.replace("sft", table, f"sft set: {table.num_rows} examples")
-    return stats
+    return stats.result()

@@ -37,8 +37,8 @@ FUNNEL = {
     "accepted traces": """SELECT source, count(DISTINCT ref_id) FROM grades@{s}
                           WHERE accepted AND ref_table = 'traces' GROUP BY 1""",
     "rollouts": "SELECT p.source, count(*) FROM rollouts@{s} r JOIN problems@{s} p USING (problem_id) GROUP BY 1",
-    "correct rollouts": """SELECT p.source, count(*) FROM rollouts@{s} r JOIN problems@{s} p USING (problem_id)
-                           WHERE r.correct GROUP BY 1""",
+    "correct rollouts": """SELECT source, count(DISTINCT ref_id) FROM grades@{s}
+                           WHERE correct AND ref_table = 'rollouts' GROUP BY 1""",
     "sft examples": "SELECT source, count(*) FROM sft@{s} GROUP BY 1",
 }
 PROBLEM_STAGES = ("problems", "captioned", "distilled", "solved", "in sft", "in rl")  # the funnel plot's bars
@@ -115,8 +115,9 @@ def version_stats(lake: Lake, version: str | int) -> VersionStats:
         for unit in ("words", "tokens"):
             if r[unit] is not None:
                 st.lengths.setdefault(unit, {}).setdefault(r["grp"], []).append(r[unit])
-    for r in rows(lake, f"""SELECT model, avg(CASE WHEN correct THEN 1.0 ELSE 0.0 END) AS rate
-                            FROM rollouts@{s} WHERE correct IS NOT NULL GROUP BY problem_id, model ORDER BY ALL"""):
+    for r in rows(lake, f"""SELECT r.model, avg(CASE WHEN g.correct THEN 1.0 ELSE 0.0 END) AS rate
+                            FROM rollouts@{s} r JOIN grades@{s} g ON g.ref_table = 'rollouts' AND g.ref_id = r.rollout_id
+                            WHERE g.correct IS NOT NULL GROUP BY r.problem_id, r.model ORDER BY ALL"""):
         st.pass_rates.setdefault(r["model"], []).append(float(r["rate"]))
     st.usage = rows(lake, f"""SELECT stage, model, count(*) AS calls, sum(prompt_tokens) AS prompt_tokens,
                                      sum(completion_tokens) AS completion_tokens, sum(latency_s) AS latency_s

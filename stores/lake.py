@@ -316,12 +316,6 @@ class Lake:
         except duckdb.Error as e:
             raise LakeError(_first_line(e)) from None
 
-    @staticmethod
-    def problems_in_scope(limit: int | None) -> str:
-        """A subquery: the problems a stage works on, the first `limit` in the stages' common order."""
-        return (f"(SELECT * FROM {DB}.problems ORDER BY source, source_id, problem_id"
-                + (f" LIMIT {int(limit)})" if limit is not None else ")"))
-
     def count(self, table: str, snapshot: int | None = None) -> int:
         at = f" AT (VERSION => {int(snapshot)})" if snapshot is not None else ""
         return self.con.execute(f"SELECT count(*) FROM {DB}.{table}{at}").fetchone()[0]

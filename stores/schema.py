@@ -88,7 +88,7 @@ TRACES = pa.schema([("trace_id", pa.string()), ("problem_id", pa.string()), *_SA
                     ("caption_id", pa.string()), ("backend", pa.string())])
 
 ROLLOUTS = pa.schema([("rollout_id", pa.string()), ("problem_id", pa.string()), *_SAMPLED,
-                      ("backend", pa.string()), ("correct", pa.bool_()), ("grade_reason", pa.string())])
+                      ("backend", pa.string())])
 
 RUNS_DDL = """
 CREATE TABLE {db}.runs (
@@ -119,7 +119,9 @@ def _m001_initial(con, db: str) -> None:
         name VARCHAR, snapshot_id BIGINT, run_id VARCHAR, note VARCHAR, {now})""")
     con.execute(f"CREATE TABLE {db}.captions ({_ddl(CAPTIONS)}, {now})")
     con.execute(f"CREATE TABLE {db}.traces ({_ddl(TRACES)}, {now})")
-    con.execute(f"CREATE TABLE {db}.rollouts ({_ddl(ROLLOUTS)}, {now})")
+    # rollouts carried an inline verdict until migration 7 (verdicts live in grades only)
+    first_rollouts = pa.schema([*ROLLOUTS, ("correct", pa.bool_()), ("grade_reason", pa.string())])
+    con.execute(f"CREATE TABLE {db}.rollouts ({_ddl(first_rollouts)}, {now})")
 
 
 def _m002_images_uncompressed(con, db: str) -> None:
@@ -227,6 +229,38 @@ def _m006_training_errors(con, db: str) -> None:
     con.execute(f"ALTER TABLE {db}.trainings ADD COLUMN error VARCHAR")
 
 
+MODELS = pa.schema([
+    ("model_key", pa.string()),     # hash of (model_id, name): one row per name an identity went by
+    ("model_id", pa.string()),      # the identity every generated row carries (vlfactory.models.identity)
+    ("name", pa.string()),          # what the recipe or command called it: a folder, a hub id, a built-in name
+    ("revision", pa.string()),
+    ("path", pa.string()),          # the folder it was read from, if local (where it was, not what it is)
+    ("kind", pa.string()),          # folder | builtin | hub | declared
+    ("training_id", pa.string()),   # the training that produced it, if one of ours
+    ("run_id", pa.string()),
+])
+
+
+def _m007_one_verdict_content_identity(con, db: str) -> None:
+    # One verdict per sample: the rollout stage no longer grades; pass rates read the grades.
+    con.execute(f"DROP VIEW {db}.pass_rates")
+    con.execute(f"ALTER TABLE {db}.rollouts DROP COLUMN correct")
+    con.execute(f"ALTER TABLE {db}.rollouts DROP COLUMN grade_reason")
+    con.execute(f"""CREATE VIEW {db}.pass_rates AS
+        SELECT r.problem_id, r.model, g.verifier, g.settings_hash, count(*) AS samples,
+               count(*) FILTER (WHERE g.correct) AS correct,
+               avg(CASE WHEN g.correct THEN 1.0 ELSE 0.0 END) AS pass_rate
+        FROM {db}.rollouts r JOIN {db}.grades g ON g.ref_table = 'rollouts' AND g.ref_id = r.rollout_id
+        GROUP BY ALL""")
+    # Models known by content: what each identity was called, and which training made it.
+    con.execute(f"CREATE TABLE {db}.models ({_ddl(MODELS)}, created_at TIMESTAMPTZ DEFAULT now())")
+    for column in ("model_id", "base_model_id", "config_hash"):
+        con.execute(f"ALTER TABLE {db}.trainings ADD COLUMN {column} VARCHAR")
+    # An eval is done once per (model identity, benchmark rows, prompt, decoding, verifier): its key.
+    con.execute(f"ALTER TABLE {db}.evals ADD COLUMN eval_key VARCHAR")
+    con.execute(f"ALTER TABLE {db}.evals ADD COLUMN model_name VARCHAR")
+
+
 # (version, name, function): append only; never edit an applied migration.
 MIGRATIONS = [
     (1, "initial tables", _m001_initial),
@@ -235,7 +269,9 @@ MIGRATIONS = [
     (4, "grades, sft and rl tables; rejected.reasons; pass_rates view", _m004_datasets),
     (5, "trainings and evals tables", _m005_trainings_and_evals),
     (6, "trainings.error", _m006_training_errors),
+    (7, "verdicts only in grades (pass_rates over grades), models table, identities in trainings and evals",
+     _m007_one_verdict_content_identity),
 ]
 
 TABLES = ("images", "problems", "captions", "traces", "rollouts", "rejected", "runs", "tags", "prompts",
-          "grades", "sft", "rl", "trainings", "evals")
+          "grades", "sft", "rl", "trainings", "evals", "models")

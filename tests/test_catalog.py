@@ -78,7 +78,7 @@ def test_versions_tags_and_diff(cli, two_versions, lake_dir):
         with pytest.raises(LakeError, match="no snapshot 99999"):
             lake.resolve("99999")
         # lineage: every data snapshot names the run that wrote it, and the run holds the recipe
-        rows = lake.query("""SELECT r.command, r.recipe, r.status, r.versions['duckdb'], r.counts['sums.ingested']
+        rows = lake.query("""SELECT r.command, r.recipe, r.status, r.versions['duckdb'], r.counts['ingest.sums.ingested']
                              FROM runs r ORDER BY started_at""").fetchall()
     assert [r[0] for r in rows] == ["run ingest", "run ingest"]
     assert all("format: jsonl" in r[1] and r[2] == "ok" and r[3] for r in rows)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import doctest
 import json
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pytest
 
 from vlfactory import grading, verify
 from vlfactory.recipe import load_recipe
+from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
 
@@ -86,9 +88,27 @@ def lake(cli, lake_dir, tmp_path):
     yield lake_dir, load_recipe(recipe)
 
 
-def verify_stage(lake_dir, recipe, **kw) -> grading.VerifyStats:
+@dataclass
+class Verified:
+    """The verify stage's result, by the names these tests read."""
+
+    result: StageResult
+
+    def __getattr__(self, name):
+        r = self.result
+        return {"graded": r.written, "samples": r.wanted, "current": r.cached, "regraded": r.extra["regraded"],
+                "funnels": r.value, "settings_hash": r.notes[0].split()[-1]}[name]
+
+    def line(self) -> str:
+        return self.result.line()
+
+    def counts(self) -> dict:
+        return self.result.counts()
+
+
+def verify_stage(lake_dir, recipe, limit=None) -> Verified:
     with Lake(lake_dir) as lk:
-        return grading.run(lk, recipe, **kw)
+        return Verified(grading.run(lk, recipe.verify, Scope.of(recipe, limit)))
 
 
 def test_every_reason_lands_in_grades_and_rejected(lake):
@@ -218,7 +238,7 @@ def test_cli_prints_the_funnel_and_records_counts(lake, cli, tmp_path):
     with Lake(lake_dir) as lk:
         counts = lk.query("SELECT counts FROM runs WHERE command = 'run verify' ORDER BY started_at DESC "
                           "LIMIT 1").fetchone()[0]
-    assert counts["verify.graded"] == 19 and counts["verify.traces.s.accepted"] == 4
+    assert counts["verify.written"] == 19 and counts["verify.traces.s.accepted"] == 4
     assert "nothing new" in cli("run", recipe.path, "--stage", "verify").output
 
 

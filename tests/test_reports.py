@@ -17,7 +17,9 @@ import yaml
 from click.testing import CliRunner
 
 from vlfactory.cli import main
+from vlfactory.grading import settings_hash, verifier
 from vlfactory.recipe import parse_recipe
+from vlfactory.stages import Scope
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
 
@@ -90,8 +92,7 @@ def build_lake(root: Path) -> Path:
                         "prompt_hash": "rollout", "completion": f"<answer>{gold if ok else 'no'}</answer>",
                         "answer": gold if ok else "no", "prompt_tokens": 30, "completion_tokens": 12,
                         "temperature": 1.0, "top_p": 0.99, "max_tokens": 24, "seed": 0, "request_key": rid,
-                        "latency_s": 0.2, "finish_reason": "stop", "run_id": run, "correct": ok,
-                        "grade_reason": "correct" if ok else "incorrect"})
+                        "latency_s": 0.2, "finish_reason": "stop", "run_id": run})
                     rows["grades"].append(grade(rid, "rollouts", pid, source, ok, gold if ok else "no",
                                                 [] if ok else ["incorrect"], 1))
             rows["rejected"].append({"rejected_id": f"bad{it}", "stage": "ingest", "reason": "bad_image",
@@ -101,8 +102,8 @@ def build_lake(root: Path) -> Path:
             with lake.transaction(f"test iteration {it}"):
                 for table, items in rows.items():
                     lake.insert(table, pa.Table.from_pylist(items, schema=arrow[table]))
-            sftset.run(lake, recipe)
-            rlset.run(lake, recipe)
+            sftset.run(lake, recipe.stage_config("sft"), Scope.of(recipe))
+            rlset.run(lake, recipe.stage_config("rl"), Scope.of(recipe))
             evals = [{"eval_id": f"e{it}{b}", "model": policy, "benchmark": b, "split": "test", "problems": 20,
                       "correct": c, "accuracy": c / 20, "run_id": run, "iteration": it}
                      for b, c in (("mathvista", 8 + 3 * it), ("dynamath", 4 + it))]
@@ -115,7 +116,8 @@ def build_lake(root: Path) -> Path:
 
 def grade(ref: str, table: str, pid: str, source: str, ok: bool, said: str, reasons: list[str], words: int) -> dict:
     return {"grade_id": f"g-{ref}", "ref_table": table, "ref_id": ref, "problem_id": pid, "source": source,
-            "verifier": "1", "settings_hash": "s", "correct": ok, "extracted": said,
+            "verifier": verifier(), "settings_hash": settings_hash(parse_recipe(yaml.safe_load(RECIPE)).verify),
+            "correct": ok, "extracted": said,
             "grade_reason": "correct" if ok else "incorrect", "reasons": reasons, "accepted": ok, "words": words + 1,
             "cleaned": None, "cleaned_words": None, "cleaned_ok": ok}
 

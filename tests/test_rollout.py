@@ -1,4 +1,4 @@
-"""The rollout stage (the policy answers from the image, graded inline) and the rl set picked by pass rate."""
+"""The rollout stage (the policy answers from the image), its grades, and the rl set picked by pass rate."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pyarrow as pa
 import pytest
 
 from answer_server import AnswerServer
+from vlfactory.models import identity
 from vlfactory.prompts import load_template
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
@@ -42,7 +43,7 @@ def rl_rows(lake_dir, table: str = "rl") -> dict[str, tuple]:
     return {r[0]: r[1:] for r in rows}
 
 
-def test_rollouts_graded_inline_then_rl_set_by_pass_rate(cli, lake_dir, tmp_path):
+def test_rollouts_graded_by_verify_then_rl_set_by_pass_rate(cli, lake_dir, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(recipe_text("http://127.0.0.1:9/v1", "[0.25, 0.75]"))
     cli("run", recipe, "--stage", "ingest")
@@ -68,14 +69,18 @@ def test_rollouts_graded_inline_then_rl_set_by_pass_rate(cli, lake_dir, tmp_path
         assert "skipped 1 (no image)" in out
         assert len(server.hits) == 10 and all(image for _, image in server.hits)
         assert sorted(p for p, _ in server.hits) == sorted(prompts.values())
+        with Lake(lake_dir) as lake:  # no verdict yet: verdicts live in grades, written by the verify stage
+            assert lake.query("SELECT count(*) FROM pass_rates").fetchone()[0] == 0
+        cli("run", recipe, "--stage", "verify")
         with Lake(lake_dir) as lake:
-            rows = lake.query("""SELECT problem_id, sample_index, correct, grade_reason, answer, reasoning, model,
-                                        backend, prompt_hash, temperature, request_key FROM rollouts""").fetchall()
+            rows = lake.query("""SELECT r.problem_id, r.sample_index, g.correct, g.grade_reason, r.answer, r.reasoning,
+                                        r.model, r.backend, r.prompt_hash, r.temperature, r.request_key, g.extracted
+                                 FROM rollouts r JOIN grades g ON g.ref_id = r.rollout_id""").fetchall()
             rates = {r[0]: r[1:] for r in lake.query(
                 "SELECT problem_id, model, samples, correct, pass_rate FROM pass_rates").fetchall()}
         assert len(rows) == 40 and len({r[10] for r in rows}) == 40
         assert all(r[5] == "I read the image." and r[6] == "policy" and r[7] == "openai"
-                   and r[8] == template.hash and r[9] == 1.0 for r in rows)
+                   and r[8] == template.hash and r[9] == 1.0 and r[4] == r[11] for r in rows)
         assert all(r[3] == ("correct" if r[2] else "incorrect") and (r[2] or r[4] == "no idea") for r in rows)
         assert rates == {pid: ("policy", 4, k, k / 4) for pid, k in right.items()}
 
@@ -132,18 +137,17 @@ rollout:
     out = flat(cli("run", recipe, "--stage", "rollout").output)
     assert "rollout: 6 samples = 0 cached + 6 generated + 0 missing" in out, out
     with Lake(lake_dir) as lake:
-        rows = lake.query("""SELECT r.sample_index, r.prompt_tokens, r.completion_tokens, r.correct, r.grade_reason,
-                                    r.model, r.backend, p.question, p.choices
+        rows = lake.query("""SELECT r.sample_index, r.prompt_tokens, r.completion_tokens, r.model, r.backend,
+                                    p.question, p.choices
                              FROM rollouts r JOIN problems p USING (problem_id)""").fetchall()
     assert len(rows) == 6 and sorted(r[0] for r in rows) == [0, 0, 0, 1, 1, 1]
-    # a random model: nothing right, and every sample graded
-    assert all(not r[3] and r[4] in ("incorrect", "no_answer") for r in rows)
-    assert all(r[5] == str(tiny_vlm_dir) and r[6] == "transformers" and 1 <= r[2] <= 8 for r in rows)
+    # the model is known by its content, not its folder
+    assert all(r[3] == identity(str(tiny_vlm_dir)) and r[4] == "transformers" and 1 <= r[2] <= 8 for r in rows)
     # the image's tokens are in the prompt: more than the same text alone
     processor = AutoProcessor.from_pretrained(tiny_vlm_dir)
     template = load_template("rollout")
     for r in rows:
-        text = template.render(question=r[7], choices=r[8])
+        text = template.render(question=r[5], choices=r[6])
         chat = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": text}]}],
                                              add_generation_prompt=True, tokenize=False)
         assert r[1] >= len(processor.tokenizer(chat)["input_ids"]) + 4
@@ -184,3 +188,8 @@ rollout:
         rows = lake.query("SELECT model, benchmark, problems, correct, accuracy, sampling FROM evals").fetchall()
     assert rows[0][:4] == ("policy-v1", "dynamath", 6, 4) and abs(rows[0][4] - 4 / 6) < 1e-9
     assert '"temperature": 0.0' in rows[0][5]  # evaluation decodes greedily whatever the rollout stage says
+    # the same model, benchmark rows, prompt, decoding and verifier: done before, nothing sent, no new row
+    out = cli("eval", "--model", "policy-v1", "--benchmark", "dynamath", "--recipe", recipe, "--limit", "6").output
+    assert "eval dynamath: done before: 4/6 correct" in out and len(server.hits) == 6
+    with Lake(lake_dir) as lake:
+        assert lake.count("evals") == 1

@@ -8,7 +8,9 @@ import json
 import pyarrow as pa
 import pytest
 
-from vlfactory.recipe import parse_recipe
+from vlfactory.grading import settings_hash, verifier
+from vlfactory.recipe import VerifyConfig, parse_recipe
+from vlfactory.stages import Scope
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
 
@@ -34,7 +36,8 @@ def graded_lake(cli, lake_dir, tmp_path):
                 grades.append({"grade_id": tid, "ref_table": "traces", "ref_id": tid, "problem_id": pid,
                                "source": source, "correct": True, "accepted": accepted, "words": words + 1,
                                "cleaned": f"<think>{'s ' * words}</think>\n<answer>{gold}</answer>",
-                               "cleaned_words": words + 1, "cleaned_ok": i != 1, "reasons": []})
+                               "cleaned_words": words + 1, "cleaned_ok": i != 1, "reasons": [],
+                               "verifier": verifier(), "settings_hash": settings_hash(VerifyConfig())})
         with lake.transaction("test traces"):
             lake.insert("traces", pa.Table.from_pylist(traces, schema=schema.TRACES))
             lake.insert("grades", pa.Table.from_pylist(grades, schema=schema.GRADES))
@@ -44,9 +47,10 @@ def graded_lake(cli, lake_dir, tmp_path):
 def build(lake_dir, **sft) -> object:
     from vlfactory import sftset
 
-    recipe = parse_recipe({"sources": [{"name": "x", "format": "synthetic"}], "sft": sft})
+    recipe = parse_recipe({"sources": [{"name": "big", "format": "synthetic"}, {"name": "small", "format": "synthetic"}],
+                           "sft": sft})
     with Lake(lake_dir) as lake:
-        return sftset.run(lake, recipe)
+        return sftset.run(lake, recipe.stage_config("sft"), Scope.of(recipe)).value
 
 
 def test_sft_picks_shortest_accepted_cleaned_per_problem(graded_lake, lake_dir, cli):

@@ -54,6 +54,18 @@ PROCESSOR_KEYS = ("min_pixels", "max_pixels")  # AutoProcessor.from_pretrained k
 _EXPONENT = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)[eE][-+]?\d+$")
 
 
+def settings_digest(args, processor_kwargs: Mapping) -> str:
+    """A digest of the resolved settings (every TRL config value, defaults included, and the processor's),
+    not of the file that named them: editing a trainers YAML changes it, moving the file does not."""
+    import hashlib
+    import json
+
+    values = json.loads(args.to_json_string())
+    values.pop("output_dir", None)  # where, not what
+    text = json.dumps([type(args).__name__, values, dict(processor_kwargs)], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def config_class(kind: str):
     from trl import GRPOConfig, SFTConfig
 

@@ -22,7 +22,8 @@ import json
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+import hashlib
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Callable
 
 from vlfactory.recipe import RecipeError
 from vlfactory.stores.lake import DB, Lake, LakeError, LakeSpec, package_versions
-from vlfactory.trainers.config import load_config
+from vlfactory.trainers.config import load_config, settings_digest
 from vlfactory.trainers.data import read_set, rl_dataset, sft_dataset
 
 TABLES = {"sft": "sft", "grpo": "rl"}          # trainer kind -> the set table it reads
@@ -59,50 +60,103 @@ class Training:
     run_id: str | None = None
     iteration: int | None = None
     error: str | None = None
+    model_id: str | None = None       # the identity (content digest) of the checkpoint it produced
+    base_model_id: str | None = None  # the identity of the model it started from
+    config_hash: str | None = None    # digest of the resolved trainer settings (settings_digest)
+    reused: bool = field(default=False, metadata={"column": False})  # done before: nothing was trained
 
     def line(self) -> str:
+        if self.reused:
+            return (f"{self.kind} done before: {self.dataset} (snapshot {self.snapshot_id}) on {self.base_model} "
+                    f"-> {self.output_dir} ({self.model_id}); skipped")
         shown = {k: round(v, 4) for k, v in self.metrics.items() if k in ("train_loss", "loss", "reward", "step")}
         return (f"{self.kind} {self.status}: {self.dataset} (snapshot {self.snapshot_id}, {self.rows} rows) on "
-                f"{self.base_model} -> {self.output_dir}; {shown}; training_id {self.training_id}"
+                f"{self.base_model} -> {self.output_dir} ({self.model_id}); {shown}; training_id {self.training_id}"
                 + (f"; {self.error}" if self.error else ""))
 
 
-COLUMNS = list(Training.__dataclass_fields__)
+COLUMNS = [f.name for f in fields(Training) if f.metadata.get("column", True)]
+
+
+def address(snapshot_id: int, base_model_id: str, config_hash: str) -> str:
+    """What a training is: its data snapshot, the identity of its base model and its settings. The loop
+    names checkpoint folders by it, so a different training never lands in a finished one's folder."""
+    return hashlib.sha256(json.dumps([snapshot_id, base_model_id, config_hash]).encode()).hexdigest()[:12]
+
+
+def finished(output_dir: Path, kind: str, table: str, snapshot_id: int, base_model_id: str, config_hash: str,
+             overwrite: bool) -> Training | None:
+    """The finished training in `output_dir` when it is this one (None: train). A folder holding a finished
+    *different* training, or files that are not a training of ours, is refused unless `overwrite`."""
+    path = output_dir / RECORD_FILE
+    if not path.exists():
+        if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+            raise LakeError(f"{output_dir} is not empty and holds no vlfactory training; choose another "
+                            f"--output, or pass --overwrite to train into it")
+        return None
+    done = json.loads(path.read_text())
+    if done.get("status") != "ok":
+        return None  # an interrupted or failed run: train again
+    same = (done.get("kind"), done.get("dataset_table"), done.get("snapshot_id"), done.get("base_model_id"),
+            done.get("config_hash")) == (kind, table, snapshot_id, base_model_id, config_hash)
+    if same:
+        known = {f.name for f in fields(Training)}
+        return Training(**{k: v for k, v in done.items() if k in known} | {
+            "config": json.dumps(done.get("config")), "reused": True})
+    if overwrite:
+        return None
+    raise LakeError(f"{output_dir} holds a finished {done.get('kind')} training of {done.get('dataset')} "
+                    f"(snapshot {done.get('snapshot_id')}) on {done.get('base_model')}, not this one; choose "
+                    f"another --output, or pass --overwrite to replace it")
 
 
 def train(kind: str, make_trainer: Callable, dataset: str, model: str, output_dir: str | Path,
           config=None, lake: str | None = None, data_path: str | None = None, run_id: str | None = None,
-          iteration: int | None = None) -> Training | None:
+          iteration: int | None = None, overwrite: bool = False) -> Training | None:
     """Train `model` on the set version `dataset` with the trainer
     `make_trainer(model_path, processor_kwargs, args, train_dataset)` builds.
 
-    Returns the record (None on the other processes of a distributed run).
+    A finished training of the same (data snapshot, base model identity, settings) in `output_dir`
+    is not run again (its record comes back with `reused`); a different finished one there is
+    refused unless `overwrite`. Returns the record (None on the other processes of a distributed run).
     """
     from accelerate import PartialState
 
-    from vlfactory.models import register_processors, resolve_model
+    from vlfactory.models import identity, register_processors, resolve_model
 
     output_dir = Path(output_dir).resolve()
     args, processor_kwargs = load_config(kind, config, output_dir)
+    config_hash = settings_digest(args, processor_kwargs)
+    base_model_id = identity(model)
     state = PartialState()
     spec = LakeSpec.resolve(lake, data_path)
     versions = package_versions() | {"accelerate": metadata.version("accelerate")}
     full_config = json.dumps(json.loads(args.to_json_string()) | processor_kwargs)
-    record, version = None, dataset  # only the main process records
+    record, version, reused = None, dataset, None  # only the main process records
     for turn in range(state.num_processes):
-        if turn == state.process_index:
+        if turn == state.process_index and reused is None:
             with Lake(spec, create=False) as lk:
-                ref, rows = read_set(lk, version, TABLES[kind])
                 if state.is_main_process:
+                    name, _, at = version.rpartition("@")
+                    reused = finished(output_dir, kind, TABLES[kind], lk.resolve(at), base_model_id, config_hash,
+                                      overwrite)
+                if reused is None:
+                    ref, rows = read_set(lk, version, TABLES[kind])
+                if state.is_main_process and reused is None:
                     _insert(lk, record := Training(
                         uuid.uuid4().hex[:16], kind, dataset, ref.table, ref.snapshot_id, rows.num_rows, model,
                         str(output_dir), full_config, versions, datetime.now(timezone.utc), run_id=run_id,
-                        iteration=iteration if iteration is not None else _iteration(dataset)))
+                        iteration=iteration if iteration is not None else _iteration(dataset),
+                        base_model_id=base_model_id, config_hash=config_hash))
         if turn == 0 and state.num_processes > 1:  # the others read the snapshot the main process resolved
             from accelerate.utils import broadcast_object_list
 
-            version = str(broadcast_object_list([ref.snapshot_id if state.is_main_process else None])[0])
+            snap, reused = broadcast_object_list([ref.snapshot_id if record else None, reused]
+                                                 if state.is_main_process else [None, None])
+            version = str(snap)
         state.wait_for_everyone()
+    if reused is not None:
+        return reused if state.is_main_process else None
     if record:
         _write_record(record)
     try:
@@ -117,6 +171,7 @@ def train(kind: str, make_trainer: Callable, dataset: str, model: str, output_di
         raise
     if record:
         record.status, record.metrics = "ok", _metrics(trainer.state.log_history, result.metrics)
+        record.model_id = identity(str(output_dir))
         _finish(spec, record)
     return record
 
@@ -150,10 +205,16 @@ def _finish(spec: LakeSpec, record: Training) -> None:
         try:
             message = f"train {record.kind} {record.training_id}: {record.status}"
             with Lake(spec, create=False) as lk, lk.transaction(message):
-                lk.con.execute(f"UPDATE {DB}.trainings SET status = ?, metrics = ?, ended_at = ?, error = ? "
-                               "WHERE training_id = ?",
+                lk.con.execute(f"UPDATE {DB}.trainings SET status = ?, metrics = ?, ended_at = ?, error = ?, "
+                               "model_id = ? WHERE training_id = ?",
                                [record.status, record.metrics or None, record.ended_at, record.error,
-                                record.training_id])
+                                record.model_id, record.training_id])
+                if record.model_id:  # name the checkpoint's identity, and say which training made it
+                    lk.con.execute(f"""INSERT INTO {DB}.models (model_key, model_id, name, path, kind, training_id,
+                                       run_id) VALUES (?, ?, ?, ?, 'folder', ?, ?)""",
+                                   [hashlib.sha256(json.dumps(["model", record.model_id, record.output_dir])
+                                                   .encode()).hexdigest()[:16], record.model_id,
+                                    record.output_dir, record.output_dir, record.training_id, record.run_id])
             return
         except LakeError:
             if attempt == 59:
@@ -164,7 +225,7 @@ def _finish(spec: LakeSpec, record: Training) -> None:
 def _write_record(record: Training) -> None:
     path = Path(record.output_dir) / RECORD_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    row = asdict(record) | {"config": json.loads(record.config)}
+    row = {k: v for k, v in asdict(record).items() if k in COLUMNS} | {"config": json.loads(record.config)}
     path.write_text(json.dumps(row, indent=2, default=str) + "\n")
 
 
@@ -179,9 +240,12 @@ def main(kind: str, train_fn: Callable, argv: list[str] | None = None) -> None:
                         help="trainers YAML: TRL config fields and max_pixels (default: a few tiny CPU steps)")
     parser.add_argument("--lake", default=None, help="lake folder or ducklake: URI [env VLFACTORY_LAKE; ./lake]")
     parser.add_argument("--data-path", default=None, help="data path of a ducklake: URI lake [env VLFACTORY_DATA_PATH]")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train into --output even when it holds a different finished training")
     a = parser.parse_args(argv)
     try:
-        record = train_fn(a.dataset, a.model, a.output, config=a.config, lake=a.lake, data_path=a.data_path)
+        record = train_fn(a.dataset, a.model, a.output, config=a.config, lake=a.lake, data_path=a.data_path,
+                          overwrite=a.overwrite)
     except (LakeError, RecipeError) as e:
         parser.exit(2, f"error: {e}\n")
     if record:

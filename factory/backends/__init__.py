@@ -99,26 +99,48 @@ def _openai_part(p: dict) -> dict:
             "image_url": {"url": f"data:image/{mime};base64,{base64.b64encode(p['image']).decode()}"}}
 
 
+BACKENDS = ("openai", "vllm", "transformers")
+
+
+def backend_config_class(name: str) -> type:
+    """The typed options of a backend (its module is imported; none of them imports torch or vllm at the top)."""
+    if name == "openai":
+        from vlfactory.backends.openai_compat import OpenAIConfig
+
+        return OpenAIConfig
+    if name == "vllm":
+        from vlfactory.backends.vllm_engine import VLLMConfig
+
+        return VLLMConfig
+    if name == "transformers":
+        from vlfactory.backends.hf_local import TransformersConfig
+
+        return TransformersConfig
+    raise ValueError(f"backend: unknown backend {name!r}; known: {', '.join(BACKENDS)}")
+
+
 def make_backend(cfg: Mapping[str, Any] | Any) -> Backend:
     """A backend from a mapping (or dataclass) with `backend: <name>` and that backend's options.
 
     `{"backend": "openai", "model": ..., "base_url": ...}` -> `OpenAIBackend(OpenAIConfig(...))`.
     """
-    cfg = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
-    name = cfg.pop("backend", None)
+    if dataclasses.is_dataclass(cfg):  # a backend's own config: OpenAIConfig, VLLMConfig, TransformersConfig
+        name = next(n for n in BACKENDS if backend_config_class(n) is type(cfg))
+    else:
+        cfg = dict(cfg)
+        name = cfg.pop("backend", None)
+        cfg = _config(backend_config_class(name), cfg, name)
     if name == "openai":
-        from vlfactory.backends.openai_compat import OpenAIBackend, OpenAIConfig
+        from vlfactory.backends.openai_compat import OpenAIBackend
 
-        return OpenAIBackend(_config(OpenAIConfig, cfg, name))
+        return OpenAIBackend(cfg)
     if name == "vllm":
-        from vlfactory.backends.vllm_engine import VLLMBackend, VLLMConfig
+        from vlfactory.backends.vllm_engine import VLLMBackend
 
-        return VLLMBackend(_config(VLLMConfig, cfg, name))
-    if name == "transformers":
-        from vlfactory.backends.hf_local import TransformersBackend, TransformersConfig
+        return VLLMBackend(cfg)
+    from vlfactory.backends.hf_local import TransformersBackend
 
-        return TransformersBackend(_config(TransformersConfig, cfg, name))
-    raise ValueError(f"backend: unknown backend {name!r}; known: openai, vllm, transformers")
+    return TransformersBackend(cfg)
 
 
 def _config(cls, options: dict, name: str):

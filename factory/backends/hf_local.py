@@ -2,9 +2,12 @@
 
 Vision-language models (anything `AutoModelForImageTextToText` loads) get
 their images through the model's own processor; text-only models load with
-`AutoModelForCausalLM`. Requests run one prompt at a time with
-`num_return_sequences = n`, seeded per request, which is what a laptop or a
-single small GPU can do; use the `vllm` or `openai` backends for volume.
+`AutoModelForCausalLM`. Up to `batch_size` consecutive requests with the same
+sampling settings go through one left-padded `generate` call with
+`num_return_sequences = n`, seeded by the batch's first request: greedy
+answers do not depend on the batch, sampled ones do (`batch_size: 1` makes
+each request's samples depend on its own seed only). Use the `vllm` or
+`openai` backends for volume.
 
     from vlfactory.backends import make_backend
     backend = make_backend({"backend": "transformers", "model": "path/to/model"})
@@ -25,7 +28,7 @@ class TransformersConfig:
     model: str
     dtype: str = "auto"             # auto | float32 | bfloat16 | float16
     device: str | None = None       # default: cuda when available, else cpu
-    batch_size: int = 8             # accepted for symmetry with the recipe; requests run one by one
+    batch_size: int = 8             # requests per generate() call (same sampling settings)
 
 
 class TransformersBackend:
@@ -48,11 +51,12 @@ class TransformersBackend:
             self.vision = False
         self.net.to(self.device).eval()
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self.batch_size = cfg.batch_size
 
     def __repr__(self) -> str:
         return f"TransformersBackend(model={self.model!r}, device={self.device!r})"
 
-    def _inputs(self, messages: list[dict]):
+    def _text_and_images(self, messages: list[dict]) -> tuple[str, list]:
         from PIL import Image
 
         images, converted = [], []
@@ -68,47 +72,80 @@ class TransformersBackend:
                         parts.append({"type": "text", "text": p["text"]})
                 content = parts if self.vision else "".join(p.get("text", "") for p in parts)
             converted.append({"role": m["role"], "content": content})
-        text = self.processor.apply_chat_template(converted, add_generation_prompt=True, tokenize=False)
-        if images:
-            return self.processor(text=[text], images=images, return_tensors="pt")
-        return self.tokenizer([text], return_tensors="pt")
+        return self.processor.apply_chat_template(converted, add_generation_prompt=True, tokenize=False), images
 
-    def _one(self, request: Request) -> Result:
+    def _inputs(self, batch: list[Request]):
+        texts, images = [], []
+        for request in batch:
+            text, imgs = self._text_and_images(request.messages)
+            texts.append(text)
+            images += imgs
+        self.tokenizer.padding_side = "left"  # generation continues every row from its last real token
+        if images:
+            return self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+        return self.tokenizer(texts, padding=True, return_tensors="pt")
+
+    def _batch(self, batch: list[Request]) -> list[Result]:
         import torch
 
-        s = request.sampling
+        s = batch[0].sampling
         t0 = time.perf_counter()
-        inputs = self._inputs(request.messages).to(self.device)
+        inputs = self._inputs(batch).to(self.device)
         if s.seed is not None:
             torch.manual_seed(s.seed)
         sample = s.temperature > 0
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id
         with torch.no_grad():
             out = self.net.generate(
                 **inputs, max_new_tokens=s.max_tokens, do_sample=sample, num_return_sequences=s.n,
                 temperature=s.temperature if sample else None, top_p=s.top_p if sample else None,
-                top_k=None, stop_strings=list(s.stop) or None, tokenizer=self.tokenizer,
-                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+                top_k=None, stop_strings=list(s.stop) or None, tokenizer=self.tokenizer, pad_token_id=pad)
         prompt_len = inputs["input_ids"].shape[1]
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        latency = time.perf_counter() - t0
         eos = self.net.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos])
-        completions = []
-        for row in out[:, prompt_len:]:
-            ids = row.tolist()
-            pad = self.tokenizer.pad_token_id
-            while ids and ids[-1] == pad and pad not in eos:
-                ids.pop()
-            finished = any(t in eos for t in ids) or len(ids) < s.max_tokens
-            kept = [t for t in ids if t not in eos and t != pad]
-            completions.append(Completion(self.tokenizer.decode(kept, skip_special_tokens=True),
-                                          len(kept), "stop" if finished else "length"))
-        return Result(request, completions, int(prompt_len), time.perf_counter() - t0, endpoint=self.device)
+        results = []
+        for b, request in enumerate(batch):
+            completions = []
+            for row in out[b * s.n:(b + 1) * s.n, prompt_len:]:
+                ids = row.tolist()
+                while ids and ids[-1] == pad and pad not in eos:
+                    ids.pop()
+                finished = any(t in eos for t in ids) or len(ids) < s.max_tokens
+                kept = [t for t in ids if t not in eos and t != pad]
+                completions.append(Completion(self.tokenizer.decode(kept, skip_special_tokens=True),
+                                              len(kept), "stop" if finished else "length"))
+            results.append(Result(request, completions, int(prompt_tokens[b]), latency, endpoint=self.device))
+        return results
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Result]:
-        for request in requests:
+        batch: list[Request] = []
+
+        def same(a: Request, b: Request) -> bool:
+            x, y = a.sampling, b.sampling
+            return (x.temperature, x.top_p, x.max_tokens, x.n, x.stop) == (y.temperature, y.top_p, y.max_tokens,
+                                                                            y.n, y.stop)
+
+        def flush() -> Iterator[Result]:
             try:
-                yield self._one(request)
-            except Exception as e:  # one bad prompt (an image the processor rejects) is one failed row
-                yield Result(request, [], 0, 0.0, error=f"{type(e).__name__}: {e}", endpoint=self.device)
+                yield from self._batch(batch)
+            except Exception:  # one bad prompt (an image the processor rejects) fails alone, not its batch
+                for request in batch:
+                    try:
+                        yield from self._batch([request])
+                    except Exception as e:
+                        yield Result(request, [], 0, 0.0, error=f"{type(e).__name__}: {e}", endpoint=self.device)
+
+        for request in requests:
+            if batch and (len(batch) >= self.batch_size or not same(batch[0], request)):
+                yield from flush()
+                batch = []
+            batch.append(request)
+        if batch:
+            yield from flush()
 
     def close(self) -> None:
         self.net = None
