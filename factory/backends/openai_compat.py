@@ -20,11 +20,36 @@ the request bodies, and takes results from a queue. At most
 memory than 128.
 
 Failures: 429, 408, 409, 5xx, timeouts, dropped or refused connections and
-unparseable 200s are retried up to `max_retries` times with exponential
-backoff and full jitter (or the server's Retry-After, in seconds, capped);
-other 4xx fail at once, since sending them again cannot help. A base URL that
-refuses connections gets no traffic for `dead_cooldown_s`; when every URL is
-down, requests wait for the first to come back, within their retry budget.
+bad 200s are retried up to `max_retries` times with exponential backoff and
+full jitter (or the server's Retry-After, in seconds, capped); other 4xx fail
+at once, since sending them again cannot help, and so does a body over
+`max_response_bytes` (read in chunks, so a body that never ends costs that
+much memory and no more; `timeout_s` covers the whole attempt, body
+included). A base URL that refuses connections gets no traffic for
+`dead_cooldown_s`; when every URL is down, requests wait for the first to
+come back, within their retry budget.
+
+A 200 is checked before it becomes a Result: `choices` must be a list of n
+objects whose `message.content` is a string (null, as OpenAI sends with tool
+calls and refusals, is a failure too) and whose `finish_reason` is a string
+(missing or null reads as ""); anything else is a bad response, retried and
+then failed with the reason ("bad response: choices[0].message.content is a
+number (42), expected a string"). Token counts are only bookkeeping, so a bad
+one does not fail the request: a count that is not an int in
+0..10,000,000 (or no `usage` at all) is unknown; unknown prompt tokens read
+as 0, and unknown completion tokens are estimated per choice (max_tokens for
+a choice cut at the length limit, else about 4 characters a token).
+
+A server that is not there: until some server has answered (any HTTP
+status), refused connections (also DNS failures, unreachable hosts, TLS
+failures) do not use up a request's retries; requests look again every
+second or so, and once every base URL has refused for `fail_fast_after_s`
+with no answer at all since the start, generate() raises
+EndpointsUnreachable, one line naming the URLs ("no server answers at
+http://127.0.0.1:9/v1 (connection refused, 12 attempts in 30.1 s); is it
+running?"). Results yielded before that stand. Once any server has answered,
+refused connections are retried as above, so a server restarting mid-run
+does not stop the run.
 
 Why aiohttp and not the `openai` client: the server does the work, so the
 client's CPU per request is the ceiling on this kind of machine (2 cores
@@ -41,11 +66,13 @@ again with `python bench/generation.py`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import json
 import os
 import queue
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -56,6 +83,16 @@ import aiohttp
 from vlfactory.backends import Completion, Request, Result, openai_messages
 
 RETRY_STATUS = {408, 409, 429}  # the 4xx that can succeed when sent again
+MAX_TOKENS = 10_000_000         # a token count above this is a server bug, not a count
+PROBE_S = 1.0                   # until a server answers, refused requests look again this often
+
+
+class EndpointsUnreachable(RuntimeError):
+    """No server ever answered: every base URL refused connections for `fail_fast_after_s`."""
+
+
+class BadResponse(ValueError):
+    """A 200 whose body is not a chat completion we can use."""
 
 
 @dataclass
@@ -69,6 +106,9 @@ class OpenAIConfig:
     backoff_s: float = 1.0          # the first retry waits up to this (full jitter), doubling each time
     max_backoff_s: float = 30.0     # cap on one wait, Retry-After included
     dead_cooldown_s: float = 10.0   # a base URL that refuses connections gets no traffic for this long
+    max_response_bytes: int = 32 * 2**20  # a longer response body fails its request (n=16 x 32k tokens is ~3 MB)
+    fail_fast_after_s: float | None = 30.0  # no server answered and every URL refused this long: stop
+                                            # (EndpointsUnreachable); None: keep retrying within max_retries
 
 
 class _Endpoint:
@@ -77,6 +117,7 @@ class _Endpoint:
         self.url = base.rstrip("/") + "/chat/completions"
         self.in_flight = 0
         self.dead_until = 0.0
+        self.unreachable = ""  # why connecting failed, before any server answered
 
 
 class _Job:
@@ -95,6 +136,8 @@ class OpenAIBackend:
         if not bases:
             raise ValueError("backend openai: base_url: give at least one URL, e.g. http://localhost:8000/v1")
         self._endpoints = [_Endpoint(b) for b in bases]
+        if cfg.max_response_bytes < 1024:
+            raise ValueError(f"backend openai: max_response_bytes: {cfg.max_response_bytes} is too small for an answer")
         if cfg.api_key_env and cfg.api_key_env not in os.environ:
             raise ValueError(f"backend openai: api_key_env: the environment variable {cfg.api_key_env} is not set")
         key = (os.environ.get(cfg.api_key_env) if cfg.api_key_env else None) or \
@@ -102,6 +145,9 @@ class OpenAIBackend:
         self._secret = key if key != "EMPTY" else None
         self._headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._answered = False       # some server sent an HTTP response (any status) since we started
+        self._refused_since = None   # before that: when the first connection failed, and how many did
+        self._refusals = 0
 
     def __repr__(self) -> str:
         return (f"OpenAIBackend(model={self.model!r}, base_url={[e.base for e in self._endpoints]}, "
@@ -203,33 +249,48 @@ class OpenAIBackend:
     async def _send(self, req: Request, body: bytes) -> Result:
         cfg = self.cfg
         start = time.monotonic()
-        for attempt in range(1, cfg.max_retries + 2):
+        attempt = retries = 0  # attempts sent; retries counted against max_retries
+        while True:
+            attempt += 1
             ep = self._pick()
             if ep is None:  # every URL refused us lately: wait for the first to come back
                 first = min(self._endpoints, key=lambda e: e.dead_until)
-                await asyncio.sleep(max(0.0, first.dead_until - time.monotonic()))
+                delay = first.dead_until - time.monotonic()
+                if not self._answered:  # nothing has answered yet: look again soon, a server may be starting
+                    delay = min(delay, PROBE_S, cfg.dead_cooldown_s)
+                await asyncio.sleep(max(0.0, delay))
                 ep = first
             wait = None
             ep.in_flight += 1
             try:
                 async with self._session.post(ep.url, data=body) as resp:
-                    raw = await resp.read()
+                    self._answered = True
                     status, retry_after = resp.status, resp.headers.get("Retry-After")
+                    raw = await _read(resp, cfg.max_response_bytes)
             except TimeoutError:
                 error = f"timeout after {cfg.timeout_s:g}s"
             except aiohttp.ClientConnectorError as e:
                 ep.dead_until = time.monotonic() + cfg.dead_cooldown_s
-                error = f"connection refused: {e}"
+                reason = _unreachable(e)
+                error = f"{reason}: {e}"
+                if not self._answered and cfg.fail_fast_after_s is not None:
+                    self._note_unreachable(ep, reason)  # raises once the window is over
+                    continue  # not a failed attempt: no server has answered yet, wait for one
                 if self._pick() is not None:
                     wait = 0.0  # another URL is up: go there now
             except aiohttp.ClientError as e:  # dropped connection, truncated body
                 error = f"connection error: {type(e).__name__}: {e}"
             else:
+                if raw is None:  # sending it again would get the same, or cost as much again
+                    error = f"response over {cfg.max_response_bytes} bytes (max_response_bytes)"
+                    if status != 200:
+                        error = f"HTTP {status}: {error}"
+                    break
                 if status == 200:
                     try:
-                        return _result(req, json.loads(raw), start, attempt, ep.base)
-                    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-                        error = f"malformed response: {type(e).__name__}: {e}: {raw[:200]!r}"
+                        return _result(req, raw, start, attempt, ep.base)
+                    except BadResponse as e:
+                        error = f"bad response: {e}"
                 else:
                     error = f"HTTP {status}: {raw[:300].decode('utf-8', 'replace')}"
                     if status < 500 and status not in RETRY_STATUS:
@@ -239,28 +300,149 @@ class OpenAIBackend:
                             wait = min(float(retry_after), cfg.max_backoff_s)
                         except ValueError:  # the HTTP-date form: fall back to backoff
                             pass
+                        else:
+                            wait = wait if wait >= 0 else None  # nan or negative: backoff too
             finally:
                 ep.in_flight -= 1
-            if attempt <= cfg.max_retries:
-                if wait is None:
-                    wait = random.uniform(0, min(cfg.max_backoff_s, cfg.backoff_s * 2 ** (attempt - 1)))
-                await asyncio.sleep(wait)
+            if retries >= cfg.max_retries:
+                break
+            retries += 1
+            if wait is None:
+                wait = random.uniform(0, min(cfg.max_backoff_s, cfg.backoff_s * 2 ** (retries - 1)))
+            await asyncio.sleep(wait)
         if self._secret:
             error = error.replace(self._secret, "***")
         return Result(req, [], 0, time.monotonic() - start, error=error, attempts=attempt, endpoint=ep.base)
 
+    def _note_unreachable(self, ep: _Endpoint, reason: str) -> None:
+        now = time.monotonic()
+        ep.unreachable = reason
+        self._refusals += 1
+        if self._refused_since is None:
+            self._refused_since = now
+        waited = now - self._refused_since
+        if waited < self.cfg.fail_fast_after_s or not all(e.unreachable for e in self._endpoints):
+            return
+        tried = f"{self._refusals} attempts in {waited:.1f} s"
+        if len(self._endpoints) == 1:
+            raise EndpointsUnreachable(f"no server answers at {ep.base} ({reason}, {tried}); is it running?")
+        where = ", ".join(f"{e.base} ({e.unreachable})" for e in self._endpoints)
+        raise EndpointsUnreachable(f"no server answers at any base URL: {where}; {tried}; are they running?")
 
-def _result(req: Request, data: dict, start: float, attempt: int, endpoint: str) -> Result:
-    choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-    if len(choices) != req.sampling.n:
-        raise ValueError(f"{len(choices)} choices for n={req.sampling.n}")
-    usage = data.get("usage") or {}
-    tokens = _split(usage.get("completion_tokens", 0), [c.get("finish_reason") for c in choices],
-                    req.sampling.max_tokens)
-    completions = [Completion(c["message"]["content"] or "", t, c.get("finish_reason") or "")
-                   for c, t in zip(choices, tokens)]
-    return Result(req, completions, usage.get("prompt_tokens", 0), time.monotonic() - start,
+
+async def _read(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
+    """The body, or None once it passes `cap` bytes (decompressed), without reading further."""
+    if resp.content_length is not None and resp.content_length > cap:
+        return None
+    chunks, size = [], 0
+    while chunk := await resp.content.readany():
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_CONNECT_ERRORS = {errno.ECONNREFUSED: "connection refused", errno.EHOSTUNREACH: "host unreachable",
+                   errno.ENETUNREACH: "network unreachable", errno.ETIMEDOUT: "connect timed out"}
+
+
+def _unreachable(e: aiohttp.ClientConnectorError) -> str:
+    """A short name for why we could not connect."""
+    if isinstance(e, aiohttp.ClientSSLError):
+        return "TLS error"
+    if isinstance(e.os_error, socket.gaierror):
+        return "host name not found"
+    return _CONNECT_ERRORS.get(e.os_error.errno, "cannot connect")
+
+
+def _result(req: Request, raw: bytes, start: float, attempt: int, endpoint: str) -> Result:
+    """A Result from a 200's body; BadResponse says what is wrong with it."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # RecursionError: [[[[... nested past the parser's limit
+        raise BadResponse(f"not JSON ({str(e)[:100]}): {raw[:200]!r}") from None
+    if type(data) is not dict:
+        raise BadResponse(f"the body is {_kind(data)}, expected an object")
+    choices = data.get("choices")
+    if type(choices) is not list:
+        if choices is None:
+            err = data.get("error")
+            if type(err) is dict and "message" in err:  # an error passed on with status 200
+                err = err["message"]
+            raise BadResponse("no choices" + (f"; error: {_short(err, 200)}" if err else ""))
+        raise BadResponse(f"choices is {_kind(choices)}, expected a list")
+    s = req.sampling
+    if len(choices) != s.n:
+        raise BadResponse(f"{len(choices)} choices for n={s.n}")
+    ordered: list = [None] * s.n
+    for i, c in enumerate(choices):
+        if type(c) is not dict:
+            raise BadResponse(f"choices[{i}] is {_kind(c)}, expected an object")
+        m = c.get("message")
+        if type(m) is not dict:
+            raise BadResponse(f"choices[{i}].message is {_kind(m)}, expected an object")
+        text = m.get("content")
+        if type(text) is not str:
+            raise BadResponse(_content_problem(f"choices[{i}].message.content", m))
+        finish = c.get("finish_reason")
+        if finish is None:
+            finish = ""
+        elif type(finish) is not str:
+            raise BadResponse(f"choices[{i}].finish_reason is {_kind(finish)}, expected a string")
+        index = c.get("index")
+        if index is None:
+            index = i
+        if type(index) is not int or not 0 <= index < s.n or ordered[index] is not None:
+            raise BadResponse(f"choices[{i}].index is {_kind(index)}, expected a distinct number below n={s.n}")
+        ordered[index] = (text, finish)
+    usage = data.get("usage")
+    if type(usage) is not dict:
+        usage = {}
+    total = _count(usage.get("completion_tokens"))
+    if total is None:  # unknown: estimate
+        tokens = [s.max_tokens if f == "length" else min(s.max_tokens, -(-len(t) // 4)) for t, f in ordered]
+    else:
+        tokens = _split(total, [f for _, f in ordered], s.max_tokens)
+    completions = [Completion(t, k, f) for (t, f), k in zip(ordered, tokens)]
+    return Result(req, completions, _count(usage.get("prompt_tokens")) or 0, time.monotonic() - start,
                   attempts=attempt, endpoint=endpoint)
+
+
+def _count(v) -> int | None:
+    """A token count if `v` is a believable one, else None."""
+    return v if type(v) is int and 0 <= v <= MAX_TOKENS else None
+
+
+def _content_problem(where: str, message: dict) -> str:
+    text = message.get("content")
+    if text is not None:
+        return f"{where} is {_kind(text)}, expected a string"
+    if message.get("tool_calls"):
+        return f"{where} is null: the model called a tool"
+    if isinstance(message.get("refusal"), str):
+        return f"{where} is null: the model refused ({_short(message['refusal'])})"
+    return f"{where} is {'null' if 'content' in message else 'missing'}"
+
+
+def _kind(v) -> str:
+    """What a JSON value is, briefly: 'a number (42)', 'a list of 3', 'null'."""
+    if v is None:
+        return "null"
+    if type(v) is bool:
+        return "true" if v else "false"
+    if type(v) in (int, float):
+        return f"a number ({_short(v)})"
+    if type(v) is str:
+        return f"a string ({_short(v)})"
+    if type(v) is list:
+        return f"a list of {len(v)}"
+    return "an object"
+
+
+def _short(v, limit: int = 60) -> str:
+    text = repr(v) if isinstance(v, str) else json.dumps(v)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _split(total: int, finish: list, max_tokens: int) -> list[int]:
