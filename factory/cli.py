@@ -29,6 +29,7 @@ class UserError(click.ClickException):
 
 def friendly(fn):
     """Turn the errors a user can fix into one line instead of a traceback."""
+    from vlfactory.backends import EndpointsUnreachable
     from vlfactory.recipe import RecipeError
     from vlfactory.stores.lake import LakeError
 
@@ -36,7 +37,7 @@ def friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (RecipeError, LakeError) as e:
+        except (RecipeError, LakeError, EndpointsUnreachable) as e:
             raise UserError(str(e)) from None
     return wrapper
 

@@ -13,7 +13,7 @@ then RL and eval. Tags name every step's data: `iterK-sft`, `iterK-rl`,
 Every step is resumable: generation stages skip what the lake holds, sets
 that did not change are not rewritten (so their tags stay put), and a
 checkpoint lives at OUTPUT/iterK/{sft,grpo}-<address>, the address a digest
-of (data snapshot, base model identity, resolved trainer settings): the same
+of (the set's rows, base model identity, resolved trainer settings): the same
 training is found finished and skipped, a different one (new data, another
 base model, an edited trainers YAML) gets its own folder. A rerun after a
 crash continues from the first incomplete step. Models are known by content
@@ -74,7 +74,7 @@ class Loop:
         return snap
 
     def train(self, kind: str, dataset: str, model: str, iteration: int) -> str:
-        """Train into the folder addressed by (data snapshot, base model identity, settings); a training
+        """Train into the folder addressed by (the set's content, base model identity, settings); a training
         found finished there is skipped."""
         from vlfactory.models import identity
         from vlfactory.trainers.config import load_config, settings_digest
@@ -82,9 +82,10 @@ class Loop:
 
         config = getattr(self.cfg, kind)
         settings = settings_digest(*load_config(kind, config, self.out))
+        table, _, version = dataset.rpartition("@")
         with self.lake() as lake:
-            snapshot = lake.resolve(dataset.rpartition("@")[2])
-        output = self.out / f"iter{iteration}" / f"{kind}-{address(snapshot, identity(model), settings)}"
+            data = lake.digest(table, lake.resolve(version))
+        output = self.out / f"iter{iteration}" / f"{kind}-{address(data, identity(model), settings)}"
         trainer = importlib.import_module(f"vlfactory.trainers.{kind}")
         result = getattr(trainer, f"train_{kind}")(dataset, model, str(output), config=config,
                                                    lake=self.spec.catalog, data_path=self.spec.data_path,

@@ -430,6 +430,15 @@ class Lake:
             (SELECT {cols} FROM {DB}.{table} EXCEPT ALL SELECT {cols} FROM {other}) UNION ALL
             (SELECT {cols} FROM {other} EXCEPT ALL SELECT {cols} FROM {DB}.{table}))""").fetchone()[0] > 0
 
+    def digest(self, table: str, snapshot: int | None = None) -> str:
+        """A digest of what `table` holds (at a snapshot): its rows as a multiset, less `run_id` and
+        `created_at`. The same rows rewritten in another snapshot have the same digest."""
+        at = f" AT (VERSION => {int(snapshot)})" if snapshot is not None else ""
+        columns = self.con.sql(f"SELECT * FROM {DB}.{table}{at} LIMIT 0").columns
+        cols = ", ".join(f'"{c}"' for c in columns if c not in ("run_id", "created_at"))
+        return self.con.execute(f"""SELECT md5(coalesce(string_agg(h, '' ORDER BY h), '')) FROM (
+            SELECT md5(CAST(ROW({cols}) AS VARCHAR)) AS h FROM {DB}.{table}{at})""").fetchone()[0][:16]
+
     def existing(self, table: str, key: str, values: list[str]) -> set[str]:
         """Which of these key values the table already holds."""
         if not values:

@@ -254,7 +254,7 @@ def _m007_one_verdict_content_identity(con, db: str) -> None:
         GROUP BY ALL""")
     # Models known by content: what each identity was called, and which training made it.
     con.execute(f"CREATE TABLE {db}.models ({_ddl(MODELS)}, created_at TIMESTAMPTZ DEFAULT now())")
-    for column in ("model_id", "base_model_id", "config_hash"):
+    for column in ("model_id", "base_model_id", "config_hash", "data_digest"):
         con.execute(f"ALTER TABLE {db}.trainings ADD COLUMN {column} VARCHAR")
     # An eval is done once per (model identity, benchmark rows, prompt, decoding, verifier): its key.
     con.execute(f"ALTER TABLE {db}.evals ADD COLUMN eval_key VARCHAR")

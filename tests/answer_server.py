@@ -26,6 +26,8 @@ class AnswerServer:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 parts = body["messages"][-1]["content"]
+                if isinstance(parts, str):  # a text-only request (distil)
+                    parts = [{"type": "text", "text": parts}]
                 prompt = " ".join(p["text"] for p in parts if p["type"] == "text")
                 image = any(p["type"] == "image_url" and p["image_url"]["url"].startswith("data:image/")
                             for p in parts)

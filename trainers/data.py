@@ -30,6 +30,7 @@ class SetVersion:
     dataset: str       # as the user wrote it: sft@iter1
     table: str         # sft | rl
     snapshot_id: int   # what the version resolved to when the training started
+    digest: str        # what the set held at that snapshot (Lake.digest): a training's data, by content
 
 
 def read_set(lake: Lake, dataset: str, table: str) -> tuple[SetVersion, pa.Table]:
@@ -37,7 +38,8 @@ def read_set(lake: Lake, dataset: str, table: str) -> tuple[SetVersion, pa.Table
     name, _, version = dataset.rpartition("@")
     if name and name != table:
         raise LakeError(f"{dataset}: this trainer reads the {table!r} table; write {table}@VERSION")
-    ref = SetVersion(dataset, table, lake.resolve(version))
+    snapshot = lake.resolve(version)
+    ref = SetVersion(dataset, table, snapshot, lake.digest(table, snapshot))
     rows = read_table(lake, table, ref.snapshot_id).sort_by(KEYS[table])
     if rows.num_rows == 0:
         raise LakeError(f"{dataset}: {table} held no rows at snapshot {ref.snapshot_id}")

@@ -63,6 +63,7 @@ class Training:
     model_id: str | None = None       # the identity (content digest) of the checkpoint it produced
     base_model_id: str | None = None  # the identity of the model it started from
     config_hash: str | None = None    # digest of the resolved trainer settings (settings_digest)
+    data_digest: str | None = None    # what the set held at snapshot_id (Lake.digest)
     reused: bool = field(default=False, metadata={"column": False})  # done before: nothing was trained
 
     def line(self) -> str:
@@ -78,13 +79,14 @@ class Training:
 COLUMNS = [f.name for f in fields(Training) if f.metadata.get("column", True)]
 
 
-def address(snapshot_id: int, base_model_id: str, config_hash: str) -> str:
-    """What a training is: its data snapshot, the identity of its base model and its settings. The loop
-    names checkpoint folders by it, so a different training never lands in a finished one's folder."""
-    return hashlib.sha256(json.dumps([snapshot_id, base_model_id, config_hash]).encode()).hexdigest()[:12]
+def address(data_digest: str, base_model_id: str, config_hash: str) -> str:
+    """What a training is: its data (the set's rows, by content), the identity of its base model and its
+    settings. The loop names checkpoint folders by it, so a different training never lands in a finished
+    one's folder, and the same one (even on the same rows rewritten in a later snapshot) is found done."""
+    return hashlib.sha256(json.dumps([data_digest, base_model_id, config_hash]).encode()).hexdigest()[:12]
 
 
-def finished(output_dir: Path, kind: str, table: str, snapshot_id: int, base_model_id: str, config_hash: str,
+def finished(output_dir: Path, kind: str, table: str, data_digest: str, base_model_id: str, config_hash: str,
              overwrite: bool) -> Training | None:
     """The finished training in `output_dir` when it is this one (None: train). A folder holding a finished
     *different* training, or files that are not a training of ours, is refused unless `overwrite`."""
@@ -97,8 +99,8 @@ def finished(output_dir: Path, kind: str, table: str, snapshot_id: int, base_mod
     done = json.loads(path.read_text())
     if done.get("status") != "ok":
         return None  # an interrupted or failed run: train again
-    same = (done.get("kind"), done.get("dataset_table"), done.get("snapshot_id"), done.get("base_model_id"),
-            done.get("config_hash")) == (kind, table, snapshot_id, base_model_id, config_hash)
+    same = (done.get("kind"), done.get("dataset_table"), done.get("data_digest"), done.get("base_model_id"),
+            done.get("config_hash")) == (kind, table, data_digest, base_model_id, config_hash)
     if same:
         known = {f.name for f in fields(Training)}
         return Training(**{k: v for k, v in done.items() if k in known} | {
@@ -136,18 +138,16 @@ def train(kind: str, make_trainer: Callable, dataset: str, model: str, output_di
     for turn in range(state.num_processes):
         if turn == state.process_index and reused is None:
             with Lake(spec, create=False) as lk:
+                ref, rows = read_set(lk, version, TABLES[kind])
                 if state.is_main_process:
-                    name, _, at = version.rpartition("@")
-                    reused = finished(output_dir, kind, TABLES[kind], lk.resolve(at), base_model_id, config_hash,
+                    reused = finished(output_dir, kind, TABLES[kind], ref.digest, base_model_id, config_hash,
                                       overwrite)
-                if reused is None:
-                    ref, rows = read_set(lk, version, TABLES[kind])
                 if state.is_main_process and reused is None:
                     _insert(lk, record := Training(
                         uuid.uuid4().hex[:16], kind, dataset, ref.table, ref.snapshot_id, rows.num_rows, model,
                         str(output_dir), full_config, versions, datetime.now(timezone.utc), run_id=run_id,
                         iteration=iteration if iteration is not None else _iteration(dataset),
-                        base_model_id=base_model_id, config_hash=config_hash))
+                        base_model_id=base_model_id, config_hash=config_hash, data_digest=ref.digest))
         if turn == 0 and state.num_processes > 1:  # the others read the snapshot the main process resolved
             from accelerate.utils import broadcast_object_list
 

@@ -70,6 +70,11 @@ class Result:
         return self.error is None
 
 
+class EndpointsUnreachable(RuntimeError):
+    """No server ever answered: every base URL refused connections for `fail_fast_after_s` (openai backend).
+    The stage keeps what it received and stops with this one line."""
+
+
 class Backend(Protocol):
     model: str
 

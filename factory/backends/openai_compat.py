@@ -80,15 +80,11 @@ from typing import Iterable, Iterator
 
 import aiohttp
 
-from vlfactory.backends import Completion, Request, Result, openai_messages
+from vlfactory.backends import Completion, EndpointsUnreachable, Request, Result, openai_messages
 
 RETRY_STATUS = {408, 409, 429}  # the 4xx that can succeed when sent again
 MAX_TOKENS = 10_000_000         # a token count above this is a server bug, not a count
 PROBE_S = 1.0                   # until a server answers, refused requests look again this often
-
-
-class EndpointsUnreachable(RuntimeError):
-    """No server ever answered: every base URL refused connections for `fail_fast_after_s`."""
 
 
 class BadResponse(ValueError):
