@@ -85,7 +85,7 @@ def ingest(recipe: str, lake: str | None, data_path: str | None, limit: int | No
     _run(recipe, lake, data_path, ["ingest"], limit)
 
 
-STAGE_NAMES = ("ingest", "caption", "distil", "verify", "sft", "rollout", "rl")  # vlfactory.stages.STAGES
+STAGE_NAMES = ("ingest", "caption", "distil", "rollout", "verify", "sft", "rl")  # vlfactory.stages.STAGES
 
 
 @main.command()
@@ -98,7 +98,7 @@ STAGE_NAMES = ("ingest", "caption", "distil", "verify", "sft", "rollout", "rl") 
 @friendly
 def run(recipe: str, lake: str | None, data_path: str | None, stage: tuple[str, ...], limit: int | None,
         tag_name: str | None) -> None:
-    """Run a recipe's stages in order: ingest, caption, distil, verify, sft, rollout, rl.
+    """Run a recipe's stages in order: ingest, caption, distil, rollout, verify, sft, rl.
 
     Stages work on the recipe's own sources only. Stages the recipe does not configure
     (distil, sft, rollout, rl) are skipped.

@@ -15,7 +15,7 @@ The set is a table rewritten in one transaction, so a tag names exactly one
 iteration's set (`rl@iter1`) while later iterations rewrite it; a rebuild that
 would change nothing writes nothing.
 
-    vlfactory run RECIPE --stage rollout --stage rl --tag iter1
+    vlfactory run RECIPE --stage rollout --stage verify --stage rl --tag iter1
     vlfactory sql "SELECT source, count(*), avg(pass_rate) FROM rl@iter1 GROUP BY source"
 """
 
@@ -43,20 +43,18 @@ class RLStats:
     kept: int = 0
     outside: int = 0                  # enough samples, pass rate outside the band
     too_few: int = 0                  # fewer than min_samples graded rollouts by the policy (none included)
-    ungraded: int = 0                 # rollouts of the policy without a current grade: run verify
+    ungraded: int = 0                 # rollouts of the policy without a current grade: an error (run verify)
     by_source: Counter = field(default_factory=Counter)
     written: bool = False
 
     def result(self) -> StageResult:
         mix = ", ".join(f"{s} {n}" for s, n in sorted(self.by_source.items()))
         state = "written" if self.written else "unchanged, nothing written"
-        notes = [f"  {self.ungraded} rollouts of the policy have no grade by the current verifier and settings: "
-                 "run the verify stage first"] if self.ungraded else []
         return StageResult(
             "rl", wanted=self.problems, written=self.kept if self.written else 0,
-            cached=0 if self.written else self.kept, value=self, notes=notes,
+            cached=0 if self.written else self.kept, value=self,
             extra={"problems": self.problems, "kept": self.kept, "outside_band": self.outside,
-                   "too_few_samples": self.too_few, "ungraded": self.ungraded, "written": int(self.written),
+                   "too_few_samples": self.too_few, "written": int(self.written),
                    **{f"source.{k}": v for k, v in self.by_source.items()}},
             summary=(f"rl: {self.kept} of {self.problems} problems with pass rate in [{self.band[0]}, {self.band[1]}] "
                      f"(min {self.min_samples} samples) by {self.model}; {self.outside} outside the band, "
@@ -91,6 +89,10 @@ def run(lake: Lake, cfg: RLSetConfig, scope: Scope, progress=None) -> StageResul
         raise RecipeError("rl.model: missing; name the policy whose rollouts count, or add a rollout: block")
     current = (verifier(), settings_hash(cfg.verify))
     stats = RLStats(model, tuple(cfg.band), cfg.min_samples)
+    stats.ungraded = ungraded(lake, model, current, scope)
+    if stats.ungraded:  # pass rates from stale or missing verdicts would pick the wrong problems
+        raise RecipeError(f"rl: {stats.ungraded} rollouts of {model} have no grade by the current verifier and "
+                          f"settings ({current[0]}, settings {current[1]}): run the verify stage first")
     template = load_template(cfg.prompt or "rollout", needs={"question"})
     lo, hi = cfg.band
     rows = []
@@ -105,7 +107,6 @@ def run(lake: Lake, cfg: RLSetConfig, scope: Scope, progress=None) -> StageResul
             continue
         rows.append(c | {"prompt": template.render(question=c["question"], choices=c["choices"]),
                          "policy_model": model, "pass_rate": rate, "run_id": lake.run_id})
-    stats.ungraded = ungraded(lake, model, current, scope)
     table = pa.Table.from_pylist(rows, schema=schema.RL)
     stats.kept = table.num_rows
     stats.by_source.update(table.column("source").to_pylist())

@@ -24,8 +24,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-# In order; `vlfactory run` runs them all, skipping those the recipe leaves out.
-STAGES = ("ingest", "caption", "distil", "verify", "sft", "rollout", "rl")
+# In order; `vlfactory run` runs them all, skipping those the recipe leaves out. Verify grades what
+# distil and rollout wrote; the sets read those grades.
+STAGES = ("ingest", "caption", "distil", "rollout", "verify", "sft", "rl")
 OPTIONAL = ("distil", "sft", "rollout", "rl")  # a recipe may leave these out; the others always run
 MODULES = {"ingest": "ingest", "caption": "caption", "distil": "distil", "verify": "grading", "sft": "sftset",
            "rollout": "rollout", "rl": "rlset"}
