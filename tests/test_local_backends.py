@@ -135,3 +135,32 @@ caption:
     with Lake(lake_dir) as lake:
         rows = lake.query("SELECT origin, model, prompt_tokens, prompt_hash FROM captions").fetchall()
     assert len(rows) == 3 and all(r[0] == "model" and r[1] == identity(str(tiny_vlm_dir)) and r[2] > 4 for r in rows)
+
+
+def test_transformers_backend_batches_requests_and_greedy_answers_do_not_depend_on_the_batch(tiny_vlm_dir):
+    from vlfactory.backends import Request, Sampling, make_backend
+    from vlfactory.generation import image_part
+    from vlfactory.synthetic import generate
+
+    prompts = [[{"role": "user", "content": [image_part(str(i), p["image"]), {"type": "text", "text": p["question"]}]}]
+               for i, p in enumerate(generate(5, seed=6))]
+    greedy = Sampling(max_tokens=5, temperature=0.0)
+    answers, calls = {}, {}
+    for size in (1, 4):
+        backend = make_backend({"backend": "transformers", "model": str(tiny_vlm_dir), "device": "cpu",
+                                "batch_size": size})
+        generate_calls = 0
+        inner = backend.net.generate
+
+        def counted(*args, **kwargs):
+            nonlocal generate_calls
+            generate_calls += 1
+            return inner(*args, **kwargs)
+
+        backend.net.generate = counted
+        results = list(backend.generate([Request(str(i), m, greedy) for i, m in enumerate(prompts)]))
+        answers[size] = {r.request.key: ([c.text for c in r.completions], r.prompt_tokens) for r in results}
+        calls[size] = generate_calls
+        backend.close()
+    assert calls == {1: 5, 4: 2}  # batch_size is a real setting: 5 requests in 2 generate() calls
+    assert answers[1] == answers[4]  # left padding: the same greedy answers and prompt token counts

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from answer_server import AnswerServer
-from test_trainers import SFT, trainings, write_sets
+from test_trainers import SFT, sets_lake, trainings, write_sets  # noqa: F401 (sets_lake: a fixture)
 from vlfactory.models import identity
 from vlfactory.prompts import load_template
 from vlfactory.stores.lake import Lake, LakeError
@@ -18,14 +18,6 @@ pytestmark = pytest.mark.slow
 
 def flat(text: str) -> str:
     return " ".join(text.split())
-
-
-@pytest.fixture()
-def sets_lake(cli, lake_dir, tmp_path):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("sources:\n  - {name: syn, format: synthetic, n: 6, seed: 3}\n")
-    cli("ingest", recipe)
-    return write_sets(lake_dir, "iter1", "a", 6)
 
 
 def test_retrain_in_place_is_a_new_model_for_rollouts_and_evals(sets_lake, lake_dir, tiny_vlm_dir, tmp_path, cli):
