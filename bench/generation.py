@@ -140,22 +140,21 @@ def distil_rows(stage, template_hash: str, run_id: str | None):
     from vlfactory.generation import common_row
 
     try:
-        from vlfactory.distil import extract_answer
-        extract_answer("The answer is 42.", None)  # imports vlfactory.verify
+        from vlfactory.verify import extract_answer
         extracting = True
     except ImportError:
         extracting = False
 
-        def extract_answer(text, choices):
+        def extract_answer(text):
             return None
 
     def build(prompt, result, indices, keys):
         out = []
         for j, (i, key) in enumerate(zip(indices, keys)):
             text = result.completions[j].text
-            out.append(common_row(prompt, result, j, key, stage, template_hash, run_id) | {
+            out.append(common_row(prompt, result, j, key, stage.model, template_hash, run_id) | {
                 "trace_id": key[:16], "problem_id": prompt.ref, "sample_index": i, "completion": text,
-                "reasoning": split_reasoning(text), "answer": extract_answer(text, prompt.context["choices"]),
+                "reasoning": split_reasoning(text), "answer": extract_answer(text),
                 "caption_id": prompt.context["caption_id"], "backend": stage.backend})
         return out
     return build, extracting
@@ -170,13 +169,15 @@ def run_product(url: str, n: int, slots: int, root: Path, profile: bool = False)
     import vlfactory.generation as generation
     from vlfactory.generation import Prompt, make_backend_for, run_prompts
     from vlfactory.prompts import load_template
-    from vlfactory.recipe import SamplingConfig, StageConfig
+    from vlfactory.backends import Sampling
+    from vlfactory.backends.openai_compat import OpenAIConfig
+    from vlfactory.recipe import GenerationConfig
     from vlfactory.stores.lake import Lake
 
     lake = Lake(root / "lake")
     lake.start_run("bench generation")
-    stage = StageConfig(model="slot", backend="openai", base_url=url, concurrency=slots,
-                        sampling=SamplingConfig(max_tokens=64))
+    stage = GenerationConfig(model="slot", backend="openai", sampling=Sampling(max_tokens=64),
+                             options=OpenAIConfig(model="slot", base_url=url, concurrency=slots))
     template = load_template("reason")
     template_hash = template.hash
 
@@ -202,9 +203,9 @@ def run_product(url: str, n: int, slots: int, root: Path, profile: bool = False)
         if prof:
             prof.enable()  # cProfile follows the thread that enabled it: the caller's
         cpu0, t0 = time.process_time(), time.perf_counter()
-        stats = run_prompts(lake, "distil", "traces", stage, template, prompts(),
+        stats = run_prompts(lake, "distil", "traces", stage, stage.model, template, prompts(),
                             clock.wrap("build_rows (distil rows)", build),
-                            lambda: backend_factory(clock))
+                            backend_factory=lambda: backend_factory(clock))
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         if prof:
             prof.disable()
@@ -216,19 +217,20 @@ def run_product(url: str, n: int, slots: int, root: Path, profile: bool = False)
         "FROM lake.traces").fetchone()
     rejected = lake.count("rejected")
     commits = lake.con.execute("SELECT count(*) FROM lake.snapshots() WHERE commit_message LIKE 'distil:%'").fetchone()[0]
-    assert stats.done == n and stats.failed == 0, stats.line()
+    assert stats.written == n and stats.failed == 0, stats.line()
     assert rows == keys == traces_ids == n and rejected == 0, f"{rows} rows, {keys} keys, {rejected} rejected"
 
     t1 = time.perf_counter()
-    again = run_prompts(lake, "distil", "traces", stage, template, prompts(), build, backend_factory)
+    again = run_prompts(lake, "distil", "traces", stage, stage.model, template, prompts(), build,
+                        backend_factory=backend_factory)
     rerun = time.perf_counter() - t1
-    assert again.requested == 0 and again.cached == n and lake.count("traces") == n, again.line()
+    assert again.requests == 0 and again.cached == n and lake.count("traces") == n, again.line()
     lake.close()
 
     lines = [f"  lake check: {rows} traces rows, {keys} distinct request keys, {rejected} rejected rows, "
              f"{commits} catalog commits; {answers} answers extracted"
              + ("" if extracting else " (no vlfactory.verify: rows built without answer extraction)"),
-             f"  rerun on the same lake: {again.cached} cached, {again.requested} requests sent, {rerun:.2f} s"]
+             f"  rerun on the same lake: {again.cached} cached, {again.requests} requests sent, {rerun:.2f} s"]
     parts = dict(clock.parts)
     gen = parts.pop("backend.generate total", 0.0)
     pulled = parts.pop("requests: keys, cache probe", 0.0)  # the requests pulled inside generate

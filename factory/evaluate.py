@@ -78,11 +78,19 @@ def run(lake: Lake, cfg: EvalConfig, scope: Scope | None = None, progress=None) 
     current = (verifier(), settings_hash(cfg.verify))
     key = sha("eval", identity, src.name, [(row.question, row.answer, row.choices, image.image_id) for row, image in rows], template.hash,
               dataclasses.asdict(gen.sampling), current)[:16]
-    done = lake.con.execute("SELECT problems, correct FROM lake.evals WHERE eval_key = ? ORDER BY created_at "
-                            "LIMIT 1", [key]).fetchone()
+    rel = lake.con.execute("SELECT * FROM lake.evals WHERE eval_key = ? ORDER BY created_at", [key])
+    done = [dict(zip([d[0] for d in rel.description], r)) for r in rel.fetchall()]
     if done:
-        result = EvalResult(src.name, identity, done[0], done[1], skipped, done_before=True)
-        return StageResult("eval", wanted=done[0], cached=done[0], value=result, summary=result.line())
+        if cfg.iteration is not None and cfg.iteration not in {d["iteration"] for d in done}:
+            # the same model again in a later iteration: its score is recorded for that iteration, not recomputed
+            row = {k: v for k, v in done[0].items() if k != "created_at"} | {
+                "iteration": cfg.iteration, "run_id": lake.run_id, "model_name": gen.model}
+            row["eval_id"] = sha("eval row", row["eval_id"], cfg.iteration)[:16]
+            with lake.transaction(f"eval {src.name}: iteration {cfg.iteration} is {identity}, evaluated before"):
+                lake.insert("evals", pa.Table.from_pylist([row]))
+        result = EvalResult(src.name, identity, done[0]["problems"], done[0]["correct"], skipped, done_before=True)
+        return StageResult("eval", wanted=result.problems, cached=result.problems, value=result,
+                           summary=result.line())
     requests = [Request(str(i), [{"role": "user", "content": [
         image_part(image.image_id, image.data, image.format),
         {"type": "text", "text": template.render(question=row.question, choices=row.choices)}]}], gen.sampling)

@@ -12,7 +12,7 @@ then RL and eval. Tags name every step's data: `iterK-sft`, `iterK-rl`,
 
 Every step is resumable: generation stages skip what the lake holds, sets
 that did not change are not rewritten (so their tags stay put), and a
-checkpoint lives at OUTPUT/iterK/{sft,grpo}-<address>, the address a digest
+checkpoint lives at OUTPUT/{sft,grpo}-<address>, the address a digest
 of (the set's rows, base model identity, resolved trainer settings): the same
 training is found finished and skipped, a different one (new data, another
 base model, an edited trainers YAML) gets its own folder. A rerun after a
@@ -85,7 +85,8 @@ class Loop:
         table, _, version = dataset.rpartition("@")
         with self.lake() as lake:
             data = lake.digest(table, lake.resolve(version))
-        output = self.out / f"iter{iteration}" / f"{kind}-{address(data, identity(model), settings)}"
+        # No iteration in the path: the same training in a later iteration is the same checkpoint.
+        output = self.out / f"{kind}-{address(data, identity(model), settings)}"
         trainer = importlib.import_module(f"vlfactory.trainers.{kind}")
         result = getattr(trainer, f"train_{kind}")(dataset, model, str(output), config=config,
                                                    lake=self.spec.catalog, data_path=self.spec.data_path,

@@ -297,7 +297,9 @@ def load_recipe(ref: str | Path) -> Recipe:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise RecipeError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    return parse_recipe(raw, text=text, base=path.parent, path=str(path))
+    # resolve(): in a strict editable install a shipped recipe is a symlink into the tree; its
+    # relative paths are relative to the real file.
+    return parse_recipe(raw, text=text, base=path.resolve().parent, path=str(path))
 
 
 def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: str | None = None) -> Recipe:
