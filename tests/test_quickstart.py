@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conftest import _needs
+from vlfactory.models import identity
 from vlfactory.stores.lake import Lake
 
 pytestmark = pytest.mark.slow
@@ -27,9 +28,15 @@ def test_quickstart_end_to_end_then_rerun_sends_nothing(tmp_path, smollm2_dir):
         traces = lake.query("""SELECT t.model, t.completion, t.completion_tokens, c.origin, t.prompt_hash
                                FROM traces t JOIN captions c USING (caption_id)""").fetchall()
         tokens = lake.query("SELECT sum(prompt_tokens), sum(completion_tokens) FROM traces").fetchone()
+        # one extraction: what a real model's trace stores as its answer is what its grade read
+        disagree = lake.query("""SELECT count(*) FROM traces t JOIN grades g ON g.ref_id = t.trace_id
+                                 WHERE t.answer IS DISTINCT FROM g.extracted""").fetchone()[0]
+        graded = lake.query("SELECT count(*) FROM grades WHERE ref_table = 'traces'").fetchone()[0]
     assert len(traces) == 48
-    assert all(r[0] == "HuggingFaceTB/SmolLM2-135M-Instruct" and r[3] == "source" for r in traces)
+    assert all(r[0] == identity("smollm2-135m-instruct") and r[3] == "source" for r in traces)
+    assert identity("smollm2-135m-instruct").startswith("HuggingFaceTB/SmolLM2-135M-Instruct@")
     assert sum(bool(r[1].strip()) for r in traces) >= 40  # a real model writes real text
     assert tokens[0] > 24 * 50 and tokens[1] > 48
+    assert graded == 48 and disagree == 0
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0 and "48 cached + 0 generated" in again.stderr and "nothing new" in again.stderr
