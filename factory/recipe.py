@@ -27,10 +27,11 @@ from typing import Any
 import yaml
 
 from vlfactory.backends import Sampling, backend_config_class
+from vlfactory.redact import find_secret, redact
 
 FORMATS = ("hf", "parquet", "jsonl", "json", "imagefolder", "synthetic")
 COLUMN_KEYS = ("question", "answer", "image", "choices", "caption", "id", "split")
-SECRET_KEYS = ("api_key", "token", "hf_token", "password", "secret")
+MAX_IMAGE_BYTES = 64 * 2**20
 
 
 class RecipeError(ValueError):
@@ -168,6 +169,7 @@ class IngestConfig:
     decontaminate_by: list[str] = field(default_factory=lambda: ["image", "question"])
     batch_rows: int = 500
     full_decode: bool = False
+    max_image_bytes: int = MAX_IMAGE_BYTES
 
 
 @dataclass
@@ -218,6 +220,7 @@ class Recipe:
     loop: LoopConfig | None = None
     batch_rows: int = 500             # rows per catalog commit during ingest
     full_decode: bool = False         # inflate every pixel when checking images (default: verify every byte)
+    max_image_bytes: int = MAX_IMAGE_BYTES  # a larger image file is rejected unread (image_too_large)
     description: str | None = None
     # filled by load_recipe
     text: str = field(default="", repr=False, metadata={"internal": True})
@@ -237,7 +240,7 @@ class Recipe:
         rollout_prompt = self.rollout.prompt if self.rollout else None
         if name == "ingest":
             return IngestConfig(self.sources, self.benchmarks, self.decontaminate_by, self.batch_rows,
-                                self.full_decode)
+                                self.full_decode, self.max_image_bytes)
         if name == "distil":
             return dataclasses.replace(self.distil, captions=self.caption) if self.distil else None
         if name == "verify":
@@ -290,13 +293,20 @@ def find_recipe(ref: str | Path) -> Path:
 
 def load_recipe(ref: str | Path) -> Recipe:
     path = find_recipe(ref)
-    text = path.read_text()
+    if not path.is_file():
+        raise RecipeError(f"{path}: not a regular file (a recipe is a YAML file)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {e.start})") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise RecipeError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: not valid YAML (nested too deep)") from None
     # resolve(): in a strict editable install a shipped recipe is a symlink into the tree; its
     # relative paths are relative to the real file.
     return parse_recipe(raw, text=text, base=path.resolve().parent, path=str(path))
@@ -312,7 +322,9 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
     if isinstance(raw.get("lake"), str):
         raw["lake"] = {"catalog": raw["lake"]}
     recipe = _build(Recipe, raw, where)
-    recipe.text, recipe.path = text, path
+    # The text is stored in the catalog and published: credentials inside values (a URL's
+    # user:password@, password= in a lake URI) are masked there; the parsed values keep them.
+    recipe.text, recipe.path = redact(text), path
     base = base or Path.cwd()
     names = set()
     for group, sources in (("sources", recipe.sources), ("benchmarks", recipe.benchmarks)):
@@ -323,6 +335,10 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
             names.add(src.name)
     if not recipe.sources:
         raise RecipeError(f"{where}: `sources:` is empty; list at least one source")
+    if recipe.batch_rows < 1:
+        raise RecipeError(f"{where}: batch_rows: must be at least 1 (rows per catalog commit during ingest)")
+    if recipe.max_image_bytes < 1:
+        raise RecipeError(f"{where}: max_image_bytes: must be at least 1")
     bad = set(recipe.decontaminate_by) - {"image", "question"}
     if bad:
         raise RecipeError(f"{where}: decontaminate_by: unknown {sorted(bad)}; use image and/or question")
@@ -360,6 +376,7 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
                 raise RecipeError(f"{where}: loop.{kind}: {base / value} does not exist")
             if isinstance(value, str):
                 setattr(recipe.loop, kind, str((base / value).resolve()))
+                _no_secrets(_yaml_file(base / value), str(base / value))
     if recipe.lake.catalog and not recipe.lake.catalog.startswith("ducklake:"):
         recipe.lake.catalog = str((base / recipe.lake.catalog).resolve())
     return recipe
@@ -373,6 +390,11 @@ def _check_source(src: Source, where: str, base: Path) -> None:
         key = sorted(unknown)[0]
         raise RecipeError(f"{where}: columns.{key}: unknown schema column{_hint(key, COLUMN_KEYS)} "
                           f"(map any of {', '.join(COLUMN_KEYS)})")
+    for key, col in src.columns.items():
+        if col is not None and not isinstance(col, str):
+            raise RecipeError(f"{where}: columns.{key}: expected a column name or a \"{{template}}\", got {col!r}")
+        if col and ("{" in col or "}" in col):
+            _check_template(col, f"{where}: columns.{key}")
     if src.format == "synthetic":
         if src.n < 1:
             raise RecipeError(f"{where}: n: must be at least 1")
@@ -389,12 +411,30 @@ def _check_source(src: Source, where: str, base: Path) -> None:
     else:
         if not any(ch in src.path for ch in "*?[") and not local.exists():
             raise RecipeError(f"{where}: path: {local} does not exist")
+        if local.exists() and not (local.is_file() or local.is_dir()):  # a FIFO or a device would hang or never end
+            raise RecipeError(f"{where}: path: {local} is not a regular file or a folder")
         src.path = str(local)
     if src.images_root:
         root = _local(src.images_root, base)
         if not root.is_dir():
             raise RecipeError(f"{where}: images_root: {root} is not a folder")
         src.images_root = str(root)
+
+
+def _check_template(template: str, where: str) -> None:
+    """A column template names source columns only: `"tables/{id}.png"`, `"{a} {b}"`."""
+    import string
+
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise RecipeError(f"{where}: {template!r} is not a valid template ({e}); write a column as {{name}} and "
+                          "a literal brace as {{{{ or }}}}") from None
+    for name in fields:
+        # {0}, {} or {a.b}/{a[0]} would reach into positional arguments or attributes, not columns.
+        if not name or name.isdigit() or any(c in name for c in ".[]"):
+            raise RecipeError(f"{where}: {template!r}: {{{name}}} is not a column name; name a column, "
+                              "e.g. \"tables/{id}.png\"")
 
 
 def _template_ref(ref: str, base: Path) -> str:
@@ -422,16 +462,23 @@ def _local(p: str, base: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
-def _no_secrets(raw: Any, where: str, trail: str = "") -> None:
-    if isinstance(raw, dict):
-        for k, v in raw.items():
-            if str(k).lower() in SECRET_KEYS:
-                raise RecipeError(f"{where}: {trail}{k}: secrets do not belong in recipes (they are stored in the "
-                                  f"catalog); put it in an environment variable and name that variable instead")
-            _no_secrets(v, where, f"{trail}{k}.")
-    elif isinstance(raw, list):
-        for i, v in enumerate(raw):
-            _no_secrets(v, where, f"{trail}{i}.")
+def _no_secrets(raw: Any, where: str) -> None:
+    """Refuse a key that looks like it holds a secret, at any depth (vlfactory.redact.secret_key), and YAML
+    that is not a tree (a recursive anchor, an alias bomb)."""
+    try:
+        key = find_secret(raw)
+    except ValueError as e:
+        raise RecipeError(f"{where}: {e}") from None
+    if key:
+        raise RecipeError(f"{where}: {key}: secrets do not belong in recipes (they are stored in the catalog and "
+                          "published); put it in an environment variable and name that variable instead")
+
+
+def _yaml_file(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise RecipeError(f"{path}: {str(e).splitlines()[0]}") from None
 
 
 def _hint(key: str, options) -> str:

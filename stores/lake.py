@@ -35,6 +35,7 @@ from typing import Iterator
 import duckdb
 import pyarrow as pa
 
+from vlfactory.redact import redact
 from vlfactory.stores import schema
 
 DB = "lake"
@@ -59,7 +60,7 @@ class LakeSpec:
         if spec.startswith("ducklake:"):
             if data_path and "://" not in data_path:
                 data_path = str(Path(data_path).resolve()) + "/"
-            return cls(spec, data_path, _redact(spec))
+            return cls(spec, data_path, redact(spec))
         root = Path(spec).expanduser().resolve()
         data = data_path or str(root / "data") + "/"
         return cls(f"ducklake:{root / 'catalog.ducklake'}", data, str(root))
@@ -71,10 +72,6 @@ class LakeSpec:
         if rest.startswith(("postgres:", "sqlite:", "mysql:", "duckdb:")):
             return None
         return Path(rest).parent
-
-
-def _redact(uri: str) -> str:
-    return re.sub(r"(password\s*=\s*)\S+", r"\1***", uri, flags=re.I)
 
 
 _LOADED: set[str] = set()
@@ -458,6 +455,8 @@ class Lake:
         import hashlib
 
         self.run_id = uuid.uuid4().hex[:16]
+        # Credentials in a recipe's values or on the command line (--lake "...password=...") stay out.
+        recipe_text, argv = redact(recipe_text), redact(argv)
         recipe_hash = hashlib.sha256(recipe_text.encode()).hexdigest()[:16] if recipe_text else None
         with self.transaction(f"{command}: start"):
             self.con.execute(
@@ -474,7 +473,7 @@ class Lake:
             self.con.execute(
                 f"""UPDATE {DB}.runs SET ended_at = now(), status = ?, error = ?, counts = ?,
                     snapshot_end = (SELECT id FROM {DB}.current_snapshot()) WHERE run_id = ?""",
-                [status, error, {k: int(v) for k, v in (counts or {}).items()}, self.run_id])
+                [status, redact(error), {k: int(v) for k, v in (counts or {}).items()}, self.run_id])
 
 
 def _first_line(e: BaseException) -> str:

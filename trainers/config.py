@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from vlfactory.recipe import RecipeError
+from vlfactory.redact import find_secret
 
 # Used when no trainers YAML is given: tiny models, a few steps, any machine.
 TINY = {
@@ -92,6 +93,13 @@ def load_config(kind: str, source: str | Path | Mapping | None, output_dir: str 
             raise RecipeError(f"{where}: {str(e).splitlines()[0]}") from None
         if not isinstance(values, Mapping):
             raise RecipeError(f"{where}: expected a mapping of {cls.__name__} fields")
+    try:
+        secret = find_secret(dict(values))
+    except ValueError as e:
+        raise RecipeError(f"{where}: {e}") from None
+    if secret:  # the resolved settings are stored with the training and the file may be published
+        raise RecipeError(f"{where}: {secret}: secrets do not belong in trainer settings; the Hub token comes "
+                          "from HF_TOKEN or `hf auth login`")
     known = {f.name for f in dataclasses.fields(cls) if f.init} | set(PROCESSOR_KEYS)
     for key in values:
         if key == "output_dir":
