@@ -33,6 +33,10 @@ from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
 
 
+PROBE_SLICE = 8192                    # prompts per cache probe (one read of the table's key column each)
+HYDRATE_CHUNK = 256                   # prompts whose image bytes are fetched at once
+
+
 def sha(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
 
@@ -121,33 +125,38 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: GenerationConfig
     t0 = time.perf_counter()
 
     def pending() -> Iterator[Request]:
-        """Requests for the samples the lake lacks, checked in slices so memory stays flat."""
+        """Requests for the samples the lake lacks. Keys are probed in large slices (a probe reads the
+        table's key column once, so its cost is per slice, not per prompt); image bytes are fetched in
+        small chunks, only for the prompts that will be sent, so memory stays flat."""
         slice_: list[tuple[Prompt, str, list[str]]] = []
 
         def flush_slice():
-            keys = [k for _, _, ks in slice_ for k in ks]
-            have = lake.existing(table, "request_key", keys)
-            if hydrate:  # fetch image bytes only for the prompts that will be sent
-                hydrate([p for p, _, ks in slice_ if any(k not in have for k in ks)])
+            have = lake.existing(table, "request_key", [k for _, _, ks in slice_ for k in ks])
+            todo = []
             for prompt, pkey, ks in slice_:
                 missing = [i for i, k in enumerate(ks) if k not in have]
                 stats.cached += len(ks) - len(missing)
-                if not missing:
-                    continue
-                # Partial prompts ask only for the missing samples; the seed moves with them.
-                sampling = base if len(missing) == base.n else Sampling(
-                    **{**base.__dict__, "n": len(missing),
-                       "seed": None if base.seed is None else base.seed + missing[0]})
-                prompt.context["_samples"] = (missing, [ks[i] for i in missing])
-                stats.requests += 1
-                yield Request(key=pkey, messages=prompt.messages, sampling=sampling), prompt
+                if missing:
+                    todo.append((prompt, pkey, ks, missing))
+            for k in range(0, len(todo), HYDRATE_CHUNK):
+                chunk = todo[k:k + HYDRATE_CHUNK]
+                if hydrate:
+                    hydrate([prompt for prompt, *_ in chunk])
+                for prompt, pkey, ks, missing in chunk:
+                    # Partial prompts ask only for the missing samples; the seed moves with them.
+                    sampling = base if len(missing) == base.n else Sampling(
+                        **{**base.__dict__, "n": len(missing),
+                           "seed": None if base.seed is None else base.seed + missing[0]})
+                    prompt.context["_samples"] = (missing, [ks[i] for i in missing])
+                    stats.requests += 1
+                    yield Request(key=pkey, messages=prompt.messages, sampling=sampling), prompt
 
         for prompt in prompts:
             pkey = prompt_key(identity, base, template.hash, prompt.messages)
             ks = [sample_key(pkey, i) for i in range(base.n)]
             stats.wanted += base.n
             slice_.append((prompt, pkey, ks))
-            if len(slice_) >= 256:
+            if len(slice_) >= PROBE_SLICE:
                 yield from flush_slice()
                 slice_ = []
         yield from flush_slice()

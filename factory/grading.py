@@ -60,7 +60,7 @@ from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema
 from vlfactory.stores.lake import DB, Lake
 
-BATCH = 2000                          # samples per transaction
+BATCH = 16384                         # samples per transaction: each batch reads the tables once, so few batches
 TABLES = {"traces": "trace_id", "rollouts": "rollout_id"}
 REASONS = ("problem_missing", "invalid_text", "unparsable_gold", "truncated", "repetition", "too_long",
            "no_answer", "incorrect", "timeout", "error", "format_error", "mentions_caption", "duplicate")
@@ -257,18 +257,19 @@ def _scope(scope: Scope) -> str:
     return f"(s.problem_id IN (SELECT problem_id FROM {scope.problems()}){orphans})"
 
 
-def pending(lake: Lake, table: str, current: tuple[str, str], scope: Scope) -> tuple[list[str], int]:
-    """Ids of the samples in scope without a current grade, in problem order; and how many have one."""
+def pending(lake: Lake, table: str, current: tuple[str, str], scope: Scope) -> tuple[list[str], int, set[str]]:
+    """Ids of the samples in scope without a current grade, in problem order; how many have one; and
+    which of the pending ones have an older grade (to replace: only those need a delete)."""
     id_col = TABLES[table]
     rows = lake.con.execute(f"""
-        SELECT s.{id_col}, g.ref_id IS NOT NULL AS current
+        SELECT s.{id_col}, coalesce(g.current, false), g.ref_id IS NOT NULL
         FROM {DB}.{table} s LEFT JOIN {DB}.problems p ON p.problem_id = s.problem_id
-        LEFT JOIN (SELECT DISTINCT ref_id FROM {DB}.grades
-                   WHERE ref_table = ? AND verifier = ? AND settings_hash = ?) g ON g.ref_id = s.{id_col}
+        LEFT JOIN (SELECT ref_id, bool_or(verifier = ? AND settings_hash = ?) AS current FROM {DB}.grades
+                   WHERE ref_table = ? GROUP BY ref_id) g ON g.ref_id = s.{id_col}
         WHERE {_scope(scope)}
         ORDER BY p.source, p.source_id, s.problem_id, s.sample_index, s.{id_col}""",
-        [table, *current]).fetchall()
-    return [r[0] for r in rows if not r[1]], sum(r[1] for r in rows)
+        [*current, table]).fetchall()
+    return [r[0] for r in rows if not r[1]], sum(r[1] for r in rows), {r[0] for r in rows if r[2] and not r[1]}
 
 
 def fetch(lake: Lake, table: str, ids: list[str]) -> list[dict]:
@@ -296,19 +297,22 @@ def fetch(lake: Lake, table: str, ids: list[str]) -> list[dict]:
     return [r for r in rows if r["wanted"]]
 
 
-def commit(lake: Lake, table: str, grades: list[dict], rejected: list[dict]) -> int:
-    """One snapshot: these refs' older grades and verify rejections out, the new ones in; returns
-    how many older grades it replaced."""
-    ids = pa.table({"v": pa.array([g["ref_id"] for g in grades], pa.string())})
+def commit(lake: Lake, table: str, grades: list[dict], rejected: list[dict], graded_before: set[str]) -> int:
+    """One snapshot: these refs' older grades and verify rejections out (only for refs graded before:
+    a first grading reads neither table), the new ones in; returns how many older grades it replaced."""
+    replaced = [g["ref_id"] for g in grades if g["ref_id"] in graded_before]
     accepted = sum(g["accepted"] for g in grades)
+    old = 0
     with lake.transaction(f"verify: {len(grades)} {table} graded, {accepted} accepted"):
-        lake.con.register("_refs", ids)
-        try:
-            old = lake.con.execute(f"DELETE FROM {DB}.grades WHERE ref_table = ? AND ref_id IN "
-                                   "(SELECT v FROM _refs)", [table]).fetchone()[0]
-            lake.con.execute(f"DELETE FROM {DB}.rejected WHERE stage = 'verify' AND ref_id IN (SELECT v FROM _refs)")
-        finally:
-            lake.con.unregister("_refs")
+        if replaced:
+            lake.con.register("_refs", pa.table({"v": pa.array(replaced, pa.string())}))
+            try:
+                old = lake.con.execute(f"DELETE FROM {DB}.grades WHERE ref_table = ? AND ref_id IN "
+                                       "(SELECT v FROM _refs)", [table]).fetchone()[0]
+                lake.con.execute(f"DELETE FROM {DB}.rejected WHERE stage = 'verify' AND ref_id IN "
+                                 "(SELECT v FROM _refs)")
+            finally:
+                lake.con.unregister("_refs")
         lake.insert("grades", pa.Table.from_pylist(grades, schema=schema.GRADES))
         lake.insert("rejected", pa.Table.from_pylist(rejected, schema=schema.REJECTED))
     return old
@@ -340,16 +344,16 @@ def run(lake: Lake, cfg: VerifyConfig, scope: Scope, progress=None) -> StageResu
     current = (verifier(), settings_hash(cfg))
     result = StageResult("verify")
     t0 = time.perf_counter()
-    todo, regraded = {}, 0
+    todo, before, regraded = {}, {}, 0
     for table in TABLES:
-        todo[table], have = pending(lake, table, current, scope)
+        todo[table], have, before[table] = pending(lake, table, current, scope)
         result.wanted += len(todo[table]) + have
         result.cached += have
     for table, ids in todo.items():
         for k in range(0, len(ids), BATCH):
             rows = fetch(lake, table, ids[k:k + BATCH])
             grades, rejected = grade_rows(rows, table, cfg, *current, lake.run_id)
-            regraded += commit(lake, table, grades, rejected)
+            regraded += commit(lake, table, grades, rejected, before[table])
             result.written += len(grades)
             result.rejected.update(r["reason"] for r in rejected)
             if progress:

@@ -77,8 +77,10 @@ class GenerationConfig:
     model_id: str | None = None       # identity override, for a served model whose weights we cannot read
     prompt: str | None = None         # a shipped template name or a file path (default: the stage's own)
     sampling: Sampling = field(default_factory=Sampling)
-    commit_rows: int = 256            # commit generated rows every N rows...
-    commit_seconds: float = 10.0      # ...or every N seconds, whichever comes first
+    # Commit generated rows every `commit_seconds`, or sooner once `commit_rows` are waiting: a kill loses
+    # at most that much, and each commit's cost (a snapshot, a file, a key check) is paid per batch, not per row.
+    commit_rows: int = 8192
+    commit_seconds: float = 10.0
     options: Any = field(default=None, metadata={"internal": True})  # the backend's typed config
 
     @property
