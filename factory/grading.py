@@ -11,22 +11,28 @@ all of them, `ref_id` the trace or rollout id). Reasons, in the order the funnel
     invalid_text      U+FFFD replacement characters: the model's bytes were not valid UTF-8
     unparsable_gold   math-verify cannot read the gold answer
     truncated         the model hit max_tokens (finish_reason 'length')
-    repetition        a word n-gram of `repetition_ngram` words occurs more than `repetition_max` times
-    too_long          more than `max_words` words
+    repetition        opt-in (`repetition_max`): a word n-gram of `repetition_ngram` words occurs
+                      more than `repetition_max` times
+    too_long          opt-in: more than `max_words` words
     no_answer         no final answer found
     incorrect         the final answer is not the gold
     timeout, error    math-verify overran its time limit, or failed
     format_error      with `require_format`: not <think>...</think> ... <answer>...</answer>
-    mentions_caption  one of `forbidden_phrases`: the SFT model sees the image, never a caption
+    mentions_caption  opt-in: one of `forbidden_phrases` (OpenVLThinker keeps such chains; the
+                      reasoning prompt invites "the description")
     duplicate         the same completion (case and spacing aside) as a lower sample_index of its problem
 
-Cleaning (OpenVLThinker: MathVista 48.4 unfiltered, 62.5 cleaned): the reasoning is cut at the
-first `reflection_keywords` phrase that starts a sentence or a line ("Wait," cuts, "Waiter"
-does not), and the final answer kept: `<think>\\n{reasoning}\\n</think>\\n<answer>{answer}</answer>`,
-stored in `grades.cleaned` beside the original. `cleaned_ok` when that grades correct, an answer
-the kept reasoning states itself (a \\boxed{}, "the answer is") grades correct too (a chain only
-the reflection fixed is not kept), the kept reasoning is not empty, and it has at most
-`clean_max_words` words.
+Cleaning (OpenVLThinker, paper v1 Table 3: MathVista 48.4 unfiltered, 62.5 with reflections
+removed): the reasoning is cut at the first `reflection_keywords` phrase (the paper's: "Wait",
+"But wait", "But the question") that starts a sentence or a line ("Wait," cuts, "Waiter" does
+not); every line before it stays, and so does everything after `</think>` (the short
+justification and the `<answer>` as written; an `<answer>{extracted}</answer>` is added when
+the completion has none): `<think>\\n{kept}\\n</think>\\n{after}`, stored in `grades.cleaned`
+beside the original. `cleaned_ok` when the kept reasoning is not empty, and, opt-in, it has at
+most `clean_max_words` words (the paper's "under 500 words" variant, 55.0, which it did not
+adopt) and with `clean_reverify` an answer the kept reasoning states itself (a \\boxed{}, "the
+answer is") grades correct too (a chain only the reflection fixed). The sft set picks the
+shortest correct chain by its *original* length, then uses its cleaned text, as the paper does.
 
 Versioned and resumable: a grade is keyed by (ref_table, ref_id, verifier, settings_hash), the
 verifier being "vlfactory.verify VERSION / math-verify VERSION" and the settings the hash of
@@ -103,16 +109,25 @@ def _reflection(keywords: tuple[str, ...]) -> re.Pattern:
                       re.I | re.M)
 
 
-def clean(completion: str, answer: str, keywords: list[str]) -> tuple[str, str]:
-    """(the cleaned completion, the reasoning kept): reasoning cut at the first reflection, then `answer`.
+def clean(completion: str, answer: str | None, keywords: list[str]) -> tuple[str, str]:
+    """(the cleaned completion, the reasoning kept): reasoning cut at the first reflection, then what
+    follows `</think>` as written (an `<answer>{answer}</answer>` added when it has none).
 
-    >>> clean("<think>3 + 4 = 7. Wait, is it? Yes.</think> <answer>7</answer>", "7", ["Wait"])[0]
-    '<think>\\n3 + 4 = 7.\\n</think>\\n<answer>7</answer>'
+    >>> clean("<think>3 + 4 = 7. Wait, is it? Yes.</think> So 7. <answer>7</answer>", "7", ["Wait"])[0]
+    '<think>\\n3 + 4 = 7.\\n</think>\\nSo 7. <answer>7</answer>'
     """
     reasoning = split_reasoning(completion)
-    cut = _reflection(tuple(keywords)).search(reasoning)
+    cut = _reflection(tuple(keywords)).search(reasoning) if keywords else None
     kept = reasoning[:cut.start()].rstrip() if cut else reasoning
-    return f"<think>\n{kept}\n</think>\n<answer>{answer}</answer>", kept
+    end = completion.find("</think>")
+    if end != -1:
+        after = completion[end + len("</think>"):].strip()
+    else:   # no think tags: the reasoning is what precedes the <answer>, if any
+        start = completion.find("<answer>")
+        after = completion[start:].strip() if start != -1 else ""
+    if "<answer>" not in after:
+        after = f"{after}\n<answer>{answer}</answer>".strip()
+    return f"<think>\n{kept}\n</think>\n{after}", kept
 
 # ---- grading rows --------------------------------------------------------------------------
 
@@ -149,9 +164,10 @@ def grade_rows(rows: list[dict], table: str, cfg: VerifyConfig, verifier_: str, 
                                }.get(g.reason, f"the verifier failed on {said} vs {gold}")
         if r["finish_reason"] == "length":
             found["truncated"] = "hit max_tokens"
-        if loop := repeated_ngram([w.lower() for w in words], cfg.repetition_ngram, cfg.repetition_max):
+        if cfg.repetition_max is not None and (
+                loop := repeated_ngram([w.lower() for w in words], cfg.repetition_ngram, cfg.repetition_max)):
             found["repetition"] = f"{loop[0][:60]!r} x{loop[1]}"
-        if len(words) > cfg.max_words:
+        if cfg.max_words is not None and len(words) > cfg.max_words:
             found["too_long"] = f"{len(words)} words > {cfg.max_words}"
         if cfg.require_format and not verify.format_reward([text])[0]:
             found["format_error"] = "not <think>...</think> ... <answer>...</answer>"
@@ -194,8 +210,8 @@ def _clean_accepted(pairs: list[tuple[dict, dict]], cfg: VerifyConfig) -> None:
 
     A verdict depends only on the answer read (given the problem), so an answer that reads as
     the accepted one is correct without asking math-verify again; the others go through one
-    grade_many: the cleaned completion when its answer reads differently, and an answer the
-    kept reasoning states itself.
+    grade_many: the cleaned completion when its answer reads differently, and (with
+    `clean_reverify`) an answer the kept reasoning states itself.
     """
     items, checks = [], []
     for row, r in pairs:
@@ -205,14 +221,14 @@ def _clean_accepted(pairs: list[tuple[dict, dict]], cfg: VerifyConfig) -> None:
         start = len(items)
         if verify.extract_answer(row["cleaned"]) != row["extracted"]:
             items.append((row["cleaned"], *problem))
-        stated = verify.stated_answer(kept)
+        stated = verify.stated_answer(kept) if cfg.clean_reverify else None
         if stated is not None and stated != row["extracted"]:
             items.append((f"<answer>{stated}</answer>", *problem))
         checks.append((start, len(items), kept.strip() != ""))
     verdicts = verify.grade_many(items, timeout_s=cfg.timeout_s, rel_tol=cfg.rel_tol)
     for (row, _), (start, end, kept) in zip(pairs, checks):
         row["cleaned_ok"] = (kept and all(g.correct for g in verdicts[start:end])
-                             and row["cleaned_words"] <= cfg.clean_max_words)
+                             and (cfg.clean_max_words is None or row["cleaned_words"] <= cfg.clean_max_words))
 
 
 def _short(s: str | None, n: int = 60) -> str | None:

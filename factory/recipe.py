@@ -102,23 +102,30 @@ class DistilConfig(GenerationConfig):
     captions: CaptionConfig | None = field(default=None, metadata={"internal": True})
 
 
-REFLECTION_KEYWORDS = ["Wait", "But wait", "But the question", "Hmm", "Alternatively", "Let me double-check",
-                       "Let me re-check", "Let me verify"]
+# OpenVLThinker's reflection keywords, exactly (paper v1, section 3: the chain is cut at the first one).
+REFLECTION_KEYWORDS = ["Wait", "But wait", "But the question"]
+# The words whose frequency the paper follows across iterations (its figure on reflective behaviour).
+TRACKED_KEYWORDS = ["identify", "recall", "given", "provided", "first", "wait", "check", "maybe"]
 
 
 @dataclass
 class VerifyConfig:
-    """How the verify stage grades traces and rollouts, and cleans accepted traces for SFT."""
+    """How the verify stage grades traces and rollouts, and cleans accepted traces for SFT.
 
-    max_words: int = 2000             # longer completions: too_long
-    forbidden_phrases: list[str] = field(default_factory=lambda: [
-        "the caption", "the description", "the image description", "described in", "as described"])
+    The defaults are OpenVLThinker's: a correct final answer is kept, then cut at the paper's
+    reflection keywords. Every stricter filter (word caps, repetition, caption phrases, the
+    cleaned chain re-verified) is an opt-in.
+    """
+
+    max_words: int | None = None      # opt-in: longer completions are too_long
+    forbidden_phrases: list[str] = field(default_factory=list)  # opt-in: e.g. [the caption, the description]
     require_format: bool = False      # completions must be <think>...</think> ... <answer>...</answer>
     repetition_ngram: int = 12        # a word n-gram repeated...
-    repetition_max: int = 4           # ...more than this many times is a repetition loop
+    repetition_max: int | None = None  # opt-in: ...more than this many times is a repetition loop
     timeout_s: float = 5.0            # per item, for math-verify
     reflection_keywords: list[str] = field(default_factory=lambda: list(REFLECTION_KEYWORDS))
-    clean_max_words: int = 500        # the cleaned reasoning's word cap for SFT
+    clean_max_words: int | None = None  # opt-in: the paper's "chains under 500 words" variant (not adopted)
+    clean_reverify: bool = False      # opt-in: an answer the kept reasoning states must be correct too
     rel_tol: float = 1e-4
 
 

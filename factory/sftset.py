@@ -4,7 +4,10 @@ Candidates are the verify stage's accepted traces (iteration 1: distillation
 through captions), rollouts (later iterations: the RL model's own verified
 answers), or both. Per problem at most `per_problem` are kept, picked by a rule
 (`shortest` correct, `random` with a seed, `all`), and the mix is balanced
-across sources by the recipe's weights. Each example is image + the user
+across sources by the recipe's weights. `shortest` means the shortest chain as
+written, cleaned afterwards (OpenVLThinker keeps the shortest correct chain,
+then truncates it): a chain that cleaning would shorten most is not preferred
+for that; a candidate whose cleaning failed (`cleaned_ok` false) is passed over. Each example is image + the user
 prompt the trained model will see (the `rollout` template: question, choices,
 the think/answer instruction) -> the completion (cleaned: reflection
 truncated and capped, unless `cleaned: false`).
@@ -91,7 +94,7 @@ def pick(rows: list[dict], cfg: SFTSetConfig, stats: SetStats) -> list[dict]:
     for r in rows:
         if cfg.cleaned:
             if not r["cleaned_ok"]:
-                stats.dropped["failed cleaning (re-verify or word cap)"] += 1
+                stats.dropped["failed cleaning (empty, word cap or re-verify)"] += 1
                 continue
             r["text"], r["n_words"] = r["cleaned"], r["cleaned_words"]
         else:
@@ -102,8 +105,8 @@ def pick(rows: list[dict], cfg: SFTSetConfig, stats: SetStats) -> list[dict]:
         per_problem[r["problem_id"]].append(r)
     chosen: dict[str, list[dict]] = {}
     for pid, group in per_problem.items():
-        if cfg.pick == "shortest":
-            group.sort(key=lambda r: (r["n_words"], r["from_id"]))
+        if cfg.pick == "shortest":  # by the chain as written: pick, then clean
+            group.sort(key=lambda r: (r["words"], r["from_id"]))
         else:  # random and all: a seeded order, stable across runs
             group.sort(key=lambda r: _order_key(cfg.seed, r["from_id"]))
         chosen[pid] = group if cfg.pick == "all" else group[: cfg.per_problem]

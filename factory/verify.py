@@ -44,6 +44,17 @@ timeout; `grade` is safe to call from threads and from many processes.
 
 Reasons: "correct", "incorrect", "no_answer", "unparsable_gold" (math-verify cannot read the
 gold), "timeout", "error" (a worker died, or a bug: logged).
+
+Protocols. The rules above are `protocol="vlfactory"`, the default. `protocol="openvlthinker"` is
+the judge of the official evaluation script (OpenVLThinker's evaluation/eval_openvlthinker.py),
+verdict for verdict: a completion without "</answer>" is wrong; the answer is the text after the
+last "<answer>" up to the "</answer>" after it, stripped; a gold answer that is one of the
+`choices` becomes its option letter (`process_response`); correct iff gold and answer are equal
+ignoring case, or `mathruler.grader.grade_answer(gold, answer)` agrees (the argument order of the
+script). The only difference: mathruler runs in the worker processes with `timeout_s` (the script
+has no limit; sympy can hang), so a pathological answer is "timeout", not a hung evaluation.
+
+    grade("<think>x</think> <answer>B</answer>", "5", ["3", "5"], protocol="openvlthinker").correct   # True
 """
 
 from __future__ import annotations
@@ -72,6 +83,8 @@ MAX_ANSWER_CHARS = 1000     # a longer "answer" is compared as text only: sympy 
 WORKER_MEMORY = 2 << 30     # bytes of address space per worker: 9^{9^{9}} fails there, not in the machine
 WORKER_START_S = 120.0
 CHUNK = 32                  # math-verify jobs per message to a worker (grade_many)
+PROTOCOLS = ("vlfactory", "openvlthinker")
+OPTION_LETTERS = "ABCDEFGHIJ"  # the official script's option letters (process_response)
 
 # ---- finding the answer ------------------------------------------------------------------
 
@@ -381,11 +394,12 @@ def _is_text(s: str) -> bool:
 
 # ---- grading -------------------------------------------------------------------------------
 
-Job = tuple[str, str, int | None, str]   # (gold, pred, stated decimals, rel_tol): for math-verify
+# Work for a worker process: (the answer as extracted, the function's name in _WORK, its arguments).
+Job = tuple
 
 
 def grade(completion: str, answer: str, choices: Sequence[str] | None = None, question: str | None = None,
-          *, rel_tol: float = REL_TOL, timeout_s: float = TIMEOUT_S) -> Grade:
+          *, rel_tol: float = REL_TOL, timeout_s: float = TIMEOUT_S, protocol: str = "vlfactory") -> Grade:
     """Grade a completion's final answer against the gold `answer`; never raises.
 
     `choices` (a problem's choice texts) lets an answer name one by letter; without it, choices
@@ -397,13 +411,15 @@ def grade(completion: str, answer: str, choices: Sequence[str] | None = None, qu
     Grade(correct=True, extracted='B', reason='correct')
     >>> grade("I count 12 first, but the answer is 15.", "12")
     Grade(correct=False, extracted='15', reason='incorrect')
+    >>> grade("The answer is \\boxed{15}.", "15", protocol="openvlthinker")   # no </answer>: wrong
+    Grade(correct=False, extracted=None, reason='no_answer')
     """
-    judged = _safely(_judge, completion, answer, choices, question, rel_tol)
+    judged = _safely(_judge_for(protocol), completion, answer, choices, question, rel_tol)
     return judged if isinstance(judged, Grade) else _finish([judged], timeout_s)[0]
 
 
 def grade_many(items: Iterable[Mapping[str, Any] | Sequence[Any]], workers: int | None = None,
-               timeout_s: float = TIMEOUT_S, rel_tol: float = REL_TOL) -> list[Grade]:
+               timeout_s: float = TIMEOUT_S, rel_tol: float = REL_TOL, protocol: str = "vlfactory") -> list[Grade]:
     """Grade many items, in order; each is a mapping with keys completion, answer and optionally
     choices and question (other keys are ignored), or a tuple in that order.
 
@@ -415,7 +431,13 @@ def grade_many(items: Iterable[Mapping[str, Any] | Sequence[Any]], workers: int 
     """
     keys = ("completion", "answer", "choices", "question")
     args = [[item.get(k) for k in keys] if isinstance(item, Mapping) else list(item) for item in items]
-    results = [_safely(_judge, *a, rel_tol=rel_tol) for a in args]
+    judge = _judge_for(protocol)
+    results = [_safely(judge, *a, rel_tol=rel_tol) for a in args]
+    return _finish_all(results, workers, timeout_s)
+
+
+def _finish_all(results: list, workers: int | None, timeout_s: float) -> list[Grade]:
+    """Send the jobs among `results` to the worker processes; Grades stay as they are."""
     pending = [i for i, r in enumerate(results) if not isinstance(r, Grade)]
     if pending:
         n = min(len(pending), workers or os.cpu_count() or 1)
@@ -428,6 +450,12 @@ def grade_many(items: Iterable[Mapping[str, Any] | Sequence[Any]], workers: int 
                 for i, g in zip(chunk, graded):
                     results[i] = g
     return results
+
+
+def _judge_for(protocol: str):
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown grading protocol {protocol!r}; protocols: {', '.join(PROTOCOLS)}")
+    return _official if protocol == "openvlthinker" else _judge
 
 
 def _safely(judge, *args, **kwargs) -> Grade | Job:
@@ -471,7 +499,84 @@ def _judge(completion: str, answer: Any, choices: Sequence[str] | None = None, q
         return verdict(False)
     if gold_nums is not None and gold_nums[0] == ":":   # math-verify reads 5:0 as 5/0
         return verdict(False)
-    return gold, pred, decimals, tol
+    return pred, "math_verify", gold, pred, decimals, tol
+
+# ---- the official OpenVLThinker judge ----------------------------------------------------------
+
+
+def official_answer(completion: str) -> str | None:
+    """The answer as the official evaluation reads it: None without "</answer>", else the text after
+    the last "<answer>" up to the "</answer>" after it, stripped.
+
+    >>> official_answer("<think>a</think> <answer>1</answer> then <answer> 2 </answer>")
+    '2'
+    >>> official_answer("<answer>7") is None
+    True
+    """
+    if "</answer>" not in completion:
+        return None
+    return completion.split("<answer>")[-1].split("</answer>")[0].strip()
+
+
+def official_gold(answer: str, choices: Sequence[str] | None) -> str:
+    """The gold as the official evaluation compares it: its option letter when it is one of the choices.
+
+    >>> official_gold("5", ["3", "5"]), official_gold("5", None)
+    ('B', '5')
+    """
+    if choices:
+        try:
+            return OPTION_LETTERS[[str(c) for c in choices].index(answer)]
+        except (ValueError, IndexError):
+            pass
+    return answer
+
+
+def _official(completion: str, answer: Any, choices: Sequence[str] | None = None, question: str | None = None,
+              rel_tol: float = REL_TOL) -> Grade | Job:
+    pred = official_answer(completion)
+    if pred is None:
+        return Grade(False, None, "no_answer")
+    gold = official_gold(str(answer), choices)
+    if gold.lower() == pred.lower():
+        return Grade(True, pred, "correct")
+    return pred, "mathruler", gold, pred   # the script calls grade_answer(gold, answer)
+
+
+def _mathruler_grade(given: str, truth: str) -> tuple[bool, str]:
+    from mathruler.grader import grade_answer
+
+    ok = bool(grade_answer(given, truth))
+    return ok, "correct" if ok else "incorrect"
+
+
+_R1V_ANSWER = re.compile(r"<answer>(.*?)</answer>")   # no DOTALL, as in r1v.py
+
+
+def openvlthinker_reward(completions: list, answer: list[str], **kwargs) -> list[float]:
+    """The official GRPO reward (OpenVLThinker's train/easyr1/examples/reward_function/r1v.py): the first
+    one-line `<answer>...</answer>` (else the whole completion), correct iff
+    `mathruler.grader.grade_answer(given, gold)` or equal ignoring case; 1.0, or 0.5 when nothing
+    stands between `</think>` and `<answer>`; 0.0 when wrong. mathruler runs with a time limit.
+
+    >>> openvlthinker_reward(["<think>3 + 4</think> So 7. <answer>7</answer>", "<think>3 + 4</think><answer>7</answer>",
+    ...                       "<answer>8</answer>"], answer=["7", "7", "7"])
+    [1.0, 0.5, 0.0]
+    """
+    texts = [_content(c) for c in completions]
+    results: list = []
+    for text, gold in zip(texts, answer):
+        found = _R1V_ANSWER.search(text)
+        given = found.group(1).strip() if found else text.strip()
+        gold = str(gold)
+        ok = given.lower() == gold.lower()
+        results.append(Grade(True, given, "correct") if ok else (given, "mathruler", given, gold.strip()))
+    graded = _finish_all(results, None, TIMEOUT_S)
+    out = []
+    for text, g in zip(texts, graded):
+        bare = "</think>" in text and "<answer>" in text and not text.split("</think>")[-1].split("<answer>")[0].strip()
+        out.append((0.5 if bare else 1.0) if g.correct else 0.0)
+    return out
 
 
 def _finish(jobs: list[Job], timeout_s: float) -> list[Grade]:
@@ -480,7 +585,7 @@ def _finish(jobs: list[Job], timeout_s: float) -> list[Grade]:
     except Exception:
         log.warning("a math-verify worker failed", exc_info=True)
         verdicts = [(False, "error")] * len(jobs)
-    return [Grade(correct, job[1], reason) for job, (correct, reason) in zip(jobs, verdicts)]
+    return [Grade(correct, job[0], reason) for job, (correct, reason) in zip(jobs, verdicts)]
 
 # ---- math-verify, in worker processes --------------------------------------------------------
 
@@ -549,9 +654,9 @@ def _serve(fd: int) -> None:
             return
         for job in jobs:
             try:
-                verdict = _sympy_grade(*job)
+                verdict = _WORK[job[1]](*job[2:])
             except Exception:   # MemoryError under the limit above, RecursionError, a bug
-                log.warning("math-verify failed on %r", job[:2], exc_info=True)
+                log.warning("%s failed on %r", job[1], job[2:4], exc_info=True)
                 verdict = False, "error"
             conn.send(verdict)
 
@@ -625,6 +730,7 @@ class _Workers:
         return proc, ours
 
 
+_WORK = {"math_verify": _sympy_grade, "mathruler": _mathruler_grade}   # what a worker runs, by name
 _WORKERS = _Workers()
 os.register_at_fork(after_in_child=_WORKERS.forget)
 

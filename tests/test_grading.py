@@ -19,7 +19,8 @@ from vlfactory.stores.lake import Lake
 
 RECIPE = """sources:
   - {name: s, format: synthetic, n: 10}
-verify: {max_words: 200, require_format: true, clean_max_words: 60}
+verify: {max_words: 200, require_format: true, clean_max_words: 60, repetition_max: 4, clean_reverify: true,
+         forbidden_phrases: [the caption, the description]}
 """
 WORDY = " ".join(f"step {i} adds one more shape to the count." for i in range(40))   # 360 words, no loop
 ROWS = " ".join(f"Row {i} of the table holds eight." for i in range(12))                # 84 words, no loop
@@ -164,7 +165,7 @@ def test_cleaning_cuts_at_reflections_and_reverifies(lake):
     # "the answer is 16" before "But wait": the cleaned text still ends in <answer>14</answer>, yet fails
     assert fixed_by_reflection[0] == "<think>\nThe width is 7, so the answer is 16.\n</think>\n<answer>14</answer>"
     assert not fixed_by_reflection[1]
-    assert rows["r-geometry-0-2-0"][0].endswith("<answer>14</answer>") and rows["r-geometry-0-2-0"][1]
+    assert rows["r-geometry-0-2-0"][0].endswith("<answer>\\boxed{14}</answer>") and rows["r-geometry-0-2-0"][1]
     assert not rows["t-geometry-0-2-5"][1] and rows["t-geometry-0-2-5"][2] > 60    # over clean_max_words
     assert grading.clean("<think>one two. Hmm, three</think><answer>3</answer>", "3", ["Hmm"])[1] == "one two."
     assert grading.clean("<think>The answer: Alternatively  wait</think>", "3", ["Wait"])[1].endswith("wait")
