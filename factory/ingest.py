@@ -19,8 +19,10 @@ import itertools
 import hashlib
 import io
 import json
+import math
 import os
 import re
+import stat
 import string
 import time
 from collections import Counter
@@ -31,7 +33,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 
-from vlfactory.recipe import IngestConfig, RecipeError, Source
+from vlfactory.recipe import MAX_IMAGE_BYTES, IngestConfig, RecipeError, Source
 from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
@@ -98,12 +100,17 @@ def _files(pattern: str, suffixes: tuple[str, ...]) -> list[str]:
     return files
 
 
+# Text files are decoded with surrogateescape: a byte that is not UTF-8 becomes a lone surrogate in
+# that one row's strings, and map_row rejects the row (invalid_text) instead of the whole file failing.
+
 def _read_json(src: Source) -> Iterator[dict]:
     for path in _files(src.path, (".json",)):
         try:
-            data = json.loads(Path(path).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            data = json.loads(Path(path).read_bytes().decode("utf-8", "surrogateescape"))
+        except json.JSONDecodeError as e:
             raise RecipeError(f"{path}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise RecipeError(f"{path}: not valid JSON (nested too deep)") from None
         if isinstance(data, dict):
             # An object keyed by id: the key becomes the source id.
             for key, value in data.items():
@@ -120,31 +127,50 @@ def _read_json(src: Source) -> Iterator[dict]:
 
 def _read_jsonl(src: Source) -> Iterator[dict]:
     for path in _files(src.path, (".jsonl", ".json")):
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield {"_bad": f"{path}:{n}: invalid JSON ({e.msg})", "_key": f"line{n}"}
+                except (json.JSONDecodeError, RecursionError) as e:
+                    why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deep"
+                    yield {"_bad": f"{path}:{n}: invalid JSON ({why})", "_key": f"line{n}"}
                     continue
                 yield row if isinstance(row, dict) else {"_bad": f"{path}:{n}: not a JSON object", "_key": f"line{n}"}
 
 
 def _read_parquet(src: Source) -> Iterator[dict]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    for path in _files(src.path, (".parquet",)):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=512):
-            yield from batch.to_pylist()
+    files = []
+    for path in _files(src.path, (".parquet",)):  # every footer read up front: a broken file fails before any write
+        try:
+            files.append((path, pq.ParquetFile(path)))
+        except (pa.ArrowException, OSError) as e:
+            raise RecipeError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
+    for path, f in files:
+        try:
+            for batch in f.iter_batches(batch_size=512):
+                yield from batch.to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            raise RecipeError(f"{path}: not a readable Parquet file ({_first_line(e)}); the rows before it are "
+                              "stored, a rerun after fixing it adds the rest") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 def _read_hf(src: Source) -> Iterator[dict]:
     import datasets
 
-    ds = datasets.load_dataset(src.path, src.subset, split=src.split, data_dir=src.data_dir,
-                               data_files=src.data_files, revision=src.revision)
+    try:
+        ds = datasets.load_dataset(src.path, src.subset, split=src.split, data_dir=src.data_dir,
+                                   data_files=src.data_files, revision=src.revision)
+    except Exception as e:  # datasets raises many types (missing repo, no network, bad files, bad split)
+        raise RecipeError(f"{src.path}: datasets cannot load it ({type(e).__name__}: {_first_line(e)})") from None
     # Keep images as their original bytes: decoding and re-encoding would change the hash.
     for name, feature in ds.features.items():
         if isinstance(feature, datasets.Image):
@@ -157,7 +183,9 @@ def _read_imagefolder(src: Source) -> Iterator[dict]:
     meta: dict[str, dict] = {}
     for name in ("metadata.jsonl", "metadata.csv", "metadata.parquet"):
         for mpath in root.rglob(name):
-            for row in _read_metadata(mpath):
+            for n, row in enumerate(_read_metadata(mpath), 1):
+                if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+                    raise RecipeError(f"{mpath}: row {n} has no file_name (the image's path relative to it)")
                 meta[str((mpath.parent / row["file_name"]).resolve())] = row
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
         row = dict(meta.get(str(path.resolve()), {}))
@@ -171,15 +199,21 @@ def _read_imagefolder(src: Source) -> Iterator[dict]:
 
 
 def _read_metadata(path: Path) -> Iterable[dict]:
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if path.suffix == ".csv":
-        import csv
+    import csv
 
-        return list(csv.DictReader(path.open()))
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(path).to_pylist()
+    try:
+        if path.suffix == ".jsonl":
+            text = path.read_bytes().decode("utf-8", "surrogateescape")
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        if path.suffix == ".csv":
+            with path.open(encoding="utf-8", errors="surrogateescape", newline="") as f:
+                return list(csv.DictReader(f))
+        return pq.read_table(path).to_pylist()
+    except (ValueError, RecursionError, csv.Error, pa.ArrowException, OSError) as e:
+        raise RecipeError(f"{path}: not valid {path.suffix[1:]} metadata ({_first_line(e)})") from None
 
 
 def _read_synthetic(src: Source) -> Iterator[dict]:
@@ -209,6 +243,8 @@ def _fields(template: str) -> list[str]:
 
 def check_columns(src: Source, first: dict) -> None:
     """Fail before any write when the mapping names a column the data lacks."""
+    if "_bad" in first:  # an unreadable row says nothing about the columns; it is rejected on its own
+        return
     mapping = column_map(src)
     for key, col in mapping.items():
         if col is None or (key not in src.columns and key not in ("question", "answer")):
@@ -223,7 +259,8 @@ def check_columns(src: Source, first: dict) -> None:
 def preflight(recipe: IngestConfig) -> None:
     """Read each source's first row and check the mapping, before anything is written."""
     for src in recipe.sources + recipe.benchmarks:
-        first = next(read_source(src), None)
+        rows = read_source(src)
+        first = next((row for row, _ in zip(rows, range(1000)) if "_bad" not in row), None)
         if first is not None:
             check_columns(src, first)
 
@@ -239,7 +276,7 @@ def map_row(src: Source, mapping: dict[str, str | None], raw: dict, index: int) 
         if "{" in col:
             try:
                 return col.format_map(raw)
-            except (KeyError, IndexError, ValueError) as e:
+            except (KeyError, IndexError, ValueError, TypeError, AttributeError) as e:
                 raise Reject("unmappable_column", f"columns.{key}: template {col!r} needs {e} which this row lacks")
         if col not in raw:
             if key in src.columns:
@@ -247,30 +284,90 @@ def map_row(src: Source, mapping: dict[str, str | None], raw: dict, index: int) 
             return None  # an optional column left at its default name
         return raw[col]
 
-    source_id = get("id")
-    source_id = str(source_id if source_id is not None else raw.get("_key", index))
-    question = get("question")
-    answer = get("answer")
-    if question is None or not str(question).strip():
+    source_id = _text(get("id"), "id", scalar=True)
+    if source_id is None:
+        source_id = _text(raw.get("_key", index), "id", scalar=True)
+    question = _text(get("question"), "question", scalar=True, missing="empty_question")
+    if question is None or not question.strip():
         raise Reject("empty_question", "the question is missing or empty")
-    if answer is None or (isinstance(answer, str) and not answer.strip()) or answer == []:
-        raise Reject("missing_answer", "the answer is missing or empty")
+    answer = _answer(get("answer"))
     choices = get("choices")
-    if isinstance(choices, str):
+    if isinstance(choices, (bytes, str)):
+        text = _text(choices, "choices")
         try:
-            choices = json.loads(choices)
-        except json.JSONDecodeError:
-            raise Reject("bad_choices", f"choices is a string that is not a JSON list: {choices[:80]!r}")
+            choices = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            raise Reject("bad_choices", f"choices is a string that is not a JSON list: {_printable(text[:80])!r}")
     if choices is not None:
         if not isinstance(choices, (list, tuple)):
             raise Reject("bad_choices", f"choices must be a list, got {type(choices).__name__}")
-        choices = [str(c) for c in choices]
-    caption = get("caption")
-    split = get("split") if "split" in mapping else None
-    return Row(source_id=source_id, question=str(question).strip(),
-               answer=(answer if isinstance(answer, str) else json.dumps(answer) if isinstance(answer, (list, dict)) else str(answer)).strip(),
-               choices=choices or None, caption=None if caption is None else str(caption),
-               split=str(split) if split is not None else src.split, image=get("image"), raw=raw)
+        choices = [_text(c, "choices", scalar=True, missing="bad_choices") for c in choices]
+        if None in choices:
+            raise Reject("bad_choices", "choices holds an empty (null) option")
+    caption = _text(get("caption"), "caption", scalar=True)
+    split = _text(get("split"), "split", scalar=True) if "split" in mapping else None
+    return Row(source_id=source_id, question=question.strip(), answer=answer, choices=choices or None,
+               caption=caption, split=split if split is not None else src.split, image=get("image"), raw=raw)
+
+
+def _text(value: Any, what: str, scalar: bool = False, missing: str | None = None) -> str | None:
+    """A text field as a str that stores: bytes must be UTF-8; a str must hold no lone surrogate (a JSON
+    `\\ud800`, or a byte of the file that was not UTF-8); numbers become their text when `scalar`, a NaN is
+    a missing value (rejected as `missing` when that is given), an infinity is rejected."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise Reject("invalid_text", f"{what} is not UTF-8 text (byte {e.start}: {bytes(value)[e.start:e.start + 1]!r})")
+    if isinstance(value, float) and scalar:
+        if math.isnan(value):
+            if missing:
+                raise Reject(missing, f"{what} is NaN (a missing value)")
+            return None
+        if math.isinf(value):
+            raise Reject(f"bad_{what}", f"{what} is {value}, not a value")
+    if value is None or isinstance(value, str):
+        pass
+    elif scalar and isinstance(value, (int, float)):  # bool is an int: True -> "True"
+        value = str(value)
+    else:
+        raise Reject(f"bad_{what}", f"{what} must be text, got {type(value).__name__}: {_printable(str(value)[:80])}")
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise Reject("invalid_text", f"{what} is not valid text: {value[e.start]!r} at {e.start} is a lone "
+                                         "surrogate (an escape in the JSON, or a byte that was not UTF-8)")
+    return value
+
+
+def _answer(value: Any) -> str:
+    """The gold answer as text: a string, a number (not NaN or infinite), or a list/mapping of them as JSON."""
+    if isinstance(value, (list, tuple, dict)):
+        if not value:
+            raise Reject("missing_answer", "the answer is missing or empty")
+        try:
+            value = json.dumps(value, allow_nan=False)
+        except ValueError:
+            raise Reject("bad_answer", "the answer holds NaN or an infinity")
+        except TypeError as e:
+            raise Reject("bad_answer", f"the answer is not JSON-like: {e}")
+    answer = _text(value, "answer", scalar=True, missing="missing_answer")
+    if answer is None or not answer.strip():
+        raise Reject("missing_answer", "the answer is missing or empty")
+    return answer.strip()
+
+
+def _source_ref(source: str, mapping: dict[str, str | None], raw: dict, index: int) -> str:
+    """SOURCE:ID of a row that could not be mapped: its id column when it has one, else its key or position."""
+    col = mapping.get("id")
+    value = raw.get(col) if col and "{" not in col else None
+    return _printable(f"{source}:{raw.get('_key', index) if value is None else value}")
+
+
+def _printable(text: str) -> str:
+    """Text that stores and prints: a lone surrogate becomes its escape (\\udc80)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # ---- images -------------------------------------------------------------------
@@ -307,8 +404,8 @@ def _check_image(data: bytes, full_decode: bool) -> tuple[int, int, str]:
     return width, height, fmt
 
 
-def load_image(value: Any, root: Path, full_decode: bool = False) -> CheckedImage:
-    """Read an image's original bytes, prove they decode, and hash them."""
+def load_image(value: Any, root: Path, full_decode: bool = False, max_bytes: int = MAX_IMAGE_BYTES) -> CheckedImage:
+    """Read an image's original bytes (at most `max_bytes`), prove they decode, and hash them."""
     from PIL import Image
 
     path = None
@@ -324,13 +421,7 @@ def load_image(value: Any, root: Path, full_decode: bool = False) -> CheckedImag
         data = bytes(value)
     elif isinstance(value, (str, os.PathLike)):
         path = os.path.join(root, os.path.expanduser(value))  # an absolute path stays as it is
-        try:
-            with open(path, "rb", buffering=0) as f:  # unbuffered: one read of the whole file
-                data = f.read()
-        except FileNotFoundError:
-            raise Reject("missing_image", f"image file not found: {path}")
-        except OSError as e:
-            raise Reject("missing_image", f"cannot read image {path}: {e.strerror or e}")
+        data = _read_image_file(path, max_bytes)
     elif isinstance(value, Image.Image):
         # Already decoded upstream (no original bytes): store a lossless PNG of it.
         buf = io.BytesIO()
@@ -341,6 +432,8 @@ def load_image(value: Any, root: Path, full_decode: bool = False) -> CheckedImag
                      "no image in this row" if value is None else f"unsupported image value {type(value).__name__}")
     if not data:
         raise Reject("bad_image", f"empty image file{f': {path}' if path else ''}")
+    if len(data) > max_bytes:
+        raise Reject("image_too_large", f"{len(data)} bytes, over max_image_bytes ({max_bytes})")
     try:
         width, height, fmt = _check_image(data, full_decode)
     except Exception as e:  # PIL raises many types for bad data
@@ -349,14 +442,52 @@ def load_image(value: Any, root: Path, full_decode: bool = False) -> CheckedImag
     return CheckedImage(hashlib.sha256(data).hexdigest(), data, width, height, fmt)
 
 
+def _read_image_file(path: str, max_bytes: int) -> bytes:
+    """A regular file's bytes, refused unread when it is larger than `max_bytes`.
+
+    Opened non-blocking and checked on the open descriptor, so a FIFO (which would block until a
+    writer came) or a device (/dev/zero never ends) is rejected, not read, and a file swapped in
+    after a check is still the file checked.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise Reject("missing_image", f"image file not found: {path}")
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        raise Reject("missing_image", f"cannot read image {path}: {getattr(e, 'strerror', None) or e}")
+    with open(fd, "rb", buffering=0) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                    else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a file")
+            raise Reject("bad_image", f"{path} is {kind}, not a regular file")
+        if st.st_size > max_bytes:
+            raise Reject("image_too_large", f"{path}: {st.st_size} bytes, over max_image_bytes ({max_bytes})")
+        chunks, size = [], 0
+        try:
+            # Ask for the size fstat gave (plus one, to see the end); a file that grows stops at the cap.
+            while chunk := f.read(min(st.st_size + 1, max_bytes + 1 - size)):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > max_bytes:
+                    raise Reject("image_too_large", f"{path}: over max_image_bytes ({max_bytes})")
+        except OSError as e:
+            raise Reject("missing_image", f"cannot read image {path}: {e.strerror or e}")
+    return b"".join(chunks)
+
+
 # ---- ids and fingerprints -------------------------------------------------------
 
 def problem_id(image_id: str | None, question: str, answer: str) -> str:
     return hashlib.sha256("\x1f".join((image_id or "", question, answer)).encode()).hexdigest()[:16]
 
 
-def rejected_id(stage: str, reason: str, ref_id: str) -> str:
-    return hashlib.sha256("\x1f".join((stage, reason, ref_id)).encode()).hexdigest()[:16]
+def rejected_id(source: str, position: int, reason: str, payload: str) -> str:
+    """A rejected source row's identity: its source, its position in the source's read order and its
+    content, with the reason. Two rows sharing a source id are two rejections; the same row rejected
+    again by a rerun is the one already stored."""
+    key = "\x1f".join(("ingest", source, str(position), reason, payload))
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 _PUNCT = re.compile(r"[^\w\s]")
@@ -391,7 +522,7 @@ def benchmark_fingerprints(recipe: IngestConfig, workers: int) -> Fingerprints:
             fp.questions.add(normalise_question(row.question))
             if row.image is not None:
                 try:
-                    fp.images.add(load_image(row.image, root).image_id)
+                    fp.images.add(load_image(row.image, root, max_bytes=recipe.max_image_bytes).image_id)
                 except Reject:
                     pass
     return fp
@@ -437,15 +568,18 @@ def _batches(it: Iterable, n: int) -> Iterator[list]:
 
 
 def _payload(raw: dict) -> str:
+    """The row as JSON text that stores: bytes by their size and digest, lone surrogates escaped."""
     def clean(v):
         if isinstance(v, (bytes, bytearray, memoryview)):
-            return f"<{len(v)} bytes>"
+            return f"<{len(v)} bytes sha256:{hashlib.sha256(v).hexdigest()[:16]}>"
         if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
             return [clean(x) for x in v]
         return v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
-    return json.dumps(clean({k: v for k, v in raw.items() if not k.startswith("_")}), ensure_ascii=False, default=str)[:100_000]
+    text = json.dumps(clean({k: v for k, v in raw.items() if not str(k).startswith("_")}), ensure_ascii=False,
+                      default=str)
+    return _printable(text[:100_000])
 
 
 @dataclass
@@ -475,7 +609,7 @@ class LakeKeys:
 
 def ingest_source(lake: Lake, src: Source, recipe: IngestConfig, fingerprints: Fingerprints,
                   pool: ThreadPoolExecutor, writer: ThreadPoolExecutor,
-                  progress: Callable[[int], None] | None = None) -> Tally:
+                  progress: Callable[[int, Counter], None] | None = None) -> Tally:
     tally = Tally(src.name)
     loading = writer.submit(LakeKeys().read, lake)  # read while the first batch is prepared
     mapping, root = column_map(src), _images_root(src)
@@ -494,9 +628,10 @@ def ingest_source(lake: Lake, src: Source, recipe: IngestConfig, fingerprints: F
         for i, raw in items:
             try:
                 row = map_row(src, mapping, raw, i)
-                out.append((row, load_image(row.image, root, recipe.full_decode) if wants_image else None, None))
+                image = load_image(row.image, root, recipe.full_decode, recipe.max_image_bytes) if wants_image else None
+                out.append((i, row, image, None))
             except Reject as r:
-                out.append(((i, raw), None, r))
+                out.append((i, raw, None, r))
         return out
 
     # Verifying an image costs less than handing it to another thread; full pixel
@@ -506,34 +641,34 @@ def ingest_source(lake: Lake, src: Source, recipe: IngestConfig, fingerprints: F
     for chunk in _batches(enumerate(itertools.chain([first], rows)), recipe.batch_rows):
         images: dict[str, CheckedImage] = {}
         problems, rejected = [], []
-        for row, image, rej in itertools.chain.from_iterable(mapper(prepare, _chunks(chunk, 64))):
+        for i, row, image, rej in itertools.chain.from_iterable(mapper(prepare, _chunks(chunk, 64))):
             tally.read += 1
             if rej is not None:
-                i, raw = row
-                ref = f"{src.name}:{raw.get('id', raw.get('_key', f'#{i}'))}"
-                rejected.append((rej.reason, rej.detail, ref, _payload(raw)))
+                ref = _source_ref(src.name, mapping, row, i)
+                rejected.append((rej.reason, _printable(rej.detail), ref, _payload(row), i))
                 continue
             image_id = image.image_id if image else None
             pid = problem_id(image_id, row.question, row.answer)
             ref = f"{src.name}:{row.source_id}"
             why = fingerprints.match(image_id, row.question, recipe.decontaminate_by)
             if why:
-                rejected.append(("contaminated", f"{ref}: {why}", ref, _payload(row.raw)))
+                rejected.append(("contaminated", f"{ref}: {why}", ref, _payload(row.raw), i))
                 continue
             if pid in seen:
                 rejected.append(("duplicate", f"{ref}: same image, question and answer as {seen[pid]}",
-                                 ref, _payload(row.raw)))
+                                 ref, _payload(row.raw), i))
                 continue
             seen[pid] = ref
             if image:
                 images[image_id] = image
             problems.append((pid, row, image_id))
-        tally.rejected.update(r[0] for r in rejected)
+        reasons = Counter(r[0] for r in rejected)
+        tally.rejected.update(reasons)
         if pending is not None:
             pending.result()
         pending = writer.submit(_write_batch, lake, src, loading.result(), images, problems, rejected, tally)
         if progress:
-            progress(len(chunk))
+            progress(len(chunk), reasons)
     if pending is not None:
         pending.result()
     return tally
@@ -547,7 +682,7 @@ def _write_batch(lake: Lake, src: Source, keys: LakeKeys, images: dict[str, Chec
                  rejected: list, tally: Tally) -> None:
     run = lake.run_id
     rejected_table = pa.Table.from_pylist([
-        {"rejected_id": rejected_id("ingest", r[0], r[2]), "stage": "ingest", "reason": r[0], "reasons": [r[0]],
+        {"rejected_id": rejected_id(src.name, r[4], r[0], r[3]), "stage": "ingest", "reason": r[0], "reasons": [r[0]],
          "detail": r[1], "ref_id": r[2], "source": src.name, "payload": r[3], "run_id": run} for r in rejected],
         schema=schema.REJECTED)
     while True:
@@ -587,7 +722,7 @@ def _write_batch(lake: Lake, src: Source, keys: LakeKeys, images: dict[str, Chec
 
 
 def ingest(lake: Lake, recipe: IngestConfig, workers: int | None = None,
-           progress_factory: Callable[[str, int | None], Callable[[int], None]] | None = None) -> list[Tally]:
+           progress_factory: Callable[[str, int | None], Callable[[int, Counter], None]] | None = None) -> list[Tally]:
     """Ingest every source of a recipe; returns one tally per source.
 
     One writer thread reads the lake's ids, then commits each batch (DuckDB
@@ -619,8 +754,13 @@ def run(lake: Lake, cfg: IngestConfig, scope: Scope, progress=None) -> StageResu
     preflight(cfg)
     result = StageResult("ingest")
     t0 = time.perf_counter()
-    factory = (lambda name, total: lambda n: progress(result, n)) if progress else None
-    tallies = ingest(lake, cfg, progress_factory=factory)
+
+    def batch_done(n: int, reasons: Counter) -> None:
+        result.rejected.update(reasons)  # live, for progress lines; the tallies below are the final word
+        progress(result, n)
+
+    tallies = ingest(lake, cfg, progress_factory=(lambda name, total: batch_done) if progress else None)
+    result.rejected = Counter()
     for t in tallies:
         result.wanted += t.read
         result.written += t.ingested
