@@ -261,6 +261,36 @@ def _m007_one_verdict_content_identity(con, db: str) -> None:
     con.execute(f"ALTER TABLE {db}.evals ADD COLUMN model_name VARCHAR")
 
 
+EVAL_SAMPLES = pa.schema([
+    ("eval_key", pa.string()),      # the evaluation it belongs to (evals.eval_key: evaluated once)
+    ("model", pa.string()),         # the identity of the model that answered
+    ("benchmark", pa.string()),
+    ("source_id", pa.string()),     # the benchmark row
+    ("sample_index", pa.int32()),
+    ("question", pa.string()),
+    ("answer", pa.string()),        # the gold, as the benchmark has it
+    ("prompt", pa.string()),        # the text the model saw after the image
+    ("completion", pa.string()),
+    ("extracted", pa.string()),     # the answer as the protocol reads it (None: none)
+    ("correct", pa.bool_()),
+    ("reason", pa.string()),        # correct, incorrect, no_answer, ... (the protocol's reason)
+    ("protocol", pa.string()),      # vlfactory | openvlthinker | judge
+    ("judge", pa.string()),         # the judge model's own text, for protocol judge
+    ("words", pa.int32()),
+    ("completion_tokens", pa.int64()),
+    ("finish_reason", pa.string()),
+    ("run_id", pa.string()),
+])
+
+
+def _m008_eval_samples_and_pass_at_k(con, db: str) -> None:
+    # Every answer of every evaluation, so a report can show any of them, and pass@k over n samples.
+    con.execute(f"CREATE TABLE {db}.eval_samples ({_ddl(EVAL_SAMPLES)}, created_at TIMESTAMPTZ DEFAULT now())")
+    for column, kind in (("stage", "VARCHAR"), ("protocol", "VARCHAR"), ("prompt_format", "VARCHAR"),
+                         ("samples_per_problem", "INTEGER"), ("pass_at_k", "DOUBLE[]")):
+        con.execute(f"ALTER TABLE {db}.evals ADD COLUMN {column} {kind}")
+
+
 # (version, name, function): append only; never edit an applied migration.
 MIGRATIONS = [
     (1, "initial tables", _m001_initial),
@@ -271,7 +301,9 @@ MIGRATIONS = [
     (6, "trainings.error", _m006_training_errors),
     (7, "verdicts only in grades (pass_rates over grades), models table, identities in trainings and evals",
      _m007_one_verdict_content_identity),
+    (8, "eval_samples table; evals.stage, protocol, prompt_format, samples_per_problem, pass_at_k",
+     _m008_eval_samples_and_pass_at_k),
 ]
 
 TABLES = ("images", "problems", "captions", "traces", "rollouts", "rejected", "runs", "tags", "prompts",
-          "grades", "sft", "rl", "trainings", "evals", "models")
+          "grades", "sft", "rl", "trainings", "evals", "models", "eval_samples")
