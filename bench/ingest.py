@@ -33,8 +33,8 @@ SHARED = REPO.parent / "shared" / "data"
 def recipes(tmp: Path) -> dict[str, Path]:
     out = {}
     if (SHARED / "tabmwp-dev1k").exists():
-        out["tabmwp"] = REPO / "recipes" / "tabmwp.yaml"
-        out["dynamath"] = REPO / "recipes" / "dynamath.yaml"
+        out["tabmwp"] = REPO / "tests" / "recipes" / "tabmwp.yaml"
+        out["dynamath"] = REPO / "tests" / "recipes" / "dynamath.yaml"
     synth = tmp / "synthetic.yaml"
     synth.write_text("sources:\n  - {name: synthetic, format: synthetic, n: 1000, seed: 1}\n")
     out["synthetic"] = synth
