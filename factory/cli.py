@@ -24,7 +24,9 @@ class UserError(click.ClickException):
     exit_code = 2
 
     def show(self, file=None) -> None:
-        click.secho(f"error: {self.message}", err=True, fg="red")
+        from vlfactory.redact import redact
+
+        click.secho(f"error: {redact(self.message)}", err=True, fg="red")  # a base_url's password, say
 
 
 def friendly(fn):
@@ -160,30 +162,84 @@ def _run(recipe_ref: str, lake_spec, data_path, stages: list[str], limit: int | 
                       f"(name it with `vlfactory tag NAME`)")
 
 
+PROGRESS_S = 30.0  # seconds between progress lines when the output is not a terminal [env VLFACTORY_PROGRESS_S]
+
+
 def _progress(console, name: str):
-    """A bar per stage: done/total, requests/s, tokens/s, cache hits, failures, ETA."""
+    """Per stage, progress as done/total, rate, ETA, cache hits and failures: a bar on a terminal, and
+    where a bar cannot be seen (piped, nohup, a SLURM log) a plain line every VLFACTORY_PROGRESS_S
+    seconds (default 30; 0 prints one at every update) while the stage runs, whether or not anything
+    finished since (a stalled server shows as a falling rate)."""
     import contextlib
+    import os
+    import threading
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    try:
+        interval = max(0.0, float(os.environ.get("VLFACTORY_PROGRESS_S", PROGRESS_S)))
+    except ValueError:
+        interval = PROGRESS_S
 
     @contextlib.contextmanager
     def cm():
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+        lines = not console.is_terminal
+        with Progress(*columns, console=console, transient=True, disable=lines) as bar:
             task = bar.add_task(name, total=None, rate="")
             start = time.perf_counter()
             received = 0
+            state = None  # (done, total, received, requests, tokens, cached, failed, rejected): the last update's
+
+            def say() -> None:
+                dt = max(time.perf_counter() - start, 1e-9)
+                if state is None:
+                    console.print(f"{name}: running for {_duration(dt)}, nothing finished yet", markup=False,
+                                  highlight=False, soft_wrap=True)
+                    return
+                done, total, got, requests, tokens, cached, failed, rejected = state
+                rate = got / dt
+                head = f"{name}: {done}/{total} ({100 * done / total:.0f}%)" if total else f"{name}: {done} done"
+                eta = (f", ETA {_duration((total - done) / rate)}" if rate > 0 else ", ETA unknown") if total else ""
+                tail = f", {requests / dt:.1f} req/s, {tokens / dt:.0f} tok/s" if requests else ""
+                console.print(f"{head}, {rate:.1f}/s{eta}{tail}; cached {cached}, failed {failed}, rejected {rejected}; "
+                              f"{_duration(dt)} elapsed", markup=False, highlight=False, soft_wrap=True)
 
             def progress(result, n: int) -> None:
-                nonlocal received
+                nonlocal received, state
                 received += n
                 dt = max(time.perf_counter() - start, 1e-9)
                 bar.update(task, total=result.wanted or None, completed=result.cached + received,
                            rate=f"{result.requests / dt:.1f} req/s {result.completion_tokens / dt:.0f} tok/s "
                                 f"cached {result.cached} failed {result.failed}")
-            yield progress
+                # One tuple, replaced whole: the line printer in the other thread reads a consistent update.
+                state = (result.cached + received, result.wanted, received, result.requests,
+                         result.completion_tokens, result.cached, result.failed, sum(result.rejected.values()))
+                if lines and not interval:
+                    say()
+
+            stop = threading.Event()
+
+            def ticker() -> None:
+                while not stop.wait(interval):
+                    say()
+
+            thread = threading.Thread(target=ticker, name=f"progress-{name}", daemon=True)
+            if lines and interval:
+                thread.start()
+            try:
+                yield progress
+            finally:
+                stop.set()
+                if thread.is_alive():
+                    thread.join()
     return cm()
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{seconds:.0f}s"
 
 
 # ---- inspection ------------------------------------------------------------------
