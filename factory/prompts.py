@@ -46,8 +46,13 @@ def format_choices(choices: list[str]) -> str:
     return "\nChoices:\n" + "\n".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(choices))
 
 
-def load_template(ref: str, base: Path | None = None, needs: set[str] = frozenset()) -> Template:
-    """A shipped template by name, or a file path (relative to `base`, the recipe's folder)."""
+FIELDS = frozenset({"caption", "question", "choices"})
+
+
+def load_template(ref: str, base: Path | None = None, needs: set[str] = frozenset(),
+                  fields: frozenset[str] = FIELDS) -> Template:
+    """A shipped template by name, or a file path (relative to `base`, the recipe's folder), using
+    only `fields` (an LLM judge's template has its own)."""
     shipped = shipped_recipes() / "prompts" / f"{ref}.txt"
     path = Path(ref).expanduser()
     if not path.is_absolute() and base is not None:
@@ -61,8 +66,8 @@ def load_template(ref: str, base: Path | None = None, needs: set[str] = frozense
     missing = needs - template.fields
     if missing:
         raise RecipeError(f"prompt: template {ref!r} lacks the field(s) {{{', '.join(sorted(missing))}}}")
-    unknown = template.fields - {"caption", "question", "choices"}
+    unknown = template.fields - fields
     if unknown:
         raise RecipeError(f"prompt: template {ref!r} uses unknown field(s) {sorted(unknown)}; "
-                          "available: {caption}, {question}, {choices}")
+                          f"available: {', '.join('{' + f + '}' for f in sorted(fields))}")
     return template

@@ -181,6 +181,27 @@ class IngestConfig:
     max_image_bytes: int = MAX_IMAGE_BYTES
 
 
+PROTOCOLS = ("vlfactory", "openvlthinker", "judge")
+# The official prompt formatting per benchmark (OpenVLThinker's evaluation/eval_openvlthinker.py):
+# query = the benchmark's text as is (MathVista `query`, MathVerse `query_cot`); hint = format_instruction
+# with the options (MathVision, EMMA, MMMU-Pro standard); yes_no (HallusionBench); vision (MMMU-Pro vision).
+PROMPT_FORMATS = ("query", "hint", "yes_no", "vision")
+
+
+@dataclass
+class EvalSettings:
+    """How benchmarks are evaluated (the recipe's `eval:` block), by `vlfactory eval` and by every
+    evaluation of the loop. Without the block: the rollout stage's template, greedy, one sample,
+    vlfactory's own grader."""
+
+    protocol: str = "vlfactory"       # vlfactory | openvlthinker (the official judge) | judge (an LLM judge)
+    protocols: dict[str, str] = field(default_factory=dict)  # per benchmark, e.g. {mathverse: judge}
+    formats: dict[str, str] = field(default_factory=dict)    # per benchmark: query | hint | yes_no | vision
+    prompt: str | None = None         # the template of benchmarks without a format (default: the rollout stage's)
+    sampling: Sampling | None = None  # decoding; n samples per problem give pass@1..n (default: greedy, n 1)
+    judge: GenerationConfig | None = None  # the LLM judge for protocol judge (any backend; openai for a hosted one)
+
+
 @dataclass
 class EvalConfig:
     """One evaluation: a model answers a benchmark source from its images, graded like the factory's data."""
@@ -190,6 +211,10 @@ class EvalConfig:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     limit: int | None = None          # the first N rows of the benchmark
     iteration: int | None = None
+    stage: str | None = None          # which model of the loop: base | sft | grpo (| grpo-<stage>)
+    protocol: str = "vlfactory"       # how answers are graded (PROTOCOLS)
+    format: str | None = None         # the official prompt formatting (PROMPT_FORMATS), else the template
+    judge: GenerationConfig | None = None
 
 
 @dataclass
@@ -201,10 +226,43 @@ class LoopConfig:
     output_dir: str = "runs"          # checkpoints: OUTPUT/iterK/{sft,grpo}-<config hash> (relative to the cwd)
     sft: dict[str, Any] | str | None = None   # SFTConfig fields, or a trainers YAML file (default: tiny CPU run)
     grpo: dict[str, Any] | str | None = None  # GRPOConfig fields (reward_weights: [accuracy, format])
-    benchmarks: list[str] = field(default_factory=list)  # sources to evaluate each iteration's RL model on
+    benchmarks: list[str] = field(default_factory=list)  # evaluated for the base model and every SFT and GRPO model
     keep_traces: bool = False         # iterations > 1 also keep the distilled traces as SFT candidates
                                       # (OpenVLThinker: no; a weak model with few correct rollouts: yes)
     eval_limit: int | None = None
+    grpo_stages: list[GRPOStage] = field(default_factory=list)  # several GRPO runs in a row (medium, hard)
+    schedule: list[IterationPlan] = field(default_factory=list)  # per iteration; the last one repeats
+    track_keywords: list[str] = field(default_factory=lambda: list(TRACKED_KEYWORDS))  # the report's curves
+
+    def plan(self, k: int) -> IterationPlan:
+        """Iteration k's plan (1-based): its entry in `schedule`, else the last entry, else the defaults."""
+        return self.schedule[min(k, len(self.schedule)) - 1] if self.schedule else IterationPlan()
+
+
+@dataclass
+class GRPOStage:
+    """One GRPO run of the loop; stages run in order, each from the model the one before made
+    (OpenVLThinker: 5 epochs on a "medium" set with the vision tower frozen, then 15 on a "hard" set)."""
+
+    name: str
+    band: list[float]                 # the rl set of this stage: pass rates of the SFT model in [lo, hi]
+    config: dict[str, Any] | str | None = None  # GRPOConfig fields or a trainers YAML (default: loop.grpo)
+    min_samples: int | None = None    # default: the rl block's
+
+
+@dataclass
+class IterationPlan:
+    """What one iteration of the loop works on (`loop.schedule`, one entry per iteration)."""
+
+    sources: list[str] | None = None  # the sources of this iteration (default: all of the recipe's)
+    sft_max_examples: int | None = None   # cap of the SFT set (OpenVLThinker iterations 2-3: 5k)
+    sft_weights: dict[str, float] | None = None  # per source (OpenVLThinker iteration 3: more Geometry3K, SuperCLEVR)
+    sft_cleaned: bool | None = None   # cut reflections (default: the sft block for iteration 1, no later:
+                                      # the RL model's own answers are kept as they are)
+    samples: int | None = None        # k > 1: the previous RL model's samples per problem (default: the rollout block's)
+    temperature: float | None = None  # their temperature (OpenVLThinker: near-greedy, one sample)
+    pick: str | None = None           # which correct sample is kept: shortest | random | all (default: the sft block's)
+    rl_set: str = "pick"              # pick: by the new SFT model's pass rates; fixed: the previous iteration's set
 
 
 @dataclass
@@ -227,6 +285,7 @@ class Recipe:
     rollout: GenerationConfig | None = None
     rl: RLSetConfig | None = None
     loop: LoopConfig | None = None
+    eval: EvalSettings | None = None  # how benchmarks are evaluated (default: EvalSettings())
     batch_rows: int = 500             # rows per catalog commit during ingest
     full_decode: bool = False         # inflate every pixel when checking images (default: verify every byte)
     max_image_bytes: int = MAX_IMAGE_BYTES  # a larger image file is rejected unread (image_too_large)
@@ -267,19 +326,23 @@ class Recipe:
         raise RecipeError(f"unknown stage {name!r}")
 
     def eval_config(self, benchmark: str, model: str, limit: int | None = None,
-                    iteration: int | None = None) -> EvalConfig:
+                    iteration: int | None = None, stage: str | None = None) -> EvalConfig:
         """How `model` is evaluated on the source or benchmark named `benchmark`: the rollout stage's
-        backend and prompt, decoded near-greedily (OpenVLThinker: temperature ~0), graded with the
-        recipe's verify settings."""
+        backend, the `eval:` block's prompt, decoding and protocol (default: the rollout template,
+        greedy, one sample, graded with the recipe's verify settings)."""
         src = next((s for s in self.benchmarks + self.sources if s.name == benchmark), None)
         if src is None:
             known = ", ".join(s.name for s in self.benchmarks + self.sources)
             raise RecipeError(f"--benchmark {benchmark!r} is not a source of the recipe (known: {known})")
+        settings = self.eval or EvalSettings()
         base = self.rollout or GenerationConfig(model=model, backend="transformers",
                                                 options=backend_config_class("transformers")(model=model))
-        greedy = dataclasses.replace(base.sampling, temperature=0.0, top_p=1.0, n=1)
-        gen = dataclasses.replace(base, model=model, model_id=None, revision=None, sampling=greedy)
-        return EvalConfig(src, gen, self.verify, limit, iteration)
+        sampling = settings.sampling or dataclasses.replace(base.sampling, temperature=0.0, top_p=1.0, n=1)
+        gen = dataclasses.replace(base, model=model, model_id=None, revision=None, sampling=sampling,
+                                  prompt=settings.prompt or base.prompt)
+        return EvalConfig(src, gen, self.verify, limit, iteration, stage,
+                          settings.protocols.get(benchmark, settings.protocol), settings.formats.get(benchmark),
+                          settings.judge)
 
 
 def shipped_recipes() -> Path:
@@ -386,9 +449,66 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
             if isinstance(value, str):
                 setattr(recipe.loop, kind, str((base / value).resolve()))
                 _no_secrets(_yaml_file(base / value), str(base / value))
+        _check_loop(recipe.loop, names, {s.name for s in recipe.sources}, f"{where}: loop", base)
+    if recipe.eval is not None:
+        _check_eval(recipe.eval, {src.name for src in recipe.sources + recipe.benchmarks}, f"{where}: eval", base)
     if recipe.lake.catalog and not recipe.lake.catalog.startswith("ducklake:"):
         recipe.lake.catalog = str((base / recipe.lake.catalog).resolve())
     return recipe
+
+
+def _check_loop(loop: LoopConfig, names: set[str], sources: set[str], where: str, base: Path) -> None:
+    for i, stage in enumerate(loop.grpo_stages):
+        lo_hi = stage.band
+        if len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1] <= 1:
+            raise RecipeError(f"{where}.grpo_stages[{i}].band: {lo_hi} must be [lo, hi] with 0 <= lo <= hi <= 1")
+        if isinstance(stage.config, str):
+            path = base / stage.config
+            if not path.exists():
+                raise RecipeError(f"{where}.grpo_stages[{i}].config: {path} does not exist")
+            stage.config = str(path.resolve())
+            _no_secrets(_yaml_file(path), str(path))
+    if len({s.name for s in loop.grpo_stages}) != len(loop.grpo_stages):
+        raise RecipeError(f"{where}.grpo_stages: stage names must be unique")
+    for i, plan in enumerate(loop.schedule):
+        at = f"{where}.schedule[{i}]"
+        for name in plan.sources or []:
+            if name not in sources:
+                raise RecipeError(f"{at}.sources: {name!r} is not one of the recipe's sources ({', '.join(sorted(sources))})")
+        for name in plan.sft_weights or {}:
+            if name not in sources:
+                raise RecipeError(f"{at}.sft_weights: {name!r} is not one of the recipe's sources")
+        if plan.rl_set not in ("pick", "fixed"):
+            raise RecipeError(f"{at}.rl_set: {plan.rl_set!r} is not pick or fixed")
+        if plan.pick is not None and plan.pick not in ("shortest", "random", "all"):
+            raise RecipeError(f"{at}.pick: {plan.pick!r} is not shortest, random or all")
+        if plan.samples is not None and plan.samples < 1:
+            raise RecipeError(f"{at}.samples: must be at least 1")
+    if loop.schedule and loop.schedule[0].rl_set == "fixed":
+        raise RecipeError(f"{where}.schedule[0].rl_set: iteration 1 has no earlier rl set to keep; use pick")
+
+
+def _check_eval(ev: EvalSettings, names: set[str], where: str, base: Path) -> None:
+    for bench, protocol in [("", ev.protocol), *ev.protocols.items()]:
+        if protocol not in PROTOCOLS:
+            raise RecipeError(f"{where}: protocol{'s.' + bench if bench else ''}: {protocol!r} is not one of "
+                              f"{', '.join(PROTOCOLS)}")
+    for key, table in (("protocols", ev.protocols), ("formats", ev.formats)):
+        for bench in table:
+            if bench not in names:
+                raise RecipeError(f"{where}: {key}.{bench}: not a source or benchmark of the recipe")
+    for bench, fmt in ev.formats.items():
+        if fmt not in PROMPT_FORMATS:
+            raise RecipeError(f"{where}: formats.{bench}: {fmt!r} is not one of {', '.join(PROMPT_FORMATS)}")
+    if "judge" in [ev.protocol, *ev.protocols.values()] and ev.judge is None:
+        raise RecipeError(f"{where}: judge: missing; protocol judge needs a judge model (backend, model, prompt)")
+    if ev.prompt:
+        ev.prompt = _template_ref(ev.prompt, base)
+    if ev.judge is not None:
+        _check_stage(ev.judge, f"{where}: judge")
+        ev.judge.prompt = _template_ref(ev.judge.prompt or "mathverse_judge", base)
+    if ev.sampling is not None and ev.sampling.n < 1:
+        raise RecipeError(f"{where}: sampling.n: must be at least 1")
 
 
 def _check_source(src: Source, where: str, base: Path) -> None:
