@@ -4,7 +4,8 @@ A version's page shows the funnel from problems to accepted samples per source, 
 reasons, completion lengths of accepted vs rejected samples, the rollouts' pass rates with the
 RL band, tokens and time per stage and model, eval accuracy per benchmark, and what changed
 since the previous tag. The iterations page puts the loop's tags (`iter1`, `iter2`, ...) side by
-side, then each iteration's own sections. A section with nothing to show says "no data yet".
+side, with the reflection keywords' frequency across iterations (the paper's figure), then each
+iteration's own sections. A section with nothing to show says "no data yet".
 
     vlfactory report iter1 --out report.html
     vlfactory report --iterations --out loop.html
@@ -20,8 +21,8 @@ import html
 from datetime import datetime
 
 from vlfactory.reports import plots
-from vlfactory.reports.stats import (FUNNEL, PROBLEM_STAGES, VersionStats, iteration_tags, previous_tag, summary,
-                                     version_stats)
+from vlfactory.reports.stats import (FUNNEL, PROBLEM_STAGES, VersionStats, iteration_tags, keyword_rates,
+                                     previous_tag, summary, tracked_keywords, version_stats)
 from vlfactory.stores.lake import Lake
 
 EMPTY = '<p class="empty">no data yet</p>'
@@ -65,7 +66,8 @@ def iterations_page(lake: Lake) -> str:
     table = _table(["", *names], [[label, *values] for label, values in series.items()])
     body = [_section("iterations", "Data per iteration", _figure(plots.iterations(names, series), "Data per iteration")
                      + table),
-            _section("evals", "Eval accuracy per iteration", *_evals(stats[-1].evals))]
+            _section("evals", "Eval accuracy per iteration", *_evals(stats[-1].evals)),
+            _section("keywords", "Reflection keywords per iteration", *_keywords(lake, stats[-1]))]
     for i, st in enumerate(stats):
         before = tags[i - 1] if i else None
         body.append(f'<h1 id="{_id(st.version)}">{html.escape(st.version)} (snapshot {st.snapshot})</h1>')
@@ -135,6 +137,20 @@ def _evals(rows: list[dict]) -> tuple[str, str]:
                    [[r["iteration"], r["benchmark"], r["model"], r["split"], r["problems"], r["correct"],
                      100 * r["accuracy"]] for r in rows])
     return _figure(plots.evals(rows), "Eval accuracy per benchmark"), table
+
+
+def _keywords(lake: Lake, st: VersionStats) -> tuple[str, ...]:
+    words = tracked_keywords(st)
+    rates = keyword_rates(lake, words)
+    if not rates:
+        return (EMPTY,)
+    table = _table(["samples of", "at", "samples", "words", *[f"{w} /1k" for w in words]],
+                   [[r["series"], r["point"], r["samples"], r["words"], *[r["per_1k"][w] for w in words]]
+                    for r in rates])
+    note = (f'<p class="meta">occurrences per 1,000 words, whole words in any case, of: '
+            f'{html.escape(", ".join(words))} (the recipe\'s loop.track_keywords); traces and rollouts: the rows '
+            "each iteration tag added; eval samples: the answers of each evaluated model</p>")
+    return note, _figure(plots.keywords(rates, words), "Reflection keywords across iterations"), table
 
 
 def _diff(lake: Lake, st: VersionStats, before: tuple[str, int] | None) -> tuple[str, ...]:

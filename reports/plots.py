@@ -209,3 +209,28 @@ def iterations(names: list[str], series: dict[str, list[int]]) -> str | None:
     ax.set_title("Data per iteration")
     ax.legend(fontsize=8)
     return _uri(fig)
+
+
+def keywords(rates: list[dict], words: list[str]) -> str | None:
+    """Reflection-keyword frequency per 1k words across the loop, one panel per series (traces and rollouts
+    per iteration tag, the answers of each evaluated model), one line per keyword: the paper's figure."""
+    series = [s for s in ("traces", "rollouts", "eval samples") if any(r["series"] == s for r in rates)]
+    if not series:
+        return None
+    fig, axes = _figure(1, len(series), width=4.6 * len(series) + 1.5, height=3.8)
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    for ax, name in zip(axes, series):
+        points = [r for r in rates if r["series"] == name]
+        labels = [r["point"] for r in points]
+        for i, word in enumerate(words):
+            ax.plot(range(len(points)), [r["per_1k"][word] for r in points], marker="o", color=cmap(i % 10),
+                    label=word)
+        ax.set_xticks(range(len(points)), labels, rotation=30 if len(labels) > 3 else 0, fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{name} ({sum(r['samples'] for r in points):,} samples)", fontsize=10)
+        ax.set_ylabel("occurrences per 1k words")
+    axes[-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("Reflection keywords across iterations")
+    return _uri(fig)

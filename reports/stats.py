@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from vlfactory.recipe import RLSetConfig, SFTSetConfig, VerifyConfig
+from vlfactory.recipe import TRACKED_KEYWORDS, RLSetConfig, SFTSetConfig, VerifyConfig
 from vlfactory.stores.lake import Lake, LakeError
 
 # Per source, in funnel order: label -> SQL giving (source, count) at snapshot {s}.
@@ -134,6 +134,76 @@ def version_stats(lake: Lake, version: str | int) -> VersionStats:
     st.runs = runs_until(lake, s)
     lineage(st)
     return st
+
+
+STAGE_ORDER = {"base": 0, "sft": 1, "grpo": 3}   # grpo-<stage> (an earlier GRPO run) sorts between
+
+
+def tracked_keywords(st: VersionStats) -> list[str]:
+    """The words the loop follows (the last recipe's loop.track_keywords), else the paper's list."""
+    for recipe in reversed(st.recipes):
+        loop = (yaml.safe_load(recipe["text"]) or {}).get("loop") or {}
+        if loop.get("track_keywords"):
+            return [str(k) for k in loop["track_keywords"]]
+    return list(TRACKED_KEYWORDS)
+
+
+def _keyword_sql(keywords: list[str]) -> str:
+    """Words and per-keyword counts (whole words, any case) of `completion`, summed over the rows."""
+    counts = ", ".join(f"sum(len(regexp_extract_all(lower(completion), '{_word(k)}'))) AS \"{i}\""
+                       for i, k in enumerate(keywords))
+    words = "sum(CASE WHEN trim(completion) = '' THEN 0 ELSE len(string_split_regex(trim(completion), '\\s+')) END)"
+    return f"count(*) AS samples, coalesce({words}, 0) AS words, {counts}"
+
+
+def _word(keyword: str) -> str:
+    return r"\b" + re.escape(keyword.lower()).replace("'", "''").replace(r"\ ", r"\s+") + r"\b"
+
+
+def keyword_rates(lake: Lake, keywords: list[str]) -> list[dict]:
+    """Reflection-keyword frequency per 1k words, as the paper follows it across iterations: in the traces
+    and rollouts each iteration tag added (rows at iterK, not at the tag before), and in the answers of
+    each evaluated model of the loop (eval samples of base, iterK sft, iterK grpo)."""
+    out: list[dict] = []
+    previous = None
+    select = _keyword_sql(keywords)
+
+    def add(series: str, point: str, order: tuple, sql: str) -> None:
+        for r in rows(lake, sql):
+            if r["samples"]:
+                counts = {k: int(r[str(i)] or 0) for i, k in enumerate(keywords)}
+                out.append({"series": series, "point": point, "order": order, "samples": r["samples"],
+                            "words": int(r["words"]), "counts": counts,
+                            "per_1k": {k: 1000 * c / r["words"] if r["words"] else 0.0 for k, c in counts.items()}})
+
+    for k, (name, s) in enumerate(iteration_tags(lake), 1):
+        for table, key in (("traces", "trace_id"), ("rollouts", "rollout_id")):
+            new = f" WHERE {key} NOT IN (SELECT {key} FROM {table}@{previous})" if previous is not None else ""
+            add(table, name, (k, 0), f"SELECT {select} FROM {table}@{s}{new}")
+        previous = s
+    # Each evaluated model once, at the last iteration tag (evals are never rewritten).
+    tags = iteration_tags(lake)
+    if tags:
+        s = tags[-1][1]
+        models = rows(lake, f"""SELECT DISTINCT iteration, stage, eval_key FROM evals@{s}
+                                WHERE iteration IS NOT NULL AND stage IS NOT NULL""")
+        for m in models:
+            label = "base" if m["stage"] == "base" else f"iter{m['iteration']} {m['stage']}"
+            order = (m["iteration"], STAGE_ORDER.get(m["stage"], 2))
+            add("eval samples", label, order, f"""SELECT {select} FROM eval_samples@{s}
+                                                  WHERE eval_key = '{m['eval_key']}'""")
+    # one point per (series, label): evals of several benchmarks add up
+    merged: dict[tuple, dict] = {}
+    for r in out:
+        m = merged.setdefault((r["series"], r["point"]), {**r, "samples": 0, "words": 0,
+                                                         "counts": dict.fromkeys(keywords, 0)})
+        m["samples"] += r["samples"]
+        m["words"] += r["words"]
+        for kw, c in r["counts"].items():
+            m["counts"][kw] += c
+    for m in merged.values():
+        m["per_1k"] = {k: 1000 * c / m["words"] if m["words"] else 0.0 for k, c in m["counts"].items()}
+    return sorted(merged.values(), key=lambda r: (r["series"], r["order"]))
 
 
 def runs_until(lake: Lake, snapshot: int) -> list[dict]:
