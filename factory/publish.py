@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlfactory.export import export
+from vlfactory.redact import redact
 from vlfactory.reports.card import Config, dataset_card, recipe_file
 from vlfactory.reports.stats import version_stats
 from vlfactory.stores.lake import Lake, LakeError
@@ -89,7 +90,7 @@ def build(lake: Lake, version: str | int, repo: str, tables: list[str], out: Pat
     for recipe in stats.recipes:
         path = out / "recipes" / recipe_file(recipe)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(recipe["text"])
+        path.write_text(redact(recipe["text"]))  # masked when stored; again for runs recorded before that
         done.recipes.append(str(path.relative_to(out)))
     (out / "README.md").write_text(dataset_card(stats, repo, done.configs))
     done.folder = out

@@ -94,9 +94,13 @@ def find_secret(raw: Any, limit: int = 200_000) -> str | None:
 MASK = "***"
 # scheme://user:password@host -> scheme://user:***@host; scheme://token@host -> scheme://***@host
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][\w+.-]*://)(?P<userinfo>[^\s/@?#'\"]+)@")
-# key=value, key: value, "key": "value" (the key judged by secret_key)
-_ASSIGN = re.compile(r"""(?P<key>[A-Za-z_][\w.-]*)(?P<q>["']?)(?P<sep>\s*=\s*|\s*:\s+|(?<=["']):)"""
-                     r"""(?P<value>"[^"\n]*"|'[^'\n]*'|[^\s&;,'"}\])]+)""")
+# key=value anywhere (query strings, libpq); key: value only where a mapping has its keys (a line's start,
+# after `{` or `,`; quoted as in JSON), so prose like "no token: set HF_TOKEN" is left alone. Each key is
+# judged by secret_key.
+_VALUE = r"""(?P<value>"[^"\n]*"|'[^'\n]*'|[^\s&;,'"}\])]+)"""
+_ASSIGN = re.compile(r"""(?P<key>[A-Za-z_][\w.-]*)(?P<q>)(?P<sep>\s*=\s*)""" + _VALUE + "|"
+                     + r"""(?m:(?<=[{,])|^)(?P<lead>[ \t]*(?:-[ \t]+)?)(?P<q2>["']?)(?P<key2>[A-Za-z_][\w.-]*)(?P=q2)"""
+                     + r"""(?P<sep2>:[ \t]*)""" + _VALUE.replace("value", "value2"))
 # Tokens whose shape gives them away wherever they appear.
 _SHAPES = re.compile(r"\b(?:hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{30,}|"
                      r"github_pat_\w{30,}|AKIA[0-9A-Z]{16}|xox[abprs]-[\w-]{10,})")
@@ -109,11 +113,13 @@ def _userinfo(m: re.Match) -> str:
 
 
 def _assign(m: re.Match) -> str:
-    if not secret_key(m["key"]) or m["value"].strip("\"'") in ("", MASK):
-        return m[0]
-    value = m["value"]
-    quote = value[0] if value[0] in "\"'" else ""
-    return f"{m['key']}{m['q']}{m['sep']}{quote}{MASK}{quote}"
+    key, raw = (m["key"], m["value"]) if m["key"] else (m["key2"], m["value2"])
+    value = raw.strip("\"'")
+    if not secret_key(key) or not value or MASK in value or value.lower() in ("bearer", "basic"):
+        return m[0]  # not a secret's key, empty, masked already, or a scheme whose credential _BEARER masked
+    quote = raw[0] if raw[0] in "\"'" else ""
+    head = m[0][:len(m[0]) - len(raw)]
+    return f"{head}{quote}{MASK}{quote}"
 
 
 def redact(text: str | None) -> str | None:

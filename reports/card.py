@@ -4,8 +4,8 @@ The YAML front matter is what the Hub reads (license from the recipe's sources, 
 categories, one config per table with its data files); the text says what the set is, which
 sources, models, prompt templates, sampling and verify settings made it, the funnel and the
 rejection reasons, completion lengths, and how to load and reproduce it. Everything comes from
-the catalog at that version (`reports/stats.py`); nothing from the environment, so no secret
-can reach a card.
+the catalog at that version (`reports/stats.py`); nothing from the environment, and credentials
+inside stored values are masked (vlfactory.redact), so no secret can reach a card.
 
     from vlfactory.reports.card import Config, dataset_card
     text = dataset_card(version_stats(lake, "iter1"), "org/name", [Config("sft", 1200, ["image", ...])])
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from vlfactory.redact import redact
 from vlfactory.reports.stats import FUNNEL, VersionStats, summary
 
 TASKS = ["visual-question-answering", "image-text-to-text"]
@@ -47,7 +48,8 @@ class Config:
 
 
 def dataset_card(st: VersionStats, repo: str, configs: list[Config]) -> str:
-    return f"---\n{front_matter(st, repo, configs)}---\n\n" + "\n".join(body(st, repo, configs))
+    # Runs recorded before recipes and command lines were redacted may still hold a credential.
+    return redact(f"---\n{front_matter(st, repo, configs)}---\n\n" + "\n".join(body(st, repo, configs)))
 
 
 def front_matter(st: VersionStats, repo: str, configs: list[Config]) -> str:

@@ -66,6 +66,7 @@ again with `python bench/generation.py`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import itertools
 import json
@@ -79,8 +80,10 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import aiohttp
+import yarl
 
 from vlfactory.backends import Completion, EndpointsUnreachable, Request, Result, openai_messages
+from vlfactory.redact import redact
 
 RETRY_STATUS = {408, 409, 429}  # the 4xx that can succeed when sent again
 MAX_TOKENS = 10_000_000         # a token count above this is a server bug, not a count
@@ -109,8 +112,13 @@ class OpenAIConfig:
 
 class _Endpoint:
     def __init__(self, base: str):
-        self.base = base
-        self.url = base.rstrip("/") + "/chat/completions"
+        self.base = redact(base)  # what results, errors and rows name: no user:password@ of the URL
+        url = yarl.URL(base)
+        # user:password@ in the URL (a server behind a proxy with basic auth): sent as this endpoint's
+        # Authorization, in place of the bearer key (aiohttp refuses a URL's credentials beside that header).
+        basic = base64.b64encode(f"{url.user or ''}:{url.password or ''}".encode()).decode()
+        self.headers = {"Authorization": f"Basic {basic}"} if url.user is not None else None
+        self.url = str(url.with_user(None)).rstrip("/") + "/chat/completions"
         self.in_flight = 0
         self.dead_until = 0.0
         self.unreachable = ""  # why connecting failed, before any server answered
@@ -259,7 +267,7 @@ class OpenAIBackend:
             wait = None
             ep.in_flight += 1
             try:
-                async with self._session.post(ep.url, data=body) as resp:
+                async with self._session.post(ep.url, data=body, headers=ep.headers) as resp:
                     self._answered = True
                     status, retry_after = resp.status, resp.headers.get("Retry-After")
                     raw = await _read(resp, cfg.max_response_bytes)
@@ -308,6 +316,7 @@ class OpenAIBackend:
             await asyncio.sleep(wait)
         if self._secret:
             error = error.replace(self._secret, "***")
+        error = redact(error)
         return Result(req, [], 0, time.monotonic() - start, error=error, attempts=attempt, endpoint=ep.base)
 
     def _note_unreachable(self, ep: _Endpoint, reason: str) -> None:
