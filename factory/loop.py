@@ -2,13 +2,20 @@
 
     vlfactory iterate recipes/quickstart.yaml
 
-Iteration 1 builds SFT data by distillation (caption -> reasoner -> verify ->
-sft set), fine-tunes the base model, measures pass rates with rollouts of
-that model to pick the RL set, runs GRPO from the SFT model, and evaluates.
-Iteration k > 1 builds its SFT data from the verified rollouts of iteration
-k-1's RL model and fine-tunes the *base* model again, as OpenVLThinker does,
-then RL and eval. Tags name every step's data: `iterK-sft`, `iterK-rl`,
-`iterK`.
+The base model is evaluated first (iteration 0). Iteration 1 builds SFT data by
+distillation (caption -> reasoner -> verify -> sft set), fine-tunes the base
+model, measures pass rates with rollouts of that model to pick the RL set, runs
+GRPO from the SFT model (one run, or the recipe's `grpo_stages` in a row, each
+on its own pass-rate band, e.g. OpenVLThinker's "medium" then "hard"), and
+evaluates the SFT model and every GRPO model on every loop benchmark.
+Iteration k > 1 builds its SFT data from the verified answers of iteration
+k-1's RL model (its own sampling: OpenVLThinker takes one near-greedy sample,
+kept as written) and fine-tunes the *base* model again, as OpenVLThinker does,
+then RL (on a re-picked or a fixed set) and eval. `loop.schedule` says per
+iteration which sources, SFT cap and weights, how the next round is sampled
+and whether the RL set is fixed. Tags name every step's data: `iterK-sft`,
+`iterK-rl` (`iterK-rl-<stage>`), `iterK`. At the end a table gives each model's
+held-out accuracy with a 95% (Wilson) interval.
 
 Every step is resumable: generation stages skip what the lake holds, sets
 that did not change are not rewritten (so their tags stay put), and a
@@ -16,7 +23,8 @@ checkpoint lives at OUTPUT/{sft,grpo}-<address>, the address a digest
 of (the set's rows, base model identity, resolved trainer settings): the same
 training is found finished and skipped, a different one (new data, another
 base model, an edited trainers YAML) gets its own folder. A rerun after a
-crash continues from the first incomplete step. Models are known by content
+crash continues from the first incomplete step; an evaluation done before is
+recorded for its iteration without generating. Models are known by content
 (vlfactory.models.identity), so rollouts and evals of a retrained model are
 never served from the cache of an older one.
 The lake is opened per step and closed while training, since a local lake
@@ -29,7 +37,7 @@ import dataclasses
 import importlib
 from pathlib import Path
 
-from vlfactory.recipe import GenerationConfig, Recipe, RecipeError, SFTSetConfig
+from vlfactory.recipe import GenerationConfig, GRPOStage, IterationPlan, Recipe, RecipeError, SFTSetConfig
 from vlfactory.stages import Scope, StageResult, run_stage
 from vlfactory.stores.lake import Lake, LakeSpec
 
@@ -45,6 +53,7 @@ class Loop:
         self.cfg = recipe.loop
         self.run_id: str | None = None
         self.out = Path(self.cfg.output_dir).resolve()  # relative to the working directory, like ./lake
+        self.evals: list[dict] = []       # every evaluation of this run, for the closing table
 
     def lake(self) -> Lake:
         lake = Lake(self.spec)
@@ -53,9 +62,9 @@ class Loop:
 
     # ---- steps ---------------------------------------------------------------------
 
-    def stage(self, name: str, config) -> StageResult:
+    def stage(self, name: str, config, scope: Scope | None = None) -> StageResult:
         with self.lake() as lake:
-            result = run_stage(lake, name, config, self.scope)
+            result = run_stage(lake, name, config, scope or self.scope)
         self.say(result.line())
         return result
 
@@ -73,14 +82,24 @@ class Loop:
         self.say(f"tagged {tag} -> snapshot {snap} ({rows} {table} rows)")
         return snap
 
-    def train(self, kind: str, dataset: str, model: str, iteration: int) -> str:
+    def keep_tag(self, old: str, new: str) -> None:
+        """A fixed set: `new` names what `old` named."""
+        with self.lake() as lake:
+            tags = lake.tags()
+            if old not in tags:
+                raise RecipeError(f"rl_set: fixed keeps the set tagged {old}, which this lake lacks")
+            if tags.get(new) != tags[old]:
+                lake.tag(new, tags[old], note=f"the fixed rl set of {old}", force=True)
+        self.say(f"tagged {new} -> snapshot {tags[old]} (the fixed rl set of {old})")
+
+    def train(self, kind: str, dataset: str, model: str, iteration: int, config=None) -> str:
         """Train into the folder addressed by (the set's content, base model identity, settings); a training
         found finished there is skipped."""
         from vlfactory.models import identity
         from vlfactory.trainers.config import load_config, settings_digest
         from vlfactory.trainers.run import address
 
-        config = getattr(self.cfg, kind)
+        config = config if config is not None else getattr(self.cfg, kind)
         settings = settings_digest(*load_config(kind, config, self.out))
         table, _, version = dataset.rpartition("@")
         with self.lake() as lake:
@@ -94,46 +113,68 @@ class Loop:
         self.say(f"{kind} iter{iteration}: done before ({output}), skipped" if result.reused else result.line())
         return str(output)
 
-    def evaluate(self, model: str, iteration: int) -> None:
+    def evaluate(self, model: str, iteration: int, stage: str) -> None:
+        """`model` on every loop benchmark, recorded as (iteration, stage) in `evals`."""
         from vlfactory import evaluate
 
         for name in self.cfg.benchmarks:
-            cfg = self.recipe.eval_config(name, model, limit=self.cfg.eval_limit, iteration=iteration)
+            cfg = self.recipe.eval_config(name, model, limit=self.cfg.eval_limit, iteration=iteration, stage=stage)
             with self.lake() as lake:
                 result = evaluate.run(lake, cfg).value
             if result.done_before:
-                self.say(f"eval {name} iter{iteration}: done before ({100 * result.accuracy:.1f}%), skipped")
+                self.say(f"eval {name} iter{iteration} {stage}: done before ({100 * result.accuracy:.1f}%), skipped")
             else:
-                self.say(result.line())
+                self.say(f"iter{iteration} {stage}: {result.line()}")
+            self.evals.append({"model": model, "identity": result.model, "iteration": iteration, "stage": stage,
+                               "benchmark": name, "accuracy": result.accuracy, "problems": result.problems,
+                               "samples": result.samples_per_problem})
 
     # ---- the loop ------------------------------------------------------------------
 
     def iteration(self, k: int, previous_policy: str | None) -> str:
-        r = self.recipe
+        r, plan = self.recipe, self.cfg.plan(k)
         self.say(f"== iteration {k} ==")
+        scope = Scope(tuple(plan.sources), self.scope.limit) if plan.sources else self.scope
         sft = r.stage_config("sft") or SFTSetConfig(prompt=r.rollout.prompt or "rollout", verify=r.verify)
+        sft = dataclasses.replace(sft, pick=plan.pick or sft.pick,
+                                  max_examples=plan.sft_max_examples or sft.max_examples,
+                                  weights=plan.sft_weights or sft.weights)
         if k == 1:
-            for name in ("ingest", "caption", "distil", "verify"):
+            self.stage("ingest", r.stage_config("ingest"))   # every source, whichever iteration uses it
+            for name in ("caption", "distil", "verify"):
                 if name != "distil" or r.distil is not None:
-                    self.stage(name, r.stage_config(name))
-            sft = dataclasses.replace(sft, candidates="traces")
+                    self.stage(name, r.stage_config(name), scope)
+            sft = dataclasses.replace(sft, candidates="traces",
+                                      cleaned=sft.cleaned if plan.sft_cleaned is None else plan.sft_cleaned)
         else:
-            # The previous RL model answers from the images; its verified answers are this round's SFT data.
-            self.stage("rollout", self.rollout_config(previous_policy))
-            self.stage("verify", r.verify)
+            # The previous RL model answers from the images; its verified answers are this round's SFT data,
+            # kept as written unless the plan says otherwise.
+            self.stage("rollout", self.data_rollout_config(previous_policy, plan), scope)
+            self.stage("verify", r.verify, scope)
             sft = dataclasses.replace(sft, candidates="both" if self.cfg.keep_traces else "rollouts",
-                                      model=previous_policy)
-        self.stage("sft", sft)
+                                      model=previous_policy, cleaned=bool(plan.sft_cleaned))
+        self.stage("sft", sft, scope)
         self.tag_set("sft", f"iter{k}-sft")
         sft_model = self.train("sft", f"sft@iter{k}-sft", self.cfg.base_model, k)
+        self.evaluate(sft_model, k, "sft")
 
-        # Pass rates of the SFT model (its rollouts, graded by the verifier) pick the RL set.
-        self.stage("rollout", self.rollout_config(sft_model))
-        self.stage("verify", r.verify)
-        self.stage("rl", dataclasses.replace(r.stage_config("rl"), model=sft_model))
-        self.tag_set("rl", f"iter{k}-rl")
-        policy = self.train("grpo", f"rl@iter{k}-rl", sft_model, k)
-        self.evaluate(policy, k)
+        stages = self.cfg.grpo_stages or [GRPOStage("", r.rl.band, self.cfg.grpo, r.rl.min_samples)]
+        if plan.rl_set == "pick":
+            # Pass rates of the SFT model (its rollouts, graded by the verifier) pick the RL sets.
+            self.stage("rollout", self.rollout_config(sft_model), scope)
+            self.stage("verify", r.verify, scope)
+        policy = sft_model
+        for i, st in enumerate(stages):
+            tag = f"iter{k}-rl" + (f"-{st.name}" if st.name else "")
+            if plan.rl_set == "fixed":
+                self.keep_tag(f"iter{k - 1}-rl" + (f"-{st.name}" if st.name else ""), tag)
+            else:
+                rl = dataclasses.replace(r.stage_config("rl"), model=sft_model, band=st.band,
+                                         min_samples=st.min_samples or r.rl.min_samples)
+                self.stage("rl", rl, scope)
+                self.tag_set("rl", tag)
+            policy = self.train("grpo", f"rl@{tag}", policy, k, st.config if st.config is not None else self.cfg.grpo)
+            self.evaluate(policy, k, "grpo" if i == len(stages) - 1 else f"grpo-{st.name}")
         with self.lake() as lake:
             if f"iter{k}" not in lake.tags():
                 self.say(f"tagged iter{k} -> snapshot {lake.tag(f'iter{k}')}")
@@ -142,14 +183,26 @@ class Loop:
     def rollout_config(self, model: str) -> GenerationConfig:
         return dataclasses.replace(self.recipe.rollout, model=model, model_id=None, revision=None)
 
+    def data_rollout_config(self, model: str, plan: IterationPlan) -> GenerationConfig:
+        """How the previous RL model writes the next round's data: the rollout block, with the plan's
+        samples and temperature."""
+        cfg = self.rollout_config(model)
+        sampling = dataclasses.replace(
+            cfg.sampling, n=plan.samples or cfg.sampling.n,
+            temperature=cfg.sampling.temperature if plan.temperature is None else plan.temperature)
+        return dataclasses.replace(cfg, sampling=sampling)
+
     def run(self, iterations: int | None = None) -> list[str]:
         with self.lake() as lake:
             self.run_id = lake.start_run("iterate", self.recipe.text, self.recipe.name)
         policies, status, error = [], "failed", None
         try:
+            self.evaluate(self.cfg.base_model, 0, "base")
             for k in range(1, (iterations or self.cfg.iterations) + 1):
                 policies.append(self.iteration(k, policies[-1] if policies else None))
             status = "ok"
+            if self.evals:
+                self.say(evals_table(self.evals))
         except BaseException as e:
             error = f"{type(e).__name__}: {e}"
             raise
@@ -157,3 +210,18 @@ class Loop:
             with self.lake() as lake:
                 lake.end_run(status, {"iterations": len(policies)}, error=error)
         return policies
+
+
+def evals_table(rows: list[dict]) -> str:
+    """The loop's models side by side: held-out accuracy with a 95% Wilson interval over the problems."""
+    from vlfactory.evaluate import wilson_interval
+
+    head = ["model", "identity", "iteration", "stage", "benchmark", "accuracy", "95% CI", "problems"]
+    lines = [head]
+    for r in rows:
+        lo, hi = wilson_interval(r["accuracy"], r["problems"])
+        size = f"{r['problems']}" + (f" x {r['samples']}" if r["samples"] > 1 else "")
+        lines.append([Path(r["model"]).name, r["identity"], str(r["iteration"]), r["stage"], r["benchmark"],
+                      f"{100 * r['accuracy']:.1f}%", f"[{100 * lo:.1f}, {100 * hi:.1f}]", size])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)

@@ -21,7 +21,8 @@ import html
 from datetime import datetime
 
 from vlfactory.reports import plots
-from vlfactory.reports.stats import (FUNNEL, PROBLEM_STAGES, VersionStats, iteration_tags, keyword_rates,
+from vlfactory.evaluate import wilson_interval
+from vlfactory.reports.stats import (FUNNEL, PROBLEM_STAGES, VersionStats, eval_label, iteration_tags, keyword_rates,
                                      previous_tag, summary, tracked_keywords, version_stats)
 from vlfactory.stores.lake import Lake
 
@@ -133,9 +134,15 @@ def _runs_table(st: VersionStats) -> str:
 def _evals(rows: list[dict]) -> tuple[str, str]:
     if not rows:
         return EMPTY, ""
-    table = _table(["iteration", "benchmark", "model", "split", "problems", "correct", "accuracy %"],
-                   [[r["iteration"], r["benchmark"], r["model"], r["split"], r["problems"], r["correct"],
-                     100 * r["accuracy"]] for r in rows])
+    def passes(r: dict) -> str:
+        return ", ".join(f"@{k} {100 * p:.1f}" for k, p in enumerate(r["pass_at_k"] or [], 1)) \
+            if (r["samples_per_problem"] or 1) > 1 else ""
+
+    table = _table(["model of the loop", "benchmark", "model", "split", "problems", "correct", "accuracy %",
+                    "95% CI", "protocol", "pass@k %"],
+                   [[eval_label(r), r["benchmark"], r["model"], r["split"], r["problems"], r["correct"],
+                     100 * r["accuracy"], "[{:.1f}, {:.1f}]".format(*(100 * x for x in wilson_interval(
+                         r["accuracy"], r["problems"]))), r["protocol"], passes(r)] for r in rows])
     return _figure(plots.evals(rows), "Eval accuracy per benchmark"), table
 
 

@@ -153,22 +153,29 @@ def usage(rows: list[dict]) -> str | None:
 
 
 def evals(rows: list[dict]) -> str | None:
-    """Accuracy per benchmark across iterations (or across evaluations, in order, without one)."""
+    """Accuracy per benchmark across the loop's models (base, iter1 sft, iter1 grpo, ...), or across
+    evaluations in order."""
     if not rows:
         return None
+    from vlfactory.reports.stats import eval_label, eval_order
+
     fig, (ax,) = _figure()
-    by_bench: dict[str, list[tuple[float, float]]] = {}
+    labels = sorted({(eval_order(r), eval_label(r)) for r in rows if r.get("iteration") is not None})
+    position = {label: i for i, (_, label) in enumerate(labels)}
+    by_bench: dict[str, dict[float, float]] = {}
     for i, r in enumerate(rows):
-        by_bench.setdefault(r["benchmark"], []).append((r["iteration"] if r["iteration"] is not None else i + 1,
-                                                        100 * r["accuracy"]))
+        x = position.get(eval_label(r), len(labels) + i)
+        by_bench.setdefault(r["benchmark"], {})[x] = 100 * r["accuracy"]
     for bench, points in sorted(by_bench.items()):
-        xs, ys = zip(*sorted(points))
+        xs, ys = zip(*sorted(points.items()))
         ax.plot(xs, ys, marker="o", label=bench)
         for x, y in zip(xs, ys):
             ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8)
-    ax.set_xticks(sorted({x for p in by_bench.values() for x, _ in p}))
+    ticks = sorted({x for p in by_bench.values() for x in p})
+    names = {i: label for label, i in position.items()}
+    ax.set_xticks(ticks, [names.get(x, "") for x in ticks], fontsize=8)
     ax.set_ylim(0, 105)
-    ax.set_xlabel("iteration")
+    ax.set_xlabel("model of the loop")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Eval accuracy per benchmark")
     ax.legend(fontsize=8)

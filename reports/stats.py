@@ -129,14 +129,28 @@ def version_stats(lake: Lake, version: str | int) -> VersionStats:
                                 FROM (SELECT DISTINCT stage, prompt_hash FROM {generations(s)}) g
                                 LEFT JOIN (SELECT prompt_hash, any_value(name) AS name, any_value(text) AS text
                                            FROM prompts@{s} GROUP BY 1) p USING (prompt_hash) ORDER BY ALL""")
-    st.evals = rows(lake, f"""SELECT iteration, benchmark, model, split, problems, correct, accuracy, created_at
-                              FROM evals@{s} ORDER BY created_at""")
+    # SELECT *: a version from before migration 8 has no stage, protocol or pass_at_k columns
+    st.evals = [{"stage": None, "pass_at_k": None, "samples_per_problem": None, "protocol": None} | r
+                for r in rows(lake, f"SELECT * FROM evals@{s} ORDER BY created_at")]
     st.runs = runs_until(lake, s)
     lineage(st)
     return st
 
 
 STAGE_ORDER = {"base": 0, "sft": 1, "grpo": 3}   # grpo-<stage> (an earlier GRPO run) sorts between
+
+
+def eval_label(r: dict) -> str:
+    """Which model of the loop an evals row is about: base, iter1 sft, iter1 grpo, ... (else its iteration)."""
+    if r.get("stage") == "base":
+        return "base"
+    if r.get("stage"):
+        return f"iter{r['iteration']} {r['stage']}"
+    return f"iter{r['iteration']}" if r.get("iteration") is not None else "-"
+
+
+def eval_order(r: dict) -> tuple:
+    return (r["iteration"] if r.get("iteration") is not None else 10**9, STAGE_ORDER.get(r.get("stage"), 2))
 
 
 def tracked_keywords(st: VersionStats) -> list[str]:
@@ -188,9 +202,7 @@ def keyword_rates(lake: Lake, keywords: list[str]) -> list[dict]:
         models = rows(lake, f"""SELECT DISTINCT iteration, stage, eval_key FROM evals@{s}
                                 WHERE iteration IS NOT NULL AND stage IS NOT NULL""")
         for m in models:
-            label = "base" if m["stage"] == "base" else f"iter{m['iteration']} {m['stage']}"
-            order = (m["iteration"], STAGE_ORDER.get(m["stage"], 2))
-            add("eval samples", label, order, f"""SELECT {select} FROM eval_samples@{s}
+            add("eval samples", eval_label(m), eval_order(m), f"""SELECT {select} FROM eval_samples@{s}
                                                   WHERE eval_key = '{m['eval_key']}'""")
     # one point per (series, label): evals of several benchmarks add up
     merged: dict[tuple, dict] = {}

@@ -43,17 +43,22 @@ def test_quickstart_loop_two_iterations_kill_and_resume(tmp_path, smollm2_dir):
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stderr
     assert "sft iter1: done before" in out and "grpo iter1: done before" in out
-    assert "eval synthetic-eval iter1: done before" in out
+    assert "eval synthetic-eval iter0 base: done before" in out
+    assert "eval synthetic-eval iter1 sft: done before" in out and "eval synthetic-eval iter1 grpo: done before" in out
     assert "distil: 16 samples = 16 cached + 0 generated" in out
     assert "done: 2 iterations" in out
     with Lake(tmp_path / "lake") as lake:
         trainings = lake.query("SELECT kind, iteration, status, dataset, snapshot_id, base_model FROM trainings "
                                "ORDER BY started_at").fetchall()
-        evals = lake.query("SELECT iteration, benchmark, problems, eval_key FROM evals ORDER BY iteration").fetchall()
+        evals = lake.query("SELECT iteration, benchmark, problems, eval_key, stage FROM evals "
+                           "ORDER BY iteration, created_at").fetchall()
         tags = lake.tags()
         same_data = {t: lake.digest(t, tags[f"iter1-{t}"]) == lake.digest(t, tags[f"iter2-{t}"]) for t in ("sft", "rl")}
     assert "iter1" in tags and "iter2" in tags
-    assert [(i, b) for i, b, *_ in evals] == [(1, "synthetic-eval"), (2, "synthetic-eval")]
+    # the base model first, then every SFT and GRPO model, each on every loop benchmark
+    assert [(i, s) for i, _, _, _, s in evals] == [(0, "base"), (1, "sft"), (1, "grpo"), (2, "sft"), (2, "grpo")]
+    assert {b for _, b, *_ in evals} == {"synthetic-eval"}
+    assert "95% CI" in out and out.count("synthetic-eval  ") >= 5   # the closing table
     # Checkpoints are addressed by content (the set's rows, base model identity, settings): an iteration whose
     # sets hold what the previous one's held reuses its checkpoints instead of training the same model again.
     if same_data["sft"]:
@@ -62,5 +67,5 @@ def test_quickstart_loop_two_iterations_kill_and_resume(tmp_path, smollm2_dir):
         row = next(r for r in trainings if r[:2] == ("sft", 2))
         assert row[5] == "tiny-qwen2.5-vl" and row[3] == "sft@iter2-sft" and row[4] == tags["iter2-sft"]
     if same_data["sft"] and same_data["rl"]:
-        assert "grpo iter2: done before" in out and len(trainings) == 2 and evals[0][3] == evals[1][3]
+        assert "grpo iter2: done before" in out and len(trainings) == 2 and evals[2][3] == evals[4][3]
     assert all(status == "ok" for _, _, status, *_ in trainings)
