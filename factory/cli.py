@@ -51,11 +51,10 @@ def lake_options(fn):
 
 
 def open_lake(lake: str | None, data_path: str | None, recipe=None, **kwargs):
+    from vlfactory.api import lake_spec
     from vlfactory.stores.lake import Lake
 
-    if lake is None and recipe is not None and recipe.lake.catalog:
-        lake, data_path = recipe.lake.catalog, data_path or recipe.lake.data_path
-    return Lake(lake, data_path=data_path, **kwargs)
+    return Lake(lake_spec(lake, data_path, recipe), **kwargs)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -113,53 +112,19 @@ def run(recipe: str, lake: str | None, data_path: str | None, stage: tuple[str, 
         vlfactory run recipes/tabmwp.yaml --stage ingest --limit 100
         vlfactory run my.yaml --stage verify --stage sft --tag iter1
     """
-    _run(recipe, lake, data_path, list(stage) or list(STAGE_NAMES), limit, tag_name, explicit=bool(stage))
+    _run(recipe, lake, data_path, list(stage) or None, limit, tag_name)
 
 
-def _run(recipe_ref: str, lake_spec, data_path, stages: list[str], limit: int | None, tag_name: str | None = None,
-         explicit: bool = True) -> None:
+def _run(recipe_ref: str, lake_spec, data_path, stages: list[str] | None, limit: int | None,
+         tag_name: str | None = None) -> None:
+    """`vlfactory.run` (every stage the recipe configures when `stages` is None), printing as it goes."""
     from rich.console import Console
 
-    from vlfactory.recipe import load_recipe
-    from vlfactory.stages import OPTIONAL, Scope, run_stage
+    from vlfactory import api
 
     console = Console(stderr=True)
-    recipe = load_recipe(recipe_ref)
-    configs = {name: recipe.stage_config(name) for name in stages}
-    if not explicit:
-        stages = [s for s in stages if s not in OPTIONAL or configs[s] is not None]
-    scope = Scope.of(recipe, limit)
-    if "ingest" in stages:  # a mapping that does not fit the data fails here, before anything is written
-        from vlfactory.ingest import preflight
-
-        preflight(configs["ingest"])
-    with open_lake(lake_spec, data_path, recipe) as lake:
-        console.print(f"lake: {lake.spec.display}")
-        lake.start_run("run " + ",".join(stages), recipe.text, recipe.name, " ".join(sys.argv[1:]))
-        counts: dict[str, int] = {}
-        failed = 0
-        t0 = time.perf_counter()
-        try:
-            for name in stages:
-                with _progress(console, name) as progress:
-                    result = run_stage(lake, name, configs[name], scope, progress)
-                console.print(result.line())
-                counts |= {f"{name}.{k}": v for k, v in result.counts().items()}
-                failed += result.failed
-        except KeyboardInterrupt:
-            lake.end_run("interrupted", counts)
-            raise
-        except Exception as e:
-            lake.end_run("failed", counts, error=f"{type(e).__name__}: {e}")
-            raise
-        lake.end_run("ok", counts)
-        if tag_name:
-            console.print(f"tagged {tag_name} -> snapshot {lake.tag(tag_name, force=True)}")
-        if failed:
-            console.print(f"[yellow]{failed} requests failed after retries: see `vlfactory sql \"SELECT * FROM "
-                          f"rejected WHERE reason = 'request_failed'\"`; rerun to retry them[/]")
-        console.print(f"done in {time.perf_counter() - t0:.1f}s; snapshot {lake.current_snapshot()} "
-                      f"(name it with `vlfactory tag NAME`)")
+    api.run(recipe_ref, stages, lake=lake_spec, data_path=data_path, limit=limit, tag=tag_name, say=console.print,
+            progress=lambda name: _progress(console, name), argv=" ".join(sys.argv[1:]))
 
 
 PROGRESS_S = 30.0  # seconds between progress lines when the output is not a terminal [env VLFACTORY_PROGRESS_S]
@@ -360,22 +325,95 @@ def _has(lk, table: str, snap: int) -> bool:
 @main.command()
 @click.argument("a")
 @click.argument("b", default="latest")
+@click.option("--table", default=None, help="List this table's rows added, removed and changed, by its key.")
+@click.option("--limit", type=int, default=20, show_default=True,
+              help="With --table: rows listed per kind (added, removed, changed; 0: all). Counts are whole.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @lake_options
 @friendly
-def diff(a: str, b: str, lake: str | None, data_path: str | None) -> None:
-    """Rows added and removed per table between versions A and B.
+def diff(a: str, b: str, table: str | None, limit: int, fmt: str, lake: str | None, data_path: str | None) -> None:
+    """Rows added and removed per table between versions A and B; with --table, the rows.
+
+    With --table, rows are matched by the table's key (sft: problem_id + from_id, grades: the graded
+    sample, rl: problem_id, ...): a key on both sides with other content is a changed row, shown
+    with its changed columns before and after. run_id and created_at are not compared.
 
     \b
     Example:
         vlfactory diff iter1 iter2
+        vlfactory diff iter1 iter2 --table sft
+        vlfactory diff iter1-rl iter2-rl --table rl --format json
         vlfactory diff 12          # from snapshot 12 to the latest
     """
-    with open_lake(lake, data_path) as lk:
-        sa, sb = lk.resolve(a), lk.resolve(b)
-        rows = [(t, f"+{d['added']}", f"-{d['removed']}") for t, d in lk.diff(sa, sb).items()
-                if d["added"] or d["removed"]]
-        click.echo(f"{a} (snapshot {sa}) -> {b} (snapshot {sb})")
-        _print_table(["table", "added", "removed"], rows, 80)
+    from vlfactory import api
+    from vlfactory.diffs import around_change
+
+    with open_lake(lake, data_path, read_only=True) as lk:
+        if table is None:
+            sa, sb = lk.resolve(a), lk.resolve(b)
+            counts = api.diff(sa, sb, lake=lk)
+            if fmt == "json":
+                click.echo(json.dumps({"a": a, "b": b, "snapshot_a": sa, "snapshot_b": sb, "tables": counts}))
+                return
+            click.echo(f"{a} (snapshot {sa}) -> {b} (snapshot {sb})")
+            _print_table(["table", "added", "removed"], [(t, f"+{d['added']}", f"-{d['removed']}")
+                                                        for t, d in counts.items() if d["added"] or d["removed"]], 80)
+            return
+        d = api.diff(a, b, table=table, lake=lk, limit=limit or None)
+    if fmt == "json":
+        import dataclasses
+
+        click.echo(json.dumps(dataclasses.asdict(d), default=str, ensure_ascii=False))
+        return
+    click.echo(d.line())
+    others = [c for c in d.compared if c not in d.key]
+    for kind, rows, n in (("added", d.added, d.n_added), ("removed", d.removed, d.n_removed)):
+        if rows:
+            click.echo(f"{kind}: {n}" + (f" (first {len(rows)})" if len(rows) < n else ""))
+            _print_table([*d.key, "row"], [[*(r[k] for k in d.key), "; ".join(f"{c}={_plain(r[c])}" for c in others)]
+                                           for r in rows], 120)
+    if d.changed:
+        click.echo(f"changed: {d.n_changed}" + (f" (first {len(d.changed)})" if len(d.changed) < d.n_changed else ""))
+        _print_table([*d.key, "column", "before", "after"],
+                     [[*c.key.values(), col, *around_change(_plain(c.before[col]), _plain(c.after[col]))]
+                      for c in d.changed for col in c.before], 200)
+
+
+@main.command()
+@click.argument("version", required=False)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Anything but loopback lets the network read the lake (SQL included).")
+@click.option("--port", type=int, default=8765, show_default=True, help="Port to listen on (0: any free port).")
+@lake_options
+@friendly
+def view(version: str | None, host: str, port: int, lake: str | None, data_path: str | None) -> None:
+    """Browse a version in the browser: traces with their images, captions, verdicts; read-only.
+
+    Filter problems, captions, traces, rollouts, grades, rejected rows and the sets by source,
+    verdict, reason, model, iteration or any SQL WHERE; open a sample to see its image, the
+    caption the reasoner saw, the completion beside its cleaned version, and how it stood at
+    every tagged version. The lake stays open read-only until you stop the server.
+
+    \b
+    Example:
+        vlfactory view iter1                 # then open http://127.0.0.1:8765/
+        vlfactory view --port 0              # any free port
+    """
+    from vlfactory.viewer import server
+
+    with open_lake(lake, data_path, read_only=True) as lk:
+        try:
+            httpd = server(lk, version, host, port)
+        except OSError as e:
+            raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        shown = f"[{host}]" if ":" in host else host
+        click.echo(f"viewing {lk.spec.display} at http://{shown}:{httpd.server_port}/ (read-only; Ctrl-C stops)")
+        try:
+            httpd.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            httpd.server_close()
 
 
 @main.command()
@@ -416,18 +454,10 @@ def iterate(recipe: str, lake: str | None, data_path: str | None, iterations: in
     """
     from rich.console import Console
 
-    from vlfactory.loop import Loop
-    from vlfactory.recipe import load_recipe
-    from vlfactory.stores.lake import LakeSpec
+    from vlfactory import api
 
-    console = Console(stderr=True)
-    r = load_recipe(recipe)
-    if lake is None and r.lake.catalog:
-        lake, data_path = r.lake.catalog, data_path or r.lake.data_path
-    spec = LakeSpec.resolve(lake, data_path)
-    console.print(f"lake: {spec.display}")
-    policies = Loop(r, spec, say=console.print, limit=limit).run(iterations)
-    console.print(f"done: {len(policies)} iterations; final policy {policies[-1] if policies else '-'}")
+    api.iterate(recipe, lake=lake, data_path=data_path, iterations=iterations, limit=limit,
+                say=Console(stderr=True).print)
 
 
 @main.command("eval")

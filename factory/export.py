@@ -49,12 +49,17 @@ def features_for(table: pa.Table):
     return features
 
 
-def export(lake: Lake, table: str, version: str | int | None, out: Path, fmt: str = "parquet",
-           shard_rows: int = 5000) -> list[Path]:
+def dataset(lake: Lake, table: str, version: str | int | None):
+    """A table at a version as a `datasets.Dataset`, images as the Image feature (`vlfactory.load`)."""
     import datasets
 
     data = read_table(lake, table, version)
-    ds = datasets.Dataset(data).cast(features_for(data)) if "image" in data.column_names else datasets.Dataset(data)
+    return datasets.Dataset(data).cast(features_for(data)) if "image" in data.column_names else datasets.Dataset(data)
+
+
+def export(lake: Lake, table: str, version: str | int | None, out: Path, fmt: str = "parquet",
+           shard_rows: int = 5000) -> list[Path]:
+    ds = dataset(lake, table, version)
     out = Path(out)
     if fmt == "hf":
         ds.save_to_disk(str(out))

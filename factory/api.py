@@ -1,0 +1,223 @@
+"""The Python API: what the `vlfactory` command does, callable from a notebook.
+
+    import vlfactory
+    ds = vlfactory.load("sft@iter1", lake="./lake")      # a datasets.Dataset, images as the Image feature
+    t = vlfactory.table("traces@iter1")                 # a pyarrow.Table (latest: "traces")
+    df = vlfactory.frame("grades")                      # a polars.DataFrame
+    run = vlfactory.run("quickstart", stages=["ingest", "verify"], limit=20)
+    print(run["verify"].line())                         # the StageResult the CLI prints
+    vlfactory.iterate("quickstart", iterations=1)       # the loop; returns each iteration's policy
+    vlfactory.diff("iter1", "iter2", table="sft")       # rows added, removed and changed by key
+
+The CLI is a thin layer over these functions (`vlfactory run` is `run` with a
+progress bar), so a notebook gets the same results as the command line.
+`lake` is a folder, a `ducklake:` URI or an open `Lake`; by default
+$VLFACTORY_LAKE, else the recipe's `lake:`, else ./lake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from vlfactory.stages import OPTIONAL, STAGES, Scope, StageResult, run_stage
+from vlfactory.stores.lake import Lake, LakeError, LakeSpec
+
+if TYPE_CHECKING:
+    import datasets
+    import polars
+    import pyarrow as pa
+
+    from vlfactory.diffs import TableDiff
+    from vlfactory.recipe import Recipe
+
+Say = Callable[[str], None]
+
+
+def lake_spec(lake: str | os.PathLike | None = None, data_path: str | None = None, recipe: Recipe | None = None
+              ) -> LakeSpec:
+    """Where the lake is: `lake`, else $VLFACTORY_LAKE, else the recipe's `lake:`, else ./lake."""
+    if lake is None and not os.environ.get("VLFACTORY_LAKE") and recipe is not None and recipe.lake.catalog:
+        lake, data_path = recipe.lake.catalog, data_path or recipe.lake.data_path
+    return LakeSpec.resolve(lake, data_path)
+
+
+@contextlib.contextmanager
+def opened(lake: Lake | str | os.PathLike | None = None, data_path: str | None = None, recipe: Recipe | None = None,
+           **kwargs) -> Iterator[Lake]:
+    """An open lake: the one given, left open, or one opened here and closed after."""
+    if isinstance(lake, Lake):
+        yield lake
+        return
+    with Lake(lake_spec(lake, data_path, recipe), **kwargs) as lk:
+        yield lk
+
+
+def parse_ref(ref: str, table: str | None = None) -> tuple[str, str | None]:
+    """("sft", "iter1") from "sft@iter1"; ("sft", None) (latest) from "sft"; ("sft", "iter1") from ("iter1", "sft")."""
+    name, at, version = str(ref).partition("@")
+    if table is not None:
+        if at:
+            raise LakeError(f"give TABLE@VERSION ({ref!r}) or table= ({table!r}), not both")
+        return table, str(ref)
+    return name, version or None
+
+
+# ---- reading -------------------------------------------------------------------------
+
+def table(ref: str, lake: Lake | str | os.PathLike | None = None, *, table: str | None = None,
+          data_path: str | None = None) -> pa.Table:
+    """A table at a version as Arrow, rows in a total order, with an `image` column (bytes and a file name, the
+    layout of `datasets`' Image feature) where the table names an image_id.
+
+        vlfactory.table("sft@iter1")   vlfactory.table("traces")   vlfactory.table("iter1", table="rl")
+    """
+    return _arrow(ref, lake, table, data_path)
+
+
+def frame(ref: str, lake: Lake | str | os.PathLike | None = None, *, table: str | None = None,
+          data_path: str | None = None) -> polars.DataFrame:
+    """`table(...)` as a polars DataFrame."""
+    import polars as pl
+
+    return pl.from_arrow(_arrow(ref, lake, table, data_path))
+
+
+def _arrow(ref, lake, table, data_path) -> pa.Table:
+    from vlfactory.export import read_table
+
+    name, version = parse_ref(ref, table)
+    with opened(lake, data_path, read_only=True) as lk:
+        return read_table(lk, name, version)
+
+
+def load(ref: str, lake: Lake | str | os.PathLike | None = None, *, table: str | None = None,
+         data_path: str | None = None) -> datasets.Dataset:
+    """A table at a version as a `datasets.Dataset`, images decoded by the `Image` feature from their exact bytes:
+    what `vlfactory export` writes and `datasets.load_dataset("parquet", ...)` reads back.
+
+        ds = vlfactory.load("sft@iter1", lake="./lake"); ds[0]["image"]   # a PIL image
+    """
+    from vlfactory.export import dataset
+
+    name, version = parse_ref(ref, table)
+    with opened(lake, data_path, read_only=True) as lk:
+        return dataset(lk, name, version)
+
+
+def diff(a: str | int, b: str | int = "latest", *, table: str | None = None,
+         lake: Lake | str | os.PathLike | None = None, data_path: str | None = None, limit: int | None = None
+         ) -> TableDiff | dict[str, dict[str, int]]:
+    """Between versions A and B: with `table`, its rows added, removed and changed by key (a `TableDiff`, lists
+    cut at `limit` rows, counts whole); without, rows added and removed per table."""
+    from vlfactory.diffs import row_diff
+
+    with opened(lake, data_path, read_only=True) as lk:
+        if table is None:
+            return lk.diff(a, b)
+        return row_diff(lk, table, a, b, limit=limit)
+
+
+# ---- running -------------------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    """What `run` did: each stage's StageResult, in order, and the snapshot it ended on."""
+
+    run_id: str
+    snapshot: int
+    results: list[StageResult] = field(default_factory=list)
+    seconds: float = 0.0
+    tag: str | None = None
+
+    def __getitem__(self, stage: str) -> StageResult:
+        for r in self.results:
+            if r.stage == stage:
+                return r
+        raise KeyError(f"{stage!r} did not run; ran: {', '.join(r.stage for r in self.results)}")
+
+    @property
+    def failed(self) -> int:
+        return sum(r.failed for r in self.results)
+
+
+def stage_list(recipe: Recipe, stages: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """The stages to run, in order: those named, or every stage the recipe configures."""
+    if stages is None:
+        return [s for s in STAGES if s not in OPTIONAL or recipe.stage_config(s) is not None]
+    named = [stages] if isinstance(stages, str) else list(stages)
+    if unknown := [s for s in named if s not in STAGES]:
+        raise ValueError(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
+    return named
+
+
+def run(recipe: Recipe | str | os.PathLike, stages: str | list[str] | None = None, *,
+        lake: Lake | str | os.PathLike | None = None, data_path: str | None = None, limit: int | None = None,
+        tag: str | None = None, say: Say | None = print, progress: Callable | None = None,
+        argv: str | None = None) -> RunResult:
+    """Run a recipe's stages in order (all it configures, or those named) as one recorded run; `vlfactory run`.
+
+    `limit`: the first N problems of the recipe's sources (rows per source for ingest). `tag` names the snapshot
+    the run ends on. `say` gets the lines the CLI prints; `progress(stage)` returns a context manager yielding a
+    `Progress` callback (the CLI's bar), or None.
+    """
+    from vlfactory.recipe import Recipe, load_recipe
+
+    say = say or (lambda line: None)
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    names = stage_list(recipe, stages)
+    configs = {name: recipe.stage_config(name) for name in names}
+    scope = Scope.of(recipe, limit)
+    if "ingest" in names:  # a mapping that does not fit the data fails here, before anything is written
+        from vlfactory.ingest import preflight
+
+        preflight(configs["ingest"])
+    with opened(lake, data_path, recipe) as lk:
+        say(f"lake: {lk.spec.display}")
+        run_id = lk.start_run("run " + ",".join(names), recipe.text, recipe.name, argv)
+        out = RunResult(run_id, lk.current_snapshot())
+        counts: dict[str, int] = {}
+        t0 = time.perf_counter()
+        try:
+            for name in names:
+                with progress(name) if progress else contextlib.nullcontext() as callback:
+                    result = run_stage(lk, name, configs[name], scope, callback)
+                say(result.line())
+                out.results.append(result)
+                counts |= {f"{name}.{k}": v for k, v in result.counts().items()}
+        except KeyboardInterrupt:
+            lk.end_run("interrupted", counts)
+            raise
+        except Exception as e:
+            lk.end_run("failed", counts, error=f"{type(e).__name__}: {e}")
+            raise
+        lk.end_run("ok", counts)
+        if tag:
+            say(f"tagged {tag} -> snapshot {lk.tag(tag, force=True)}")
+            out.tag = tag
+        if out.failed:
+            say(f"{out.failed} requests failed after retries: see `vlfactory sql \"SELECT * FROM rejected WHERE "
+                f"reason = 'request_failed'\"`; rerun to retry them")
+        out.seconds, out.snapshot = time.perf_counter() - t0, lk.current_snapshot()
+        say(f"done in {out.seconds:.1f}s; snapshot {out.snapshot} (name it with `vlfactory tag NAME`)")
+    return out
+
+
+def iterate(recipe: Recipe | str | os.PathLike, *, lake: Lake | str | os.PathLike | None = None,
+            data_path: str | None = None, iterations: int | None = None, limit: int | None = None,
+            say: Say | None = print) -> list[str]:
+    """The OpenVLThinker loop of the recipe's `loop:` section, resumable per step (`vlfactory iterate`); returns
+    each iteration's policy checkpoint. The loop opens the lake per step, so give a spec rather than an open Lake."""
+    from vlfactory.loop import Loop
+    from vlfactory.recipe import Recipe, load_recipe
+
+    say = say or (lambda line: None)
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    spec = lake.spec if isinstance(lake, Lake) else lake_spec(lake, data_path, recipe)
+    say(f"lake: {spec.display}")
+    policies = Loop(recipe, spec, say=say, limit=limit).run(iterations)
+    say(f"done: {len(policies)} iterations; final policy {policies[-1] if policies else '-'}")
+    return policies

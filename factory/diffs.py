@@ -1,0 +1,171 @@
+"""Row diffs between two versions of a table: rows added, removed and changed, by the table's natural key.
+
+    vlfactory diff iter1 iter2 --table sft
+    vlfactory.diff("iter1", "iter2", table="rl").changed[0].after   # the changed columns' new values
+
+Rows compare as a whole (multisets, as `Lake.differs` compares sets): a row in
+both versions is unchanged. Of the rest, a key found once on each side is a
+*changed* row, with the columns that differ and their values before and after;
+every other row is *added* or *removed*. `run_id` and `created_at` say when a
+row was written, not what it holds, so they are left out of the comparison
+(unless part of the key): a set rewritten with the same content is no change.
+Binary columns (image bytes) are left out too: their row's key is the bytes'
+hash.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import duckdb
+
+from vlfactory.stores.lake import DB, Lake, LakeError
+
+# Each table's natural key: what stays the same when a row's content changes.
+KEYS = {
+    "images": ("image_id",),
+    "problems": ("problem_id",),
+    "captions": ("caption_id",),
+    "traces": ("trace_id",),
+    "rollouts": ("rollout_id",),
+    "grades": ("ref_table", "ref_id"),        # one current grade per sample; a regrade changes it in place
+    "rejected": ("stage", "source", "ref_id"),
+    "sft": ("problem_id", "from_id"),         # an example is a problem's sample; its text may be recleaned
+    "rl": ("problem_id",),
+    "prompts": ("prompt_hash",),
+    "runs": ("run_id",),
+    "tags": ("name", "snapshot_id"),
+    "trainings": ("training_id",),
+    "evals": ("eval_id",),
+    "models": ("model_key",),
+}
+WRITTEN = ("run_id", "created_at")  # when a row was written, not what it holds
+
+
+@dataclass
+class Change:
+    key: dict
+    before: dict  # the changed columns only
+    after: dict
+
+
+@dataclass
+class TableDiff:
+    """Rows of `table` added, removed and changed from version A to B. The lists hold at most the `limit` the diff
+    was asked for (in key order); the counts are whole."""
+
+    table: str
+    a: str
+    b: str
+    snapshot_a: int
+    snapshot_b: int
+    key: tuple[str, ...]
+    compared: list[str]                        # the columns compared
+    added: list[dict] = field(default_factory=list)
+    removed: list[dict] = field(default_factory=list)
+    changed: list[Change] = field(default_factory=list)
+    n_added: int = 0
+    n_removed: int = 0
+    n_changed: int = 0
+    unchanged: int = 0
+    by_column: dict[str, int] = field(default_factory=dict)  # changed rows per column, most first
+    columns_added: list[str] = field(default_factory=list)   # schema changes between the versions
+    columns_removed: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        cols = ", ".join(f"{c} {n}" for c, n in self.by_column.items())
+        schema = "".join([f"; columns added: {', '.join(self.columns_added)}" if self.columns_added else "",
+                          f"; columns removed: {', '.join(self.columns_removed)}" if self.columns_removed else ""])
+        return (f"{self.table}: {self.a} (snapshot {self.snapshot_a}) -> {self.b} (snapshot {self.snapshot_b}), "
+                f"by ({', '.join(self.key)}): +{self.n_added} added, -{self.n_removed} removed, "
+                f"~{self.n_changed} changed{f' ({cols})' if cols else ''}, {self.unchanged} unchanged{schema}")
+
+
+def _columns(lake: Lake, table: str, snapshot: int) -> dict[str, str] | None:
+    """Column name -> type of a table at a snapshot (None: it did not exist then)."""
+    try:
+        rel = lake.con.sql(f"SELECT * FROM {DB}.{table} AT (VERSION => {int(snapshot)}) LIMIT 0")
+    except duckdb.Error:
+        return None
+    return {c: str(t) for c, t in zip(rel.columns, rel.types)}
+
+
+def row_diff(lake: Lake, table: str, a: str | int, b: str | int = "latest", limit: int | None = None) -> TableDiff:
+    """Rows of `table` added, removed and changed by key from version A to version B (tags or snapshot ids)."""
+    if table not in lake.tables():
+        raise LakeError(f"unknown table {table!r}; tables: {', '.join(lake.tables())}")
+    sa, sb = lake.resolve(a), lake.resolve(b)
+    cols_a, cols_b = _columns(lake, table, sa), _columns(lake, table, sb)
+    base = cols_b or cols_a
+    if base is None:
+        raise LakeError(f"{table} exists at neither snapshot {sa} nor {sb}")
+    key = KEYS.get(table, (next(iter(base)),))  # a table of ours not listed leads with its id
+    both = [c for c in base if (cols_a is None or c in cols_a) and (cols_b is None or c in cols_b)]
+    compared = [c for c in both if c in key or (c not in WRITTEN and base[c] != "BLOB")]
+    if missing := [k for k in key if k not in compared]:
+        raise LakeError(f"{table} has no key column {missing[0]!r} at one of the versions")
+    sel = ", ".join(f'"{c}"' for c in compared)
+
+    def rows(snapshot: int, cols: dict | None) -> str:
+        at = f"{DB}.{table} AT (VERSION => {snapshot})"
+        return f"SELECT {sel} FROM {at}" if cols is not None else f"SELECT {sel} FROM {DB}.{table} WHERE false"
+
+    out = TableDiff(table, str(a), str(b), sa, sb, key, compared,
+                    columns_added=[c for c in (cols_b or {}) if cols_a is not None and c not in cols_a],
+                    columns_removed=[c for c in (cols_a or {}) if cols_b is not None and c not in cols_b])
+    con = lake.con
+    k = ", ".join(f'"{c}"' for c in key)
+    def same(x: str, y: str) -> str:
+        return " AND ".join(f'{x}."{c}" IS NOT DISTINCT FROM {y}."{c}"' for c in key)
+
+    try:
+        # Rows only in A and only in B, then their keys found exactly once on each side: the changed rows.
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _only_a AS ({rows(sa, cols_a)}) EXCEPT ALL ({rows(sb, cols_b)})")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _only_b AS ({rows(sb, cols_b)}) EXCEPT ALL ({rows(sa, cols_a)})")
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _keys AS
+            (SELECT {k} FROM _only_a GROUP BY ALL HAVING count(*) = 1)
+            INTERSECT (SELECT {k} FROM _only_b GROUP BY ALL HAVING count(*) = 1)""")
+        cut = f" LIMIT {int(limit)}" if limit is not None else ""
+        for side, name in (("_only_b", "added"), ("_only_a", "removed")):
+            kept = f"FROM {side} x WHERE NOT EXISTS (SELECT 1 FROM _keys y WHERE {same('x', 'y')})"
+            setattr(out, f"n_{name}", con.execute(f"SELECT count(*) {kept}").fetchone()[0])
+            setattr(out, name, _dicts(con.sql(f"SELECT * {kept} ORDER BY {k}{cut}")))
+        others = [c for c in compared if c not in key]
+        flags = ", ".join(f"""CASE WHEN x."{c}" IS DISTINCT FROM y."{c}" THEN '{c}' END""" for c in others) or "NULL"
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _changed AS
+            SELECT {', '.join(f'x."{c}" AS "{c}"' for c in key)},
+                   list_filter([{flags}], f -> f IS NOT NULL) AS _columns,
+                   {", ".join(f'x."{c}" AS "a.{c}", y."{c}" AS "b.{c}"' for c in others) or "NULL AS _none"}
+            FROM _only_a x JOIN _only_b y ON {same('x', 'y')} SEMI JOIN _keys z ON {same('x', 'z')}""")
+        out.n_changed = con.execute("SELECT count(*) FROM _changed").fetchone()[0]
+        out.by_column = dict(con.execute("SELECT c, count(*) AS n FROM (SELECT unnest(_columns) AS c FROM _changed) "
+                                         "GROUP BY c ORDER BY n DESC, c").fetchall())
+        for r in _dicts(con.sql(f"SELECT * FROM _changed ORDER BY {k}{cut}")):
+            out.changed.append(Change({c: r[c] for c in key}, {c: r[f"a.{c}"] for c in r["_columns"]},
+                                      {c: r[f"b.{c}"] for c in r["_columns"]}))
+        total_b = con.execute(f"SELECT count(*) FROM ({rows(sb, cols_b)})").fetchone()[0]
+    finally:
+        for t in ("_only_a", "_only_b", "_keys", "_changed"):
+            con.execute(f"DROP TABLE IF EXISTS temp.{t}")
+    out.unchanged = total_b - out.n_added - out.n_changed
+    return out
+
+
+def _dicts(rel: duckdb.DuckDBPyRelation) -> list[dict]:
+    return rel.to_arrow_table().to_pylist()
+
+
+def around_change(before, after, context: int = 24) -> tuple[str, str]:
+    """Two long texts cut to where they differ, with `context` characters either side: what a reader of a diff
+    wants to see of a recleaned completion. Other values are returned as they are, as text."""
+    if not (isinstance(before, str) and isinstance(after, str)):
+        return str(before), str(after)
+    start = len(os.path.commonprefix([before, after]))
+    end = len(os.path.commonprefix([before[start:][::-1], after[start:][::-1]]))
+    lo = max(0, start - context)
+
+    def cut(s: str) -> str:
+        hi = min(len(s), len(s) - end + context)
+        return ("…" if lo else "") + s[lo:hi] + ("…" if hi < len(s) else "")
+    return cut(before), cut(after)

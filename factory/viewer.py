@@ -1,0 +1,364 @@
+"""A local, read-only trace viewer in the browser: `vlfactory view [VERSION]`.
+
+    vlfactory view iter1                 # then open http://127.0.0.1:8765/
+    vlfactory view --port 0              # any free port; the URL is printed
+
+Browse problems, captions, traces, rollouts, grades, rejected rows and the
+sft/rl sets of any version; filter by source, verdict, reason, model,
+iteration or any SQL WHERE over the listed table's columns; open a sample to
+see its image, question, the caption the reasoner saw, the full completion
+beside its cleaned version, the extracted answer, verdict and reasons, tokens
+and finish reason; a problem page links all its generations and how they
+stood at every tagged version (TABLE@VERSION time travel).
+
+Standard library only (http.server): a JSON API under /api/ over one read-only
+lake connection, image bytes under /image/<image_id>, and one static page
+(vlfactory.viewer_page). Pages are keyset queries (`id > last ORDER BY id
+LIMIT n`), so paging stays as fast at row 90,000 as at row 0 (bench/viewer.py).
+Filter values are bound parameters; the free SQL WHERE is the one user
+fragment, and it runs through `Lake.query` (one SELECT statement, else refused)
+on a read-only attachment, so it cannot write. It can read what SQL can read,
+so the server listens on 127.0.0.1 unless told otherwise, and refuses requests
+addressed to another host name (DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from vlfactory.stores.lake import DB, Lake, LakeError
+
+PAGE_ROWS = 50
+CUT = 160  # characters of a long text shown in a list
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How a table is listed: its key, the columns shown, what its grade and model are."""
+
+    key: str
+    columns: tuple[str, ...]
+    graded: str | None = None     # the column grades.ref_id names (with ref_table = `ref_table`)
+    ref_table: str | None = None  # SQL for the grades.ref_table of a row
+    model: str | None = None      # the column the model filter reads
+    is_set: bool = False          # rewritten per version (sft, rl): an iteration is the set at its tag
+
+
+SAMPLED = ("problem_id", "source", "sample_index", "model", "answer", "accepted", "reasons", "completion_tokens",
+           "finish_reason")
+SPECS = {
+    "traces": Spec("trace_id", ("trace_id", *SAMPLED), "trace_id", "'traces'", "model"),
+    "rollouts": Spec("rollout_id", ("rollout_id", *SAMPLED), "rollout_id", "'rollouts'", "model"),
+    "problems": Spec("problem_id", ("problem_id", "source", "source_id", "split", "question", "answer")),
+    "captions": Spec("caption_id", ("caption_id", "problem_id", "source", "model", "origin", "caption",
+                                    "completion_tokens", "finish_reason"), model="model"),
+    "grades": Spec("grade_id", ("grade_id", "ref_table", "ref_id", "source", "correct", "extracted", "accepted",
+                                "reasons", "words", "cleaned_ok")),
+    "rejected": Spec("rejected_id", ("rejected_id", "stage", "reason", "reasons", "source", "ref_id", "detail")),
+    "sft": Spec("example_id", ("example_id", "problem_id", "source", "model", "from_table", "words", "accepted",
+                               "completion"), "from_id", "t.from_table", "model", is_set=True),
+    "rl": Spec("problem_id", ("problem_id", "source", "policy_model", "samples", "correct", "pass_rate",
+                              "question"), model="policy_model", is_set=True),
+}
+ITERATION = re.compile(r"iter(\d+)")
+
+
+class Viewer:
+    """The queries behind the page, over one lake opened read-only (one query at a time)."""
+
+    def __init__(self, lake: Lake, version: str | int | None = None):
+        self.lake, self.version = lake, version
+        self.lock = threading.Lock()
+        self.counts: dict[tuple, int] = {}  # (table, snapshot, filters) -> rows: paging does not recount
+
+    # ---- helpers -------------------------------------------------------------------
+
+    def snapshot(self, at: str | None) -> int:
+        return self.lake.resolve(at or self.version or "latest")
+
+    def tables(self, snap: int) -> dict[str, list[str]]:
+        """The viewable tables at a snapshot, with their columns."""
+        out = {}
+        for name in SPECS:
+            try:
+                out[name] = self.lake.con.sql(f"SELECT * FROM {DB}.{name} AT (VERSION => {snap}) LIMIT 0").columns
+            except Exception:
+                continue  # not there yet at this version
+        return out
+
+    def view(self, table: str, snap: int) -> str:
+        """The table at a snapshot with what a reader wants beside each row: the problem's source, question, gold
+        answer and image, and the sample's current grade."""
+        spec, cols = SPECS[table], self.tables(snap).get(table)
+        if cols is None:
+            raise LakeError(f"no table {table!r} at snapshot {snap}")
+
+        def at(name: str, alias: str) -> str:  # DuckDB wants the alias before AT
+            return f"{DB}.{name} {alias} AT (VERSION => {snap})"
+
+        base = at(table, "t")
+        if table == "rejected":  # a verify rejection names its problem and sample in the payload
+            base = (f"(SELECT *, CASE WHEN stage = 'verify' THEN json_extract_string(payload, '$.problem_id') END "
+                    f"AS problem_id, CASE WHEN stage = 'verify' THEN json_extract_string(payload, '$.ref_table') END "
+                    f"AS ref_table FROM {at(table, 'r')}) t")
+            cols = [*cols, "problem_id", "ref_table"]
+        sel, joins = ["t.*"], []
+        if "problem_id" in cols and table != "problems":
+            joins.append(f"LEFT JOIN {at('problems', 'p')} ON p.problem_id = t.problem_id")
+            sel += [f"p.{c}" for c in ("source", "question", "image_id") if c not in cols]
+            sel.append("p.answer AS gold")
+        if spec.graded:
+            joins.append(f"LEFT JOIN {at('grades', 'g')} ON g.ref_table = {spec.ref_table} "
+                         f"AND g.ref_id = t.{spec.graded}")
+            sel += [f"g.{c}" for c in ("accepted", "correct", "grade_reason", "reasons", "extracted", "cleaned",
+                                       "cleaned_words", "cleaned_ok", "verifier", "settings_hash")]
+        return f"SELECT {', '.join(sel)} FROM {base} {' '.join(joins)}"
+
+    def filters(self, table: str, q: dict, snap: int) -> tuple[list[str], list]:
+        """SQL conditions and their parameters from the page's filters; the free WHERE goes in as typed."""
+        spec, where, params = SPECS[table], [], []
+        if q.get("problem"):
+            where.append("v.problem_id = ?")
+            params.append(q["problem"])
+        if q.get("source"):
+            where.append("v.source = ?")
+            params.append(q["source"])
+        if q.get("model") and spec.model:
+            where.append(f"v.{spec.model} = ?")
+            params.append(q["model"])
+        if q.get("verdict") and (spec.graded or table == "grades"):
+            where.append({"accepted": "v.accepted", "rejected": "NOT v.accepted",
+                          "ungraded": "v.accepted IS NULL"}[q["verdict"]])
+        if q.get("reason"):
+            if table == "rejected":
+                where.append("(v.reason = ? OR list_contains(v.reasons, ?))")
+                params += [q["reason"], q["reason"]]
+            elif spec.graded or table == "grades":
+                where.append("list_contains(v.reasons, ?)")
+                params.append(q["reason"])
+        if q.get("iteration") and not spec.is_set:  # rows new in iterK: at iterK and not at iter(K-1)
+            previous = self.lake.tags().get(f"iter{int(q['iteration']) - 1}")
+            if previous is not None and table in self.tables(previous):
+                where.append(f"v.{spec.key} NOT IN (SELECT {spec.key} FROM {DB}.{table} AT (VERSION => {previous}))")
+        if q.get("where", "").strip():
+            where.append(f"(\n{q['where']}\n)")  # on its own lines: a trailing -- comment ends there
+        return where, params
+
+    def query(self, sql: str, params: list | None = None) -> list[dict]:
+        rel = self.lake.query(sql, params or None)
+        return [dict(zip(rel.columns, row)) for row in rel.fetchall()]
+
+    # ---- endpoints -----------------------------------------------------------------
+
+    def meta(self, q: dict) -> dict:
+        """Versions, tables, and the values each filter offers at the chosen version."""
+        snap = self.snapshot(q.get("at"))
+        tags = sorted(self.lake.tags().items(), key=lambda kv: (kv[1], kv[0]))
+        tables = self.tables(snap)
+        values = {}
+        for field, sql in (("source", "SELECT DISTINCT source FROM {} WHERE source IS NOT NULL"),
+                           ("reason", "SELECT DISTINCT unnest(reasons) FROM {} WHERE reasons IS NOT NULL")):
+            values[field] = sorted(r[0] for r in self.lake.con.execute(sql.format(
+                f"{DB}.{'problems' if field == 'source' else 'rejected'} AT (VERSION => {snap})")).fetchall())
+        values["reason"] = sorted(set(values["reason"]) | {r[0] for r in self.lake.con.execute(
+            f"SELECT DISTINCT reason FROM {DB}.rejected AT (VERSION => {snap})").fetchall()})
+        models = set()
+        for name in ("captions", "traces", "rollouts"):
+            if name in tables:
+                models |= {r[0] for r in self.lake.con.execute(
+                    f"SELECT DISTINCT model FROM {DB}.{name} AT (VERSION => {snap})").fetchall()}
+        values["model"] = sorted(m for m in models if m)
+        values["iteration"] = sorted({int(m.group(1)) for t, _ in tags if (m := ITERATION.fullmatch(t))})
+        return {"lake": self.lake.spec.display, "at": q.get("at") or str(self.version or "latest"), "snapshot": snap,
+                "latest": self.lake.current_snapshot(), "tags": [{"name": t, "snapshot": s} for t, s in tags],
+                "tables": {t: {"key": SPECS[t].key, "graded": bool(SPECS[t].graded) or t == "grades",
+                               "model": bool(SPECS[t].model), "set": SPECS[t].is_set} for t in tables},
+                "values": values}
+
+    def rows(self, q: dict) -> dict:
+        """One page of a table's rows, in key order from `after` (the last key of the page before): keyset paging,
+        so a page deep in 100k rows costs what the first does."""
+        table = q.get("table", "traces")
+        if table not in SPECS:
+            raise LakeError(f"unknown table {table!r}; the viewer shows {', '.join(SPECS)}")
+        snap = self.snapshot(f"iter{int(q['iteration'])}" if q.get("iteration") else q.get("at"))
+        spec, view = SPECS[table], self.view(table, snap)
+        where, params = self.filters(table, q, snap)
+        empty = self.lake.con.sql(f"SELECT * FROM ({view}) LIMIT 0")
+        types = dict(zip(empty.columns, (str(t) for t in empty.types)))
+        shown = [c for c in spec.columns if c in types]
+        select = ", ".join(f'left(v."{c}", {CUT}) AS "{c}"' if types[c] == "VARCHAR" and c != spec.key else f'v."{c}"'
+                           for c in shown)
+        select += "".join(f', v."{c}"' for c in ("problem_id", "image_id") if c in types and c not in shown)
+        limit = min(int(q.get("limit") or PAGE_ROWS), 500)
+        page, page_params = list(where), list(params)
+        if q.get("after"):
+            page.append(f"v.{spec.key} > ?")
+            page_params.append(q["after"])
+        cond = lambda w: f" WHERE {' AND '.join(w)}" if w else ""  # noqa: E731
+        rows = self.query(f"SELECT {select} FROM ({view}) v{cond(page)} ORDER BY v.{spec.key} LIMIT {limit + 1}",
+                          page_params)
+        count_key = (table, snap, json.dumps(where), json.dumps(params))
+        if count_key not in self.counts:
+            self.counts[count_key] = self.query(f"SELECT count(*) AS n FROM ({view}) v{cond(where)}", params)[0]["n"]
+        return {"table": table, "snapshot": snap, "key": spec.key, "columns": shown, "rows": rows[:limit],
+                "total": self.counts[count_key], "next": rows[limit - 1][spec.key] if len(rows) > limit else None}
+
+    def sample(self, q: dict) -> dict:
+        """One row with everything about it, and how it stood at every tagged version."""
+        table, key = q.get("table", ""), q.get("id", "")
+        if table not in SPECS:
+            raise LakeError(f"unknown table {table!r}")
+        snap, spec = self.snapshot(q.get("at")), SPECS[table]
+        found = self.query(f"SELECT * FROM ({self.view(table, snap)}) v WHERE v.{spec.key} = ?", [key])
+        if not found:
+            raise LakeError(f"no {table} row {key!r} at snapshot {snap}")
+        row = found[0]
+        out = {"table": table, "key": spec.key, "snapshot": snap, "row": row}
+        if row.get("caption_id"):  # the caption the reasoner saw
+            out["caption"] = next(iter(self.query(
+                f"SELECT caption, model, origin, caption_id FROM captions@{snap} WHERE caption_id = ?",
+                [row["caption_id"]])), None)
+        if row.get("prompt_hash") and "prompts" in self.lake.tables():
+            out["prompt"] = next(iter(self.query(f"SELECT name, text FROM prompts@{snap} WHERE prompt_hash = ?",
+                                                 [row["prompt_hash"]])), None)
+        ref = row.get(spec.graded) if spec.graded else (row.get("ref_id") if table == "grades" else None)
+        if ref:
+            out["rejected"] = self.query(f"SELECT stage, reason, reasons, detail FROM rejected@{snap} "
+                                         "WHERE ref_id = ? ORDER BY stage, reason", [ref])
+        out["versions"] = self.versions(table, spec.key, key, spec.graded and ref)
+        return out
+
+    def versions(self, table: str, key_col: str, key: str, ref: str | None) -> list[dict]:
+        """At each tag and the latest snapshot: whether the row is there and its verdict then."""
+        out = []
+        for name, snap in self.points():
+            if table not in self.tables(snap):
+                out.append({"at": name, "snapshot": snap, "present": False})
+                continue
+            present = self.lake.con.execute(f"SELECT count(*) FROM {DB}.{table} AT (VERSION => {snap}) "
+                                            f"WHERE {key_col} = ?", [key]).fetchone()[0] > 0
+            entry = {"at": name, "snapshot": snap, "present": present}
+            if ref and "grades" in self.tables(snap):
+                g = self.lake.con.execute(f"SELECT accepted, grade_reason, reasons FROM {DB}.grades AT (VERSION => "
+                                          f"{snap}) WHERE ref_id = ?", [ref]).fetchone()
+                entry |= {"accepted": g[0], "grade_reason": g[1], "reasons": g[2]} if g else {}
+            out.append(entry)
+        return out
+
+    def points(self) -> list[tuple[str, int]]:
+        """The versions worth comparing: every tag, in snapshot order, then the latest snapshot."""
+        tags = sorted(self.lake.tags().items(), key=lambda kv: (kv[1], kv[0]))
+        return [*tags, ("latest", self.lake.current_snapshot())]
+
+    def problem(self, q: dict) -> dict:
+        """A problem with all its generations at a version, and their counts at every tagged version."""
+        pid, snap = q.get("id", ""), self.snapshot(q.get("at"))
+        found = self.query(f"SELECT * FROM problems@{snap} WHERE problem_id = ?", [pid])
+        if not found:
+            raise LakeError(f"no problem {pid!r} at snapshot {snap}")
+        out = {"snapshot": snap, "problem": found[0], "tables": {}, "versions": []}
+        for table in ("captions", "traces", "rollouts", "sft", "rl"):
+            if table in self.tables(snap):
+                out["tables"][table] = self.rows({"table": table, "at": str(snap), "limit": 200, "problem": pid})
+        for name, s in self.points():
+            have = self.tables(s)
+            counts = {"at": name, "snapshot": s}
+            for table in ("captions", "traces", "rollouts", "sft", "rl"):
+                if table in have:
+                    counts[table] = self.lake.con.execute(
+                        f"SELECT count(*) FROM {DB}.{table} AT (VERSION => {s}) WHERE problem_id = ?", [pid]
+                    ).fetchone()[0]
+            if "grades" in have:
+                counts["accepted"] = self.lake.con.execute(
+                    f"SELECT count(*) FROM {DB}.grades AT (VERSION => {s}) WHERE problem_id = ? AND accepted", [pid]
+                ).fetchone()[0]
+            out["versions"].append(counts)
+        return out
+
+    def image(self, image_id: str) -> tuple[bytes, str] | None:
+        row = self.lake.con.execute(f"SELECT bytes, format FROM {DB}.images WHERE image_id = ?", [image_id]).fetchone()
+        return (row[0], f"image/{(row[1] or 'png').lower()}") if row else None
+
+
+def _json(value) -> str:
+    def default(v):
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            return f"<{len(v)} bytes>"
+        return str(v)
+    return json.dumps(value, default=default, ensure_ascii=False)
+
+
+class Handler(BaseHTTPRequestHandler):
+    viewer: Viewer
+    hosts: frozenset[str]
+    server_version = "vlfactory-viewer"
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        from vlfactory.viewer_page import PAGE, SCRIPT
+
+        url = urlsplit(self.path)
+        if self.hosts and (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]") not in self.hosts:
+            return self.send(HTTPStatus.FORBIDDEN, b"unknown host", "text/plain")
+        if url.path in ("/", "/index.html"):
+            return self.send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
+        if url.path == "/app.js":
+            return self.send(HTTPStatus.OK, SCRIPT.encode(), "text/javascript; charset=utf-8")
+        if url.path.startswith("/image/"):
+            with self.viewer.lock:
+                found = self.viewer.image(url.path.removeprefix("/image/"))
+            if found is None:
+                return self.send(HTTPStatus.NOT_FOUND, b"no such image", "text/plain")
+            return self.send(HTTPStatus.OK, found[0], found[1], cache="public, max-age=31536000, immutable")
+        endpoint = {"/api/meta": Viewer.meta, "/api/rows": Viewer.rows, "/api/sample": Viewer.sample,
+                    "/api/problem": Viewer.problem}.get(url.path)
+        if endpoint is None:
+            return self.send(HTTPStatus.NOT_FOUND, b"not found", "text/plain")
+        q = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        try:
+            with self.viewer.lock:
+                body, status = _json(endpoint(self.viewer, q)), HTTPStatus.OK
+        except Exception as e:  # one line for the page; a bad request (a wrong WHERE) is the user's to fix
+            line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            bad = isinstance(e, (LakeError, ValueError))
+            status = HTTPStatus.BAD_REQUEST if bad else HTTPStatus.INTERNAL_SERVER_ERROR
+            body = _json({"error": line})
+        self.send(status, body.encode(), "application/json")
+
+    def send(self, status: HTTPStatus, body: bytes, kind: str, cache: str = "no-store") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", cache)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self'; style-src 'self' "
+                                                    "'unsafe-inline'; frame-ancestors 'none'")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.send(HTTPStatus.METHOD_NOT_ALLOWED, b"", "text/plain")
+
+    def log_message(self, fmt: str, *args) -> None:  # quiet: one line per request would drown the URL
+        pass
+
+
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def server(lake: Lake, version: str | int | None = None, host: str = "127.0.0.1", port: int = 8765
+           ) -> ThreadingHTTPServer:
+    """A viewer server over an open lake (not yet serving: call serve_forever, or run it in a thread)."""
+    if version is not None:
+        lake.resolve(version)  # an unknown version fails now, with one line
+    hosts = LOOPBACK | {host} if host in LOOPBACK else frozenset()  # bound elsewhere on purpose: any Host
+    handler = type("ViewerHandler", (Handler,), {"viewer": Viewer(lake, version), "hosts": hosts})
+    httpd = ThreadingHTTPServer((host, port), handler)
+    httpd.daemon_threads = True
+    return httpd

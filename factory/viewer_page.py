@@ -1,0 +1,260 @@
+"""The trace viewer's page (vlfactory.viewer): one HTML document and its script, no build step, no dependencies.
+
+Everything the lake holds (model completions included) is put in the page as text nodes, never as HTML.
+State lives in the URL fragment (#/rows?table=traces&verdict=rejected, #/sample?table=traces&id=...,
+#/problem?id=...), so every view is a link.
+"""
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>vlfactory viewer</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+  body { font: 14px/1.4 system-ui, sans-serif; margin: 0; color: #1d1d1f; background: #fafafa; }
+  header { display: flex; gap: 1em; align-items: center; padding: .5em 1em; background: #263238; color: #fff; }
+  header b { font-size: 16px; } header .lake { opacity: .7; font-family: monospace; }
+  nav, form, #status, #pager, main { padding: .4em 1em; }
+  nav a { margin-right: .8em; text-decoration: none; color: #1565c0; }
+  nav a.on { font-weight: bold; color: #000; border-bottom: 2px solid #000; }
+  form { display: flex; flex-wrap: wrap; gap: .6em; align-items: center; background: #eceff1; }
+  form label { display: flex; gap: .3em; align-items: center; }
+  form input[name=where] { width: 28em; font-family: monospace; }
+  table.rows { border-collapse: collapse; width: 100%; background: #fff; }
+  table.rows th, table.rows td { border-bottom: 1px solid #ddd; padding: .25em .5em; text-align: left;
+    vertical-align: top; max-width: 30em; overflow-wrap: anywhere; }
+  table.rows tbody tr { cursor: pointer; } table.rows tbody tr:hover { background: #e3f2fd; }
+  .ok { color: #2e7d32; font-weight: bold; } .bad { color: #c62828; font-weight: bold; }
+  .error { color: #c62828; padding: .5em 1em; white-space: pre-wrap; }
+  .sample { display: grid; grid-template-columns: minmax(220px, 360px) 1fr; gap: 1em; }
+  .sample img, .problem img { max-width: 100%; image-rendering: pixelated; border: 1px solid #ccc; background: #fff; }
+  dl { display: grid; grid-template-columns: max-content 1fr; gap: .2em .8em; margin: 0; }
+  dt { font-weight: bold; color: #555; } dd { margin: 0; overflow-wrap: anywhere; }
+  .texts { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; margin-top: 1em; }
+  pre { white-space: pre-wrap; overflow-wrap: anywhere; background: #fff; border: 1px solid #ddd; padding: .6em;
+    margin: .3em 0; max-height: 40em; overflow: auto; font-size: 13px; }
+  h2 { font-size: 16px; margin: .8em 0 .3em; } h3 { font-size: 14px; margin: .6em 0 .2em; }
+  button { cursor: pointer; } [hidden] { display: none !important; }
+</style>
+</head>
+<body>
+<header><b>vlfactory viewer</b><span class="lake" id="lake"></span>
+  <label>version <select id="version"></select></label><span id="snapshot"></span></header>
+<nav id="tables"></nav>
+<form id="filters" autocomplete="off">
+  <label>source <select name="source"></select></label>
+  <label>verdict <select name="verdict"><option value="">any</option><option>accepted</option>
+    <option>rejected</option><option>ungraded</option></select></label>
+  <label>reason <select name="reason"></select></label>
+  <label>model <select name="model"></select></label>
+  <label>iteration <select name="iteration"></select></label>
+  <label>WHERE <input name="where" placeholder="completion_tokens > 500 AND finish_reason = 'length'"></label>
+  <button type="submit" id="apply">Apply</button> <button type="button" id="clear">Clear</button>
+</form>
+<div id="status"></div>
+<main id="main"></main>
+<script src="/app.js"></script>
+</body>
+</html>
+"""
+
+SCRIPT = r"""'use strict';
+const $ = (sel) => document.querySelector(sel);
+const FILTERS = ['source', 'verdict', 'reason', 'model', 'iteration', 'where', 'problem'];
+let meta = null, metaAt = null;
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'class') node.className = v; else if (k === 'text') node.textContent = v;
+    else if (k.startsWith('on')) node.addEventListener(k.slice(2), v); else node.setAttribute(k, v);
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c instanceof Node ? c : String(c));
+  return node;
+}
+
+function route() {
+  const [path, query] = (location.hash.slice(1) || '/rows').split('?');
+  return { path, q: Object.fromEntries(new URLSearchParams(query || '')) };
+}
+function link(path, q) {
+  const clean = Object.fromEntries(Object.entries(q).filter(([, v]) => v !== '' && v !== null && v !== undefined));
+  return '#' + path + '?' + new URLSearchParams(clean).toString();
+}
+async function api(path, q) {
+  const res = await fetch('/api/' + path + '?' + new URLSearchParams(q).toString());
+  const body = await res.json();
+  if (!res.ok) throw new Error(body.error || res.statusText);
+  return body;
+}
+function show(value) {
+  if (value === null || value === undefined) return '';
+  if (Array.isArray(value)) return value.join(', ');
+  if (typeof value === 'object') return JSON.stringify(value);
+  return String(value);
+}
+function verdict(row) {
+  if (row.accepted === true) return el('span', { class: 'ok', text: 'accepted' });
+  if (row.accepted === false) return el('span', { class: 'bad', text: 'rejected' });
+  return el('span', { text: 'not graded' });
+}
+function fail(e) { $('#main').replaceChildren(el('div', { class: 'error', id: 'error', text: String(e.message || e) })); }
+
+async function loadMeta(at) {
+  meta = await api('meta', at ? { at } : {});
+  metaAt = at || '';
+  $('#lake').textContent = meta.lake;
+  $('#snapshot').textContent = 'snapshot ' + meta.snapshot;
+  const versions = [['latest', 'latest (' + meta.latest + ')'], ...meta.tags.map(t => [t.name, t.name + ' (' + t.snapshot + ')'])];
+  $('#version').replaceChildren(...versions.map(([v, label]) => el('option', { value: v, text: label })));
+  $('#version').value = at || meta.at;
+  for (const name of ['source', 'reason', 'model', 'iteration']) {
+    const select = document.forms.filters.elements[name];
+    select.replaceChildren(el('option', { value: '', text: 'any' }),
+      ...meta.values[name].map(v => el('option', { value: String(v), text: name === 'iteration' ? 'iter' + v : String(v) })));
+  }
+}
+
+function fillForm(q) {
+  const form = document.forms.filters;
+  for (const name of FILTERS) if (form.elements[name]) form.elements[name].value = q[name] || '';
+}
+
+async function render() {
+  const { path, q } = route();
+  try {
+    if (metaAt !== (q.at || '')) await loadMeta(q.at);
+    if (path === '/sample') return await renderSample(q);
+    if (path === '/problem') return await renderProblem(q);
+    return await renderRows(q);
+  } catch (e) { fail(e); }
+}
+
+function renderTabs(current, q) {
+  $('#tables').replaceChildren(...Object.keys(meta.tables).map(t =>
+    el('a', { href: link('/rows', { table: t, at: q.at }), class: t === current ? 'on' : null, text: t, 'data-table': t })));
+}
+
+async function renderRows(q) {
+  const table = q.table || 'traces';
+  renderTabs(table, q);
+  fillForm(q);
+  $('#filters').hidden = false;
+  $('#status').textContent = 'loading…';
+  const page = await api('rows', { ...q, table });
+  const start = Number(q.start || 0);
+  $('#status').textContent = page.total === 0 ? 'no rows' :
+    `${table}: rows ${start + 1}–${start + page.rows.length} of ${page.total.toLocaleString('en')} (snapshot ${page.snapshot})` +
+    (q.problem ? ` · problem ${q.problem}` : '');
+  const head = el('tr', {}, page.columns.map(c => el('th', { text: c })));
+  const body = page.rows.map(r => el('tr', { 'data-id': r[page.key],
+      onclick: () => { location.hash = link('/sample', { table, id: r[page.key], at: q.at }); } },
+    page.columns.map(c => el('td', {}, c === 'accepted' ? verdict(r) : show(r[c])))));
+  const pager = el('div', { id: 'pager' },
+    el('button', { id: 'previous', disabled: start === 0 ? 'disabled' : null, text: '← previous',
+      onclick: () => history.back() }),
+    ' ',
+    el('button', { id: 'next', disabled: page.next ? null : 'disabled', text: 'next →',
+      onclick: () => { location.hash = link('/rows', { ...q, table, after: page.next, start: start + page.rows.length }); } }));
+  $('#main').replaceChildren(el('table', { class: 'rows', id: 'rows' }, el('thead', {}, head), el('tbody', {}, body)), pager);
+}
+
+function field(dl, name, value) {
+  if (value === null || value === undefined || value === '' || (Array.isArray(value) && !value.length)) return;
+  dl.append(el('dt', { text: name }), el('dd', { 'data-field': name }, value instanceof Node ? value : show(value)));
+}
+
+function problemBlock(r, at) {
+  const dl = el('dl', {});
+  field(dl, 'source', [r.source, r.source_id].filter(Boolean).join(' / '));
+  field(dl, 'question', r.question);
+  field(dl, 'choices', r.choices);
+  field(dl, 'gold answer', r.gold !== undefined ? r.gold : r.answer);
+  if (r.problem_id) field(dl, 'problem', el('a', { href: link('/problem', { id: r.problem_id, at }), id: 'problem-link', text: r.problem_id }));
+  const image = r.image_id ? el('img', { src: '/image/' + r.image_id, id: 'sample-image', alt: 'image ' + r.image_id }) : null;
+  return el('div', {}, image, dl);
+}
+
+function versionsTable(rows, make) {
+  if (!rows || !rows.length) return null;
+  const cols = Object.keys(rows[rows.length - 1]).filter(c => c !== 'at');
+  return el('table', { class: 'rows', id: 'versions' },
+    el('thead', {}, el('tr', {}, el('th', { text: 'version' }), cols.map(c => el('th', { text: c })))),
+    el('tbody', {}, rows.map(v => el('tr', {}, el('td', {}, make(v, 'at')), cols.map(c => el('td', {}, make(v, c)))))));
+}
+
+async function renderSample(q) {
+  const s = await api('sample', q);
+  const r = s.row;
+  renderTabs(s.table, q);
+  $('#filters').hidden = true;
+  $('#status').textContent = `${s.table} ${r[s.key]} at snapshot ${s.snapshot}`;
+  const dl = el('dl', { id: 'facts' });
+  if (r.accepted !== undefined) field(dl, 'verdict', verdict(r));
+  field(dl, 'reasons', r.reasons);
+  field(dl, 'grade', r.grade_reason);
+  field(dl, 'extracted answer', r.extracted);
+  field(dl, 'answer (stored)', r.answer !== undefined && r.gold !== undefined ? r.answer : null);
+  for (const name of ['model', 'policy_model', 'origin', 'sample_index', 'prompt_tokens', 'completion_tokens',
+      'finish_reason', 'temperature', 'top_p', 'max_tokens', 'seed', 'latency_s', 'backend', 'words', 'cleaned_words',
+      'cleaned_ok', 'stage', 'reason', 'detail', 'samples', 'correct', 'pass_rate', 'from_table', 'from_id',
+      'verifier', 'settings_hash', 'run_id', 'created_at']) {
+    if (name === 'correct' && typeof r.correct === 'boolean' && r.accepted !== undefined) continue;
+    field(dl, name, r[name]);
+  }
+  const texts = el('div', { class: 'texts' });
+  const full = r.completion !== undefined ? r.completion : (r.caption !== undefined ? r.caption : (r.prompt || r.payload));
+  texts.append(el('div', {}, el('h3', { text: 'completion' }), el('pre', { id: 'completion', text: show(full) })));
+  if (r.cleaned !== undefined) texts.append(el('div', {}, el('h3', { text: 'cleaned (for SFT)' }),
+    el('pre', { id: 'cleaned', text: r.cleaned === null ? '(not cleaned: only accepted samples are)' : r.cleaned })));
+  const left = problemBlock(r, q.at);
+  if (s.caption) left.append(el('h3', { text: 'caption the reasoner saw (' + s.caption.origin + ', ' + s.caption.model + ')' }),
+    el('pre', { id: 'caption', text: s.caption.caption }));
+  if (s.prompt) left.append(el('h3', { text: 'prompt template: ' + s.prompt.name }), el('pre', { text: s.prompt.text }));
+  const rejected = (s.rejected || []).map(x => el('li', { text: `${x.stage}: ${show(x.reasons || x.reason)}: ${x.detail}` }));
+  const versions = versionsTable(s.versions, (v, c) => c === 'at'
+    ? el('a', { href: link('/sample', { table: s.table, id: r[s.key], at: v.at }), text: v.at })
+    : c === 'accepted' ? verdict(v) : show(v[c]));
+  $('#main').replaceChildren(el('div', { class: 'sample', id: 'sample' }, left,
+    el('div', {}, dl, texts, rejected.length ? el('div', {}, el('h3', { text: 'rejected rows' }), el('ul', {}, rejected)) : null,
+      el('h3', { text: 'at every version' }), versions)));
+}
+
+async function renderProblem(q) {
+  const p = await api('problem', q);
+  renderTabs('problems', q);
+  $('#filters').hidden = true;
+  $('#status').textContent = `problem ${p.problem.problem_id} at snapshot ${p.snapshot}`;
+  const blocks = [];
+  for (const [table, page] of Object.entries(p.tables)) {
+    if (!page.rows.length) continue;
+    blocks.push(el('h2', { text: `${table} (${page.total})` }), el('table', { class: 'rows', 'data-table': table },
+      el('thead', {}, el('tr', {}, page.columns.map(c => el('th', { text: c })))),
+      el('tbody', {}, page.rows.map(r => el('tr', { onclick: () => { location.hash = link('/sample', { table, id: r[page.key], at: q.at }); } },
+        page.columns.map(c => el('td', {}, c === 'accepted' ? verdict(r) : show(r[c]))))))));
+  }
+  const versions = versionsTable(p.versions, (v, c) => c === 'at' || c === 'snapshot' ? show(v[c])
+    : el('a', { href: link('/rows', { table: c === 'accepted' ? 'grades' : c, at: v.at, problem: p.problem.problem_id,
+      verdict: c === 'accepted' ? 'accepted' : null }), text: show(v[c]) }));
+  $('#main').replaceChildren(el('div', { class: 'sample problem', id: 'problem' }, problemBlock(p.problem, q.at),
+    el('div', {}, el('h2', { text: 'at every version' }), versions, ...blocks)));
+}
+
+document.forms.filters.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const { q } = route();
+  const next = { table: q.table || 'traces', at: q.at };
+  for (const name of FILTERS) { const f = document.forms.filters.elements[name]; next[name] = f ? f.value : q[name]; }
+  location.hash = link('/rows', next);
+});
+$('#clear').addEventListener('click', () => { const { q } = route(); location.hash = link('/rows', { table: q.table, at: q.at }); });
+$('#version').addEventListener('change', () => {
+  const { path, q } = route();
+  location.hash = link(path === '/sample' || path === '/problem' ? path : '/rows',
+    { ...q, at: $('#version').value === 'latest' ? '' : $('#version').value, after: '', start: '' });
+});
+window.addEventListener('hashchange', render);
+render();
+"""

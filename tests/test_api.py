@@ -1,0 +1,137 @@
+"""The Python API: load/table/frame read any TABLE@VERSION as the export does, run gives the same lake and
+results as the CLI, and `import vlfactory` stays light."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import vlfactory
+from answer_server import AnswerServer
+from vlfactory.prompts import load_template
+from vlfactory.stores.lake import Lake, LakeError
+from workbench import build, recipe_text
+
+
+@pytest.fixture(scope="module")
+def wb(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("api"))
+
+
+def test_load_is_the_export_with_images(wb, tmp_path, cli):
+    import datasets
+
+    ds = vlfactory.load("sft@iter1", lake=wb.lake)
+    assert isinstance(ds, datasets.Dataset) and isinstance(ds.features["image"], datasets.Image)
+    with Lake(wb.lake, read_only=True) as lake:
+        n = lake.count("sft", lake.resolve("iter1"))
+        sizes = dict(lake.query("SELECT image_id, [width, height] FROM images").fetchall())
+    assert len(ds) == n > 0
+    for row in ds.select(range(3)):
+        assert list(row["image"].size) == sizes[row["image_id"]]  # decoded from the stored bytes
+    # the same rows, in the same order, as `vlfactory export` loaded back by datasets
+    cli("export", "sft@iter1", "--to", tmp_path / "out", "--lake", wb.lake)
+    exported = datasets.load_dataset("parquet", data_dir=str(tmp_path / "out" / "sft"), split="train")
+    assert exported.remove_columns("image").to_list() == ds.remove_columns("image").to_list()
+    assert [r["bytes"] for r in exported.cast_column("image", datasets.Image(decode=False))["image"]] == \
+           [r["bytes"] for r in ds.cast_column("image", datasets.Image(decode=False))["image"]]
+    # other ways to name a version; a table without images loads without an image column
+    assert vlfactory.load("iter1", table="sft", lake=wb.lake).to_list()[0]["example_id"] == ds[0]["example_id"]
+    grades = vlfactory.load("grades", lake=wb.lake)
+    assert "image" not in grades.column_names
+
+
+def test_table_and_frame_read_any_version(wb):
+    with Lake(wb.lake, read_only=True) as lake:
+        snap = lake.resolve("iter1")
+        counts = {v: lake.count("traces", s) for v, s in (("iter1", snap), ("latest", None))}
+        ids = sorted(r[0] for r in lake.query("SELECT trace_id FROM traces@iter1").fetchall())
+        # an open Lake works too, and stays open
+        assert vlfactory.table("traces@iter1", lake).num_rows == counts["iter1"]
+        assert lake.count("traces") == counts["latest"]
+    assert counts["latest"] > counts["iter1"] > 0
+    t = vlfactory.table("traces@iter1", wb.lake)
+    assert sorted(t.column("trace_id").to_pylist()) == ids and "image" not in t.column_names
+    assert vlfactory.table(f"traces@{snap}", wb.lake).equals(t)
+    assert vlfactory.table("traces", wb.lake).num_rows == counts["latest"]
+    df = vlfactory.frame("problems", wb.lake)
+    assert df.height == len(wb.problems) and df["image"].struct.field("bytes").bin.size().min() > 0
+    with pytest.raises(LakeError, match="unknown table 'nope'"):
+        vlfactory.table("nope", wb.lake)
+    with pytest.raises(LakeError, match="unknown version 'v9'"):
+        vlfactory.load("sft@v9", lake=wb.lake)
+    with pytest.raises(LakeError, match="not both"):
+        vlfactory.table("sft@iter1", wb.lake, table="sft")
+
+
+def rows(lake_dir, table: str) -> list[tuple]:
+    """A table's rows less what says when and how fast they were written."""
+    with Lake(lake_dir, read_only=True) as lake:
+        cols = [c for c in lake.query(f"SELECT * FROM {table} LIMIT 0").columns
+                if c not in ("run_id", "created_at", "latency_s")]
+        return sorted(lake.query(f"SELECT {', '.join(cols)} FROM {table}").fetchall(), key=repr)
+
+
+def test_run_from_python_equals_the_cli(tmp_path, cli, lake_dir):
+    """The same recipe, once through vlfactory.run and once through `vlfactory run`: the same rows, and the
+    StageResults are what the CLI printed and the runs table recorded."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text("http://127.0.0.1:9/v1"))
+    api_lake = tmp_path / "api-lake"
+    lines: list[str] = []
+    first = vlfactory.run(recipe, ["ingest", "caption"], lake=api_lake, say=lines.append)
+    cli("run", recipe, "--stage", "ingest", "--stage", "caption")
+    assert [r.stage for r in first.results] == ["ingest", "caption"] and lines[0] == f"lake: {api_lake.resolve()}"
+    with Lake(api_lake, read_only=True) as lake:
+        problems = lake.query("SELECT p.question, p.choices, p.answer, c.caption FROM problems p "
+                              "JOIN captions c USING (problem_id) ORDER BY p.source_id").fetchall()
+    template = load_template("reason")
+    answers = {template.render(question=q, choices=c, caption=cap): [f"<answer>{a}</answer>", "<answer>x</answer>"]
+               for q, c, a, cap in problems}
+    with AnswerServer(answers) as server:
+        recipe.write_text(recipe_text(server.url))
+        lines.clear()
+        result = vlfactory.run(recipe, lake=api_lake, limit=5, tag="t1", say=lines.append)
+        out = cli("run", recipe, "--limit", "5", "--tag", "t1").output
+    # every stage the recipe configures, in order: ingest and caption again (cached), distil, verify, sft
+    assert [r.stage for r in result.results] == ["ingest", "caption", "distil", "verify", "sft"]
+    assert result["distil"].written == 10 and result["distil"].requests == 5 and result.failed == 0
+    for r in result.results:  # the CLI printed the same stage lines (timings aside)
+        head = r.line().splitlines()[0].split(" in ")[0]
+        assert head in " ".join(out.split()), head
+    assert lines[-1].startswith("done in") and any(line.startswith("tagged t1 -> snapshot") for line in lines)
+    for table in ("problems", "captions", "traces", "grades", "sft", "rejected"):
+        assert rows(api_lake, table) == rows(lake_dir, table), table
+    with Lake(api_lake, read_only=True) as lake:
+        run = lake.query("SELECT command, status, counts FROM runs WHERE run_id = ?", [result.run_id]).fetchone()
+        assert result.tag == "t1" and lake.digest("sft", lake.resolve("t1")) == lake.digest("sft")
+    assert run[0] == "run ingest,caption,distil,verify,sft" and run[1] == "ok"
+    assert run[2]["distil.written"] == 10 and run[2]["sft.written"] == result["sft"].written
+    with pytest.raises(KeyError, match="'rollout' did not run"):
+        result["rollout"]
+    with pytest.raises(ValueError, match="unknown stage 'distill'"):
+        vlfactory.run(recipe, ["distill"], lake=api_lake, say=None)
+
+
+def test_import_vlfactory_is_light():
+    code = """
+import json, sys
+import vlfactory
+light = [m for m in ("duckdb", "datasets", "torch", "transformers", "pyarrow", "polars") if m in sys.modules]
+names = sorted(n for n in dir(vlfactory) if not n.startswith("_"))
+run = vlfactory.run
+from vlfactory import stages   # submodules still import as before
+try:
+    vlfactory.nope
+    missing = False
+except AttributeError:
+    missing = True
+print(json.dumps({"loaded": light, "names": names, "run": run.__module__, "missing": missing,
+                  "heavy": [m for m in ("datasets", "torch", "transformers") if m in sys.modules]}))
+"""
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert out["loaded"] == [] and out["heavy"] == [] and out["missing"]
+    assert out["run"] == "vlfactory.api" and {"load", "table", "frame", "run", "iterate", "diff"} <= set(out["names"])

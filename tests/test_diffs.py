@@ -1,0 +1,99 @@
+"""Row diffs: rows added, removed and changed by each table's key between two versions, with the changed
+columns before and after; from Python and from `vlfactory diff --table`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import vlfactory
+from vlfactory.stores.lake import Lake, LakeError
+from workbench import build
+
+
+@pytest.fixture(scope="module")
+def wb(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("diffs"))
+
+
+def first_trace(lake: Lake, version: str) -> dict[str, tuple[str, str]]:
+    """problem_id -> (from_id, completion) of the sft set at a version."""
+    rows = lake.query(f"SELECT problem_id, from_id, completion FROM sft@{version}").fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def test_sft_rows_added_removed_and_changed_by_key(wb):
+    even = {p["problem_id"] for p in wb.problems if p["k"] % 2 == 0}
+    odd = {p["problem_id"] for p in wb.problems} - even
+    with Lake(wb.lake, read_only=True) as lake:
+        one, two = first_trace(lake, "iter1"), first_trace(lake, "iter2")
+        cleaned = dict(lake.query("SELECT ref_id, cleaned FROM grades@iter2").fetchall())
+    d = vlfactory.diff("iter1", "iter2", table="sft", lake=wb.lake)
+    assert d.key == ("problem_id", "from_id") and "run_id" not in d.compared and "created_at" not in d.compared
+    # even problems: the set swapped to the new, shorter correct sample (a new key)
+    assert (d.n_added, d.n_removed) == (len(even), len(even)) == (7, 7)
+    assert {(r["problem_id"], r["from_id"]) for r in d.added} == {(p, two[p][0]) for p in even}
+    assert {(r["problem_id"], r["from_id"]) for r in d.removed} == {(p, one[p][0]) for p in even}
+    assert all(two[p][0] != one[p][0] for p in even)
+    # odd problems: the same sample, recleaned under the new reflection keywords (changed in place)
+    assert d.n_changed == len(odd) == 7 and d.unchanged == 0
+    assert {c.key["problem_id"] for c in d.changed} == odd
+    for c in d.changed:
+        p = c.key["problem_id"]
+        assert c.before["completion"] == one[p][1] and c.after["completion"] == two[p][1] == cleaned[c.key["from_id"]]
+        assert "Wait, let me check again." in c.after["completion"] not in c.before["completion"]
+        assert set(c.before) == set(c.after) and "problem_id" not in c.before
+    assert d.by_column["completion"] == 7 and d.by_column["example_id"] == 7
+    # the other way round
+    back = vlfactory.diff("iter2", "iter1", table="sft", lake=wb.lake)
+    assert (back.n_added, back.n_removed, back.n_changed) == (7, 7, 7)
+    assert {c.key["problem_id"]: c.before["completion"] for c in back.changed} == \
+           {c.key["problem_id"]: c.after["completion"] for c in d.changed}
+    # lists cut at the limit, counts whole
+    cut = vlfactory.diff("iter1", "iter2", table="sft", lake=wb.lake, limit=2)
+    assert len(cut.added) == len(cut.changed) == 2 and cut.n_added == 7
+    assert [r["problem_id"] for r in cut.added] == sorted(r["problem_id"] for r in d.added)[:2]
+
+
+def test_grades_regraded_in_place_and_unchanged_tables(wb):
+    d = vlfactory.diff("iter1", "iter2", table="grades", lake=wb.lake)
+    n = len(wb.problems)
+    # every iter1 grade was redone under new settings (same sample, other settings), plus the new samples' grades
+    assert (d.n_added, d.n_removed, d.n_changed, d.unchanged) == (n, 0, 2 * n, 0)
+    assert d.by_column["settings_hash"] == 2 * n and d.by_column["grade_id"] == 2 * n
+    assert all(r["ref_table"] == "traces" for r in d.added)
+    problems = vlfactory.diff("iter1", "iter2", table="problems", lake=wb.lake)
+    assert (problems.n_added, problems.n_removed, problems.n_changed, problems.unchanged) == (0, 0, 0, n)
+    images = vlfactory.diff("iter1", "iter2", table="images", lake=wb.lake)
+    assert "bytes" not in images.compared and images.unchanged == n  # blobs: keyed by their hash
+
+
+def test_a_table_created_between_the_versions(wb):
+    with Lake(wb.lake, read_only=True) as lake:
+        first = min(s["snapshot_id"] for s in lake.snapshots() if (s["commit_message"] or "").startswith("migration 1"))
+        cols_then = lake.query(f"SELECT * FROM rejected@{first} LIMIT 0").columns
+        cols_now = lake.query("SELECT * FROM rejected LIMIT 0").columns
+        n_sft = lake.count("sft", lake.resolve("iter1"))
+    sft = vlfactory.diff(first, "iter1", table="sft", lake=wb.lake)  # sft came with migration 4
+    assert (sft.n_added, sft.n_removed, sft.n_changed) == (n_sft, 0, 0)
+    rejected = vlfactory.diff(first, "latest", table="rejected", lake=wb.lake)
+    assert rejected.columns_added == [c for c in cols_now if c not in cols_then] and "reasons" in rejected.columns_added
+    with pytest.raises(LakeError, match="unknown table 'nope'"):
+        vlfactory.diff("iter1", "iter2", table="nope", lake=wb.lake)
+
+
+def test_cli_diff_table_and_json(wb, cli):
+    out = cli("diff", "iter1", "iter2", "--table", "sft", "--lake", wb.lake).output
+    assert "+7 added, -7 removed, ~7 changed" in out and "changed: 7" in out and "completion" in out
+    data = json.loads(cli("diff", "iter1", "iter2", "--table", "sft", "--format", "json", "--limit", "0",
+                          "--lake", wb.lake).output)
+    assert (data["n_added"], data["n_removed"], data["n_changed"]) == (7, 7, 7) and len(data["changed"]) == 7
+    assert data["changed"][0]["after"]["completion"] != data["changed"][0]["before"]["completion"]
+    # the per-table summary stays the default
+    summary = cli("diff", "iter1", "iter2", "--lake", wb.lake).output
+    assert "traces" in summary and "+14" in summary
+    counts = json.loads(cli("diff", "iter1", "iter2", "--format", "json", "--lake", wb.lake).output)
+    assert counts["tables"]["traces"] == {"added": 14, "removed": 0}
+    bad = cli("diff", "iter1", "iter9", "--table", "sft", "--lake", wb.lake, ok=False)
+    assert bad.exit_code == 2 and "unknown version 'iter9'" in bad.output
