@@ -120,7 +120,7 @@ def _every_text(lake_dir: Path) -> str:
     else:
         con = duckdb.connect(str(lake_dir / "catalog.ducklake"), read_only=True)
         for schema, table in con.execute("SELECT table_schema, table_name FROM information_schema.tables").fetchall():
-            parts.append(repr(con.execute(f'SELECT * FROM "{schema}"."{table}"').fetchall()))
+            parts.append(f"{schema}.{table}: " + repr(con.execute(f'SELECT * FROM "{schema}"."{table}"').fetchall()))
         con.close()
     assert any("ducklake_snapshot" in p for p in parts)  # the catalog's own tables were read
     with Lake(lake_dir, read_only=True) as lake:
