@@ -455,7 +455,7 @@ def _read_image_file(path: str, max_bytes: int) -> bytes:
         raise Reject("missing_image", f"image file not found: {path}")
     except (OSError, ValueError) as e:  # ValueError: a NUL in the path
         raise Reject("missing_image", f"cannot read image {path}: {getattr(e, 'strerror', None) or e}")
-    with open(fd, "rb", buffering=0) as f:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
@@ -464,16 +464,17 @@ def _read_image_file(path: str, max_bytes: int) -> bytes:
         if st.st_size > max_bytes:
             raise Reject("image_too_large", f"{path}: {st.st_size} bytes, over max_image_bytes ({max_bytes})")
         chunks, size = [], 0
-        try:
-            # Ask for the size fstat gave (plus one, to see the end); a file that grows stops at the cap.
-            while chunk := f.read(min(st.st_size + 1, max_bytes + 1 - size)):
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > max_bytes:
-                    raise Reject("image_too_large", f"{path}: over max_image_bytes ({max_bytes})")
-        except OSError as e:
-            raise Reject("missing_image", f"cannot read image {path}: {e.strerror or e}")
-    return b"".join(chunks)
+        # Ask for the size fstat gave (plus one, to see the end); a file that grows stops at the cap.
+        while chunk := os.read(fd, min(st.st_size + 1, max_bytes + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                raise Reject("image_too_large", f"{path}: over max_image_bytes ({max_bytes})")
+    except OSError as e:
+        raise Reject("missing_image", f"cannot read image {path}: {e.strerror or e}")
+    finally:
+        os.close(fd)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 # ---- ids and fingerprints -------------------------------------------------------
