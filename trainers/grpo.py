@@ -5,7 +5,9 @@ text) with its `images`; the gold `answer`, `choices` and `question` reach the
 rewards as keyword arguments. Rewards: vlfactory.verify.accuracy_reward (the
 same grader that built the sets) and format_reward (`<think>...</think>
 <answer>...</answer>`), weighted by the config's `reward_weights` (default
-1 and 1; OpenVLThinker's is accuracy only: `reward_weights: [1.0, 0.0]`).
+1 and 1); or, with `reward: openvlthinker` in the trainers YAML, the official
+reward alone (vlfactory.verify.openvlthinker_reward: mathruler on the
+`<answer>`, half credit when nothing stands between `</think>` and `<answer>`).
 
 Generation: TRL's vLLM integration with `use_vllm: true` (`vllm_mode:
 colocate` or `server`) in the trainers YAML on GPU machines; otherwise
@@ -31,23 +33,25 @@ Python:
 
 from __future__ import annotations
 
-from vlfactory.trainers.run import Training, main, train
+from vlfactory.trainers.run import Training, main, model_for, processor_kwargs, train
 
 
 def train_grpo(dataset: str, model: str, output_dir: str, **kwargs) -> Training | None:
     """GRPO of `model` on the rl set version `dataset`; kwargs: config, lake, data_path, run_id, iteration."""
 
-    def make_trainer(model_path, processor_kwargs, args, train_dataset):
+    def make_trainer(model_path, extras, args, train_dataset):
         from transformers import AutoProcessor
         from trl import GRPOTrainer
 
-        from vlfactory.verify import accuracy_reward, format_reward
+        from vlfactory.verify import accuracy_reward, format_reward, openvlthinker_reward
 
+        rewards = ([openvlthinker_reward] if extras.get("reward") == "openvlthinker"
+                   else [accuracy_reward, format_reward])
         # left padding and truncation, as GRPOTrainer loads its own processor for generation
         processor = AutoProcessor.from_pretrained(model_path, padding_side="left", truncation_side="left",
-                                                  **processor_kwargs)
-        return GRPOTrainer(model=model_path, processing_class=processor, reward_funcs=[accuracy_reward, format_reward],
-                           args=args, train_dataset=train_dataset)
+                                                  **processor_kwargs(extras))
+        return GRPOTrainer(model=model_for(model_path, args, extras), processing_class=processor,
+                           reward_funcs=rewards, args=args, train_dataset=train_dataset)
 
     return train("grpo", make_trainer, dataset, model, output_dir, **kwargs)
 

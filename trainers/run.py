@@ -31,7 +31,7 @@ from typing import Callable
 
 from vlfactory.recipe import RecipeError
 from vlfactory.stores.lake import DB, Lake, LakeError, LakeSpec, package_versions
-from vlfactory.trainers.config import load_config, settings_digest
+from vlfactory.trainers.config import PROCESSOR_KEYS, load_config, settings_digest
 from vlfactory.trainers.data import read_set, rl_dataset, sft_dataset
 
 TABLES = {"sft": "sft", "grpo": "rl"}          # trainer kind -> the set table it reads
@@ -116,7 +116,8 @@ def train(kind: str, make_trainer: Callable, dataset: str, model: str, output_di
           config=None, lake: str | None = None, data_path: str | None = None, run_id: str | None = None,
           iteration: int | None = None, overwrite: bool = False) -> Training | None:
     """Train `model` on the set version `dataset` with the trainer
-    `make_trainer(model_path, processor_kwargs, args, train_dataset)` builds.
+    `make_trainer(model_path, extras, args, train_dataset)` builds (extras: the trainers YAML's keys
+    beyond TRL's, vlfactory.trainers.config.EXTRA_KEYS).
 
     A finished training of the same (data snapshot, base model identity, settings) in `output_dir`
     is not run again (its record comes back with `reused`); a different finished one there is
@@ -127,13 +128,13 @@ def train(kind: str, make_trainer: Callable, dataset: str, model: str, output_di
     from vlfactory.models import identity, register_processors, resolve_model
 
     output_dir = Path(output_dir).resolve()
-    args, processor_kwargs = load_config(kind, config, output_dir)
-    config_hash = settings_digest(args, processor_kwargs)
+    args, extras = load_config(kind, config, output_dir)
+    config_hash = settings_digest(args, extras)
     base_model_id = identity(model)
     state = PartialState()
     spec = LakeSpec.resolve(lake, data_path)
     versions = package_versions() | {"accelerate": metadata.version("accelerate")}
-    full_config = json.dumps(json.loads(args.to_json_string()) | processor_kwargs)
+    full_config = json.dumps(json.loads(args.to_json_string()) | extras)
     record, version, reused = None, dataset, None  # only the main process records
     for turn in range(state.num_processes):
         if turn == state.process_index and reused is None:
@@ -161,7 +162,7 @@ def train(kind: str, make_trainer: Callable, dataset: str, model: str, output_di
         _write_record(record)
     try:
         register_processors()  # before AutoProcessor.from_pretrained (no-torchvision Qwen2.5-VL folders)
-        trainer = make_trainer(resolve_model(model), processor_kwargs, args, BUILDERS[kind](rows))
+        trainer = make_trainer(resolve_model(model), extras, args, BUILDERS[kind](rows))
         result = trainer.train()
         trainer.save_model(str(output_dir))
     except BaseException as e:
@@ -174,6 +175,39 @@ def train(kind: str, make_trainer: Callable, dataset: str, model: str, output_di
         record.model_id = identity(str(output_dir))
         _finish(spec, record)
     return record
+
+
+def processor_kwargs(extras: dict) -> dict:
+    """The extra keys that go to AutoProcessor.from_pretrained."""
+    return {k: v for k, v in extras.items() if k in PROCESSOR_KEYS}
+
+
+def model_for(model_path: str, args, extras: dict):
+    """The model as the trainer gets it: its path (TRL loads it), or, when the settings freeze part of it,
+    loaded as TRL would (its model_init_kwargs) with those parameters out of training. The vision tower is
+    `visual` without its `merger` (Qwen2-VL, Qwen2.5-VL) or `vision_tower` (LLaVA); the projector is
+    `visual.merger` or `multi_modal_projector`, as LLaMA-Factory names them."""
+    tower, projector = extras.get("freeze_vision_tower"), extras.get("freeze_multi_modal_projector")
+    if not (tower or projector):
+        return model_path
+    from trl.trainer.utils import create_model_from_path
+
+    model = create_model_from_path(model_path, **(args.model_init_kwargs or {}))
+    inner = getattr(model, "model", model)
+    visual = getattr(inner, "visual", None) or getattr(inner, "vision_tower", None)
+    if visual is None:
+        raise RecipeError(f"freeze_vision_tower: {model_path} has no vision tower (visual or vision_tower)")
+    merger = getattr(visual, "merger", None) or getattr(inner, "multi_modal_projector", None)
+    if tower:
+        for name, parameter in visual.named_parameters():
+            if not name.startswith("merger."):
+                parameter.requires_grad_(False)
+    if projector:
+        if merger is None:
+            raise RecipeError(f"freeze_multi_modal_projector: {model_path} has no projector (visual.merger or "
+                              "multi_modal_projector)")
+        merger.requires_grad_(False)
+    return model
 
 
 def _iteration(dataset: str) -> int | None:

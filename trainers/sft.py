@@ -24,18 +24,19 @@ Python:
 
 from __future__ import annotations
 
-from vlfactory.trainers.run import Training, main, train
+from vlfactory.trainers.run import Training, main, model_for, processor_kwargs, train
 
 
 def train_sft(dataset: str, model: str, output_dir: str, **kwargs) -> Training | None:
     """Fine-tune `model` on the sft set version `dataset`; kwargs: config, lake, data_path, run_id, iteration."""
 
-    def make_trainer(model_path, processor_kwargs, args, train_dataset):
+    def make_trainer(model_path, extras, args, train_dataset):
         from transformers import AutoProcessor
         from trl import SFTTrainer
 
-        processor = AutoProcessor.from_pretrained(model_path, **processor_kwargs)
-        return SFTTrainer(model=model_path, processing_class=processor, args=args, train_dataset=train_dataset)
+        processor = AutoProcessor.from_pretrained(model_path, **processor_kwargs(extras))
+        return SFTTrainer(model=model_for(model_path, args, extras), processing_class=processor, args=args,
+                          train_dataset=train_dataset)
 
     return train("sft", make_trainer, dataset, model, output_dir, **kwargs)
 
