@@ -56,6 +56,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
+from typing import Iterator
 
 import pyarrow as pa
 
@@ -288,29 +289,41 @@ def pending(lake: Lake, table: str, current: tuple[str, str], scope: Scope) -> t
     return [r[0] for r in rows if not r[1]], sum(r[1] for r in rows), {r[0] for r in rows if r[2] and not r[1]}
 
 
-def fetch(lake: Lake, table: str, ids: list[str]) -> list[dict]:
-    """These samples with their problems, and for each the `original`: the lowest sample
-    (sample_index, then id) of its problem with the same text, case and spacing aside."""
+def stream(lake: Lake, table: str, ids: list[str], batch: int) -> Iterator[list[dict]]:
+    """These samples with their problems, in batches of `batch`, each with its `original`: the lowest
+    sample (sample_index, then id) of its problem with the same text, case and spacing aside.
+
+    One query streams every sample of the problems that have one to grade, grouped by problem (a
+    separate cursor, so batches commit while it reads): the tables are read once per stage run,
+    however many batches there are.
+    """
     id_col = TABLES[table]
-    lake.con.register("_ids", pa.table({"v": pa.array(ids, pa.string())}))
+    cursor = lake.con.cursor()
+    cursor.register("_ids", pa.table({"v": pa.array(ids, pa.string())}))
     try:
-        rel = lake.con.execute(f"""
+        reader = cursor.execute(f"""
             SELECT s.{id_col} AS ref_id, s.problem_id, s.sample_index, s.model, s.completion, s.finish_reason,
                    p.source, p.question, p.answer, p.choices, p.problem_id IS NOT NULL AS has_problem,
                    s.{id_col} IN (SELECT v FROM _ids) AS wanted
             FROM {DB}.{table} s LEFT JOIN {DB}.problems p ON p.problem_id = s.problem_id
-            WHERE s.{id_col} IN (SELECT v FROM _ids)
-               OR s.problem_id IN (SELECT problem_id FROM {DB}.{table} WHERE {id_col} IN (SELECT v FROM _ids))
-            ORDER BY s.sample_index, s.{id_col}""")
-        cols = [d[0] for d in rel.description]
-        rows = [dict(zip(cols, r)) for r in rel.fetchall()]
+            WHERE s.problem_id IN (SELECT problem_id FROM {DB}.{table} WHERE {id_col} IN (SELECT v FROM _ids))
+            ORDER BY s.problem_id, s.sample_index, s.{id_col}""").fetch_record_batch(4096)
+        out: list[dict] = []
+        problem, first = None, {}
+        for chunk in reader:
+            for r in chunk.to_pylist():
+                if r["problem_id"] != problem:
+                    problem, first = r["problem_id"], {}
+                r["original"] = first.setdefault(" ".join((r["completion"] or "").lower().split()), r["ref_id"])
+                if r["wanted"]:
+                    out.append(r)
+                    if len(out) >= batch:
+                        yield out
+                        out = []
+        if out:
+            yield out
     finally:
-        lake.con.unregister("_ids")
-    first: dict[tuple[str, str], str] = {}
-    for r in rows:
-        r["original"] = first.setdefault((r["problem_id"], " ".join((r["completion"] or "").lower().split())),
-                                         r["ref_id"])
-    return [r for r in rows if r["wanted"]]
+        cursor.close()
 
 
 def commit(lake: Lake, table: str, grades: list[dict], rejected: list[dict], graded_before: set[str]) -> int:
@@ -366,8 +379,7 @@ def run(lake: Lake, cfg: VerifyConfig, scope: Scope, progress=None) -> StageResu
         result.wanted += len(todo[table]) + have
         result.cached += have
     for table, ids in todo.items():
-        for k in range(0, len(ids), BATCH):
-            rows = fetch(lake, table, ids[k:k + BATCH])
+        for rows in stream(lake, table, ids, BATCH) if ids else ():
             grades, rejected = grade_rows(rows, table, cfg, *current, lake.run_id)
             regraded += commit(lake, table, grades, rejected, before[table])
             result.written += len(grades)
