@@ -159,10 +159,11 @@ class Loop:
         self.evaluate(sft_model, k, "sft")
 
         stages = self.cfg.grpo_stages or [GRPOStage("", r.rl.band, self.cfg.grpo, r.rl.min_samples)]
+        rl_scope = Scope(tuple(plan.rl_sources), self.scope.limit) if plan.rl_sources else scope
         if plan.rl_set == "pick":
             # Pass rates of the SFT model (its rollouts, graded by the verifier) pick the RL sets.
-            self.stage("rollout", self.rollout_config(sft_model), scope)
-            self.stage("verify", r.verify, scope)
+            self.stage("rollout", self.rollout_config(sft_model), rl_scope)
+            self.stage("verify", r.verify, rl_scope)
         policy = sft_model
         for i, st in enumerate(stages):
             tag = f"iter{k}-rl" + (f"-{st.name}" if st.name else "")
@@ -171,7 +172,7 @@ class Loop:
             else:
                 rl = dataclasses.replace(r.stage_config("rl"), model=sft_model, band=st.band,
                                          min_samples=st.min_samples or r.rl.min_samples)
-                self.stage("rl", rl, scope)
+                self.stage("rl", rl, rl_scope)
                 self.tag_set("rl", tag)
             policy = self.train("grpo", f"rl@{tag}", policy, k, st.config if st.config is not None else self.cfg.grpo)
             self.evaluate(policy, k, "grpo" if i == len(stages) - 1 else f"grpo-{st.name}")

@@ -255,6 +255,8 @@ class IterationPlan:
     """What one iteration of the loop works on (`loop.schedule`, one entry per iteration)."""
 
     sources: list[str] | None = None  # the sources of this iteration (default: all of the recipe's)
+    rl_sources: list[str] | None = None  # the RL set's sources (default: the iteration's; OpenVLThinker: Geometry3K,
+                                      # GEOS, FigureQA, CLEVR, SuperCLEVR)
     sft_max_examples: int | None = None   # cap of the SFT set (OpenVLThinker iterations 2-3: 5k)
     sft_weights: dict[str, float] | None = None  # per source (OpenVLThinker iteration 3: more Geometry3K, SuperCLEVR)
     sft_cleaned: bool | None = None   # cut reflections (default: the sft block for iteration 1, no later:
@@ -472,9 +474,11 @@ def _check_loop(loop: LoopConfig, names: set[str], sources: set[str], where: str
         raise RecipeError(f"{where}.grpo_stages: stage names must be unique")
     for i, plan in enumerate(loop.schedule):
         at = f"{where}.schedule[{i}]"
-        for name in plan.sources or []:
-            if name not in sources:
-                raise RecipeError(f"{at}.sources: {name!r} is not one of the recipe's sources ({', '.join(sorted(sources))})")
+        for key in ("sources", "rl_sources"):
+            for name in getattr(plan, key) or []:
+                if name not in sources:
+                    raise RecipeError(f"{at}.{key}: {name!r} is not one of the recipe's sources "
+                                      f"({', '.join(sorted(sources))})")
         for name in plan.sft_weights or {}:
             if name not in sources:
                 raise RecipeError(f"{at}.sft_weights: {name!r} is not one of the recipe's sources")

@@ -98,10 +98,21 @@ def test_openvlthinker_settings_match_the_paper_and_trl():
     recipe = load_recipe(REPO / "recipes" / "openvlthinker" / "iterate.yaml")
     assert recipe.loop.base_model == "Qwen/Qwen2.5-VL-7B-Instruct" and recipe.distil.sampling.n == 4
     assert recipe.rollout.sampling.n == 5 and recipe.rollout.sampling.top_p == 0.99
+    assert recipe.verify.reflection_keywords == ["Wait", "But wait", "But the question"] and recipe.caption.overwrite
+    assert recipe.eval.protocol == "openvlthinker" and recipe.eval.protocols == {"mathverse": "judge"}
+    assert [s.name for s in recipe.loop.grpo_stages] == ["medium", "hard"]
+    assert recipe.loop.plan(2).rl_set == "fixed" and recipe.loop.plan(3).sft_max_examples == 5000
     cpu = {"bf16": False, "use_cpu": True, "model_init_kwargs": None}  # this machine has no GPU
-    sft, sft_pixels = load_config("sft", yaml.safe_load(Path(recipe.loop.sft).read_text()) | cpu, "/tmp/sft")
-    grpo, _ = load_config("grpo", yaml.safe_load(Path(recipe.loop.grpo).read_text()) | cpu, "/tmp/grpo")
-    assert sft_pixels["max_pixels"] == 262144
-    assert sft.learning_rate == 5e-7 and sft.lr_scheduler_type == "cosine" and sft.num_train_epochs == 1
-    assert grpo.learning_rate == 1e-6 and grpo.beta == 0.01 and grpo.num_generations == 5
+    sft, sft_extras = load_config("sft", yaml.safe_load(Path(recipe.loop.sft).read_text()) | cpu, "/tmp/sft",
+                                  processes=8)
+    medium, hard = (load_config("grpo", yaml.safe_load(Path(s.config).read_text()) | cpu | {"use_vllm": False},
+                                "/tmp/grpo", processes=8) for s in recipe.loop.grpo_stages)
+    assert sft_extras["max_pixels"] == 262144 and sft_extras["freeze_vision_tower"] and sft.max_length == 2048
+    assert sft.learning_rate == 5e-6 and sft.lr_scheduler_type == "cosine" and sft.num_train_epochs == 1
+    assert sft.per_device_train_batch_size * 8 * sft.gradient_accumulation_steps == 32
+    grpo = medium[0]
+    assert grpo.learning_rate == 1e-6 and grpo.beta == 0.01 and grpo.num_generations == 5 and grpo.epsilon_high == 0.3
     assert grpo.max_completion_length == 2048 and grpo.weight_decay == 0.01 and grpo.max_grad_norm == 1.0
+    assert grpo.per_device_train_batch_size * 8 * grpo.gradient_accumulation_steps == 640   # 128 prompts x 5
+    assert (grpo.num_train_epochs, hard[0].num_train_epochs) == (5, 15)
+    assert medium[1]["freeze_vision_tower"] and not hard[1]["freeze_vision_tower"]
