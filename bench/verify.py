@@ -134,8 +134,8 @@ def single_process(items) -> list:
     for completion, gold, choices, question in items:
         judged = verify._judge(completion, gold, choices, question)
         if not isinstance(judged, verify.Grade):
-            correct, reason = verify._sympy_grade(*judged)
-            judged = verify.Grade(correct, judged[1], reason)
+            correct, reason = verify._WORK[judged[1]](*judged[2:])   # (answer, function, its arguments)
+            judged = verify.Grade(correct, judged[0], reason)
         out.append(judged)
     return out
 
