@@ -293,24 +293,31 @@ def stream(lake: Lake, table: str, ids: list[str], batch: int) -> Iterator[list[
     """These samples with their problems, in batches of `batch`, each with its `original`: the lowest
     sample (sample_index, then id) of its problem with the same text, case and spacing aside.
 
-    One query streams every sample of the problems that have one to grade, grouped by problem (a
-    separate cursor, so batches commit while it reads): the tables are read once per stage run,
-    however many batches there are.
+    One query writes every sample of the problems that have one to grade, grouped by problem, to a
+    temporary Parquet file, and the batches are read from it: the lake's tables are read once per
+    stage run however many batches there are, and no read stays open while the batches commit.
     """
+    import tempfile
+
+    import pyarrow.parquet as pq
+
     id_col = TABLES[table]
-    cursor = lake.con.cursor()
-    cursor.register("_ids", pa.table({"v": pa.array(ids, pa.string())}))
-    try:
-        reader = cursor.execute(f"""
-            SELECT s.{id_col} AS ref_id, s.problem_id, s.sample_index, s.model, s.completion, s.finish_reason,
-                   p.source, p.question, p.answer, p.choices, p.problem_id IS NOT NULL AS has_problem,
-                   s.{id_col} IN (SELECT v FROM _ids) AS wanted
-            FROM {DB}.{table} s LEFT JOIN {DB}.problems p ON p.problem_id = s.problem_id
-            WHERE s.problem_id IN (SELECT problem_id FROM {DB}.{table} WHERE {id_col} IN (SELECT v FROM _ids))
-            ORDER BY s.problem_id, s.sample_index, s.{id_col}""").fetch_record_batch(4096)
+    with tempfile.TemporaryDirectory(prefix="vlfactory-verify-") as tmp:
+        path = f"{tmp}/samples.parquet"
+        lake.con.register("_ids", pa.table({"v": pa.array(ids, pa.string())}))
+        try:
+            lake.con.execute(f"""COPY (
+                SELECT s.{id_col} AS ref_id, s.problem_id, s.sample_index, s.model, s.completion, s.finish_reason,
+                       p.source, p.question, p.answer, p.choices, p.problem_id IS NOT NULL AS has_problem,
+                       s.{id_col} IN (SELECT v FROM _ids) AS wanted
+                FROM {DB}.{table} s LEFT JOIN {DB}.problems p ON p.problem_id = s.problem_id
+                WHERE s.problem_id IN (SELECT problem_id FROM {DB}.{table} WHERE {id_col} IN (SELECT v FROM _ids))
+                ORDER BY s.problem_id, s.sample_index, s.{id_col}) TO '{path}' (FORMAT parquet)""")
+        finally:
+            lake.con.unregister("_ids")
         out: list[dict] = []
         problem, first = None, {}
-        for chunk in reader:
+        for chunk in pq.ParquetFile(path).iter_batches(batch_size=4096):
             for r in chunk.to_pylist():
                 if r["problem_id"] != problem:
                     problem, first = r["problem_id"], {}
@@ -322,8 +329,6 @@ def stream(lake: Lake, table: str, ids: list[str], batch: int) -> Iterator[list[
                         out = []
         if out:
             yield out
-    finally:
-        cursor.close()
 
 
 def commit(lake: Lake, table: str, grades: list[dict], rejected: list[dict], graded_before: set[str]) -> int:
