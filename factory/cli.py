@@ -44,6 +44,19 @@ def friendly(fn):
     return wrapper
 
 
+def db_errors(fn):
+    """A query the engine refuses or cannot run (a write in read-only SQL, a typo) is one line too."""
+    import duckdb
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except duckdb.Error as e:
+            raise UserError(str(e).strip().splitlines()[0]) from None
+    return wrapper
+
+
 def lake_options(fn):
     fn = click.option("--data-path", envvar="VLFACTORY_DATA_PATH", default=None,
                       help="Where a new lake's Parquet files go (folder or s3:// URL) [env VLFACTORY_DATA_PATH].")(fn)
@@ -217,6 +230,7 @@ def _duration(seconds: float) -> str:
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write to a file (required for parquet).")
 @click.option("--max-width", type=int, default=60, help="Truncate cells to this many characters (table format).")
 @friendly
+@db_errors
 def sql(query: str, lake: str | None, data_path: str | None, at: str | None, fmt: str, output: str | None,
         max_width: int) -> None:
     """Run a read-only SQL query against the lake.
@@ -297,8 +311,8 @@ def versions(lake: str | None, data_path: str | None, last: int) -> None:
     Example:
         vlfactory versions --last 10
     """
-    with open_lake(lake, data_path) as lk:
-        rows, counted = [], ("images", "problems", "captions", "traces", "rollouts", "grades", "sft", "rl", "rejected")
+    with open_lake(lake, data_path, read_only=True) as lk:
+        rows, counted = [], [t for t in lk.tables() if t not in ("runs", "tags", "write_guards", "run_heartbeats")]
         tags: dict[int, list[str]] = {}
         for name, snap in lk.tags().items():
             tags.setdefault(snap, []).append(name)
@@ -307,19 +321,18 @@ def versions(lake: str | None, data_path: str | None, last: int) -> None:
             extra = json.loads(s["commit_extra_info"]) if s["commit_extra_info"] else {}
             run_id = extra.get("run_id")
             snap = s["snapshot_id"]
-            counts = {t: lk.count(t, snap) for t in counted if _has(lk, t, snap)}
+            counts = {t: _count(lk, t, snap) for t in counted}
             rows.append((snap, ",".join(tags.get(snap, [])), s["snapshot_time"].strftime("%m-%d %H:%M:%S"),
                          f"{commands.get(run_id, '')} {(run_id or '')[:8]}".strip(), s["commit_message"] or "",
                          " ".join(f"{t}={n}" for t, n in counts.items() if n)))
         _print_table(["snapshot", "tags", "time (UTC)", "run", "message", "rows"], rows, 200)
 
 
-def _has(lk, table: str, snap: int) -> bool:
+def _count(lk, table: str, snap: int) -> int:
     try:
-        lk.count(table, snap)
-        return True
-    except Exception:
-        return False
+        return lk.count(table, snap)
+    except Exception:  # the table did not exist yet at that snapshot
+        return 0
 
 
 @main.command()
@@ -434,6 +447,39 @@ def tag(name: str, lake: str | None, data_path: str | None, at: str | None, note
     with open_lake(lake, data_path) as lk:
         snap = lk.tag(name, at, note=note, force=force)
         click.echo(f"{name} -> snapshot {snap}")
+
+
+def _duration(text: str) -> float:
+    """Seconds from '30d', '12h', '90m', '45s' or a plain number of seconds."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if not m:
+        raise UserError(f"--older-than {text!r}: give a duration like 7d, 12h, 30m or 0s")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+
+
+@main.command()
+@lake_options
+@click.option("--older-than", "older_than", default="7d", show_default=True,
+              help="Expire snapshots older than this (7d, 12h, 0s); tagged and trained-on snapshots are kept.")
+@click.option("--dry-run", is_flag=True, help="Print what would be merged, expired and deleted; change nothing.")
+@friendly
+def gc(lake: str | None, data_path: str | None, older_than: str, dry_run: bool) -> None:
+    """Maintenance: merge small files, expire old untagged snapshots, delete unused and orphan files.
+
+    Never removes a tagged version: every snapshot a tag names (and every one a training read)
+    stays readable with exactly its rows. Runs left `running` by a killed process are marked
+    `interrupted`. Orphan Parquet files (a killed batch) go once older than --older-than and an hour.
+
+    \b
+    Example:
+        vlfactory gc --dry-run
+        vlfactory gc --older-than 30d
+    """
+    seconds = _duration(older_than)
+    with open_lake(lake, data_path) as lk:
+        lk.gc(seconds, dry_run=dry_run, say=click.echo)
 
 
 @main.command()

@@ -104,8 +104,8 @@ def record_template(lake: Lake, template: Template) -> None:
     row = pa.table({"prompt_hash": [template.hash], "name": [template.name], "text": [template.text],
                     "run_id": [lake.run_id]}, schema=schema.PROMPTS)
     if not lake.existing("prompts", "prompt_hash", [template.hash]):
-        with lake.transaction(f"prompt template {template.name} ({template.hash})"):
-            lake.insert("prompts", row, key="prompt_hash")
+        lake.write(f"prompt template {template.name} ({template.hash})",
+                   lambda: lake.insert("prompts", row, key="prompt_hash"))
 
 
 def run_prompts(lake: Lake, stage_name: str, table: str, stage: GenerationConfig, identity: str, template: Template,
@@ -181,9 +181,10 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: GenerationConfig
                  "reason": "request_failed", "reasons": ["request_failed"], "detail": detail, "ref_id": key,
                  "payload": payload, "run_id": lake.run_id} for key, detail, payload in failures],
                 schema=schema.REJECTED)
-            with lake.transaction(f"{stage_name}: {len(buffer)} rows, {len(failures)} failed"):
-                stats.written += lake.insert(table, rows, key="request_key")
+            def write() -> int:  # run again from the start if another run's commit of these keys wins
                 lake.insert("rejected", rejected, key="rejected_id")
+                return lake.insert(table, rows, key="request_key")
+            stats.written += lake.write(f"{stage_name}: {len(buffer)} rows, {len(failures)} failed", write)
             buffer, failures = [], []
         last_commit = time.monotonic()
 
@@ -250,8 +251,7 @@ def record_model(lake: Lake, stage: GenerationConfig, identity: str) -> None:
     row = pa.table({"model_key": [key], "model_id": [identity], "name": [stage.model], "revision": [stage.revision],
                     "path": [info.get("path")], "kind": [info.get("kind")], "training_id": [None],
                     "run_id": [lake.run_id]}, schema=schema.MODELS)
-    with lake.transaction(f"model {identity} ({stage.model})"):
-        lake.insert("models", row, key="model_key")
+    lake.write(f"model {identity} ({stage.model})", lambda: lake.insert("models", row, key="model_key"))
 
 
 def make_backend_for(stage: GenerationConfig) -> Backend:

@@ -36,7 +36,7 @@ import pyarrow as pa
 from vlfactory.recipe import MAX_IMAGE_BYTES, IngestConfig, RecipeError, Source
 from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema
-from vlfactory.stores.lake import Lake
+from vlfactory.stores.lake import Lake, WriteConflict
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -707,9 +707,11 @@ def _write_batch(lake: Lake, src: Source, keys: LakeKeys, images: dict[str, Chec
                 if lake.current_snapshot() != keys.snapshot:
                     raise _Stale
                 written = lake.append("images", image_table) + lake.insert("problems", problem_table)
+                if new:  # checked against keys.snapshot only: a concurrent batch of these tables must conflict
+                    lake.guard("images", "problems")
                 # Rejected rows are few: an anti-join costs less than reading their ids up front.
                 written += lake.insert("rejected", rejected_table, key="rejected_id")
-        except _Stale:
+        except (_Stale, WriteConflict):
             keys.read(lake)
             continue
         if written:

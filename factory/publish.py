@@ -22,6 +22,7 @@ checked before anything is built, sent only in the Authorization header, and wri
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,25 @@ def build(lake: Lake, version: str | int, repo: str, tables: list[str], out: Pat
             raise LakeError(f"unknown table {table!r}; tables: {', '.join(lake.tables())}")
         if lake.count(table, snapshot) == 0:
             raise PublishError(f"--table {table}: no rows at {version} (snapshot {snapshot}); nothing to publish")
+    # Built in a hidden folder beside `out` and renamed into place once complete: a killed
+    # build leaves no half-written `out` for the rerun to refuse, and the rerun clears its debris.
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    final, out = out, Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        done = _write(lake, version, repo, tables, snapshot, out)
+        if final.exists():
+            final.rmdir()  # empty, checked above
+        out.rename(final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    done.folder = final
+    return done
+
+
+def _write(lake: Lake, version: str | int, repo: str, tables: list[str], snapshot: int, out: Path) -> Published:
     import pyarrow.parquet as pq
 
     done = Published(repo, snapshot)
@@ -93,7 +113,6 @@ def build(lake: Lake, version: str | int, repo: str, tables: list[str], out: Pat
         path.write_text(redact(recipe["text"]))  # masked when stored; again for runs recorded before that
         done.recipes.append(str(path.relative_to(out)))
     (out / "README.md").write_text(dataset_card(stats, repo, done.configs))
-    done.folder = out
     return done
 
 

@@ -25,12 +25,14 @@ import glob
 import importlib.util
 import json
 import os
+import random
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -43,8 +45,16 @@ DEFAULT_LAKE = "./lake"
 TAG_COMMIT = "tag "  # commit-message prefix of snapshots that only record a tag
 
 
+INTERNAL = ("schema_migrations", "write_guards", "run_heartbeats")  # bookkeeping, not data
+T = TypeVar("T")
+
+
 class LakeError(Exception):
     """A problem the user can fix (bad spec, unknown version, refused SQL)."""
+
+
+class WriteConflict(Exception):
+    """Another writer committed a change this transaction conflicts with; nothing of it was written."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,7 @@ class LakeSpec:
     catalog: str            # the full ducklake: URI
     data_path: str | None   # where Parquet files go (None: the catalog's own setting)
     display: str            # what to show the user: no passwords
+    root: Path | None = None  # a lake folder: its data path is `root/data/` wherever the folder is now
 
     @classmethod
     def resolve(cls, spec: str | os.PathLike | None = None, data_path: str | None = None) -> "LakeSpec":
@@ -62,16 +73,20 @@ class LakeSpec:
                 data_path = str(Path(data_path).resolve()) + "/"
             return cls(spec, data_path, redact(spec))
         root = Path(spec).expanduser().resolve()
-        data = data_path or str(root / "data") + "/"
-        return cls(f"ducklake:{root / 'catalog.ducklake'}", data, str(root))
+        # A folder made before the SQLite default keeps its DuckDB catalog file.
+        catalog = root / "catalog.ducklake"
+        catalog = f"ducklake:{catalog}" if catalog.exists() else f"ducklake:sqlite:{root / 'catalog.sqlite'}"
+        if data_path:  # data elsewhere: the folder holds the catalog only, and the catalog names the data
+            return cls(catalog, data_path, str(root))
+        return cls(catalog, str(root / "data") + "/", str(root), root)
 
     @property
-    def local_root(self) -> Path | None:
-        """The folder of a local (DuckDB-file) lake, else None."""
+    def catalog_file(self) -> Path | None:
+        """The catalog's file for a local (DuckDB or SQLite) catalog, else None."""
         rest = self.catalog.removeprefix("ducklake:")
-        if rest.startswith(("postgres:", "sqlite:", "mysql:", "duckdb:")):
+        if rest.startswith(("postgres:", "mysql:")):
             return None
-        return Path(rest).parent
+        return Path(rest.removeprefix("sqlite:").removeprefix("duckdb:"))
 
 
 _LOADED: set[str] = set()
@@ -132,44 +147,97 @@ class Lake:
         self.spec = spec if isinstance(spec, LakeSpec) else LakeSpec.resolve(spec, data_path)
         self.read_only = read_only or at is not None
         self.run_id: str | None = None
-        root = self.spec.local_root
-        if root is not None and not (root / "catalog.ducklake").exists():
+        catalog = self.spec.catalog_file
+        if catalog is not None and not catalog.exists():
             if not create or self.read_only:
                 raise LakeError(f"no lake at {self.spec.display} (run `vlfactory ingest RECIPE` first, or pass --lake)")
-            root.mkdir(parents=True, exist_ok=True)
+            catalog.parent.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect()
         load_extension(self.con, "ducklake")
-        if ":postgres:" in self.spec.catalog or self.spec.catalog.startswith("ducklake:postgres:"):
-            load_extension(self.con, "postgres")
+        for name in ("postgres", "sqlite"):
+            if self.spec.catalog.startswith(f"ducklake:{name}:"):
+                load_extension(self.con, name)
         if "://" in (self.spec.data_path or "") or os.environ.get("AWS_ENDPOINT_URL"):
             load_extension(self.con, "httpfs")
             _s3_secret(self.con)
-        self._attach(None, read_only=False)
-        self.migrate()  # an old lake opens with a newer vlfactory, also for reading
         if self.read_only:
-            self._reattach(None)
-        if at is not None:
-            self._reattach(self.resolve(at))
+            self._open_read_only(at)
+        else:
+            self._attach(None)
+            self.migrate()  # an old lake opens with a newer vlfactory: a write command upgrades it
 
-    def _reattach(self, snapshot: int | None) -> None:
+    def _open_read_only(self, at: int | str | None) -> None:
+        """Attach read-only, pinned to one snapshot, with the engine refusing every file write.
+
+        The catalog is attached READ_ONLY, so DuckDB refuses any change to it (DuckLake's
+        maintenance functions called from a SELECT included). The connection then may touch
+        no file but the data files of the lake's snapshots (`allowed_paths`, locked): no file
+        is written, replaced or deleted, whatever the SQL says. Pinning the snapshot keeps
+        that list complete while writers commit new files, and gives every query of this
+        Lake the same version.
+        """
+        self._attach(None)
+        pending = self._pending_migrations()
+        if pending:
+            raise LakeError(f"the lake at {self.spec.display} was written by an older vlfactory (schema migration "
+                            f"{pending[0][0]} of {schema.MIGRATIONS[-1][0]} missing): run any write command on it "
+                            "(e.g. `vlfactory gc --dry-run`) once to upgrade it, then read it")
+        snapshot = self.resolve(at) if at is not None else self.current_snapshot()
+        files = self._data_files()
         self.con.execute("USE memory")
         self.con.execute(f"DETACH {DB}")
         self._attach(snapshot)
+        remote = "://" in self.data_path()
+        self.con.execute("SET allowed_paths = ?", [[] if remote else files])
+        if remote:  # object-store keys are not local paths: allow the lake's prefix
+            self.con.execute("SET allowed_directories = ?", [[self.data_path()]])
+        self.con.execute("SET autoinstall_known_extensions = false")
+        self.con.execute("SET enable_external_access = false")
+        self.con.execute("SET lock_configuration = true")
 
-    def _attach(self, snapshot: int | None, read_only: bool | None = None) -> None:
-        read_only = self.read_only if read_only is None else read_only
-        opts = []
+    def _attach(self, snapshot: int | None) -> None:
+        opts = ["READ_ONLY"] if self.read_only else []
         if self.spec.data_path:
             opts.append(f"DATA_PATH '{self.spec.data_path}'")
+        if self.spec.root is not None:
+            # A lake folder reads its own data/ wherever it was copied or moved to, never the
+            # folder it was created in (the catalog keeps the absolute path it was made with).
+            opts.append("OVERRIDE_DATA_PATH true")
         if snapshot is not None:
             opts.append(f"SNAPSHOT_VERSION {int(snapshot)}")
-        elif read_only:
-            opts.append("READ_ONLY")
         try:
-            self.con.execute(f"ATTACH '{self.spec.catalog}' AS {DB}" + (f" ({', '.join(opts)})" if opts else ""))
+            self.con.execute(f"ATTACH '{self.spec.catalog}' AS {DB} ({', '.join(opts)})" if opts
+                             else f"ATTACH '{self.spec.catalog}' AS {DB}")
         except duckdb.Error as e:
             raise LakeError(f"cannot open the lake at {self.spec.display}: {_first_line(e)}") from None
         self.con.execute(f"USE {DB}")
+
+    def data_path(self) -> str:
+        """Where this lake's Parquet files are (a lake folder's own data/, else what the catalog says)."""
+        if self.spec.root is not None:
+            return self.spec.data_path
+        meta = f"__ducklake_metadata_{DB}"
+        return self.con.execute(f"SELECT value FROM {meta}.ducklake_metadata WHERE key = 'data_path'").fetchone()[0]
+
+    def _data_files(self) -> list[str]:
+        """The path of every data and delete file the catalog references, in any snapshot it keeps."""
+        meta = f"__ducklake_metadata_{DB}"
+        rows = self.con.execute(f"""
+            WITH t AS (SELECT table_id, schema_id, path, path_is_relative FROM {meta}.ducklake_table
+                       QUALIFY row_number() OVER (PARTITION BY table_id ORDER BY begin_snapshot DESC) = 1),
+                 s AS (SELECT schema_id, path, path_is_relative FROM {meta}.ducklake_schema
+                       QUALIFY row_number() OVER (PARTITION BY schema_id ORDER BY begin_snapshot DESC) = 1),
+                 f AS (SELECT table_id, path, path_is_relative FROM {meta}.ducklake_data_file
+                       UNION ALL SELECT table_id, path, path_is_relative FROM {meta}.ducklake_delete_file)
+            SELECT f.path, f.path_is_relative, t.path, t.path_is_relative, s.path, s.path_is_relative
+            FROM f JOIN t USING (table_id) JOIN s USING (schema_id)""").fetchall()
+        root = self.data_path()
+        out = []
+        for file, file_rel, table, table_rel, schema_path, schema_rel in rows:
+            base = (root + schema_path if schema_rel else schema_path)
+            base = base + table if table_rel else table
+            out.append(base + file if file_rel else file)
+        return out
 
     # ---- lifecycle ---------------------------------------------------------
 
@@ -180,6 +248,8 @@ class Lake:
         self.close()
 
     def close(self) -> None:
+        if getattr(self, "_heartbeat", None):
+            self._heartbeat.stop()
         with contextlib.suppress(Exception):
             self.con.close()
 
@@ -213,17 +283,65 @@ class Lake:
 
     @contextlib.contextmanager
     def transaction(self, message: str) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One snapshot: everything inside commits together, with a commit message naming the run."""
+        """One snapshot: everything inside commits together, with a commit message naming the run.
+
+        A commit that conflicts with another writer's (two keyed inserts into one table, see
+        `insert`) rolls back and raises WriteConflict; `write` runs a block again until it commits.
+        """
+        with self._writer_lock():
+            yield from self._transaction(message)
+
+    @contextlib.contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        """On a lake folder, one transaction at a time across processes (readers never wait).
+
+        SQLite lets one writer commit at a time and fails a transaction whose snapshot another
+        commit overtook ("database is locked"); taking turns before BEGIN avoids both.
+        """
+        if self.spec.root is None:
+            yield
+            return
+        import fcntl
+
+        with open(self.spec.root / ".writer.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _transaction(self, message: str) -> Iterator[duckdb.DuckDBPyConnection]:
         self.con.execute("BEGIN")
         try:
             extra = json.dumps({"run_id": self.run_id}) if self.run_id else None
             self.con.execute(f"CALL {DB}.set_commit_message('vlfactory', ?, extra_info => ?)", [message, extra])
             yield self.con
-            self.con.execute("COMMIT")
+            try:
+                self.con.execute("COMMIT")
+            except duckdb.TransactionException as e:
+                if not any(w in str(e).lower() for w in ("conflict", "database is locked")):
+                    raise
+                raise WriteConflict(_first_line(e)) from None
         except BaseException:
             with contextlib.suppress(Exception):
                 self.con.execute("ROLLBACK")
             raise
+
+    def write(self, message: str, body: Callable[[], T], attempts: int = 20) -> T:
+        """Run `body` in one transaction, from the start again while a concurrent commit conflicts with it.
+
+        The body must read what it depends on inside the transaction (a keyed `insert` does),
+        so its second run sees the rows the other writer committed.
+        """
+        for attempt in range(attempts):
+            try:
+                with self.transaction(message):
+                    return body()
+            except WriteConflict:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(random.uniform(0.05, 0.2) * min(2 ** attempt, 20))
+        raise AssertionError("unreachable")
 
     def current_snapshot(self) -> int:
         return self.con.execute(f"SELECT id FROM {DB}.current_snapshot()").fetchone()[0]
@@ -274,7 +392,7 @@ class Lake:
 
     def tables(self) -> list[str]:
         rows = self.con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY 1", [DB]).fetchall()
-        return [r[0] for r in rows if r[0] != "schema_migrations"]
+        return [r[0] for r in rows if r[0] not in INTERNAL]
 
     def expand_versions(self, sql: str) -> str:
         """Rewrite `table@version` (a tag or snapshot id) into DuckLake's time travel."""
@@ -304,8 +422,8 @@ class Lake:
             raise LakeError(_first_line(e)) from None
         if len(statements) != 1:
             raise LakeError(f"expected one SQL statement, got {len(statements)}")
-        kind = statements[0].type
-        if kind not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
+        kind = _statement_kind(sql, statements[0].type)
+        if kind != duckdb.StatementType.SELECT:
             raise LakeError(f"refused: {kind.name} statements change data; `vlfactory sql` is read-only "
                             "(the factory's commands write the lake)")
         try:
@@ -344,7 +462,15 @@ class Lake:
     # ---- writing -----------------------------------------------------------
 
     def insert(self, table: str, rows: pa.Table, key: str | None = None) -> int:
-        """Insert rows (inside the caller's transaction); with `key`, rows whose key exists are skipped."""
+        """Insert rows (inside the caller's transaction); with `key`, rows whose key exists are skipped.
+
+        Keys stay unique with concurrent writers (two ingests, two distil runs on one shared
+        catalog): the anti-join reads the table as of this transaction, and the insert also
+        bumps the table's row in `write_guards`, so of two transactions that add keys to one
+        table the second to commit conflicts with the first (DuckLake refuses two changes to
+        one row) instead of adding the same keys again. `write` then redoes it on top of the
+        first, whose keys its anti-join now sees.
+        """
         if rows.num_rows == 0:
             return 0
         self.con.register("_batch", rows)
@@ -354,9 +480,19 @@ class Lake:
             n = self.con.execute(f"INSERT INTO {DB}.{table} ({cols}) SELECT {cols} FROM _batch{where}").fetchone()[0]
         finally:
             self.con.unregister("_batch")
+        if key and n:
+            self.guard(table)
         return n
 
-    def append(self, table: str, rows: pa.Table) -> int:
+    def guard(self, *tables: str) -> None:
+        """Make this transaction conflict with any concurrent one that guards one of these tables.
+
+        For a writer that checked its keys against the transaction's own snapshot (as a keyed
+        `insert` does): of two such transactions, the second to commit raises WriteConflict.
+        """
+        self.con.execute(f"UPDATE {DB}.write_guards SET n = n + 1 WHERE list_contains(?, name)", [list(tables)])
+
+    def append(self, table: str, rows: pa.Table, key: str | None = None) -> int:
         """Append rows (inside the caller's transaction) as one Parquet file that pyarrow writes and DuckLake adopts.
 
         The same rows as `insert(table, rows)` without a key, at a fraction of the cost
@@ -365,26 +501,31 @@ class Lake:
         goes in the table's folder with the table's compression, and from
         `ducklake_add_data_files` on DuckLake owns it like its own files (snapshots, time
         travel, deletes, compaction, cleanup). A rolled-back transaction leaves it an
-        orphan, which `ducklake_delete_orphaned_files` removes. Object-store and encrypted
-        lakes go through `insert`.
+        orphan, which `vlfactory gc` removes. Object-store and encrypted lakes go through
+        `insert`. With `key`, rows whose key the table holds are left out, as in `insert`.
         """
+        if key and rows.num_rows:
+            held = self.existing(table, key, rows.column(key).to_pylist())
+            if held:
+                rows = rows.filter(pa.array([k not in held for k in rows.column(key).to_pylist()]))
         if rows.num_rows == 0:
             return 0
         import pyarrow.parquet as pq
 
         opts = dict(self.con.execute(f"""SELECT option_name, value FROM {DB}.options()
-            WHERE option_name IN ('data_path', 'encrypted', 'parquet_compression', 'parquet_compression_level')
+            WHERE option_name IN ('encrypted', 'parquet_compression', 'parquet_compression_level')
               AND (scope = 'GLOBAL' OR scope_entry IN ('main', ?))
             ORDER BY CASE scope WHEN 'GLOBAL' THEN 0 WHEN 'SCHEMA' THEN 1 ELSE 2 END""",
                                      [f"main.{table}"]).fetchall())  # the narrowest scope wins
-        if opts.get("encrypted") == "true" or "://" in opts["data_path"]:
-            return self.insert(table, rows)
+        data_path = self.data_path()  # not options()' data_path: a moved lake folder's is where it was made
+        if opts.get("encrypted") == "true" or "://" in data_path:
+            return self.insert(table, rows, key)
         schema_path, schema_rel, table_path, table_rel = self.con.execute(f"""
             SELECT s.path, s.path_is_relative, t.path, t.path_is_relative
             FROM __ducklake_metadata_{DB}.ducklake_table t JOIN __ducklake_metadata_{DB}.ducklake_schema s USING (schema_id)
             WHERE s.schema_name = 'main' AND t.table_name = ? AND s.end_snapshot IS NULL AND t.end_snapshot IS NULL""",
                                                                         [table]).fetchone()
-        folder = Path(opts["data_path"])
+        folder = Path(data_path)
         folder = folder / schema_path if schema_rel else Path(schema_path)
         folder = folder / table_path if table_rel else Path(table_path)
         folder.mkdir(parents=True, exist_ok=True)
@@ -395,6 +536,8 @@ class Lake:
         pq.write_table(rows, path, compression={"uncompressed": "none", "lz4_raw": "lz4"}.get(compression, compression),
                        compression_level=int(level) if level else None, use_dictionary=small, write_statistics=small)
         self.con.execute(f"CALL ducklake_add_data_files('{DB}', ?, ?)", [table, str(path)])
+        if key:
+            self.guard(table)
         return rows.num_rows
 
     def replace(self, table: str, rows: pa.Table, message: str) -> bool:
@@ -453,27 +596,185 @@ class Lake:
     def start_run(self, command: str, recipe_text: str | None = None, recipe_name: str | None = None,
                   argv: str | None = None) -> str:
         import hashlib
+        import socket
 
+        self.mark_interrupted()
         self.run_id = uuid.uuid4().hex[:16]
         # Credentials in a recipe's values or on the command line (--lake "...password=...") stay out.
         recipe_text, argv = redact(recipe_text), redact(argv)
         recipe_hash = hashlib.sha256(recipe_text.encode()).hexdigest()[:16] if recipe_text else None
-        with self.transaction(f"{command}: start"):
-            self.con.execute(
-                f"""INSERT INTO {DB}.runs (run_id, command, recipe_name, recipe, recipe_hash, versions, argv,
-                    started_at, status, snapshot_start) VALUES (?, ?, ?, ?, ?, ?, ?, now(), 'running', ?)""",
-                [self.run_id, command, recipe_name, recipe_text, recipe_hash, package_versions(), argv,
-                 self.current_snapshot()])
+        pid = os.getpid()
+        self.write(f"{command}: start", lambda: self.con.execute(
+            f"""INSERT INTO {DB}.runs (run_id, command, recipe_name, recipe, recipe_hash, versions, argv,
+                started_at, status, snapshot_start, host, pid, pid_started)
+                VALUES (?, ?, ?, ?, ?, ?, ?, now(), 'running', ?, ?, ?, ?)""",
+            [self.run_id, command, recipe_name, recipe_text, recipe_hash, package_versions(), argv,
+             self.current_snapshot(), socket.gethostname(), pid, _process_started(pid)]))
+        if self.spec.root is None:  # a shared catalog: other hosts judge this run by its heartbeat
+            self._heartbeat = _Heartbeat(self.con.cursor(), self.run_id)
         return self.run_id
 
     def end_run(self, status: str, counts: dict[str, int] | None = None, error: str | None = None) -> None:
         if not self.run_id:
             return
-        with self.transaction(f"run {status}"):
-            self.con.execute(
-                f"""UPDATE {DB}.runs SET ended_at = now(), status = ?, error = ?, counts = ?,
-                    snapshot_end = (SELECT id FROM {DB}.current_snapshot()) WHERE run_id = ?""",
-                [status, redact(error), {k: int(v) for k, v in (counts or {}).items()}, self.run_id])
+        if getattr(self, "_heartbeat", None):
+            self._heartbeat.stop()
+        self.write(f"run {status}", lambda: self.con.execute(
+            f"""UPDATE {DB}.runs SET ended_at = now(), status = ?, error = ?, counts = ?,
+                snapshot_end = (SELECT id FROM {DB}.current_snapshot()) WHERE run_id = ?""",
+            [status, redact(error), {k: int(v) for k, v in (counts or {}).items()}, self.run_id]))
+
+    def mark_interrupted(self) -> list[str]:
+        """Mark `interrupted` the runs left `running` by a process that is gone; their ids.
+
+        A run on this host is gone when no process has its pid and start time. A run on another
+        host cannot be checked: it is gone when it has shown no sign of life (a commit, or a
+        heartbeat on a shared catalog) for RUN_LEASE_S.
+        """
+        import socket
+
+        host = socket.gethostname()
+        rows = self.con.execute(f"""
+            SELECT *, alive_at < now() - to_seconds(?::DOUBLE) FROM (
+                SELECT r.run_id, r.host, r.pid, r.pid_started,
+                       greatest(r.started_at,
+                                (SELECT max(beat_at) FROM {DB}.run_heartbeats h WHERE h.run_id = r.run_id),
+                                (SELECT max(snapshot_time) FROM {DB}.snapshots() s
+                                 WHERE s.commit_extra_info LIKE '%' || r.run_id || '%')) AS alive_at
+                FROM {DB}.runs r WHERE r.status = 'running')""", [RUN_LEASE_S]).fetchall()
+        gone = {}
+        for run_id, run_host, pid, started, alive_at, lapsed in rows:
+            if run_host == host and pid is not None:
+                now_started = _process_started(pid)
+                dead = now_started is None or (started is not None and abs(now_started - started) > 1)
+                why = f"its process ({run_host} pid {pid}) is gone"
+            else:
+                dead, why = lapsed, f"no sign of life from {run_host or 'its host'} since {alive_at:%Y-%m-%d %H:%M:%S}"
+            if dead:
+                gone[run_id] = (alive_at, f"interrupted: {why}")
+        if gone:
+            def mark():
+                for run_id, (alive_at, why) in gone.items():
+                    self.con.execute(f"""UPDATE {DB}.runs SET status = 'interrupted', ended_at = ?, error = ?
+                                         WHERE run_id = ? AND status = 'running'""", [alive_at, why, run_id])
+            self.write(f"mark {len(gone)} interrupted run(s)", mark)
+        return list(gone)
+
+    # ---- maintenance -------------------------------------------------------
+
+    def gc(self, older_than_s: float, dry_run: bool = False, say: Callable[[str], None] = print) -> dict[str, int]:
+        """Compact, expire and clean up, never touching a version anyone named.
+
+        1. merge adjacent small files (DuckLake's merge_adjacent_files; old snapshots keep reading
+           the files they had until those snapshots expire);
+        2. expire the snapshots older than `older_than_s`, except the latest, every tagged one and
+           every one a training read (`trainings.snapshot_id`): a kept snapshot keeps every file
+           it reads, so tags read exactly their rows after gc;
+        3. delete the files no snapshot reads any more (cleanup_old_files), and the Parquet files
+           the catalog never adopted (a killed batch) once older than `older_than_s` and an hour,
+           so a writer's file that is not committed yet is never taken.
+        """
+        if not dry_run:
+            self.mark_interrupted()
+        keep = set(self.tags().values()) | {self.current_snapshot()}
+        keep |= {r[0] for r in self.con.execute(f"SELECT DISTINCT snapshot_id FROM {DB}.trainings "
+                                                "WHERE snapshot_id IS NOT NULL").fetchall()}
+        cutoff = f"now() - to_seconds({float(older_than_s)})"
+        expire = [r[0] for r in self.con.execute(f"""SELECT snapshot_id FROM {DB}.snapshots()
+            WHERE snapshot_time < {cutoff} ORDER BY 1""").fetchall() if r[0] not in keep]
+        orphan_cutoff = f"now() - to_seconds({max(float(older_than_s), ORPHAN_GRACE_S)})"
+        counts = {"snapshots_expired": len(expire)}
+        if dry_run:
+            files = self.con.execute(f"""SELECT count(*), coalesce(sum(n), 0) FROM (
+                SELECT table_id, count(*) AS n FROM __ducklake_metadata_{DB}.ducklake_data_file
+                WHERE end_snapshot IS NULL GROUP BY 1 HAVING n > 1)""").fetchone()
+            say(f"would merge the small files of {files[0]} table(s) ({files[1]} files)")
+        else:
+            merged = self.con.execute(f"SELECT count(*) FROM ducklake_merge_adjacent_files('{DB}')").fetchone()[0]
+            counts["files_merged"] = merged
+            say(f"merged {merged} files")
+        if expire:
+            self.con.execute(f"SELECT * FROM ducklake_expire_snapshots('{DB}', versions => ?, dry_run => ?)",
+                             [expire, dry_run]).fetchall()
+        say(f"{'would expire' if dry_run else 'expired'} {len(expire)} snapshot(s) older than {older_than_s:g} s "
+            f"(kept: the latest, {len(keep) - 1} tagged or trained-on)")
+        old = self.con.execute(f"SELECT path FROM ducklake_cleanup_old_files('{DB}', cleanup_all => true, "
+                               f"dry_run => ?)", [dry_run]).fetchall()
+        orphans = self.con.execute(f"SELECT path FROM ducklake_delete_orphaned_files('{DB}', older_than => "
+                                   f"{orphan_cutoff}, dry_run => ?)", [dry_run]).fetchall()
+        counts |= {"old_files_deleted": len(old), "orphans_deleted": len(orphans)}
+        verb = "would delete" if dry_run else "deleted"
+        say(f"{verb} {len(old)} file(s) no snapshot reads and {len(orphans)} orphan file(s)")
+        for (path,) in orphans[:20]:
+            say(f"  orphan: {path}")
+        return counts
+
+
+RUN_LEASE_S = float(os.environ.get("VLFACTORY_RUN_LEASE_S", 3600))  # silence after which another host's run is gone
+HEARTBEAT_S = RUN_LEASE_S / 4
+ORPHAN_GRACE_S = 3600.0  # an unadopted file younger than this may be a writer's batch in flight
+
+
+def _process_started(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), or None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, after the command name
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError:  # no /proc (macOS): whether the pid exists is all we can tell
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return 0.0
+
+
+class _Heartbeat:
+    """A thread that records, every HEARTBEAT_S, that a run on a shared catalog is alive."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, run_id: str):
+        import threading
+
+        self.con, self.run_id, self.stopped = con, run_id, threading.Event()
+        threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{run_id}").start()
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_S):
+            with contextlib.suppress(Exception):  # a missed beat is made up by the next one
+                self.con.execute(f"INSERT INTO {DB}.run_heartbeats VALUES (?, now())", [self.run_id])
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def _statement_kind(sql: str, kind) -> "duckdb.StatementType":
+    """The kind of statement `sql` runs: for EXPLAIN [ANALYZE] [(options)] X, the kind of X.
+
+    A friendly early refusal only: a read-only Lake's engine refuses writes whatever this says.
+    """
+    if kind != duckdb.StatementType.EXPLAIN:
+        return kind
+    tokens = duckdb.tokenize(sql)
+    i, depth = 1, 0
+    while i < len(tokens):
+        word = sql[tokens[i][0]:tokens[i + 1][0] if i + 1 < len(tokens) else len(sql)].strip()
+        if word == "(":
+            depth += 1
+        elif word == ")":
+            depth -= 1
+        elif depth == 0 and word.upper() not in ("ANALYZE", "ANALYSE"):
+            break
+        i += 1
+    if i >= len(tokens):
+        return kind
+    inner = duckdb.extract_statements(sql[tokens[i][0]:])
+    return _statement_kind(sql[tokens[i][0]:], inner[0].type) if len(inner) == 1 else kind
 
 
 def _first_line(e: BaseException) -> str:

@@ -291,6 +291,22 @@ def _m008_eval_samples_and_pass_at_k(con, db: str) -> None:
         con.execute(f"ALTER TABLE {db}.evals ADD COLUMN {column} {kind}")
 
 
+def _m009_run_liveness_and_write_guards(con, db: str) -> None:
+    # Which process a run is, so the next run can tell a killed one (status `running`, its process
+    # gone) from a live one; a run on another host is judged by its last heartbeat.
+    for column, kind in (("host", "VARCHAR"), ("pid", "BIGINT"), ("pid_started", "DOUBLE")):
+        con.execute(f"ALTER TABLE {db}.runs ADD COLUMN {column} {kind}")
+    con.execute(f"CREATE TABLE {db}.run_heartbeats (run_id VARCHAR, beat_at TIMESTAMPTZ)")
+    # One row per table that keyed inserts touch in the same transaction: two writers adding keys to
+    # a table both change its row, which DuckLake reports as a conflict at commit (Lake.insert).
+    con.execute(f"CREATE TABLE {db}.write_guards (name VARCHAR, n BIGINT)")
+    con.execute(f"INSERT INTO {db}.write_guards SELECT unnest(?), 0", [list(GUARDED)])
+
+
+GUARDED = ("images", "problems", "captions", "traces", "rollouts", "rejected", "prompts", "grades", "models",
+           "evals", "eval_samples", "trainings")
+
+
 # (version, name, function): append only; never edit an applied migration.
 MIGRATIONS = [
     (1, "initial tables", _m001_initial),
@@ -303,6 +319,7 @@ MIGRATIONS = [
      _m007_one_verdict_content_identity),
     (8, "eval_samples table; evals.stage, protocol, prompt_format, samples_per_problem, pass_at_k",
      _m008_eval_samples_and_pass_at_k),
+    (9, "runs.host, pid, pid_started; run_heartbeats; write_guards", _m009_run_liveness_and_write_guards),
 ]
 
 TABLES = ("images", "problems", "captions", "traces", "rollouts", "rejected", "runs", "tags", "prompts",

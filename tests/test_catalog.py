@@ -92,7 +92,12 @@ def test_old_lake_gets_new_migrations(lake_dir, monkeypatch, two_versions):
     with Lake(lake_dir) as lake:
         before = lake.current_snapshot()
     monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS + [(99, "difficulty column", m002)])
-    with Lake(lake_dir, read_only=True) as lake:  # reading an old lake upgrades it first
+    # reading never writes: an old lake read-only is refused with the way out, and left as it was
+    with pytest.raises(LakeError, match="older vlfactory .*migration 99.*write command"):
+        Lake(lake_dir, read_only=True)
+    with Lake(lake_dir) as lake:  # any write command upgrades it
+        assert lake.current_snapshot() == before + 1
+    with Lake(lake_dir, read_only=True) as lake:
         applied = lake.query("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
         assert applied == [(v, n) for v, n, _ in schema.MIGRATIONS]
         assert applied[-1] == (99, "difficulty column")
