@@ -22,8 +22,8 @@ from datetime import datetime
 
 from vlfactory.reports import plots
 from vlfactory.evaluate import wilson_interval
-from vlfactory.reports.stats import (FUNNEL, PROBLEM_STAGES, VersionStats, eval_label, iteration_tags, keyword_rates,
-                                     previous_tag, summary, tracked_keywords, version_stats)
+from vlfactory.reports.stats import (FUNNEL, PROBLEM_STAGES, VersionStats, eval_examples, eval_label, iteration_tags,
+                                     keyword_rates, previous_tag, summary, tracked_keywords, version_stats)
 from vlfactory.stores.lake import Lake
 
 EMPTY = '<p class="empty">no data yet</p>'
@@ -68,7 +68,8 @@ def iterations_page(lake: Lake) -> str:
     body = [_section("iterations", "Data per iteration", _figure(plots.iterations(names, series), "Data per iteration")
                      + table),
             _section("evals", "Eval accuracy per iteration", *_evals(stats[-1].evals)),
-            _section("keywords", "Reflection keywords per iteration", *_keywords(lake, stats[-1]))]
+            _section("keywords", "Reflection keywords per iteration", *_keywords(lake, stats[-1])),
+            _section("eval-samples", "Answers of the evaluated models", _eval_examples(lake))]
     for i, st in enumerate(stats):
         before = tags[i - 1] if i else None
         body.append(f'<h1 id="{_id(st.version)}">{html.escape(st.version)} (snapshot {st.snapshot})</h1>')
@@ -144,6 +145,19 @@ def _evals(rows: list[dict]) -> tuple[str, str]:
                      100 * r["accuracy"], "[{:.1f}, {:.1f}]".format(*(100 * x for x in wilson_interval(
                          r["accuracy"], r["problems"]))), r["protocol"], passes(r)] for r in rows])
     return _figure(plots.evals(rows), "Eval accuracy per benchmark"), table
+
+
+def _eval_examples(lake: Lake) -> str:
+    found = eval_examples(lake)
+    if not found:
+        return EMPTY
+    short = lambda s: s if s is None or len(s) <= 400 else f"{s[:200]} [...] {s[-200:]}"  # noqa: E731
+    return ('<p class="meta">the first answers of each model per benchmark; every answer is in eval_samples '
+            '(<code>vlfactory sql "SELECT * FROM eval_samples"</code>)</p>'
+            + _table(["model of the loop", "benchmark", "row", "sample", "prompt", "completion", "extracted", "gold",
+                      "verdict"],
+                     [[eval_label(r), r["benchmark"], r["source_id"], r["sample_index"], short(r["prompt"]),
+                       short(r["completion"]), r["extracted"], r["answer"], r["reason"]] for r in found]))
 
 
 def _keywords(lake: Lake, st: VersionStats) -> tuple[str, ...]:

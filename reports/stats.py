@@ -218,6 +218,23 @@ def keyword_rates(lake: Lake, keywords: list[str]) -> list[dict]:
     return sorted(merged.values(), key=lambda r: (r["series"], r["order"]))
 
 
+def eval_examples(lake: Lake, per_model: int = 3) -> list[dict]:
+    """A few stored answers of each evaluated model of the loop, per benchmark, at the last iteration tag
+    (all of them are in `eval_samples`)."""
+    tags = iteration_tags(lake)
+    if not tags:
+        return []
+    s = tags[-1][1]
+    found = rows(lake, f"""SELECT e.iteration, e.stage, e.benchmark, x.source_id, x.sample_index, x.prompt,
+                                  x.completion, x.extracted, x.answer, x.correct, x.reason
+                           FROM (SELECT DISTINCT iteration, stage, benchmark, eval_key FROM evals@{s}
+                                 WHERE iteration IS NOT NULL AND stage IS NOT NULL) e
+                           JOIN eval_samples@{s} x USING (eval_key)
+                           QUALIFY row_number() OVER (PARTITION BY e.iteration, e.stage, e.benchmark
+                                                      ORDER BY x.source_id, x.sample_index) <= {int(per_model)}""")
+    return sorted(found, key=lambda r: (eval_order(r), r["benchmark"], r["source_id"], r["sample_index"]))
+
+
 def runs_until(lake: Lake, snapshot: int) -> list[dict]:
     """The runs whose commits make up the lake up to this snapshot (each commit names its run)."""
     ids = []

@@ -78,3 +78,6 @@ def test_report_draws_keyword_curves_for_two_iterations(cli, lake_dir, tmp_path)
     assert '<img alt="Reflection keywords across iterations" src="data:image/png;base64,' in section
     assert "wait, check, but wait" in section and "iter2" in section and "iter1 grpo" in section
     assert f"{rate(ITER2_ROLLOUTS, 'check'):,.2f}" in section
+    # and the stored answers of each evaluated model
+    answers = page[page.index('<section id="eval-samples">'):]
+    assert all(text in answers for texts in EVALS.values() for text in texts)
