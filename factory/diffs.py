@@ -106,23 +106,20 @@ def row_diff(lake: Lake, table: str, a: str | int, b: str | int = "latest", limi
     if missing := [k for k in key if k not in compared]:
         raise LakeError(f"{table} has no key column {missing[0]!r} at one of the versions")
     sel = ", ".join(f'"{c}"' for c in compared)
-
-    def rows(snapshot: int, cols: dict | None) -> str:
-        at = f"{DB}.{table} AT (VERSION => {snapshot})"
-        return f"SELECT {sel} FROM {at}" if cols is not None else f"SELECT {sel} FROM {DB}.{table} WHERE false"
-
     out = TableDiff(table, str(a), str(b), sa, sb, key, compared,
                     columns_added=[c for c in (cols_b or {}) if cols_a is not None and c not in cols_a],
                     columns_removed=[c for c in (cols_a or {}) if cols_b is not None and c not in cols_b])
     con = lake.con
     k = ", ".join(f'"{c}"' for c in key)
+
     def same(x: str, y: str) -> str:
         return " AND ".join(f'{x}."{c}" IS NOT DISTINCT FROM {y}."{c}"' for c in key)
 
     try:
         # Rows only in A and only in B, then their keys found exactly once on each side: the changed rows.
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _only_a AS ({rows(sa, cols_a)}) EXCEPT ALL ({rows(sb, cols_b)})")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _only_b AS ({rows(sb, cols_b)}) EXCEPT ALL ({rows(sa, cols_a)})")
+        side_a, side_b = _sides(lake, table, sa, sb, cols_a, cols_b, sel)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _only_a AS ({side_a}) EXCEPT ALL ({side_b})")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _only_b AS ({side_b}) EXCEPT ALL ({side_a})")
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _keys AS
             (SELECT {k} FROM _only_a GROUP BY ALL HAVING count(*) = 1)
             INTERSECT (SELECT {k} FROM _only_b GROUP BY ALL HAVING count(*) = 1)""")
@@ -144,12 +141,42 @@ def row_diff(lake: Lake, table: str, a: str | int, b: str | int = "latest", limi
         for r in _dicts(con.sql(f"SELECT * FROM _changed ORDER BY {k}{cut}")):
             out.changed.append(Change({c: r[c] for c in key}, {c: r[f"a.{c}"] for c in r["_columns"]},
                                       {c: r[f"b.{c}"] for c in r["_columns"]}))
-        total_b = con.execute(f"SELECT count(*) FROM ({rows(sb, cols_b)})").fetchone()[0]
+        total_b = lake.count(table, sb) if cols_b is not None else 0
     finally:
-        for t in ("_only_a", "_only_b", "_keys", "_changed"):
+        for t in ("_changes", "_only_a", "_only_b", "_keys", "_changed"):
             con.execute(f"DROP TABLE IF EXISTS temp.{t}")
     out.unchanged = total_b - out.n_added - out.n_changed
     return out
+
+
+def _sides(lake: Lake, table: str, sa: int, sb: int, cols_a: dict | None, cols_b: dict | None, sel: str
+           ) -> tuple[str, str]:
+    """SQL for the rows of A and of B that can differ. A row no snapshot in between touched is the same row at
+    both (DuckLake keeps a row's rowid until the row is deleted; an update keeps it too), so only the rows that
+    `table_changes` lists need comparing: each touched row as it was at the older version (its first change a
+    delete or an update's preimage) and as it is at the newer (its last change an insert or a postimage). Where
+    that cannot tell (the table or its columns changed in between), both versions whole."""
+    def whole(snapshot: int, cols: dict | None) -> str:
+        if cols is None:  # the table did not exist at that version
+            return f"SELECT {sel} FROM {DB}.{table} WHERE false"
+        return f"SELECT {sel} FROM {DB}.{table} AT (VERSION => {snapshot})"
+
+    if sa == sb:
+        return whole(sa, cols_a) + " WHERE false", whole(sb, cols_b) + " WHERE false"
+    lo, hi = sorted((sa, sb))
+    try:
+        if cols_a != cols_b:
+            raise LakeError("the columns changed in between")
+        lake.con.execute(f"CREATE OR REPLACE TEMP TABLE _changes AS "
+                         f"SELECT * FROM {DB}.table_changes('{table}', {lo + 1}, {hi})")
+    except (duckdb.Error, LakeError):
+        return whole(sa, cols_a), whole(sb, cols_b)
+    gone = "change_type IN ('delete', 'update_preimage')"
+    older = (f"SELECT {sel} FROM _changes QUALIFY row_number() OVER (PARTITION BY rowid "
+             f"ORDER BY snapshot_id, NOT ({gone})) = 1 AND {gone}")
+    newer = (f"SELECT {sel} FROM _changes QUALIFY row_number() OVER (PARTITION BY rowid "
+             f"ORDER BY snapshot_id DESC, {gone}) = 1 AND NOT ({gone})")
+    return (older, newer) if sa < sb else (newer, older)
 
 
 def _dicts(rel: duckdb.DuckDBPyRelation) -> list[dict]:

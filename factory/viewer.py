@@ -67,30 +67,41 @@ SPECS = {
                               "question"), model="policy_model", is_set=True),
 }
 ITERATION = re.compile(r"iter(\d+)")
+GENERATED = ("captions", "traces", "rollouts", "sft", "rl")  # a problem's rows, on its page
 
 
 class Viewer:
-    """The queries behind the page, over one lake opened read-only (one query at a time)."""
+    """The queries behind the page, over one lake opened read-only (one query at a time).
+
+    A read-only Lake is pinned to the snapshot it opened at, and a snapshot never changes, so what
+    the page asks again (tables and columns per snapshot, tags, filter values, row counts) is kept.
+    """
 
     def __init__(self, lake: Lake, version: str | int | None = None):
         self.lake, self.version = lake, version
         self.lock = threading.Lock()
+        self.tags = dict(sorted(lake.tags().items(), key=lambda kv: (kv[1], kv[0])))  # in snapshot order
         self.counts: dict[tuple, int] = {}  # (table, snapshot, filters) -> rows: paging does not recount
+        self._tables: dict[int, dict[str, list[str]]] = {}
+        self._meta: dict[int, dict] = {}
 
     # ---- helpers -------------------------------------------------------------------
 
     def snapshot(self, at: str | None) -> int:
-        return self.lake.resolve(at or self.version or "latest")
+        at = str(at or self.version or "latest")
+        return self.tags[at] if at in self.tags else self.lake.resolve(at)
 
     def tables(self, snap: int) -> dict[str, list[str]]:
         """The viewable tables at a snapshot, with their columns."""
-        out = {}
-        for name in SPECS:
-            try:
-                out[name] = self.lake.con.sql(f"SELECT * FROM {DB}.{name} AT (VERSION => {snap}) LIMIT 0").columns
-            except Exception:
-                continue  # not there yet at this version
-        return out
+        if snap not in self._tables:
+            out = {}
+            for name in SPECS:
+                try:
+                    out[name] = self.lake.con.sql(f"SELECT * FROM {DB}.{name} AT (VERSION => {snap}) LIMIT 0").columns
+                except Exception:
+                    continue  # not there yet at this version
+            self._tables[snap] = out
+        return self._tables[snap]
 
     def view(self, table: str, snap: int) -> str:
         """The table at a snapshot with what a reader wants beside each row: the problem's source, question, gold
@@ -143,25 +154,37 @@ class Viewer:
                 where.append("list_contains(v.reasons, ?)")
                 params.append(q["reason"])
         if q.get("iteration") and not spec.is_set:  # rows new in iterK: at iterK and not at iter(K-1)
-            previous = self.lake.tags().get(f"iter{int(q['iteration']) - 1}")
+            previous = self.tags.get(f"iter{int(q['iteration']) - 1}")
             if previous is not None and table in self.tables(previous):
                 where.append(f"v.{spec.key} NOT IN (SELECT {spec.key} FROM {DB}.{table} AT (VERSION => {previous}))")
         if q.get("where", "").strip():
             where.append(f"(\n{q['where']}\n)")  # on its own lines: a trailing -- comment ends there
         return where, params
 
-    def query(self, sql: str, params: list | None = None) -> list[dict]:
-        rel = self.lake.query(sql, params or None)
-        return [dict(zip(rel.columns, row)) for row in rel.fetchall()]
+    def query(self, sql: str, params: list | None = None, user: bool = False) -> list[dict]:
+        """Rows as dicts. SQL holding a user's fragment (`user`) goes through `Lake.query`: one SELECT statement
+        (else refused), TABLE@VERSION expanded; the viewer's own SQL runs as it is."""
+        rel = self.lake.query(sql, params or None) if user else self.lake.con.execute(sql, params or [])
+        names = [d[0] for d in rel.description]
+        return [dict(zip(names, row)) for row in rel.fetchall()]
 
     # ---- endpoints -----------------------------------------------------------------
 
     def meta(self, q: dict) -> dict:
         """Versions, tables, and the values each filter offers at the chosen version."""
         snap = self.snapshot(q.get("at"))
-        tags = sorted(self.lake.tags().items(), key=lambda kv: (kv[1], kv[0]))
-        tables = self.tables(snap)
-        values = {}
+        if snap not in self._meta:
+            self._meta[snap] = self.values(snap)
+        return {"lake": self.lake.spec.display, "at": q.get("at") or str(self.version or "latest"), "snapshot": snap,
+                "latest": self.lake.current_snapshot(),
+                "tags": [{"name": t, "snapshot": s} for t, s in self.tags.items()],
+                "tables": {t: {"key": SPECS[t].key, "graded": bool(SPECS[t].graded) or t == "grades",
+                               "model": bool(SPECS[t].model), "set": SPECS[t].is_set} for t in self.tables(snap)},
+                "values": self._meta[snap]}
+
+    def values(self, snap: int) -> dict[str, list]:
+        """What each filter offers at a snapshot."""
+        tables, values = self.tables(snap), {}
         for field, sql in (("source", "SELECT DISTINCT source FROM {} WHERE source IS NOT NULL"),
                            ("reason", "SELECT DISTINCT unnest(reasons) FROM {} WHERE reasons IS NOT NULL")):
             values[field] = sorted(r[0] for r in self.lake.con.execute(sql.format(
@@ -174,12 +197,8 @@ class Viewer:
                 models |= {r[0] for r in self.lake.con.execute(
                     f"SELECT DISTINCT model FROM {DB}.{name} AT (VERSION => {snap})").fetchall()}
         values["model"] = sorted(m for m in models if m)
-        values["iteration"] = sorted({int(m.group(1)) for t, _ in tags if (m := ITERATION.fullmatch(t))})
-        return {"lake": self.lake.spec.display, "at": q.get("at") or str(self.version or "latest"), "snapshot": snap,
-                "latest": self.lake.current_snapshot(), "tags": [{"name": t, "snapshot": s} for t, s in tags],
-                "tables": {t: {"key": SPECS[t].key, "graded": bool(SPECS[t].graded) or t == "grades",
-                               "model": bool(SPECS[t].model), "set": SPECS[t].is_set} for t in tables},
-                "values": values}
+        values["iteration"] = sorted({int(m.group(1)) for t in self.tags if (m := ITERATION.fullmatch(t))})
+        return values
 
     def rows(self, q: dict) -> dict:
         """One page of a table's rows, in key order from `after` (the last key of the page before): keyset paging,
@@ -190,8 +209,7 @@ class Viewer:
         snap = self.snapshot(f"iter{int(q['iteration'])}" if q.get("iteration") else q.get("at"))
         spec, view = SPECS[table], self.view(table, snap)
         where, params = self.filters(table, q, snap)
-        empty = self.lake.con.sql(f"SELECT * FROM ({view}) LIMIT 0")
-        types = dict(zip(empty.columns, (str(t) for t in empty.types)))
+        types = self.types(table, snap, view)
         shown = [c for c in spec.columns if c in types]
         select = ", ".join(f'left(v."{c}", {CUT}) AS "{c}"' if types[c] == "VARCHAR" and c != spec.key else f'v."{c}"'
                            for c in shown)
@@ -202,13 +220,22 @@ class Viewer:
             page.append(f"v.{spec.key} > ?")
             page_params.append(q["after"])
         cond = lambda w: f" WHERE {' AND '.join(w)}" if w else ""  # noqa: E731
+        user = bool(q.get("where", "").strip())
         rows = self.query(f"SELECT {select} FROM ({view}) v{cond(page)} ORDER BY v.{spec.key} LIMIT {limit + 1}",
-                          page_params)
+                          page_params, user)
         count_key = (table, snap, json.dumps(where), json.dumps(params))
         if count_key not in self.counts:
-            self.counts[count_key] = self.query(f"SELECT count(*) AS n FROM ({view}) v{cond(where)}", params)[0]["n"]
+            self.counts[count_key] = self.query(f"SELECT count(*) AS n FROM ({view}) v{cond(where)}", params,
+                                                user)[0]["n"]
         return {"table": table, "snapshot": snap, "key": spec.key, "columns": shown, "rows": rows[:limit],
                 "total": self.counts[count_key], "next": rows[limit - 1][spec.key] if len(rows) > limit else None}
+
+    def types(self, table: str, snap: int, view: str) -> dict[str, str]:
+        key = ("types", table, snap)
+        if key not in self._meta:
+            rel = self.lake.con.sql(f"SELECT * FROM ({view}) LIMIT 0")
+            self._meta[key] = dict(zip(rel.columns, (str(t) for t in rel.types)))
+        return self._meta[key]
 
     def sample(self, q: dict) -> dict:
         """One row with everything about it, and how it stood at every tagged version."""
@@ -223,15 +250,16 @@ class Viewer:
         out = {"table": table, "key": spec.key, "snapshot": snap, "row": row}
         if row.get("caption_id"):  # the caption the reasoner saw
             out["caption"] = next(iter(self.query(
-                f"SELECT caption, model, origin, caption_id FROM captions@{snap} WHERE caption_id = ?",
+                f"SELECT caption, model, origin, caption_id FROM {DB}.captions AT (VERSION => {snap}) "
+                "WHERE caption_id = ?",
                 [row["caption_id"]])), None)
         if row.get("prompt_hash") and "prompts" in self.lake.tables():
-            out["prompt"] = next(iter(self.query(f"SELECT name, text FROM prompts@{snap} WHERE prompt_hash = ?",
-                                                 [row["prompt_hash"]])), None)
+            out["prompt"] = next(iter(self.query(f"SELECT name, text FROM {DB}.prompts AT (VERSION => {snap}) "
+                                                 "WHERE prompt_hash = ?", [row["prompt_hash"]])), None)
         ref = row.get(spec.graded) if spec.graded else (row.get("ref_id") if table == "grades" else None)
         if ref:
-            out["rejected"] = self.query(f"SELECT stage, reason, reasons, detail FROM rejected@{snap} "
-                                         "WHERE ref_id = ? ORDER BY stage, reason", [ref])
+            out["rejected"] = self.query(f"SELECT stage, reason, reasons, detail FROM {DB}.rejected AT (VERSION => "
+                                         f"{snap}) WHERE ref_id = ? ORDER BY stage, reason", [ref])
         out["versions"] = self.versions(table, spec.key, key, spec.graded and ref)
         return out
 
@@ -254,32 +282,29 @@ class Viewer:
 
     def points(self) -> list[tuple[str, int]]:
         """The versions worth comparing: every tag, in snapshot order, then the latest snapshot."""
-        tags = sorted(self.lake.tags().items(), key=lambda kv: (kv[1], kv[0]))
-        return [*tags, ("latest", self.lake.current_snapshot())]
+        return [*self.tags.items(), ("latest", self.lake.current_snapshot())]
 
     def problem(self, q: dict) -> dict:
         """A problem with all its generations at a version, and their counts at every tagged version."""
         pid, snap = q.get("id", ""), self.snapshot(q.get("at"))
-        found = self.query(f"SELECT * FROM problems@{snap} WHERE problem_id = ?", [pid])
+        found = self.query(f"SELECT * FROM {DB}.problems AT (VERSION => {snap}) WHERE problem_id = ?", [pid])
         if not found:
             raise LakeError(f"no problem {pid!r} at snapshot {snap}")
-        out = {"snapshot": snap, "problem": found[0], "tables": {}, "versions": []}
-        for table in ("captions", "traces", "rollouts", "sft", "rl"):
-            if table in self.tables(snap):
-                out["tables"][table] = self.rows({"table": table, "at": str(snap), "limit": 200, "problem": pid})
-        for name, s in self.points():
-            have = self.tables(s)
-            counts = {"at": name, "snapshot": s}
-            for table in ("captions", "traces", "rollouts", "sft", "rl"):
-                if table in have:
-                    counts[table] = self.lake.con.execute(
-                        f"SELECT count(*) FROM {DB}.{table} AT (VERSION => {s}) WHERE problem_id = ?", [pid]
-                    ).fetchone()[0]
-            if "grades" in have:
-                counts["accepted"] = self.lake.con.execute(
-                    f"SELECT count(*) FROM {DB}.grades AT (VERSION => {s}) WHERE problem_id = ? AND accepted", [pid]
+        versions = [{"at": name, "snapshot": s, **self.generations(pid, s)} for name, s in self.points()]
+        here = next((v for v in versions if v["snapshot"] == snap), None) or self.generations(pid, snap)
+        tables = {t: self.rows({"table": t, "at": str(snap), "limit": 200, "problem": pid})
+                  for t in GENERATED if here.get(t)}  # a table without rows of this problem costs no scan
+        return {"snapshot": snap, "problem": found[0], "tables": tables, "versions": versions}
+
+    def generations(self, pid: str, snap: int) -> dict[str, int]:
+        """How many rows of each generated table (and accepted grades) a problem has at a snapshot."""
+        have, out = self.tables(snap), {}
+        for table in (*GENERATED, "grades"):
+            if table in have:
+                accepted = " AND accepted" if table == "grades" else ""
+                out["accepted" if table == "grades" else table] = self.lake.con.execute(
+                    f"SELECT count(*) FROM {DB}.{table} AT (VERSION => {snap}) WHERE problem_id = ?{accepted}", [pid]
                 ).fetchone()[0]
-            out["versions"].append(counts)
         return out
 
     def image(self, image_id: str) -> tuple[bytes, str] | None:

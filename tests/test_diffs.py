@@ -97,3 +97,25 @@ def test_cli_diff_table_and_json(wb, cli):
     assert counts["tables"]["traces"] == {"added": 14, "removed": 0}
     bad = cli("diff", "iter1", "iter9", "--table", "sft", "--lake", wb.lake, ok=False)
     assert bad.exit_code == 2 and "unknown version 'iter9'" in bad.output
+
+
+def test_only_touched_rows_are_read_and_the_answer_is_the_same(wb, monkeypatch):
+    """Rows no snapshot between A and B touched are not compared (DuckLake's table_changes lists the others);
+    comparing both versions whole gives the same diff, inserts, deletes and in-place updates (runs) alike."""
+    from vlfactory import diffs
+
+    tables = ("sft", "grades", "rejected", "runs")
+    pairs = (("iter1", "iter2"), ("iter2", "iter1"), ("iter2", "iter2"))
+    whole = diffs._sides
+
+    def compare_whole(lake, table, sa, sb, cols_a, cols_b, sel):  # columns that differ: the whole-table path
+        return whole(lake, table, sa, sb, cols_a, {**cols_b, "_": ""} if cols_b else cols_b, sel)
+
+    with Lake(wb.lake, read_only=True) as lake:
+        narrowed = {(t, a, b): vlfactory.diff(a, b, table=t, lake=lake) for t in tables for a, b in pairs}
+        monkeypatch.setattr(diffs, "_sides", compare_whole)
+        for (t, a, b), d in narrowed.items():
+            assert d == vlfactory.diff(a, b, table=t, lake=lake), (t, a, b)
+    runs = narrowed[("runs", "iter1", "iter2")]
+    assert runs.n_added == 1 and runs.n_changed == 0  # started and ended (updated) between the tags
+    assert narrowed[("sft", "iter2", "iter2")].unchanged == 14
