@@ -405,7 +405,7 @@ def view(version: str | None, host: str, port: int, lake: str | None, data_path:
     Filter problems, captions, traces, rollouts, grades, rejected rows and the sets by source,
     verdict, reason, model, iteration or any SQL WHERE; open a sample to see its image, the
     caption the reasoner saw, the completion beside its cleaned version, and how it stood at
-    every tagged version. The lake stays open read-only until you stop the server.
+    every tagged version. It shows the lake as it was when it started: restart it to see later writes.
 
     \b
     Example:
