@@ -34,6 +34,10 @@ adopt) and with `clean_reverify` an answer the kept reasoning states itself (a \
 answer is") grades correct too (a chain only the reflection fixed). The sft set picks the
 shortest correct chain by its *original* length, then uses its cleaned text, as the paper does.
 
+With `protocol: openvlthinker` the verdicts are the official judge's (vlfactory.verify): an answer
+needs `</answer>`, and only equality or mathruler decide; `extracted` stays the factory's one
+extraction (the `answer` of traces and rollouts).
+
 Versioned and resumable: a grade is keyed by (ref_table, ref_id, verifier, settings_hash), the
 verifier being "vlfactory.verify VERSION / math-verify VERSION" and the settings the hash of
 the recipe's `verify:` block. Samples whose grade is current are skipped; the others are graded
@@ -145,7 +149,7 @@ def grade_rows(rows: list[dict], table: str, cfg: VerifyConfig, verifier_: str, 
     have = [r for r in rows if r["has_problem"]]
     verdicts = dict(zip((r["ref_id"] for r in have), verify.grade_many(
         [(r["completion"] or "", r["answer"], r["choices"], r["question"]) for r in have],
-        timeout_s=cfg.timeout_s, rel_tol=cfg.rel_tol)))
+        timeout_s=cfg.timeout_s, rel_tol=cfg.rel_tol, protocol=cfg.protocol)))
     phrases = _phrases(tuple(cfg.forbidden_phrases))
     grades, rejected, to_clean = [], [], []
     for r in rows:
@@ -226,7 +230,7 @@ def _clean_accepted(pairs: list[tuple[dict, dict]], cfg: VerifyConfig) -> None:
         if stated is not None and stated != row["extracted"]:
             items.append((f"<answer>{stated}</answer>", *problem))
         checks.append((start, len(items), kept.strip() != ""))
-    verdicts = verify.grade_many(items, timeout_s=cfg.timeout_s, rel_tol=cfg.rel_tol)
+    verdicts = verify.grade_many(items, timeout_s=cfg.timeout_s, rel_tol=cfg.rel_tol, protocol=cfg.protocol)
     for (row, _), (start, end, kept) in zip(pairs, checks):
         row["cleaned_ok"] = (kept and all(g.correct for g in verdicts[start:end])
                              and (cfg.clean_max_words is None or row["cleaned_words"] <= cfg.clean_max_words))

@@ -127,6 +127,7 @@ class VerifyConfig:
     clean_max_words: int | None = None  # opt-in: the paper's "chains under 500 words" variant (not adopted)
     clean_reverify: bool = False      # opt-in: an answer the kept reasoning states must be correct too
     rel_tol: float = 1e-4
+    protocol: str = "vlfactory"       # the verdicts: vlfactory's grader, or openvlthinker (the official judge)
 
 
 @dataclass
@@ -452,6 +453,8 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
                 setattr(recipe.loop, kind, str((base / value).resolve()))
                 _no_secrets(_yaml_file(base / value), str(base / value))
         _check_loop(recipe.loop, names, {s.name for s in recipe.sources}, f"{where}: loop", base)
+    if recipe.verify.protocol not in ("vlfactory", "openvlthinker"):
+        raise RecipeError(f"{where}: verify.protocol: {recipe.verify.protocol!r} is not vlfactory or openvlthinker")
     if recipe.eval is not None:
         _check_eval(recipe.eval, {src.name for src in recipe.sources + recipe.benchmarks}, f"{where}: eval", base)
     if recipe.lake.catalog and not recipe.lake.catalog.startswith("ducklake:"):

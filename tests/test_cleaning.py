@@ -82,3 +82,19 @@ def test_stricter_filters_are_opt_in(lake):
         grading.run(lk, recipe.verify, Scope(("s",)))
         reasons = dict(lk.query("SELECT ref_id, reasons FROM grades").fetchall())
     assert reasons == {"t0": ["too_long", "mentions_caption"], "t1": ["mentions_caption"]}
+
+
+def test_the_official_judge_can_grade_the_training_data(lake):
+    with Lake(lake) as lk:
+        boxed = {"trace_id": "t2", "problem_id": "p-rect", "sample_index": 2, "model": "r1", "finish_reason": "stop",
+                 "completion": "<think>112 / 8 = 14</think> The height is \\boxed{14}.", "request_key": "t2"}
+        with lk.transaction("a boxed answer without tags"):
+            lk.insert("traces", pa.Table.from_pylist([boxed], schema=schema.TRACES))
+    verdicts = {}
+    for protocol in ("vlfactory", "openvlthinker"):
+        recipe = parse_recipe({"sources": [{"name": "s", "format": "synthetic"}], "verify": {"protocol": protocol}})
+        with Lake(lake) as lk:
+            grading.run(lk, recipe.verify, Scope(("s",)))
+            verdicts[protocol] = dict(lk.query("SELECT ref_id, grade_reason FROM grades").fetchall())
+    assert verdicts["vlfactory"] == {"t0": "correct", "t1": "correct", "t2": "correct"}
+    assert verdicts["openvlthinker"] == {"t0": "correct", "t1": "correct", "t2": "no_answer"}   # no </answer>
