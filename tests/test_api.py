@@ -67,49 +67,47 @@ def test_table_and_frame_read_any_version(wb):
         vlfactory.table("sft@iter1", wb.lake, table="sft")
 
 
-def rows(lake_dir, table: str) -> list[tuple]:
-    """A table's rows less what says when and how fast they were written."""
+def rows(lake_dir, tables: tuple[str, ...]) -> dict[str, list[tuple]]:
+    """Tables' rows less what says when and how fast they were written."""
+    out = {}
     with Lake(lake_dir, read_only=True) as lake:
-        cols = [c for c in lake.query(f"SELECT * FROM {table} LIMIT 0").columns
-                if c not in ("run_id", "created_at", "latency_s")]
-        return sorted(lake.query(f"SELECT {', '.join(cols)} FROM {table}").fetchall(), key=repr)
+        for table in tables:
+            cols = [c for c in lake.query(f"SELECT * FROM {table} LIMIT 0").columns
+                    if c not in ("run_id", "created_at", "latency_s")]
+            out[table] = sorted(lake.query(f"SELECT {', '.join(cols)} FROM {table}").fetchall(), key=repr)
+    return out
 
 
 def test_run_from_python_equals_the_cli(tmp_path, cli, lake_dir):
     """The same recipe, once through vlfactory.run and once through `vlfactory run`: the same rows, and the
     StageResults are what the CLI printed and the runs table recorded."""
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(recipe_text("http://127.0.0.1:9/v1"))
-    api_lake = tmp_path / "api-lake"
-    lines: list[str] = []
-    first = vlfactory.run(recipe, ["ingest", "caption"], lake=api_lake, say=lines.append)
-    cli("run", recipe, "--stage", "ingest", "--stage", "caption")
-    assert [r.stage for r in first.results] == ["ingest", "caption"] and lines[0] == f"lake: {api_lake.resolve()}"
-    with Lake(api_lake, read_only=True) as lake:
-        problems = lake.query("SELECT p.question, p.choices, p.answer, c.caption FROM problems p "
-                              "JOIN captions c USING (problem_id) ORDER BY p.source_id").fetchall()
+    from vlfactory.synthetic import generate
+
+    rows_in = [*generate(8, seed=1, kinds=["bar", "counting"]), *generate(6, seed=2)]  # workbench.SOURCES
     template = load_template("reason")
-    answers = {template.render(question=q, choices=c, caption=cap): [f"<answer>{a}</answer>", "<answer>x</answer>"]
-               for q, c, a, cap in problems}
+    answers = {template.render(question=r["question"], choices=r["choices"], caption=r["caption"]):
+               [f"<think>It is {r['answer']}.</think> <answer>{r['answer']}</answer>", "<answer>x</answer>"]
+               for r in rows_in}
+    recipe, api_lake, lines = tmp_path / "r.yaml", tmp_path / "api-lake", []
     with AnswerServer(answers) as server:
         recipe.write_text(recipe_text(server.url))
-        lines.clear()
         result = vlfactory.run(recipe, lake=api_lake, limit=5, tag="t1", say=lines.append)
         out = cli("run", recipe, "--limit", "5", "--tag", "t1").output
-    # every stage the recipe configures, in order: ingest and caption again (cached), distil, verify, sft
+    assert lines[0] == f"lake: {api_lake.resolve()}"
+    # every stage the recipe configures, in order
     assert [r.stage for r in result.results] == ["ingest", "caption", "distil", "verify", "sft"]
     assert result["distil"].written == 10 and result["distil"].requests == 5 and result.failed == 0
     for r in result.results:  # the CLI printed the same stage lines (timings aside)
         head = r.line().splitlines()[0].split(" in ")[0]
         assert head in " ".join(out.split()), head
     assert lines[-1].startswith("done in") and any(line.startswith("tagged t1 -> snapshot") for line in lines)
-    for table in ("problems", "captions", "traces", "grades", "sft", "rejected"):
-        assert rows(api_lake, table) == rows(lake_dir, table), table
+    tables = ("problems", "captions", "traces", "grades", "sft", "rejected")
+    assert rows(api_lake, tables) == rows(lake_dir, tables)
     with Lake(api_lake, read_only=True) as lake:
         run = lake.query("SELECT command, status, counts FROM runs WHERE run_id = ?", [result.run_id]).fetchone()
         assert result.tag == "t1" and lake.digest("sft", lake.resolve("t1")) == lake.digest("sft")
     assert run[0] == "run ingest,caption,distil,verify,sft" and run[1] == "ok"
-    assert run[2]["distil.written"] == 10 and run[2]["sft.written"] == result["sft"].written
+    assert run[2]["distil.written"] == 10 and run[2]["sft.written"] == result["sft"].written == 5
     with pytest.raises(KeyError, match="'rollout' did not run"):
         result["rollout"]
     with pytest.raises(ValueError, match="unknown stage 'distill'"):

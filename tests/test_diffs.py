@@ -4,6 +4,7 @@ columns before and after; from Python and from `vlfactory diff --table`."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -59,10 +60,14 @@ def test_sft_rows_added_removed_and_changed_by_key(wb):
 def test_grades_regraded_in_place_and_unchanged_tables(wb):
     d = vlfactory.diff("iter1", "iter2", table="grades", lake=wb.lake)
     n = len(wb.problems)
-    # every iter1 grade was redone under new settings (same sample, other settings), plus the new samples' grades
-    assert (d.n_added, d.n_removed, d.n_changed, d.unchanged) == (n, 0, 2 * n, 0)
+    # every iter1 grade was redone under new settings (same sample, other settings), plus the new samples' grades:
+    # a third trace and two rollouts per problem
+    assert (d.n_added, d.n_removed, d.n_changed, d.unchanged) == (3 * n, 0, 2 * n, 0)
     assert d.by_column["settings_hash"] == 2 * n and d.by_column["grade_id"] == 2 * n
-    assert all(r["ref_table"] == "traces" for r in d.added)
+    assert Counter(r["ref_table"] for r in d.added) == {"traces": n, "rollouts": 2 * n}
+    rl = vlfactory.diff("iter1", "iter2", table="rl", lake=wb.lake)  # pass rate 1/2 where the policy was right
+    assert {r["problem_id"] for r in rl.added} == {p["problem_id"] for p in wb.problems if p["policy_right"]}
+    assert rl.n_removed == rl.n_changed == 0 and all(r["pass_rate"] == 0.5 for r in rl.added)
     problems = vlfactory.diff("iter1", "iter2", table="problems", lake=wb.lake)
     assert (problems.n_added, problems.n_removed, problems.n_changed, problems.unchanged) == (0, 0, 0, n)
     images = vlfactory.diff("iter1", "iter2", table="images", lake=wb.lake)

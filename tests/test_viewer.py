@@ -91,8 +91,12 @@ def test_filters(url, wb):
     assert total(table="traces", where="trace_id NOT IN (SELECT trace_id FROM traces@iter1)") == 14
     assert total(table="traces", where="completion_tokens > 0 -- a trailing comment") == 42
     assert total(table="traces", problem=wb.problems[0]["problem_id"]) == 3
-    assert total(table="rejected", reason="incorrect") == 21 and total(table="sft") == 14
-    assert total(table="grades", verdict="accepted", source="shapes") == 6 + 3
+    right = [p for p in wb.problems if p["policy_right"]]  # rollouts: one of two right where the policy knew
+    assert total(table="rollouts", model="policy") == 28 and total(table="rollouts", verdict="accepted") == len(right)
+    assert total(table="rl") == len(right) and total(table="rl", model="policy") == len(right)
+    assert total(table="rejected", reason="incorrect") == 21 + 28 - len(right) and total(table="sft") == 14
+    assert total(table="grades", verdict="accepted", source="shapes") == 6 + 3 + sum(p["source"] == "shapes"
+                                                                                    for p in right)
     page = api(url, "rows", table="rejected", reason="incorrect", limit=1)
     assert page["rows"][0]["problem_id"] in {p["problem_id"] for p in wb.problems}  # linked from the payload
 
@@ -133,9 +137,11 @@ def test_sample_problem_and_image(url, wb):
     assert s["row"]["accepted"] is False and s["row"]["reasons"] == ["incorrect"] and s["row"]["cleaned"] is None
     assert [r["reason"] for r in s["rejected"]] == ["incorrect"]
     problem = api(url, "problem", id=p["problem_id"])
+    right = int(p["policy_right"])
     assert problem["tables"]["traces"]["total"] == 3 and problem["tables"]["sft"]["total"] == 1
-    assert [(v["at"], v["traces"], v["sft"], v["accepted"]) for v in problem["versions"]] == \
-           [("iter1", 2, 1, 1), ("iter2", 3, 1, 1), ("latest", 3, 1, 1)]
+    assert problem["tables"]["rollouts"]["total"] == 2 and ("rl" in problem["tables"]) == p["policy_right"]
+    assert [(v["at"], v["traces"], v["rollouts"], v["sft"], v["rl"], v["accepted"]) for v in problem["versions"]] == \
+           [("iter1", 2, 0, 1, 0, 1), ("iter2", 3, 2, 1, right, 1 + right), ("latest", 3, 2, 1, right, 1 + right)]
     status, body, kind = get(url, f"/image/{p['image_id']}")
     assert status == 200 and body == wb.images[p["image_id"]] and kind == "image/png"
     assert get(url, "/image/" + "0" * 64)[0] == 404

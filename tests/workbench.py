@@ -4,12 +4,13 @@ viewer tests.
 iter1: two synthetic sources; ground-truth captions; distil (n=2) against a planned-answer server: sample 0
 correct with a reflection ("Wait, ...") that cleaning cuts, sample 1 wrong; verify; the sft set (shortest).
 iter2: distil n=3, the third sample a shorter correct answer on even-numbered problems (the sft set swaps to it)
-and wrong on odd ones; verify with other reflection keywords (a regrade: odd problems keep their sft example
-with a recleaned completion).
+and wrong on odd ones; rollouts of a policy (n=2: one right, one wrong) and the rl set; verify with other
+reflection keywords (a regrade: odd problems keep their sft example with a recleaned completion).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,17 @@ from vlfactory.stores.lake import Lake
 SOURCES = """\
   - {name: charts, format: synthetic, n: 8, seed: 1, kinds: [bar, counting]}
   - {name: shapes, format: synthetic, n: 6, seed: 2}
+"""
+
+
+ROLLOUT = """
+rollout:
+  backend: openai
+  model: policy
+  base_url: {url}
+  max_retries: 0
+  sampling: {{temperature: 1.0, max_tokens: 64, n: 2, seed: 3}}
+rl: {{band: [0.25, 0.75], min_samples: 2}}
 """
 
 
@@ -51,7 +63,7 @@ def planned(gold: str, k: int) -> list[str]:
 class Workbench:
     lake: Path
     recipe: Path
-    problems: list[dict]      # problem_id, source, source_id, question, answer, image_id, caption, k
+    problems: list[dict]      # problem_id, source, source_id, question, answer, image_id, caption, k, policy_right
 
 
 def build(root: Path) -> Workbench:
@@ -66,10 +78,19 @@ def build(root: Path) -> Workbench:
     template = load_template("reason")
     answers = {template.render(caption=p["caption"], question=p["question"], choices=p["choices"]):
                planned(p["answer"], p["k"]) for p in problems}
+    # The policy sees no caption: problems asking the same question get the same answers, so it gets those wrong.
+    rollout = load_template("rollout")
+    asked = Counter(rollout.render(question=p["question"], choices=p["choices"]) for p in problems)
+    policy = {}
+    for p in problems:
+        prompt = rollout.render(question=p["question"], choices=p["choices"])
+        p["policy_right"] = asked[prompt] == 1
+        policy[prompt] = [f"<answer>{p['answer'] if p['policy_right'] else 'nope'}</answer>", "<answer>nope</answer>"]
     with AnswerServer({prompt: texts[:2] for prompt, texts in answers.items()}) as server:
         recipe.write_text(recipe_text(server.url))
         vlfactory.run(recipe, ["distil", "verify", "sft"], lake=lake, tag="iter1", say=None)
-        server.answers = {prompt: texts[2:] for prompt, texts in answers.items()}  # only sample 2 is asked for
-        recipe.write_text(recipe_text(server.url, n=3, verify="verify: {reflection_keywords: ['Yes']}"))
-        vlfactory.run(recipe, ["distil", "verify", "sft"], lake=lake, tag="iter2", say=None)
+        server.answers = {prompt: texts[2:] for prompt, texts in answers.items()} | policy  # distil: only sample 2
+        recipe.write_text(recipe_text(server.url, n=3, verify="verify: {reflection_keywords: ['Yes']}")
+                          + ROLLOUT.format(url=server.url))
+        vlfactory.run(recipe, ["distil", "rollout", "verify", "sft", "rl"], lake=lake, tag="iter2", say=None)
     return Workbench(lake, recipe, problems)
