@@ -173,16 +173,16 @@ def _progress(console, name: str):
             def say() -> None:
                 dt = max(time.perf_counter() - start, 1e-9)
                 if state is None:
-                    console.print(f"{name}: running for {_duration(dt)}, nothing finished yet", markup=False,
+                    console.print(f"{name}: running for {_clock(dt)}, nothing finished yet", markup=False,
                                   highlight=False, soft_wrap=True)
                     return
                 done, total, got, requests, tokens, cached, failed, rejected = state
                 rate = got / dt
                 head = f"{name}: {done}/{total} ({100 * done / total:.0f}%)" if total else f"{name}: {done} done"
-                eta = (f", ETA {_duration((total - done) / rate)}" if rate > 0 else ", ETA unknown") if total else ""
+                eta = (f", ETA {_clock((total - done) / rate)}" if rate > 0 else ", ETA unknown") if total else ""
                 tail = f", {requests / dt:.1f} req/s, {tokens / dt:.0f} tok/s" if requests else ""
                 console.print(f"{head}, {rate:.1f}/s{eta}{tail}; cached {cached}, failed {failed}, rejected {rejected}; "
-                              f"{_duration(dt)} elapsed", markup=False, highlight=False, soft_wrap=True)
+                              f"{_clock(dt)} elapsed", markup=False, highlight=False, soft_wrap=True)
 
             def progress(result, n: int) -> None:
                 nonlocal received, state
@@ -215,7 +215,7 @@ def _progress(console, name: str):
     return cm()
 
 
-def _duration(seconds: float) -> str:
+def _clock(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{seconds:.0f}s"
 
