@@ -103,9 +103,10 @@ class Clock:
 
 
 def lake_stats(lake) -> dict:
-    root = lake.spec.local_root
-    files = list((root / "data").rglob("*.parquet")) if root else []
-    size = sum(f.stat().st_size for f in files) + ((root / "catalog.ducklake").stat().st_size if root else 0)
+    data = Path(lake.data_path()) if "://" not in lake.data_path() else None
+    files = list(data.rglob("*.parquet")) if data else []
+    catalog = lake.spec.catalog_file
+    size = sum(f.stat().st_size for f in files) + (catalog.stat().st_size if catalog and catalog.exists() else 0)
     t0 = time.perf_counter()
     lake.query("SELECT p.source, count(*), avg(g.words) FROM traces t JOIN problems p USING (problem_id) "
                "JOIN grades g ON g.ref_id = t.trace_id GROUP BY ALL").fetchall()
