@@ -264,21 +264,20 @@ class Viewer:
         return out
 
     def versions(self, table: str, key_col: str, key: str, ref: str | None) -> list[dict]:
-        """At each tag and the latest snapshot: whether the row is there and its verdict then."""
-        out = []
-        for name, snap in self.points():
-            if table not in self.tables(snap):
-                out.append({"at": name, "snapshot": snap, "present": False})
-                continue
-            present = self.lake.con.execute(f"SELECT count(*) FROM {DB}.{table} AT (VERSION => {snap}) "
-                                            f"WHERE {key_col} = ?", [key]).fetchone()[0] > 0
-            entry = {"at": name, "snapshot": snap, "present": present}
-            if ref and "grades" in self.tables(snap):
-                g = self.lake.con.execute(f"SELECT accepted, grade_reason, reasons FROM {DB}.grades AT (VERSION => "
-                                          f"{snap}) WHERE ref_id = ?", [ref]).fetchone()
-                entry |= {"accepted": g[0], "grade_reason": g[1], "reasons": g[2]} if g else {}
-            out.append(entry)
-        return out
+        """At each tag and the latest snapshot: whether the row is there and its verdict then (one query)."""
+        parts, points = [], self.points()
+        for i, (_, snap) in enumerate(points):
+            have = self.tables(snap)
+            present = (f"(SELECT count(*) > 0 FROM {DB}.{table} AT (VERSION => {snap}) WHERE {key_col} = $key)"
+                       if table in have else "false")
+            grade = (f"(SELECT {{'accepted': accepted, 'grade_reason': grade_reason, 'reasons': reasons}} "
+                     f"FROM {DB}.grades AT (VERSION => {snap}) WHERE ref_id = $ref LIMIT 1)"
+                     if ref and "grades" in have else "NULL")
+            parts.append(f"SELECT {i} AS i, {present} AS present, {grade} AS grade")
+        sql = " UNION ALL ".join(parts) + " ORDER BY i"
+        rows = self.lake.con.execute(sql, {"key": key} | ({"ref": ref} if "$ref" in sql else {})).fetchall()
+        return [{"at": name, "snapshot": snap, "present": present, **(grade or {})}
+                for (name, snap), (_, present, grade) in zip(points, rows)]
 
     def points(self) -> list[tuple[str, int]]:
         """The versions worth comparing: every tag, in snapshot order, then the latest snapshot."""

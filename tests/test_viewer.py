@@ -149,6 +149,16 @@ def test_sample_problem_and_image(url, wb):
     assert "unknown table" in api(url, "rows", ok=False, table="images")["error"]
 
 
+def test_every_table_lists_and_opens_a_sample(url):
+    tables = api(url, "meta")["tables"]
+    assert set(tables) == {"traces", "rollouts", "problems", "captions", "grades", "rejected", "sft", "rl"}
+    for table, info in tables.items():
+        page = api(url, "rows", table=table, limit=2)
+        assert page["total"] > 0 and len(page["rows"]) == 2, table
+        s = api(url, "sample", table=table, id=page["rows"][0][info["key"]])
+        assert s["row"][info["key"]] == page["rows"][0][info["key"]] and s["versions"][-1]["present"], table
+
+
 def test_read_only_and_local(url):
     assert get(url, "/", headers={"Host": "attacker.example:8765"})[0] == 403  # DNS rebinding
     req = urllib.request.Request(f"{url}/api/rows", data=b"x", method="POST")
