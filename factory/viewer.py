@@ -82,8 +82,9 @@ class Viewer:
         self.lock = threading.Lock()
         self.tags = dict(sorted(lake.tags().items(), key=lambda kv: (kv[1], kv[0])))  # in snapshot order
         self.counts: dict[tuple, int] = {}  # (table, snapshot, filters) -> rows: paging does not recount
-        self._tables: dict[int, dict[str, list[str]]] = {}
-        self._meta: dict[int, dict] = {}
+        self._tables: dict[int, dict[str, list[str]]] = {}       # snapshot -> table -> columns
+        self._types: dict[tuple[str, int], dict[str, str]] = {}  # (table, snapshot) -> its view's column types
+        self._values: dict[int, dict[str, list]] = {}            # snapshot -> what each filter offers
 
     # ---- helpers -------------------------------------------------------------------
 
@@ -131,7 +132,7 @@ class Viewer:
                                        "cleaned_words", "cleaned_ok", "verifier", "settings_hash")]
         return f"SELECT {', '.join(sel)} FROM {base} {' '.join(joins)}"
 
-    def filters(self, table: str, q: dict, snap: int) -> tuple[list[str], list]:
+    def filters(self, table: str, q: dict) -> tuple[list[str], list]:
         """SQL conditions and their parameters from the page's filters; the free WHERE goes in as typed."""
         spec, where, params = SPECS[table], [], []
         if q.get("problem"):
@@ -144,8 +145,10 @@ class Viewer:
             where.append(f"v.{spec.model} = ?")
             params.append(q["model"])
         if q.get("verdict") and (spec.graded or table == "grades"):
-            where.append({"accepted": "v.accepted", "rejected": "NOT v.accepted",
-                          "ungraded": "v.accepted IS NULL"}[q["verdict"]])
+            verdicts = {"accepted": "v.accepted", "rejected": "NOT v.accepted", "ungraded": "v.accepted IS NULL"}
+            if q["verdict"] not in verdicts:
+                raise LakeError(f"unknown verdict {q['verdict']!r}; verdicts: {', '.join(verdicts)}")
+            where.append(verdicts[q["verdict"]])
         if q.get("reason"):
             if table == "rejected":
                 where.append("(v.reason = ? OR list_contains(v.reasons, ?))")
@@ -173,14 +176,14 @@ class Viewer:
     def meta(self, q: dict) -> dict:
         """Versions, tables, and the values each filter offers at the chosen version."""
         snap = self.snapshot(q.get("at"))
-        if snap not in self._meta:
-            self._meta[snap] = self.values(snap)
+        if snap not in self._values:
+            self._values[snap] = self.values(snap)
         return {"lake": self.lake.spec.display, "at": q.get("at") or str(self.version or "latest"), "snapshot": snap,
                 "latest": self.lake.current_snapshot(),
                 "tags": [{"name": t, "snapshot": s} for t, s in self.tags.items()],
                 "tables": {t: {"key": SPECS[t].key, "graded": bool(SPECS[t].graded) or t == "grades",
                                "model": bool(SPECS[t].model), "set": SPECS[t].is_set} for t in self.tables(snap)},
-                "values": self._meta[snap]}
+                "values": self._values[snap]}
 
     def values(self, snap: int) -> dict[str, list]:
         """What each filter offers at a snapshot."""
@@ -208,7 +211,7 @@ class Viewer:
             raise LakeError(f"unknown table {table!r}; the viewer shows {', '.join(SPECS)}")
         snap = self.snapshot(f"iter{int(q['iteration'])}" if q.get("iteration") else q.get("at"))
         spec, view = SPECS[table], self.view(table, snap)
-        where, params = self.filters(table, q, snap)
+        where, params = self.filters(table, q)
         types = self.types(table, snap, view)
         shown = [c for c in spec.columns if c in types]
         select = ", ".join(f'left(v."{c}", {CUT}) AS "{c}"' if types[c] == "VARCHAR" and c != spec.key else f'v."{c}"'
@@ -231,11 +234,10 @@ class Viewer:
                 "total": self.counts[count_key], "next": rows[limit - 1][spec.key] if len(rows) > limit else None}
 
     def types(self, table: str, snap: int, view: str) -> dict[str, str]:
-        key = ("types", table, snap)
-        if key not in self._meta:
+        if (table, snap) not in self._types:
             rel = self.lake.con.sql(f"SELECT * FROM ({view}) LIMIT 0")
-            self._meta[key] = dict(zip(rel.columns, (str(t) for t in rel.types)))
-        return self._meta[key]
+            self._types[table, snap] = dict(zip(rel.columns, (str(t) for t in rel.types)))
+        return self._types[table, snap]
 
     def sample(self, q: dict) -> dict:
         """One row with everything about it, and how it stood at every tagged version."""
