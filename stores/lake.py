@@ -147,11 +147,18 @@ class Lake:
         self.spec = spec if isinstance(spec, LakeSpec) else LakeSpec.resolve(spec, data_path)
         self.read_only = read_only or at is not None
         self.run_id: str | None = None
+        self._locked = False
         catalog = self.spec.catalog_file
         if catalog is not None and not catalog.exists():
             if not create or self.read_only:
                 raise LakeError(f"no lake at {self.spec.display} (run `vlfactory ingest RECIPE` first, or pass --lake)")
             catalog.parent.mkdir(parents=True, exist_ok=True)
+            if self.spec.catalog.startswith("ducklake:sqlite:"):
+                # Write-ahead logging (kept in the file): readers never wait for a writer, nor it for them.
+                import sqlite3
+
+                with contextlib.closing(sqlite3.connect(catalog)) as db:
+                    db.execute("PRAGMA journal_mode=WAL")
         self.con = duckdb.connect()
         load_extension(self.con, "ducklake")
         for name in ("postgres", "sqlite"):
@@ -163,8 +170,9 @@ class Lake:
         if self.read_only:
             self._open_read_only(at)
         else:
-            self._attach(None)
-            self.migrate()  # an old lake opens with a newer vlfactory: a write command upgrades it
+            with self._writer_lock():  # two commands creating one new lake: one creates, the other finds it
+                self._attach(None)
+                self.migrate()  # an old lake opens with a newer vlfactory: a write command upgrades it
 
     def _open_read_only(self, at: int | str | None) -> None:
         """Attach read-only, pinned to one snapshot, with the engine refusing every file write.
@@ -176,6 +184,18 @@ class Lake:
         that list complete while writers commit new files, and gives every query of this
         Lake the same version.
         """
+        catalog = self.spec.catalog_file
+        if self.spec.catalog.startswith("ducklake:sqlite:") and not os.access(catalog.parent, os.W_OK):
+            # A read-only folder (a read-only mount): SQLite cannot open a write-ahead-logged file
+            # there, and nothing can change it, so read a private copy of the catalog (small).
+            import shutil
+            import tempfile
+
+            self._copy = tempfile.TemporaryDirectory(prefix="vlfactory-catalog-")
+            for suffix in ("", "-wal"):
+                if Path(f"{catalog}{suffix}").exists():
+                    shutil.copyfile(f"{catalog}{suffix}", f"{self._copy.name}/catalog.sqlite{suffix}")
+            self._catalog = f"ducklake:sqlite:{self._copy.name}/catalog.sqlite"
         self._attach(None)
         pending = self._pending_migrations()
         if pending:
@@ -205,9 +225,9 @@ class Lake:
             opts.append("OVERRIDE_DATA_PATH true")
         if snapshot is not None:
             opts.append(f"SNAPSHOT_VERSION {int(snapshot)}")
+        catalog = getattr(self, "_catalog", self.spec.catalog)
         try:
-            self.con.execute(f"ATTACH '{self.spec.catalog}' AS {DB} ({', '.join(opts)})" if opts
-                             else f"ATTACH '{self.spec.catalog}' AS {DB}")
+            self.con.execute(f"ATTACH '{catalog}' AS {DB} ({', '.join(opts)})" if opts else f"ATTACH '{catalog}' AS {DB}")
         except duckdb.Error as e:
             raise LakeError(f"cannot open the lake at {self.spec.display}: {_first_line(e)}") from None
         self.con.execute(f"USE {DB}")
@@ -252,6 +272,8 @@ class Lake:
             self._heartbeat.stop()
         with contextlib.suppress(Exception):
             self.con.close()
+        if getattr(self, "_copy", None):
+            self._copy.cleanup()
 
     # ---- migrations --------------------------------------------------------
 
@@ -298,16 +320,18 @@ class Lake:
         SQLite lets one writer commit at a time and fails a transaction whose snapshot another
         commit overtook ("database is locked"); taking turns before BEGIN avoids both.
         """
-        if self.spec.root is None:
+        if self.spec.root is None or self._locked:
             yield
             return
         import fcntl
 
         with open(self.spec.root / ".writer.lock", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
+            self._locked = True
             try:
                 yield
             finally:
+                self._locked = False
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def _transaction(self, message: str) -> Iterator[duckdb.DuckDBPyConnection]:
