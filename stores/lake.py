@@ -278,12 +278,10 @@ class Lake:
     # ---- migrations --------------------------------------------------------
 
     def _applied(self) -> set[int]:
-        exists = self.con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = 'schema_migrations'",
-            [DB]).fetchone()[0]
-        if not exists:
+        try:  # cheaper than looking it up in duckdb_tables(), which lists the catalog database's tables too
+            return {r[0] for r in self.con.execute(f"SELECT version FROM {DB}.schema_migrations").fetchall()}
+        except duckdb.CatalogException:  # a new lake
             return set()
-        return {r[0] for r in self.con.execute(f"SELECT version FROM {DB}.schema_migrations").fetchall()}
 
     def _pending_migrations(self) -> list:
         applied = self._applied()
