@@ -252,12 +252,8 @@ class Lake:
             SELECT f.path, f.path_is_relative, t.path, t.path_is_relative, s.path, s.path_is_relative
             FROM f JOIN t USING (table_id) JOIN s USING (schema_id)""").fetchall()
         root = self.data_path()
-        out = []
-        for file, file_rel, table, table_rel, schema_path, schema_rel in rows:
-            base = (root + schema_path if schema_rel else schema_path)
-            base = base + table if table_rel else table
-            out.append(base + file if file_rel else file)
-        return out
+        return [_under(_under(_under(root, schema_path, schema_rel), table, table_rel), file, file_rel)
+                for file, file_rel, table, table_rel, schema_path, schema_rel in rows]
 
     # ---- lifecycle ---------------------------------------------------------
 
@@ -547,9 +543,7 @@ class Lake:
             FROM __ducklake_metadata_{DB}.ducklake_table t JOIN __ducklake_metadata_{DB}.ducklake_schema s USING (schema_id)
             WHERE s.schema_name = 'main' AND t.table_name = ? AND s.end_snapshot IS NULL AND t.end_snapshot IS NULL""",
                                                                         [table]).fetchone()
-        folder = Path(data_path)
-        folder = folder / schema_path if schema_rel else Path(schema_path)
-        folder = folder / table_path if table_rel else Path(table_path)
+        folder = Path(_under(_under(data_path, schema_path, schema_rel), table_path, table_rel))
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"ducklake-{uuid.uuid4()}.parquet"
         compression = opts.get("parquet_compression", "snappy")
@@ -773,6 +767,11 @@ class _Heartbeat:
 
     def stop(self) -> None:
         self.stopped.set()
+
+
+def _under(base: str, path: str, relative: bool) -> str:
+    """A DuckLake catalog path: relative to its parent's (a folder's paths end in '/'), or absolute."""
+    return base.rstrip("/") + "/" + path if relative else path
 
 
 def _statement_kind(sql: str, kind) -> "duckdb.StatementType":

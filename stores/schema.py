@@ -300,7 +300,8 @@ def _m009_run_liveness_and_write_guards(con, db: str) -> None:
     # One row per table that keyed inserts touch in the same transaction: two writers adding keys to
     # a table both change its row, which DuckLake reports as a conflict at commit (Lake.insert).
     con.execute(f"CREATE TABLE {db}.write_guards (name VARCHAR, n BIGINT)")
-    con.execute(f"INSERT INTO {db}.write_guards SELECT unnest(?), 0", [list(GUARDED)])
+    for name in GUARDED:  # a row per statement stays inlined in the catalog: bumping it writes no file
+        con.execute(f"INSERT INTO {db}.write_guards VALUES (?, 0)", [name])
 
 
 GUARDED = ("images", "problems", "captions", "traces", "rollouts", "rejected", "prompts", "grades", "models",

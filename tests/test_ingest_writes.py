@@ -119,7 +119,7 @@ def test_another_writer_between_batches(lake_dir, tmp_path, shared_data, monkeyp
         reads.append(self.snapshot)
         if len(reads) == 1:
             other = lake.con.cursor()  # its own connection and transaction
-            other.execute(f"ATTACH 'ducklake:{other_lake / 'catalog.ducklake'}' AS other (READ_ONLY)")
+            other.execute(f"ATTACH 'ducklake:sqlite:{other_lake / 'catalog.sqlite'}' AS other (READ_ONLY)")
             other.execute("BEGIN")
             for table in ("images", "problems"):
                 other.execute(f"INSERT INTO lake.{table} SELECT * FROM other.{table}")
