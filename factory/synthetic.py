@@ -19,6 +19,11 @@ derived from (kind, seed, i), so it does not depend on n, and an id such as
 "bar-0-3" always names the same problem. Only Pillow is used to draw, with its
 built-in font, so nothing has to be downloaded.
 
+The six kinds in KINDS are the default mix. `shapes` (VISION_KINDS, asked for
+by name) is the quickstart's: a few large shapes on a gray background and
+questions a tiny VLM can learn to answer from the picture on a CPU (how many,
+what colour, which is bigger).
+
     from vlfactory.synthetic import generate
     for row in generate(100, seed=7, kinds=["bar", "table"]):
         ...
@@ -35,7 +40,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-KINDS = ("bar", "table", "geometry", "counting", "line", "clock")
+KINDS = ("bar", "table", "geometry", "counting", "line", "clock")   # the default mix (shipped examples)
+# Kinds a tiny VLM can learn on a CPU (the quickstart's): coarse features only. Asked for by name.
+VISION_KINDS = ("shapes",)
 MIN_SIDE, MAX_SIDE = 200, 480          # every image's width and height lie in this range
 FIELDS = ("id", "kind", "question", "answer", "choices", "caption", "image")
 
@@ -73,7 +80,7 @@ def generate(n: int, seed: int = 0, kinds: Sequence[str] | None = None) -> Itera
         raise ValueError("kinds is empty")
     unknown = [k for k in ks if k not in _MAKERS]
     if unknown:
-        raise ValueError(f"unknown kinds {unknown}; known: {', '.join(KINDS)}")
+        raise ValueError(f"unknown kinds {unknown}; known: {', '.join(KINDS + VISION_KINDS)}")
     for i in range(n):
         kind = ks[i % len(ks)]
         yield make(kind, seed, i)
@@ -734,6 +741,66 @@ def _clock(rng: random.Random):
     return f"How many minutes from the time shown until the clock next shows {target}:00?", fmt(wait), None, caption, img
 
 
+# ---- shapes (the quickstart's kind) --------------------------------------------------
+#
+# What a tiny VLM trained on a CPU can learn to see (measured, NOTES.md and bench/loop.py): a few
+# large shapes of distinct colours on a mid-gray background, and questions whose answer is in
+# coarse, position-free features: a colour, a count, which of two is bigger. Gray is about the
+# mean the image processor subtracts, so the background is near zero and the shapes carry the
+# signal (on white, the background dominated every patch and the model learned only the
+# question's prior). Positions are random and never asked about: a Qwen2.5-VL vision tower has
+# no absolute position, so "which corner" is hard for a tiny one.
+
+SHAPE_BG = (128, 128, 128)
+SHAPE_COLORS = ("red", "blue", "green", "yellow")
+BIG_RADIUS = 32                              # a shape of radius >= 32 px is "big" in the caption
+
+
+def _place(rng: random.Random, radii: list[int], side: int) -> list[tuple[int, int]]:
+    for _ in range(200):
+        out: list[tuple[int, int, int]] = []
+        for r in radii:
+            x, y = rng.randint(r + 2, side - r - 2), rng.randint(r + 2, side - r - 2)
+            if all(max(abs(x - ox), abs(y - oy)) > r + orr + 4 for ox, oy, orr in out):
+                out.append((x, y, r))
+        if len(out) == len(radii):
+            return [(x, y) for x, y, _ in out]
+    raise _Retry
+
+
+def _shapes(rng: random.Random):
+    t = rng.randrange(3)
+    k = (rng.randint(1, 4), 1, 2)[t]
+    colors = rng.sample(SHAPE_COLORS, k)
+    kinds = [rng.choice(SHAPES) for _ in range(k)]
+    if t == 2:   # one big, one small: the size difference is plain at any resolution
+        radii = [rng.randint(38, 46), rng.randint(16, 24)]
+    else:
+        radii = [rng.randint(24, 42) for _ in range(k)]
+    side = 224
+    img, d = _canvas(side, side)
+    d.rectangle([0, 0, side, side], fill=SHAPE_BG)
+    for shape, cname, (cx, cy), r in zip(kinds, colors, _place(rng, radii, side), radii):
+        fill = COLORS[cname]
+        if shape == "circle":
+            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        elif shape == "square":
+            d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        else:
+            d.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=fill)
+    listed = sorted(zip(colors, kinds, radii), key=lambda it: SHAPE_COLORS.index(it[0]))
+    names = [f"a {'big' if r >= BIG_RADIUS else 'small'} {c} {s}" for c, s, r in listed]
+    caption = (f"{k} shape{'s' if k > 1 else ''} on a gray background: "
+               + (names[0] if k == 1 else ", ".join(names[:-1]) + " and " + names[-1]) + ".")
+    if t == 0:
+        return "How many shapes are there?", fmt(k), None, caption, img
+    if t == 1:
+        return "What color is the shape?", colors[0], list(SHAPE_COLORS), caption, img
+    first, second = colors if rng.random() < 0.5 else colors[::-1]
+    return f"Which shape is bigger, the {first} one or the {second} one?", colors[0], None, caption, img
+
+
 _MAKERS: dict[str, Callable[[random.Random], Any]] = {
     "bar": _bar, "table": _table, "geometry": _geometry, "counting": _counting, "line": _line, "clock": _clock,
+    "shapes": _shapes,
 }

@@ -323,3 +323,46 @@ def test_bar_and_counting_sizes(rows):
             assert 3 <= len(pairs(r["caption"], "Bars from left to right:")) <= 6
         if r["kind"] == "counting":
             assert {c for c, _ in re.findall(r"an? (\w+) (circle|square|triangle) at", r["caption"])} <= set(synthetic.COLORS)
+
+
+# ---- the quickstart's kind ----------------------------------------------------------
+
+def solve_shapes(q: str, caption: str) -> str | None:
+    found = re.findall(r"an? (big|small) (\w+) (circle|square|triangle)", caption)
+    n = int(caption.split(" ")[0])
+    assert n == len(found), caption
+    if q == "How many shapes are there?":
+        return str(n)
+    if q == "What color is the shape?":
+        return found[0][1]
+    m = re.fullmatch(r"Which shape is bigger, the (\w+) one or the (\w+) one\?", q)
+    size = {color: big for big, color, _ in found}
+    return next(c for c in m.groups() if size[c] == "big") if m and sorted(size.values()) == ["big", "small"] else None
+
+
+def test_shapes_kind_is_opt_in_and_answers_follow_from_the_caption():
+    assert "shapes" not in KINDS and "shapes" in synthetic.VISION_KINDS   # the default mix is unchanged
+    rows = list(generate(90, seed=3, kinds=["shapes"]))
+    assert [r["id"] for r in rows[:2]] == ["shapes-3-0", "shapes-3-1"]
+    for r in rows:
+        assert solve_shapes(r["question"], r["caption"]) == r["answer"], (r["id"], r["caption"])
+        assert r["choices"] is None or r["answer"] in r["choices"]
+        img = Image.open(io.BytesIO(r["image"])).convert("RGB")
+        assert MIN_SIDE <= img.width <= MAX_SIDE and img.getpixel((0, 0)) == synthetic.SHAPE_BG
+        # a shape's colour covers a good part of the picture: coarse features, readable at 56x56
+        counts = dict((rgb, n) for n, rgb in img.getcolors(1 << 16))
+        drawn = sum(n for rgb, n in counts.items() if rgb in synthetic.COLORS.values())
+        assert drawn > 0.015 * img.width * img.height, r["id"]
+
+
+def test_shapes_answers_are_balanced_so_the_question_alone_cannot_answer():
+    rows = list(generate(400, seed=5, kinds=["shapes"]))
+    by_question = Counter("bigger" if r["question"].startswith("Which") else r["question"] for r in rows)
+    assert min(by_question.values()) > 100                       # three question types in even shares
+    colors = Counter(r["answer"] for r in rows if r["question"] == "What color is the shape?")
+    counts = Counter(r["answer"] for r in rows if r["question"] == "How many shapes are there?")
+    assert set(colors) == set(synthetic.SHAPE_COLORS) and max(colors.values()) < 0.4 * sum(colors.values())
+    assert set(counts) == {"1", "2", "3", "4"} and max(counts.values()) < 0.4 * sum(counts.values())
+    bigger = [r for r in rows if r["question"].startswith("Which")]
+    first = sum(r["question"].split("the ")[1].startswith(r["answer"] + " ") for r in bigger)
+    assert 0.35 < first / len(bigger) < 0.65                     # the bigger one is named first half the time
