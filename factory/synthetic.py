@@ -780,7 +780,8 @@ def _shapes(rng: random.Random):
     side = 224
     img, d = _canvas(side, side)
     d.rectangle([0, 0, side, side], fill=SHAPE_BG)
-    for shape, cname, (cx, cy), r in zip(kinds, colors, _place(rng, radii, side), radii):
+    centers = _place(rng, radii, side)
+    for shape, cname, (cx, cy), r in zip(kinds, colors, centers, radii):
         fill = COLORS[cname]
         if shape == "circle":
             d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
@@ -788,9 +789,11 @@ def _shapes(rng: random.Random):
             d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
         else:
             d.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=fill)
-    listed = sorted(zip(colors, kinds, radii), key=lambda it: SHAPE_COLORS.index(it[0]))
-    names = [f"a {'big' if r >= BIG_RADIUS else 'small'} {c} {s}" for c, s, r in listed]
-    caption = (f"{k} shape{'s' if k > 1 else ''} on a gray background: "
+    # every caption differs (sizes and centres in pixels): the reasoner's requests are one per problem
+    listed = sorted(zip(colors, kinds, radii, centers), key=lambda it: SHAPE_COLORS.index(it[0]))
+    names = [f"a {'big' if r >= BIG_RADIUS else 'small'} {c} {s} of radius {r} at ({x}, {y})"
+             for c, s, r, (x, y) in listed]
+    caption = (f"{k} shape{'s' if k > 1 else ''} on a gray {side}x{side} background: "
                + (names[0] if k == 1 else ", ".join(names[:-1]) + " and " + names[-1]) + ".")
     if t == 0:
         return "How many shapes are there?", fmt(k), None, caption, img
@@ -804,3 +807,35 @@ _MAKERS: dict[str, Callable[[random.Random], Any]] = {
     "bar": _bar, "table": _table, "geometry": _geometry, "counting": _counting, "line": _line, "clock": _clock,
     "shapes": _shapes,
 }
+
+
+# ---- ablation ----------------------------------------------------------------------
+
+def blank_copy(src, folder) -> Any:
+    """A jsonl benchmark source holding the synthetic source `src`'s questions and answers with every image
+    replaced by an empty canvas of the same size (the shapes' gray background): the blank-image ablation.
+    A model that reads the picture loses accuracy on it; one that learned only the questions' prior does not.
+
+        blank = blank_copy(recipe.benchmarks[0], "out/")
+        cfg = dataclasses.replace(recipe.eval_config("synthetic-eval", model), benchmark=blank)
+    """
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    if src.format != "synthetic":
+        raise ValueError(f"{src.name}: blank_copy takes a synthetic source, not {src.format}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for row in generate(src.limit if src.limit is not None else src.n, src.seed, src.kinds):
+        size = Image.open(io.BytesIO(row["image"])).size
+        name = f"blank-{size[0]}x{size[1]}.png"
+        if not (folder / name).exists():
+            Image.new("RGB", size, SHAPE_BG).save(folder / name)
+        lines.append(json.dumps({"id": row["id"], "question": row["question"], "answer": row["answer"],
+                                 "choices": row["choices"], "image": name}) + "\n")
+    path = folder / f"{src.name}-blank.jsonl"
+    path.write_text("".join(lines))
+    return dataclasses.replace(src, name=f"{src.name}-blank", format="jsonl", path=str(path), kinds=None,
+                               columns={})

@@ -216,10 +216,15 @@ def _iteration(dataset: str) -> int | None:
 
 
 def _metrics(log_history: list[dict], final: dict) -> dict[str, float]:
-    """The last logged value of every number (loss, reward, rewards/..., grad_norm, ...) and the run's totals."""
+    """The last logged value of every number (loss, reward, rewards/..., grad_norm, ...) and the run's totals;
+    for GRPO also how many logged steps had rewards that varied within a group (`reward_std` > 0: a gradient)
+    out of `logged_steps`, since the last value alone cannot say whether RL had a signal throughout."""
     out = {}
     for entry in [*log_history, final]:
         out.update({k: float(v) for k, v in entry.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    stds = [entry["reward_std"] for entry in log_history if isinstance(entry.get("reward_std"), (int, float))]
+    if stds:
+        out |= {"logged_steps": float(len(stds)), "steps_reward_std_nonzero": float(sum(s > 0 for s in stds))}
     return out
 
 
