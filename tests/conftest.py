@@ -146,6 +146,19 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def fresh_database(postgres: str, name: str) -> str:
+    """A fresh database on the test cluster, as a libpq string: one DuckLake catalog per test (tests that
+    share the cluster's default database would attach each other's catalogs and data paths)."""
+    import glob
+    import shutil
+    import subprocess
+
+    psql = shutil.which("psql") or sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"))[-1]
+    subprocess.run([psql, postgres, "-c", f"DROP DATABASE IF EXISTS {name}", "-c", f"CREATE DATABASE {name}"],
+                   check=True, capture_output=True)
+    return postgres.replace("dbname=postgres", f"dbname={name}")
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """An S3-compatible server (moto) on loopback; yields its endpoint URL."""

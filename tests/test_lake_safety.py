@@ -8,7 +8,6 @@ runs marked interrupted, and `vlfactory gc` that never loses a tagged version.
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
 import os
@@ -23,6 +22,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
+
+from conftest import fresh_database
 
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake, LakeError, load_extension
@@ -269,10 +270,7 @@ def test_concurrent_keyed_writers_on_postgres_keep_one_row_per_key(postgres, tmp
 
 def _database(postgres: str, name: str) -> str:
     """A fresh database on the test cluster: one DuckLake catalog per test."""
-    psql = shutil.which("psql") or sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"))[-1]
-    subprocess.run([psql, postgres, "-c", f"DROP DATABASE IF EXISTS {name}", "-c", f"CREATE DATABASE {name}"],
-                   check=True, capture_output=True)
-    return "ducklake:postgres:" + postgres.replace("dbname=postgres", f"dbname={name}")
+    return "ducklake:postgres:" + fresh_database(postgres, name)
 
 
 def test_two_ingests_at_once_on_postgres_leave_one_row_per_problem(postgres, tmp_path):

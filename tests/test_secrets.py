@@ -21,6 +21,8 @@ from pathlib import Path
 import duckdb
 import pytest
 import yaml
+
+from conftest import fresh_database
 from fault_server import FaultServer
 
 from vlfactory.recipe import RecipeError, load_recipe
@@ -191,6 +193,7 @@ def test_a_password_in_a_lake_uri_is_stored_nowhere(postgres, tmp_path, monkeypa
     nor any table of the catalog database holds it."""
     recipe = tmp_path / "r.yaml"
     recipe.write_text(SYNTH)
+    postgres = fresh_database(postgres, "secret_uri")
     spec = f"ducklake:postgres:{postgres} password={SECRET}"
     res = subprocess.run([sys.executable, "-m", "vlfactory.cli", "ingest", str(recipe), "--lake", spec,
                           "--data-path", str(tmp_path / "data")], capture_output=True, text=True, timeout=300)
