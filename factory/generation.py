@@ -151,8 +151,13 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: GenerationConfig
                     stats.requests += 1
                     yield Request(key=pkey, messages=prompt.messages, sampling=sampling), prompt
 
+        seen: set[str] = set()
         for prompt in prompts:
             pkey = prompt_key(identity, base, template.hash, prompt.messages)
+            if pkey in seen:  # the same request as another problem's (same text, same image): its rows are the first's
+                stats.skipped["same request as another problem"] += 1
+                continue
+            seen.add(pkey)
             ks = [sample_key(pkey, i) for i in range(base.n)]
             stats.wanted += base.n
             slice_.append((prompt, pkey, ks))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -151,3 +152,22 @@ def test_kill_9_mid_stage_then_rerun_equals_uninterrupted(tmp_path):
             ref_keys = sorted(r[0] for r in ref.query("SELECT request_key FROM traces").fetchall())
         assert keys == ref_keys and len(set(keys)) == len(keys) == 80
         assert reference_hits == 40
+
+
+def test_two_problems_with_the_same_request_are_sent_once(cli, lake_dir, tmp_path):
+    """Two problems whose distil prompts are identical (same caption, same question; other answers) make one
+    request: the second is reported as skipped, not a crash."""
+    data = tmp_path / "twins.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "question": "How many bars?", "answer": str(3 + i),
+                                        "caption": "Three bars."}) + "\n" for i in range(2)))
+    source = (f"  - {{name: twins, format: jsonl, path: {data}, columns: {{question: question, answer: answer, "
+              f"caption: caption, id: id}}}}")
+    with FaultServer() as server:
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(recipe_text(server.url).replace("  - {name: synthetic, format: synthetic, n: 12, seed: 7}",
+                                                          source))
+        cli("run", recipe, "--stage", "ingest")
+        with Lake(lake_dir) as lake:
+            assert lake.count("problems") == 2
+        out = " ".join(cli("run", recipe, "--stage", "caption", "--stage", "distil").output.split())
+        assert "skipped 1 (same request as another problem)" in out and len(server.hits) == 1, out
