@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import itertools
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -32,12 +35,13 @@ class Browser:
         if exe is None:
             pytest.skip("chromium is not installed (apt-get install chromium)")
         self.size = (width, height)
-        self.profile = tempfile.TemporaryDirectory()
+        # Chromium's helper processes may still write to the profile while it is removed: never fail on that.
+        self.profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
         self.proc = subprocess.Popen(
             [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--force-device-scale-factor=1",
              f"--user-data-dir={self.profile.name}", "--remote-debugging-port=0", f"--window-size={width},{height}",
-             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         self.ws_url = self._devtools_url()
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
@@ -133,11 +137,13 @@ class Browser:
             self._call(shut(), timeout=10)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
-            self.proc.terminate()
+            with contextlib.suppress(ProcessLookupError):  # the browser and its helper processes
+                os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
             self.profile.cleanup()
 
     def __enter__(self) -> "Browser":
