@@ -21,8 +21,9 @@ from vlfactory.stores.lake import Lake, LakeError
 IMAGE_FEATURE = {"_type": "Image"}
 
 
-def read_table(lake: Lake, table: str, version: str | int | None) -> pa.Table:
-    """A table at a version, with images attached where it names them."""
+def select(lake: Lake, table: str, version: str | int | None, where: str | None = None) -> str:
+    """The SQL that reads a table at a version in a total order, images attached where it names them;
+    `where` filters on the table's columns as `t.<column>`."""
     if table not in lake.tables():
         raise LakeError(f"unknown table {table!r}; tables: {', '.join(lake.tables())}")
     ref = f"{table}@{version}" if version is not None else table
@@ -31,20 +32,32 @@ def read_table(lake: Lake, table: str, version: str | int | None) -> pa.Table:
     ids = ("source", "source_id", "problem_id", "sample_index", "trace_id", "rollout_id", "example_id",
            "grade_id", "rejected_id", "caption_id", "image_id", "run_id")
     order = ", ".join(f"t.{c}" for c in ids if c in cols) or "1"
+    where = f" WHERE {where}" if where else ""
     if "image_id" in cols and table != "images":
         images = f"images@{version}" if version is not None else "images"
-        sql = f"""SELECT t.*, {{'bytes': i.bytes, 'path': t.image_id || '.' || lower(i.format)}} AS image
-                  FROM {ref} t LEFT JOIN {images} i USING (image_id) ORDER BY {order}"""
-    else:
-        sql = f"SELECT * FROM {ref} t ORDER BY {order}"
-    return lake.query(sql).to_arrow_table()
+        return f"""SELECT t.*, {{'bytes': i.bytes, 'path': t.image_id || '.' || lower(i.format)}} AS image
+                   FROM {ref} t LEFT JOIN {images} i USING (image_id){where} ORDER BY {order}"""
+    return f"SELECT * FROM {ref} t{where} ORDER BY {order}"
 
 
-def features_for(table: pa.Table):
+def read_table(lake: Lake, table: str, version: str | int | None) -> pa.Table:
+    """A table at a version, with images attached where it names them."""
+    return lake.query(select(lake, table, version)).to_arrow_table()
+
+
+def read_batches(lake: Lake, table: str, version: str | int | None, where: str | None = None,
+                 params: list | None = None, rows: int = 64) -> pa.RecordBatchReader:
+    """The rows `read_table` gives, streamed as Arrow record batches of at most `rows` rows: the caller
+    holds one batch at a time, so a table of images larger than memory can be written out."""
+    return lake.query(select(lake, table, version, where), params).fetch_record_batch(rows)
+
+
+def features_for(table: pa.Table | pa.Schema):
     import datasets
 
-    features = datasets.Features.from_arrow_schema(table.schema)
-    if "image" in table.column_names:
+    schema = table if isinstance(table, pa.Schema) else table.schema
+    features = datasets.Features.from_arrow_schema(schema)
+    if "image" in schema.names:
         features["image"] = datasets.Image()
     return features
 

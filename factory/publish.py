@@ -1,19 +1,28 @@
-"""Publish a version to the Hugging Face Hub: one Parquet config per table, a dataset card, the recipes.
+"""Publish a version to the Hugging Face Hub as `datasets.Dataset.push_to_hub` would: one config per table.
 
     vlfactory publish iter1 --repo my-org/vl-reasoning --table sft --table rl --dry-run out/   # the folder only
     vlfactory publish iter1 --repo my-org/vl-reasoning --table sft --table rl                  # build and upload
+    vlfactory publish iter1 --repo my-org/vl-reasoning --table sft --create-pr --commit-message "iter1 sft"
 
-The folder: `README.md`, the dataset card (reports/card.py); `NAME/NAME-0000i-of-0000n.parquet`
-per table, written by `vlfactory.export` (catalog columns kept, images as a `datasets` Image
-column, so `load_dataset("parquet", data_dir="out/sft")` and the Hub's viewer read it); and
-`recipes/NAME-HASH.yaml`, the recipe text of every run that wrote the version.
+The folder is push_to_hub's layout, config by config: `NAME/SPLIT-0000i-of-0000N.parquet` (push_to_hub's
+data_dir is the config name), a README.md whose YAML holds `dataset_info` (features, num_bytes and
+num_examples per split, download_size, dataset_size) and `configs:` with each split's data files, written
+by `datasets`' own DatasetInfosDict and MetadataConfigs; and `recipes/NAME-HASH.yaml`, the recipe text
+of every run that wrote the version. The card's text is reports/card.py.
 
-The upload is one `HfApi.upload_folder` call. With hf_xet, which huggingface_hub installs on
-common platforms, that is huggingface_hub's streamed multi-commit pipeline: a large folder goes
-up in batches of commits and a rerun after an interruption skips what the Hub already holds. It
-superseded `upload_large_folder` (gone from huggingface_hub 2), so one call serves small and
-large sets. Parquet files of the repo that are not in the new folder are deleted in the same
-upload, so a config's `NAME/*.parquet` never picks up stale shards of an earlier version.
+Splits are the data's own: a problem's `split` (from its source) is the split of every row about that
+problem (sft, rl, traces, ...); benchmark rows (evals, eval_samples) are `test`; rows about no problem
+are `train`. Shards are cut by size like push_to_hub's `max_shard_size` (default 500MB of Arrow data per
+shard) and written by streaming: Arrow record batches from the lake go straight into the shard's
+ParquetWriter (push_to_hub's writer settings: content-defined chunking, page index, images uncompressed
+and PLAIN), so the table, images included, is never held in memory.
+
+The upload is one `HfApi.upload_folder` call (`--revision` a branch, created if missing, or `refs/pr/N`;
+`--create-pr`; `--commit-message`). With hf_xet, which huggingface_hub installs on common platforms,
+that is huggingface_hub's streamed multi-commit pipeline: a large folder goes up in batches of commits
+and a rerun after an interruption skips what the Hub already holds. Parquet files of the repo that are
+not in the new folder are deleted in the same upload, so a config's `NAME/SPLIT-*` never picks up stale
+shards of an earlier version.
 
 The token is huggingface_hub's own: `HF_TOKEN`, else the login cache (`hf auth login`). It is
 checked before anything is built, sent only in the Authorization header, and written nowhere.
@@ -27,13 +36,16 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlfactory.export import export
+from vlfactory.export import features_for, read_batches
 from vlfactory.redact import redact
-from vlfactory.reports.card import Config, dataset_card, recipe_file
+from vlfactory.reports.card import Config, Split, dataset_card, model_labels, recipe_file
 from vlfactory.reports.stats import version_stats
 from vlfactory.stores.lake import Lake, LakeError
 
 DELETE_STALE = ["*.parquet", "recipes/*"]  # repo files an upload replaces (fnmatch: `*` spans folders)
+MAX_SHARD_SIZE = "500MB"                    # push_to_hub's default (datasets.config.MAX_SHARD_SIZE)
+BENCHMARK_TABLES = ("evals", "eval_samples")  # rows about benchmarks: the test split
+SPLIT_ORDER = ("train", "validation", "test")  # then any other split, by name
 
 
 class PublishError(Exception):
@@ -48,28 +60,56 @@ class Published:
     recipes: list[str] = field(default_factory=list)
     folder: Path | None = None        # the dry run's folder (an upload's folder is temporary)
     url: str | None = None            # the repo on the Hub, once uploaded
+    commit: str | None = None         # the commit's URL on the Hub
+    pr_url: str | None = None         # the pull request opened, with --create-pr
 
     def line(self) -> str:
-        sets = ", ".join(f"{c.name} ({c.rows:,} rows)" for c in self.configs)
-        where = f"uploaded to {self.url}" if self.url else f"wrote {self.folder} (dry run: nothing uploaded)"
-        return f"{self.repo} @ snapshot {self.snapshot}: {sets}; {len(self.recipes)} recipe(s); {where}"
+        sets = ", ".join(f"{c.name} (" + ", ".join(f"{s.name} {s.rows:,}" for s in c.splits) + " rows)"
+                         for c in self.configs)
+        shards = sum(len(s.files) for c in self.configs for s in c.splits)
+        if self.pr_url:
+            where = f"opened pull request {self.pr_url}"
+        elif self.url:
+            where = f"uploaded to {self.url}" + (f" ({self.commit})" if self.commit else "")
+        else:
+            where = f"wrote {self.folder} (dry run: nothing uploaded)"
+        return f"{self.repo} @ snapshot {self.snapshot}: {sets}; {shards} shard(s); {len(self.recipes)} recipe(s); {where}"
 
 
 def publish(lake: Lake, version: str | int, repo: str, tables: list[str], private: bool = False,
-            dry_run: str | Path | None = None) -> Published:
+            dry_run: str | Path | None = None, max_shard_size: str | int = MAX_SHARD_SIZE,
+            revision: str | None = None, create_pr: bool = False, commit_message: str | None = None) -> Published:
     """Build the folder for `tables` at `version`; upload it to the dataset repo unless `dry_run` names a folder."""
     check_repo(repo)
+    max_bytes = shard_size(max_shard_size)
+    if create_pr and revision is not None and revision != "main":
+        raise PublishError(f"--create-pr opens a pull request against main: drop --revision {revision}")
     if dry_run is not None:
-        return build(lake, version, repo, tables, Path(dry_run))
+        return build(lake, version, repo, tables, Path(dry_run), max_bytes)
     api = login()  # a missing or rejected token fails before minutes of building
     with tempfile.TemporaryDirectory(prefix="vlfactory-publish-") as tmp:
-        done = build(lake, version, repo, tables, Path(tmp) / "set")
-        done.url = upload(api, done.folder, repo, private, f"vlfactory publish {version} (snapshot {done.snapshot})")
+        done = build(lake, version, repo, tables, Path(tmp) / "set", max_bytes)
+        message = commit_message or f"vlfactory publish {version} (snapshot {done.snapshot})"
+        done.url, done.commit, done.pr_url = upload(api, done.folder, repo, private, message, revision, create_pr)
     done.folder = None
     return done
 
 
-def build(lake: Lake, version: str | int, repo: str, tables: list[str], out: Path) -> Published:
+def shard_size(value: str | int) -> int:
+    """Bytes of a size such as 500MB, 1GB, 20KB or a plain number, read as `datasets` reads max_shard_size."""
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    try:
+        size = convert_file_size_to_int(value)
+    except (ValueError, TypeError):
+        size = 0
+    if size <= 0:
+        raise PublishError(f"--max-shard-size {value!r}: expected a size such as 500MB, 1GB or 20KB")
+    return size
+
+
+def build(lake: Lake, version: str | int, repo: str, tables: list[str], out: Path,
+          max_bytes: int | None = None) -> Published:
     """Write the exact folder that `publish` uploads."""
     if out.exists() and any(out.iterdir()):
         raise PublishError(f"{out} is not empty: give a new or empty folder")
@@ -87,7 +127,7 @@ def build(lake: Lake, version: str | int, repo: str, tables: list[str], out: Pat
     out.parent.mkdir(parents=True, exist_ok=True)
     final, out = out, Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        done = _write(lake, version, repo, tables, snapshot, out)
+        done = _write(lake, version, repo, tables, snapshot, out, max_bytes or shard_size(MAX_SHARD_SIZE))
         if final.exists():
             final.rmdir()  # empty, checked above
         out.rename(final)
@@ -98,22 +138,131 @@ def build(lake: Lake, version: str | int, repo: str, tables: list[str], out: Pat
     return done
 
 
-def _write(lake: Lake, version: str | int, repo: str, tables: list[str], snapshot: int, out: Path) -> Published:
-    import pyarrow.parquet as pq
-
+def _write(lake: Lake, version: str | int, repo: str, tables: list[str], snapshot: int, out: Path,
+           max_bytes: int) -> Published:
     done = Published(repo, snapshot)
     for table in tables:
-        paths = export(lake, table, snapshot, out)
-        done.configs.append(Config(table, sum(pq.ParquetFile(p).metadata.num_rows for p in paths),
-                                   pq.read_schema(paths[0]).names))
+        done.configs.append(write_config(lake, table, snapshot, out, max_bytes))
     stats = version_stats(lake, version)
     for recipe in stats.recipes:
         path = out / "recipes" / recipe_file(recipe)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(redact(recipe["text"]))  # masked when stored; again for runs recorded before that
         done.recipes.append(str(path.relative_to(out)))
-    (out / "README.md").write_text(dataset_card(stats, repo, done.configs))
+    (out / "README.md").write_text(dataset_card(stats, repo, done.configs, model_labels(lake, snapshot)))
     return done
+
+
+def split_of(lake: Lake, table: str, snapshot: int) -> str:
+    """SQL for the split of a row `t` of the table: its problem's split, test for benchmark rows, else train."""
+    cols = lake.query(f"SELECT * FROM {table}@{snapshot} LIMIT 0").columns
+    if table in BENCHMARK_TABLES:
+        return "'test'"
+    if "split" in cols:
+        return "coalesce(nullif(t.split, ''), 'train')"
+    if "problem_id" in cols:
+        return (f"coalesce((SELECT nullif(max(p.split), '') FROM problems@{snapshot} p "
+                f"WHERE p.problem_id = t.problem_id), 'train')")
+    return "'train'"
+
+
+def split_name(raw: str) -> str:
+    """A stored split as a `datasets` split name (word characters and dots: push_to_hub's rule)."""
+    return re.sub(r"\W+", "_", raw).strip("_") or "train"
+
+
+def write_config(lake: Lake, table: str, snapshot: int, out: Path, max_bytes: int) -> Config:
+    """The table's rows at the snapshot as `out/TABLE/SPLIT-0000i-of-0000N.parquet`, split by split."""
+    expr = split_of(lake, table, snapshot)
+    found = [r[0] for r in lake.query(f"SELECT DISTINCT {expr} FROM {table}@{snapshot} t").fetchall()]
+    raws: dict[str, list[str]] = {}
+    for raw in found:
+        raws.setdefault(split_name(raw), []).append(raw)
+    order = sorted(raws, key=lambda n: (SPLIT_ORDER.index(n) if n in SPLIT_ORDER else len(SPLIT_ORDER), n))
+    config = Config(table)
+    for name in order:
+        reader = read_batches(lake, table, snapshot, where=f"list_contains(?, {expr})", params=[raws[name]])
+        if config.features is None:
+            config.features = features_for(reader.schema)
+        split, samples = write_split(reader, out, table, name, config.features, max_bytes,
+                                     want_samples=0 if config.samples else SAMPLES)
+        config.splits.append(split)
+        config.samples += samples
+    config.download_size = sum((out / f).stat().st_size for s in config.splits for f in s.files)
+    return config
+
+
+SAMPLES = 3  # rows shown in the card, per config
+
+
+def write_split(batches, out: Path, data_dir: str, split: str, features, max_bytes: int,
+                want_samples: int = 0) -> tuple[Split, list[dict]]:
+    """Stream record batches into shards of at most `max_bytes` Arrow bytes each (one row may exceed it),
+    named as push_to_hub names them; row groups of at most datasets' MAX_ROW_GROUP_SIZE."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import config as ds_config
+    from datasets.arrow_writer import get_parquet_column_options
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    schema = features.arrow_schema  # carries the `huggingface` features metadata that load_dataset reads
+    options = get_parquet_column_options(features, schema)
+    cdc = ds_config.DEFAULT_CDC_OPTIONS
+    group_bytes = convert_file_size_to_int(ds_config.MAX_ROW_GROUP_SIZE)
+    folder = out / data_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    parts: list[Path] = []
+    writer, group, in_group, in_shard = None, [], 0, 0
+    rows = nbytes = 0
+    samples: list[dict] = []
+
+    def flush() -> None:
+        nonlocal group, in_group
+        if group:
+            writer.write_table(pa.Table.from_batches(group, schema=schema))
+        group, in_group = [], 0
+
+    def close() -> None:
+        nonlocal writer, in_shard
+        flush()
+        writer.add_key_value_metadata({"content_defined_chunking": json.dumps(cdc)})
+        writer.close()
+        writer, in_shard = None, 0
+
+    for batch in batches:
+        batch = batch.cast(schema)  # DuckDB's Arrow types as the features store them
+        if len(samples) < want_samples:
+            samples += batch.slice(0, want_samples - len(samples)).to_pylist()
+        while batch.num_rows:
+            room = max_bytes - in_shard
+            if batch.nbytes <= room:
+                take = batch.num_rows
+            else:  # as many rows as fit, by the batch's mean row size; a lone oversize row gets its own shard
+                take = min(batch.num_rows, int(room // max(1, batch.nbytes / batch.num_rows)))
+                take = take or (1 if in_shard == 0 else 0)
+            if take == 0:
+                close()
+                continue
+            piece, batch = batch.slice(0, take), batch.slice(take)
+            if writer is None:
+                parts.append(folder / f".{split}-part{len(parts):05d}.parquet")
+                writer = pq.ParquetWriter(parts[-1], schema, use_content_defined_chunking=cdc,
+                                          write_page_index=True, **options)
+            group.append(piece)
+            size = piece.nbytes
+            in_group, in_shard, rows, nbytes = in_group + size, in_shard + size, rows + take, nbytes + size
+            if in_group >= group_bytes:
+                flush()
+    if writer is not None:
+        close()
+    files = []
+    for i, part in enumerate(parts):
+        final = folder / f"{split}-{i:05d}-of-{len(parts):05d}.parquet"
+        part.rename(final)
+        files.append(final.relative_to(out).as_posix())
+    return Split(split, rows, nbytes, files), samples
 
 
 def check_repo(repo: str) -> None:
@@ -137,18 +286,22 @@ def login():
     return api
 
 
-def upload(api, folder: Path, repo: str, private: bool, message: str) -> str:
-    """Create the dataset repo if needed and upload the folder; the repo's URL."""
+def upload(api, folder: Path, repo: str, private: bool, message: str, revision: str | None = None,
+           create_pr: bool = False) -> tuple[str, str | None, str | None]:
+    """Create the dataset repo (and the branch `revision`) if needed and upload the folder as one commit (or a
+    pull request); the repo's URL, the commit's URL and the pull request's URL."""
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
         # private=None leaves a new repo at the account's default visibility (public unless set otherwise).
         url = api.create_repo(repo, repo_type="dataset", private=True if private else None, exist_ok=True)
-        api.upload_folder(repo_id=repo, repo_type="dataset", folder_path=folder, commit_message=message,
-                          delete_patterns=DELETE_STALE)
+        if revision is not None and not revision.startswith("refs/pr/"):  # as push_to_hub: a PR ref is not a branch
+            api.create_branch(repo, branch=revision, repo_type="dataset", exist_ok=True)
+        info = api.upload_folder(repo_id=repo, repo_type="dataset", folder_path=folder, commit_message=message,
+                                 delete_patterns=DELETE_STALE, revision=revision, create_pr=create_pr or None)
     except HfHubHTTPError as e:
         raise PublishError(hub_error(e, repo)) from None
-    return str(url)
+    return str(url), getattr(info, "commit_url", None), getattr(info, "pr_url", None)
 
 
 def hub_error(e, repo: str | None = None) -> str:

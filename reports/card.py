@@ -1,24 +1,30 @@
 """The dataset card (README.md) of a published version: Hub metadata, then how the set was made.
 
-The YAML front matter is what the Hub reads (license from the recipe's sources, task and size
-categories, one config per table with its data files); the text says what the set is, which
-sources, models, prompt templates, sampling and verify settings made it, the funnel and the
-rejection reasons, completion lengths, and how to load and reproduce it. Everything comes from
-the catalog at that version (`reports/stats.py`); nothing from the environment, and credentials
-inside stored values are masked (vlfactory.redact), so no secret can reach a card.
+The YAML front matter is what the Hub reads: license from the recipe's sources, task and size
+categories, and what `datasets.Dataset.push_to_hub` writes for each config (`dataset_info` with
+features, splits, sizes; `configs` with each split's data files), through `datasets`' own
+DatasetInfosDict and MetadataConfigs. The text says what this repository holds (and only that),
+a few sample rows, which sources, models (by identity, never a local path), prompt templates,
+sampling and verify settings made the version, the funnel and the rejection reasons, completion
+lengths, how to load it and the commands that reproduce it from the published recipe copies.
+Everything comes from the catalog at that version (`reports/stats.py`, `model_labels`); nothing
+from the environment, and credentials inside stored values are masked (vlfactory.redact), so no
+secret can reach a card.
 
-    from vlfactory.reports.card import Config, dataset_card
-    text = dataset_card(version_stats(lake, "iter1"), "org/name", [Config("sft", 1200, ["image", ...])])
+    from vlfactory.reports.card import dataset_card
+    text = dataset_card(version_stats(lake, "iter1"), "org/name", configs, model_labels(lake, snapshot))
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import shlex
+
 import yaml
 
 from vlfactory.redact import redact
-from vlfactory.reports.stats import FUNNEL, VersionStats, summary
+from vlfactory.reports.stats import FUNNEL, VersionStats, rows, summary
 
 TASKS = ["visual-question-answering", "image-text-to-text"]
 WHAT = {
@@ -34,25 +40,51 @@ WHAT = {
 }
 
 
+REASONING = ("traces", "sft", "rollouts", "grades", "eval_samples")  # configs that hold model-written text
+SAMPLE_COLUMNS = ("source", "question", "answer", "prompt", "completion", "extracted", "correct", "pass_rate",
+                  "stage", "reason", "detail", "caption", "width", "height", "format")
+SAMPLE_CHARS = 160
+PATH_PREFIXES = ("/", "./", "../", "~")
+
+
 @dataclass
-class Config:
-    """One config of the published set: a table at the version, as Parquet shards under NAME/."""
+class Split:
+    """One split of a config: its rows, Arrow bytes in memory (push_to_hub's num_bytes) and shard files."""
 
     name: str
     rows: int
-    columns: list[str] = field(default_factory=list)
+    num_bytes: int
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    """One config of the published set: a table at the version, as `NAME/SPLIT-0000i-of-0000N.parquet`."""
+
+    name: str
+    splits: list[Split] = field(default_factory=list)
+    features: object = None          # datasets.Features
+    download_size: int = 0           # bytes of its Parquet files
+    samples: list[dict] = field(default_factory=list)  # a few rows for the card
 
     @property
-    def data_files(self) -> str:
-        return f"{self.name}/*.parquet"
+    def rows(self) -> int:
+        return sum(s.rows for s in self.splits)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.features or [])
 
 
-def dataset_card(st: VersionStats, repo: str, configs: list[Config]) -> str:
+def dataset_card(st: VersionStats, repo: str, configs: list[Config], models: dict[str, str] | None = None) -> str:
     # Runs recorded before recipes and command lines were redacted may still hold a credential.
-    return redact(f"---\n{front_matter(st, repo, configs)}---\n\n" + "\n".join(body(st, repo, configs)))
+    return redact(f"---\n{front_matter(st, repo, configs)}---\n\n" + "\n".join(body(st, repo, configs, models or {})))
 
 
 def front_matter(st: VersionStats, repo: str, configs: list[Config]) -> str:
+    from datasets import DatasetInfo, SplitDict, SplitInfo
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub import DatasetCardData
 
     licenses = sorted({(st.licenses.get(src) or "unknown").lower() for src in st.sources}) or ["unknown"]
@@ -61,10 +93,48 @@ def front_matter(st: VersionStats, repo: str, configs: list[Config]) -> str:
         task_categories=TASKS,
         size_categories=[size_category(max(c.rows for c in configs))],
         pretty_name=repo.split("/")[-1],
-        tags=["vlfactory", "visual-reasoning", "openvlthinker"],
-        configs=[{"config_name": c.name, "data_files": [{"split": "train", "path": c.data_files}],
-                  **({"default": True} if i == 0 else {})} for i, c in enumerate(configs)])
+        tags=["vlfactory", "visual-reasoning", "openvlthinker"])
+    infos = DatasetInfosDict()
+    for c in configs:
+        splits = SplitDict()
+        for s in c.splits:
+            splits.add(SplitInfo(name=s.name, num_bytes=s.num_bytes, num_examples=s.rows))
+        infos[c.name] = DatasetInfo(config_name=c.name, features=c.features, splits=splits,
+                                    download_size=c.download_size, dataset_size=sum(s.num_bytes for s in c.splits))
+    infos.to_dataset_card_data(data)
+    # push_to_hub's data_files: SPLIT -> CONFIG/SPLIT-* ; the first table is the default config
+    MetadataConfigs({c.name: {"data_files": [{"split": s.name, "path": f"{c.name}/{s.name}-*"} for s in c.splits],
+                              **({"default": True} if i == 0 else {})}
+                     for i, c in enumerate(configs)}).to_dataset_card_data(data)
     return data.to_yaml() + "\n"
+
+
+def model_labels(lake, snapshot: int) -> dict[str, str]:
+    """What each model identity at the snapshot is, for readers: a hub id or built-in name as the recipe
+    called it, or the training of this lake that produced it; never the local folder it was read from."""
+    trained = {r["model_id"]: f"trained here: {r['kind']}" + (f", iteration {r['iteration']}"
+                                                              if r["iteration"] is not None else "")
+               for r in rows(lake, f"""SELECT model_id, kind, iteration FROM trainings@{snapshot}
+                                       WHERE model_id IS NOT NULL AND status = 'ok' ORDER BY started_at""")}
+    labels: dict[str, str] = {}
+    for r in rows(lake, f"SELECT model_id, name, kind FROM models@{snapshot} ORDER BY created_at"):
+        if r["model_id"] in trained:
+            labels[r["model_id"]] = trained[r["model_id"]]
+        elif r["kind"] != "folder" and r["name"] and not str(r["name"]).startswith(PATH_PREFIXES):
+            labels.setdefault(r["model_id"], str(r["name"]))
+        else:
+            labels.setdefault(r["model_id"], "a local folder")
+    return labels | {k: v for k, v in trained.items() if k not in labels}
+
+
+def model_cell(model: str | None, labels: dict[str, str]) -> str:
+    """A model by identity, with what it is; a value that is a local path is never shown."""
+    if not model:
+        return ""
+    if str(model).startswith(PATH_PREFIXES):
+        return "a local folder (identity not recorded)"
+    label = labels.get(model)
+    return f"`{model}`" + (f" ({label})" if label and label != model else "")
 
 
 def size_category(n: int) -> str:
@@ -74,30 +144,44 @@ def size_category(n: int) -> str:
     return next((label for bound, label in bounds if n < bound), "n>1B")
 
 
-def body(st: VersionStats, repo: str, configs: list[Config]) -> list[str]:
+def body(st: VersionStats, repo: str, configs: list[Config], models: dict[str, str]) -> list[str]:
     name = repo.split("/")[-1]
+    written = [c.name for c in configs if c.name in REASONING]
+    holds = ("images with questions and verified answers, and the reasoning that reached them" if written
+             else "images with questions and their answers, without reasoning traces or model answers")
     out = [f"# {name}", "",
            f"A visual reasoning dataset in the [OpenVLThinker](https://arxiv.org/abs/2503.17352) style, built by "
-           f"vlfactory: images with questions and verified answers, and the reasoning that reached them. This is "
-           f"version `{st.version}` of the factory's catalog (DuckLake snapshot {st.snapshot}).", "",
+           f"vlfactory: {holds}. This is version `{st.version}` of the factory's catalog (DuckLake snapshot "
+           f"{st.snapshot}); this repository holds {_names([c.name for c in configs])} of it.", "",
            _table(["config", "rows", "what", "columns"],
-                  [[f"`{c.name}`", f"{c.rows:,}", WHAT.get(c.name, "the catalog table of that name"),
+                  [[f"`{c.name}`", ", ".join(f"{s.name}: {s.rows:,}" for s in c.splits),
+                    WHAT.get(c.name, "the catalog table of that name"),
                     ", ".join(f"`{col}`" for col in c.columns)] for c in configs]),
            "Rows keep their catalog columns (`problem_id`, `source_id`, ...); tables that name an image carry it as "
-           "an `image` column (the original bytes, whose SHA-256 is `image_id`).", "",
-           "## How it was made", "", "### Sources", ""]
+           "an `image` column (the original bytes, whose SHA-256 is `image_id`). Splits are the data's own: a "
+           "problem's split from its source is the split of every row about it.", ""]
+    if not written:
+        out += ["No config here holds text a model wrote: the sections below describe how the whole version was "
+                "made, reasoning stages included, not what this repository contains.", ""]
+    out += ["## Sample rows", ""]
+    for c in configs:
+        out += [f"`{c.name}` ({c.splits[0].name if c.splits else '-'}, first {len(c.samples)} rows; long texts cut):",
+                "", _samples(c), ""]
+    out += ["## How it was made", "", "### Sources", ""]
     out += [_table(["source", "license", "problems"],
                    [[s, st.licenses.get(s) or "unknown", f"{st.funnel[s]['problems']:,}"] for s in st.sources])
             if st.sources else "No sources at this version.", ""]
     out += ["### Models", ""]
+    out += ["Models by identity (vlfactory.models.identity: a content digest of a folder's files, or a hub id at "
+            "its commit), as every generated row's `model` column holds it:", ""]
     out += [_table(["stage", "model", "calls", "prompt tokens", "completion tokens"],
-                   [[u["stage"], f"`{u['model']}`", f"{u['calls']:,}", f"{u['prompt_tokens'] or 0:,}",
+                   [[u["stage"], model_cell(u["model"], models), f"{u['calls']:,}", f"{u['prompt_tokens'] or 0:,}",
                      f"{u['completion_tokens'] or 0:,}"] for u in st.usage])
             if st.usage else "No model calls: captions came from the sources and nothing was generated yet.", ""]
     if st.sampling:
         out += ["### Sampling", "",
                 _table(["stage", "model", "temperature", "top_p", "max tokens", "samples per prompt", "rows"],
-                       [[s["stage"], f"`{s['model']}`", s["temperature"], s["top_p"], s["max_tokens"],
+                       [[s["stage"], model_cell(s["model"], models), s["temperature"], s["top_p"], s["max_tokens"],
                          s["samples_per_prompt"], f"{s['rows']:,}"] for s in st.sampling]), ""]
     if st.prompts:
         out += ["### Prompt templates", ""]
@@ -133,20 +217,95 @@ def body(st: VersionStats, repo: str, configs: list[Config]) -> list[str]:
     out += [_table(["completions", "unit", "count", "mean", "median", "p90", "max"], rows)
             if rows else "No completions at this version.", ""]
     out += ["## Load it", "", _fence("from datasets import load_dataset\n\n" + "\n".join(
-        f'{c.name} = load_dataset("{repo}", "{c.name}", split="train")' for c in configs), "python"), ""]
-    commands = list(dict.fromkeys(f"vlfactory {r['argv']}" if r["argv"]
-                                  else f"# {r['command']} (recipe {r['recipe_name']})" for r in st.runs))
-    if not st.version.isdigit() and st.version != "latest":
-        commands.append(f"vlfactory tag {st.version}")
-    commands.append(f"vlfactory publish {st.version} --repo {repo} " + " ".join(f"--table {c.name}" for c in configs))
+        f'{c.name} = load_dataset("{repo}", "{c.name}")  # ' + ", ".join(f'{c.name}["{s.name}"]' for s in c.splits)
+        for c in configs), "python"), ""]
     out += ["## Reproduce it", "",
-            "The runs that wrote this version, in order (recipe paths are where they ran; the recipe texts are in "
-            "`recipes/`), then the tag and this upload:", "", _fence("\n".join(commands), "bash"), ""]
+            "The recipes of the runs that wrote this version are in `recipes/` (named by recipe hash). With "
+            "vlfactory installed, these commands rebuild the version in a new lake, then tag and publish it:", "",
+            _fence("\n".join(reproduce(st, repo, configs, models)), "bash"), ""]
     return out
+
+
+def reproduce(st: VersionStats, repo: str, configs: list[Config], models: dict[str, str]) -> list[str]:
+    """Runnable commands: fetch the recipe copies, rerun each run that wrote the version on its copy (the
+    recipe hash is in the file name), name the models whose rows it holds, then tag and publish."""
+    lines = [f"hf download {repo} --repo-type dataset --include 'recipes/*' --local-dir {repo.split('/')[-1]}",
+             f"cd {repo.split('/')[-1]}"]
+    files = {r["hash"]: f"recipes/{recipe_file(r)}" for r in st.recipes}
+    said = None
+    for r in st.runs:
+        command = rerun(r, files.get(r["recipe_hash"]))
+        if command and command not in lines:
+            if r["recipe_hash"] != said:
+                lines.append(f"# recipe {r['recipe_name']}, hash {r['recipe_hash']}")
+                said = r["recipe_hash"]
+            lines.append(command)
+    if st.usage:
+        lines.append("# the models whose rows this version holds (the `model` column), by identity:")
+        for stage, model in dict.fromkeys((u["stage"], u["model"]) for u in st.usage):
+            lines.append(f"#   {stage}: {model_cell(model, models).replace('`', '')}")
+    if not st.version.isdigit() and st.version != "latest":
+        lines.append(f"vlfactory tag {st.version}")
+    lines.append(f"vlfactory publish {st.version} --repo {repo} " + " ".join(f"--table {c.name}" for c in configs))
+    return lines
+
+
+RERUN_OPTIONS = ("--stage", "--limit", "--iterations", "--tag")  # kept with their values
+LAKE_OPTIONS = ("--lake", "--data-path")                        # dropped: where to rebuild is the reader's choice
+
+
+def rerun(run: dict, recipe: str | None) -> str | None:
+    """The command line that reruns a run on the published recipe copy; None for a run that is not a
+    `run`/`ingest`/`iterate` of a recipe (eval, or rows written by other means)."""
+    command = (run["command"] or "").split()
+    try:
+        argv = shlex.split(run["argv"] or "")
+    except ValueError:
+        argv = []
+    if argv[:1] not in (["run"], ["iterate"], ["ingest"]):
+        argv = []  # not a command line of ours (a run from Python records its caller's argv)
+    if argv:
+        verb = "run" if argv[0] == "ingest" else argv[0]
+    elif command[:1] in (["run"], ["iterate"]):
+        verb = command[0]
+    else:
+        return None
+    if recipe is None:
+        return None
+    keep: list[str] = ["--stage", "ingest"] if argv[:1] == ["ingest"] else []
+    if argv:
+        args, i = argv[1:], 0
+        while i < len(args):  # the positional recipe is replaced by the copy
+            opt, eq, _ = args[i].partition("=")
+            value = args[i + 1:i + 2] if opt in RERUN_OPTIONS + LAKE_OPTIONS and not eq else []
+            if opt in RERUN_OPTIONS:
+                keep += [args[i], *value]
+            i += 1 + len(value)
+    elif verb == "run" and len(command) > 1:
+        keep = [x for stage in command[1].split(",") for x in ("--stage", stage)]
+    return " ".join(["vlfactory", verb, recipe, *map(shlex.quote, keep)])
 
 
 def recipe_file(recipe: dict) -> str:
     return f"{recipe['name'] or 'recipe'}-{recipe['hash']}.yaml"
+
+
+def _names(names: list[str]) -> str:
+    quoted = [f"`{n}`" for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def _samples(c: Config) -> str:
+    if not c.samples:
+        return "(no rows)"
+    cols = [k for k in SAMPLE_COLUMNS if k in c.samples[0]][:5] or [
+        k for k in c.samples[0] if k not in ("image", "bytes") and not k.endswith("_id")][:5]
+
+    def cut(v) -> str:
+        text = "" if v is None else str(v)
+        return text if len(text) <= SAMPLE_CHARS else text[:SAMPLE_CHARS - 1] + "…"
+
+    return _table(cols, [[cut(r.get(k)) for k in cols] for r in c.samples])
 
 
 def _num(v) -> str:
