@@ -660,26 +660,36 @@ def train_grpo(dataset: str, model: str, output: str, config_path: str | None, o
 @click.option("--private", is_flag=True, help="Create the repo private (default: the account's default visibility).")
 @click.option("--dry-run", "dry_run", type=click.Path(file_okay=False), default=None,
               help="Write the exact folder here and upload nothing.")
+@click.option("--max-shard-size", default="500MB", show_default=True,
+              help="Largest shard, in Arrow bytes as push_to_hub counts them (e.g. 1GB, 200MB).")
+@click.option("--revision", default=None, help="Upload to this branch (created if missing) or refs/pr/N.")
+@click.option("--create-pr", is_flag=True, help="Open a pull request against main instead of committing to it.")
+@click.option("--commit-message", default=None, help="The commit's title (default: vlfactory publish VERSION ...).")
 @lake_options
 @friendly
-def publish(version: str, repo: str, tables: tuple[str, ...], private: bool, dry_run: str | None, lake: str | None,
-            data_path: str | None) -> None:
-    """Publish a version to the Hugging Face Hub: a Parquet config per table, a dataset card, the recipes.
+def publish(version: str, repo: str, tables: tuple[str, ...], private: bool, dry_run: str | None,
+            max_shard_size: str, revision: str | None, create_pr: bool, commit_message: str | None,
+            lake: str | None, data_path: str | None) -> None:
+    """Publish a version to the Hugging Face Hub as push_to_hub lays it out: a config per table, real splits.
 
-    The token comes from HF_TOKEN or `hf auth login`. Parquet files in the repo that are not
-    part of this version are deleted by the upload.
+    Each table is a config NAME with files NAME/SPLIT-0000i-of-0000N.parquet, shards cut by
+    size; the card holds dataset_info, sample rows and the commands that reproduce the version;
+    the recipes go along. The token comes from HF_TOKEN or `hf auth login`. Parquet files in
+    the repo that are not part of this version are deleted by the upload.
 
     \b
     Example:
         vlfactory publish iter1 --repo my-org/vl-reasoning --table sft --table rl --dry-run out/
         vlfactory publish iter1 --repo my-org/vl-reasoning --table sft --table rl
+        vlfactory publish iter2 --repo my-org/vl-reasoning --table sft --create-pr --commit-message "iter2 sft"
     """
     from vlfactory.publish import PublishError
     from vlfactory.publish import publish as do_publish
 
     with open_lake(lake, data_path, read_only=True) as lk:
         try:
-            click.echo(do_publish(lk, version, repo, list(tables), private, dry_run).line())
+            click.echo(do_publish(lk, version, repo, list(tables), private, dry_run, max_shard_size, revision,
+                                  create_pr, commit_message).line())
         except PublishError as e:
             raise UserError(str(e)) from None
 
