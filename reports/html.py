@@ -1,11 +1,16 @@
-"""The HTML report: one self-contained page (plots as PNG data URIs, inline CSS, no scripts).
+"""The HTML report: one self-contained page (plots as inline SVG, images as data URIs, inline CSS, no scripts).
 
 A version's page shows the funnel from problems to accepted samples per source, the rejection
-reasons, completion lengths of accepted vs rejected samples, the rollouts' pass rates with the
-RL band, tokens and time per stage and model, eval accuracy per benchmark, and what changed
-since the previous tag. The iterations page puts the loop's tags (`iter1`, `iter2`, ...) side by
-side, with the reflection keywords' frequency across iterations (the paper's figure), then each
-iteration's own sections. A section with nothing to show says "no data yet".
+reasons, completion lengths of accepted vs rejected samples, correct and accepted shares per
+source, the rollouts' pass rates with the RL band, finish reasons and answer distributions, a few
+example samples with their image (the completion beside its cleaned text), the trainings' loss
+and reward curves (`training_logs`), tokens, wall time and throughput per step (from commit
+times, not summed request latencies), eval accuracy with 95% intervals, and what changed since
+the previous tag. The iterations page puts the loop's tags (`iter1`, `iter2`, ...) side by side:
+data per iteration, held-out accuracy across the loop, the reflection keywords' frequency (the
+paper's figure), then each iteration's own sections, each counting only the rows that iteration
+added (the sets, sft and rl, as they stood). Models go by short names (iter1 sft, the folder's
+name), never long local paths. A section with nothing to show says "no data yet".
 
     vlfactory report iter1 --out report.html
     vlfactory report --iterations --out loop.html
@@ -17,13 +22,15 @@ iteration's own sections. A section with nothing to show says "no data yet".
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 from datetime import datetime
 
 from vlfactory.reports import plots
 from vlfactory.evaluate import wilson_interval
 from vlfactory.reports.stats import (FUNNEL, PROBLEM_STAGES, VersionStats, eval_examples, eval_label, iteration_tags,
-                                     keyword_rates, previous_tag, summary, tracked_keywords, version_stats)
+                                     keyword_rates, previous_tag, short_name, summary, tracked_keywords, version_stats)
 from vlfactory.stores.lake import Lake
 
 EMPTY = '<p class="empty">no data yet</p>'
@@ -35,7 +42,12 @@ h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2e
 table { border-collapse: collapse; margin: .6em 0; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: left; vertical-align: top; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
-th { background: #f5f5f5; } img { max-width: 100%; height: auto; }
+th { background: #f5f5f5; } img, svg.plot { max-width: 100%; height: auto; }
+figure { margin: .6em 0; } .sample { border: 1px solid #ddd; padding: .6em; margin: .8em 0; }
+.sample img { width: 160px; image-rendering: pixelated; float: left; margin: 0 1em .5em 0; }
+.texts { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; clear: both; }
+.texts pre { white-space: pre-wrap; word-break: break-word; background: #fafafa; padding: .4em; margin: 0;
+             max-height: 24em; overflow: auto; font-size: 12px; }
 .empty { color: #888; font-style: italic; } .meta { color: #555; } code { background: #f5f5f5; padding: 0 .2em; }
 """
 
@@ -50,7 +62,8 @@ def report(lake: Lake, version: str | int | None = None, iterations: bool = Fals
 def version_page(lake: Lake, version: str | int) -> str:
     st = version_stats(lake, version)
     title = f"vlfactory report: {st.version} (snapshot {st.snapshot})"
-    return _page(title, lake, "".join(version_sections(lake, st, compare_to=previous_tag(lake, st.snapshot))))
+    before = previous_tag(lake, st.snapshot) or ("the empty lake", 0)
+    return _page(title, lake, "".join(version_sections(lake, st, compare_to=before)))
 
 
 def iterations_page(lake: Lake) -> str:
@@ -60,19 +73,24 @@ def iterations_page(lake: Lake) -> str:
         return _page(title, lake, _section("iterations", "Iterations",
                                            '<p class="empty">no data yet: no iteration tags (iter1, iter2, ...); '
                                            "`vlfactory iterate` or `vlfactory tag iter1` makes them</p>"))
-    stats = [version_stats(lake, name) for name, _ in tags]
-    series = {label: [sum(s.funnel[src][label] for src in s.funnel) for s in stats]
+    # Each iteration's sections count the rows it added: those at its tag and not at the tag before.
+    stats = [version_stats(lake, name, since=tags[i - 1][1] if i else None) for i, (name, _) in enumerate(tags)]
+    whole = [version_stats(lake, name) for name, _ in tags] if len(tags) > 1 else stats
+    series = {label: [sum(s.funnel[src][label] for src in s.funnel) for s in whole]
               for label in ("problems", "solved", "in sft", "in rl", "accepted traces", "correct rollouts")}
     names = [name for name, _ in tags]
     table = _table(["", *names], [[label, *values] for label, values in series.items()])
-    body = [_section("iterations", "Data per iteration", _figure(plots.iterations(names, series), "Data per iteration")
-                     + table),
-            _section("evals", "Eval accuracy per iteration", *_evals(stats[-1].evals)),
+    body = [_section("iterations", "Data per iteration (totals at each tag)",
+                     _figure(plots.iterations(names, series), "Data per iteration") + table),
+            _section("evals", "Held-out accuracy across the loop", *_evals(stats[-1].evals, stats[-1].names)),
             _section("keywords", "Reflection keywords per iteration", *_keywords(lake, stats[-1])),
             _section("eval-samples", "Answers of the evaluated models", _eval_examples(lake))]
     for i, st in enumerate(stats):
-        before = tags[i - 1] if i else None
-        body.append(f'<h1 id="{_id(st.version)}">{html.escape(st.version)} (snapshot {st.snapshot})</h1>')
+        before = tags[i - 1] if i else (previous_tag(lake, st.snapshot) or ("the empty lake", 0))
+        scope = (f"rows added after {tags[i - 1][0]} (snapshot {tags[i - 1][1]}); the sft and rl sets as they "
+                 f"stood at {st.version}" if i else f"everything up to {st.version}")
+        body.append(f'<h1 id="{_id(st.version)}">{html.escape(st.version)} (snapshot {st.snapshot})</h1>'
+                    f'<p class="meta">counted: {html.escape(scope)}</p>')
         body.extend(version_sections(lake, st, compare_to=before, prefix=f"{_id(st.version)}-", evals=False))
     return _page(title, lake, "".join(body))
 
@@ -90,19 +108,31 @@ def version_sections(lake: Lake, st: VersionStats, compare_to: tuple[str, int] |
                  _table(["stage", "reason", "rows"], [r.values() for r in st.rejected]) if st.rejected else "",
                  _table(["graded", "reason (not accepted)", "rows"], [r.values() for r in st.verdicts])
                  if st.verdicts else ""),
+        _section(prefix + "per-source", "Correct and accepted per source",
+                 _figure(plots.per_source(st.per_source), "Correct and accepted per source"), _per_source(st)),
         _section(prefix + "lengths", "Completion lengths",
                  _figure(plots.lengths(st.lengths), "Completion length histograms"), _lengths_table(st)),
         _section(prefix + "pass-rates", "Pass rates of rollouts",
-                 _figure(plots.pass_rates(st.pass_rates, st.band), "Pass-rate histogram"),
+                 _figure(plots.pass_rates(st.pass_rates, st.band, st.names), "Pass-rate histogram"),
                  f'<p class="meta">RL band: [{st.band[0]}, {st.band[1]}] (the rl set keeps problems whose pass rate '
                  "lies in it)</p>" if st.band and st.pass_rates else ""),
-        _section(prefix + "usage", "Tokens and time per stage and model",
-                 _figure(plots.usage(st.usage), "Tokens and time per stage and model"),
-                 _table(["stage", "model", "calls", "prompt tokens", "completion tokens", "seconds"],
-                        [r.values() for r in st.usage]) if st.usage else "", _runs_table(st)),
+        _section(prefix + "distributions", "Finish reasons and answers",
+                 _figure(plots.distributions(st.finish, st.answers), "Finish reasons and answers")),
+        _section(prefix + "examples", "Example samples", _examples(st)),
+        _section(prefix + "training", "Training curves",
+                 _figure(plots.curves(st.curves), "Training curves"), _trainings_table(st)),
+        _section(prefix + "usage", "Tokens, time and throughput per step",
+                 _figure(plots.usage(st.usage, st.stage_time), "Tokens and wall time"),
+                 _figure(plots.throughput(st.stage_time), "Throughput") if any(
+                     r.get("tokens_per_s") for r in st.stage_time) else "",
+                 _throughput_table(st),
+                 _table(["stage", "model", "calls", "prompt tokens", "completion tokens",
+                         "sum of request latencies (s)"],
+                        [[r["stage"], r["name"], r["calls"], r["prompt_tokens"], r["completion_tokens"],
+                          r["latency_s"]] for r in st.usage]) if st.usage else "", _runs_table(st)),
     ]
     if evals:
-        sections.append(_section(prefix + "evals", "Eval accuracy", *_evals(st.evals)))
+        sections.append(_section(prefix + "evals", "Eval accuracy", *_evals(st.evals, st.names)))
     sections.append(_section(prefix + "diff", "Changes since the previous version", *_diff(lake, st, compare_to)))
     return sections
 
@@ -132,7 +162,76 @@ def _runs_table(st: VersionStats) -> str:
     return "<h3>Runs</h3>" + _table(["command", "arguments", "status", "started", "wall seconds"], rows)
 
 
-def _evals(rows: list[dict]) -> tuple[str, str]:
+def _per_source(st: VersionStats) -> str:
+    if not st.per_source:
+        return ""
+    pct = lambda n, d: 100 * n / d if d else None  # noqa: E731
+    return _table(["source", "graded", "samples", "correct", "correct %", "accepted", "accepted %"],
+                  [[r["source"], r["ref_table"], r["graded"], r["correct"], pct(r["correct"], r["graded"]),
+                    r["accepted"], pct(r["accepted"], r["graded"])] for r in st.per_source])
+
+
+def _throughput_table(st: VersionStats) -> str:
+    if not st.stage_time:
+        return ""
+    total = sum(r["wall_s"] for r in st.stage_time)
+    return ('<p class="meta">wall time of each step from the commit times of its snapshots (requests run '
+            "concurrently, so the sum of their latencies is not time spent); share: of all steps' wall time</p>"
+            + _table(["step", "commits", "wall seconds", "share %", "calls", "completion tokens", "tokens/s"],
+                     [[r["stage"], r["commits"], r["wall_s"], 100 * r["wall_s"] / total if total else None,
+                       r["calls"], r["completion_tokens"], r["tokens_per_s"]] for r in st.stage_time]))
+
+
+def _trainings_table(st: VersionStats) -> str:
+    if not st.trainings:
+        return ""
+    last = lambda t, m: (st.curves.get(t["label"], {}).get(m) or [(None, None)])[-1][1]  # noqa: E731
+    return _table(["training", "kind", "set", "rows", "base model", "status", "logged steps", "last loss",
+                   "last reward", "wall seconds"],
+                  [[t["label"], t["kind"], t["dataset"], t["rows"], t["base"], t["status"],
+                    len(st.curves.get(t["label"], {}).get("loss") or st.curves.get(t["label"], {}).get("reward") or []),
+                    last(t, "loss"), last(t, "reward"), _seconds(t["started_at"], t["ended_at"])]
+                   for t in st.trainings])
+
+
+def _examples(st: VersionStats) -> str:
+    if not st.examples:
+        return EMPTY
+    out = ['<p class="meta">a few samples of this version, accepted and not; every one is in '
+           "<code>vlfactory view</code></p>"]
+    for r in st.examples:
+        verdict = "accepted" if r["accepted"] else f"not accepted: {', '.join(r['reasons'] or [r['grade_reason'] or '-'])}"
+        image = _image(r["image"], r["image_format"])
+        meta = (f"{r['ref_table']} <code>{html.escape(r['ref_id'])}</code>, {html.escape(r['source'])}, "
+                f"by {html.escape(short_name(r['model'], st.names))}; {html.escape(verdict)}; extracted "
+                f"<b>{html.escape(str(r['extracted']))}</b>, gold <b>{html.escape(str(r['gold']))}</b>; "
+                f"{r['completion_tokens'] or 0:,} tokens, finish {html.escape(str(r['finish_reason']))}")
+        caption = f"<p><b>caption the reasoner saw:</b> {html.escape(r['caption'])}</p>" if r["caption"] else ""
+        cleaned = r["cleaned"] if r["cleaned"] is not None else "(not cleaned: only accepted samples are)"
+        out.append(f'<div class="sample">{image}<p class="meta">{meta}</p><p><b>question:</b> '
+                   f"{html.escape(r['question'])}</p>{caption}<div class=\"texts\"><div><b>completion</b>"
+                   f"<pre>{html.escape(r['completion'] or '')}</pre></div><div><b>cleaned for SFT</b>"
+                   f"<pre>{html.escape(cleaned)}</pre></div></div></div>")
+    return "".join(out)
+
+
+def _image(data: bytes | None, fmt: str | None, largest: int = 320) -> str:
+    """An image as a data URI, made smaller when large (PNG keeps it exact)."""
+    if not data:
+        return ""
+    mime = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}.get(fmt or "")
+    if mime is None or len(data) > 200_000:
+        from PIL import Image
+
+        img = Image.open(io.BytesIO(data))
+        img.thumbnail((largest, largest))
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, format="PNG")
+        data, mime = buf.getvalue(), "image/png"
+    return f'<img class="sample-image" alt="the problem\'s image" src="data:{mime};base64,{base64.b64encode(data).decode()}">'
+
+
+def _evals(rows: list[dict], names: dict[str, str]) -> tuple[str, str]:
     if not rows:
         return EMPTY, ""
     def passes(r: dict) -> str:
@@ -141,10 +240,10 @@ def _evals(rows: list[dict]) -> tuple[str, str]:
 
     table = _table(["model of the loop", "benchmark", "model", "split", "problems", "correct", "accuracy %",
                     "95% CI", "protocol", "pass@k %"],
-                   [[eval_label(r), r["benchmark"], r["model"], r["split"], r["problems"], r["correct"],
+                   [[eval_label(r), r["benchmark"], short_name(r["model"], names), r["split"], r["problems"], r["correct"],
                      100 * r["accuracy"], "[{:.1f}, {:.1f}]".format(*(100 * x for x in wilson_interval(
                          r["accuracy"], r["problems"]))), r["protocol"], passes(r)] for r in rows])
-    return _figure(plots.evals(rows), "Eval accuracy per benchmark"), table
+    return _figure(plots.evals(rows), "Held-out accuracy across the loop"), table
 
 
 def _eval_examples(lake: Lake) -> str:
@@ -194,10 +293,10 @@ def _section(ident: str, title: str, *parts: str) -> str:
     return f'<section id="{ident}"><h2>{html.escape(title)}</h2>{"".join(parts)}</section>\n'
 
 
-def _figure(uri: str | None, alt: str) -> str:
-    if uri is None:
+def _figure(svg: str | None, alt: str) -> str:
+    if svg is None:
         return EMPTY
-    return f'<figure><img alt="{html.escape(alt)}" src="{uri}"></figure>'
+    return f'<figure aria-label="{html.escape(alt)}">{svg}</figure>'
 
 
 def _cell(v) -> str:

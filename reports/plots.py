@@ -1,18 +1,22 @@
-"""The report's plots: matplotlib figures rendered with Agg to PNG `data:` URIs for a self-contained page.
+"""The report's plots: matplotlib figures rendered with Agg to inline SVG for a self-contained page.
 
-Each function takes numbers from `reports/stats.py` and returns a `data:image/png;base64,...`
-URI, or None when there is nothing to draw (the report then says "no data yet"). Figures are
-built with `matplotlib.figure.Figure` directly, never pyplot, so no display or global state is
-involved and matplotlib is imported only when a report is drawn.
+Each function takes numbers from `reports/stats.py` and returns an `<svg>` element, or None when
+there is nothing to draw (the report then says "no data yet"). Text stays text (`svg.fonttype`
+none), so a browser lays it out, it can be searched and copied, and its boxes can be measured: the
+parts a reader must see carry classes (`vlf-legend`, `vlf-bar`, `vlf-label`, `vlf-hist`) that the
+tests use to check, in a real browser, that legends cover no bar or label and no label is cut off.
+Legends sit outside the axes. Figures are built with `matplotlib.figure.Figure` directly, never
+pyplot, so no display or global state is involved and matplotlib is imported only when a report
+is drawn.
 
     from vlfactory.reports import plots
-    uri = plots.pass_rates({"policy": [0.0, 0.25, 1.0]}, band=(0.0, 0.75))
+    svg = plots.pass_rates({"policy": [0.0, 0.25, 1.0]}, band=(0.0, 0.75))
 """
 
 from __future__ import annotations
 
-import base64
 import io
+import re
 
 COLORS = {"accepted": "#2a9d8f", "rejected": "#e76f51", "sft": "#264653", "added": "#2a9d8f", "removed": "#e76f51"}
 
@@ -24,10 +28,53 @@ def _figure(rows: int = 1, cols: int = 1, width: float = 8.0, height: float = 3.
     return fig, fig.subplots(rows, cols, squeeze=False).ravel()
 
 
-def _uri(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})  # Agg renders PNG
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+def _svg(fig) -> str:
+    """The figure as an inline <svg>: text as text, the marked parts as classes, only the ids it refers to."""
+    from matplotlib import rc_context
+
+    _fit_labels(fig)
+    buf = io.StringIO()
+    with rc_context({"svg.fonttype": "none"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    text = buf.getvalue()
+    text = text[text.index("<svg"):]
+    text = re.sub(r'id="vlf\.([\w-]+)"', r'class="vlf-\1"', text)
+    used = set(re.findall(r'#([\w.-]+)', text))  # url(#clip), xlink:href="#marker"
+    text = re.sub(r' id="([^"]+)"', lambda m: m.group(0) if m.group(1) in used else "", text)
+    return re.sub(r'<svg ', '<svg class="plot" role="img" ', text, count=1)
+
+
+def _mark(artists, part: str) -> None:
+    for a in artists:
+        a.set_gid(f"vlf.{part}")
+
+
+def _legend(ax, **kwargs):
+    """A legend beside the axes, never over the data."""
+    legend = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8, **kwargs)
+    legend.set_gid("vlf.legend")
+    return legend
+
+
+def _fig_legend(fig, axes) -> None:
+    """One legend beside the figure for every line of its panels (each label once)."""
+    handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
+    legend = fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize=8)
+    legend.set_gid("vlf.legend")
+
+
+def _compact(ax) -> None:
+    """x tick labels that never run into each other: at most 5, large numbers as 12k and 1.2M."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    def short(x, _):
+        for size, suffix in ((1e6, "M"), (1e3, "k")):
+            if abs(x) >= size:
+                return f"{x / size:g}{suffix}"
+        return f"{x:g}"
+
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.xaxis.set_major_formatter(FuncFormatter(short))
 
 
 def _integers():
@@ -36,12 +83,37 @@ def _integers():
     return MaxNLocator(integer=True)
 
 
+def _bar_labels(ax, bars, texts: list[str] | None = None, fontsize: int = 8) -> None:
+    """Value labels at the bars' ends, with room for them inside the axes."""
+    _mark(bars, "bar")
+    _mark(ax.bar_label(bars, texts, padding=2, fontsize=fontsize), "label")
+    _compact(ax)
+
+
+def _fit_labels(fig) -> None:
+    """Widen each axes' x range until its bar labels end inside it (a label past the edge is cut or overlaps)."""
+    for _ in range(3):
+        fig.draw_without_rendering()
+        changed = False
+        for ax in fig.axes:
+            labels = [t for t in ax.texts if t.get_gid() == "vlf.label" and t.get_text()]
+            if not labels:
+                continue
+            box = ax.get_window_extent()
+            right = max(t.get_window_extent().x1 for t in labels)
+            if right > box.x1 - 4:
+                lo, hi = ax.get_xlim()
+                ax.set_xlim(lo, lo + (hi - lo) * (right - box.x0 + 12) / box.width)
+                changed = True
+        if not changed:
+            return
+
+
 def _barh(ax, labels: list[str], values: list[float], color: str | None = None, fmt: str = "{:,.0f}") -> None:
     bars = ax.barh(range(len(labels)), values, color=color)
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()  # first label on top
-    ax.bar_label(bars, [fmt.format(v) for v in values], padding=2, fontsize=8)
-    ax.margins(x=0.15)
+    _bar_labels(ax, bars, [fmt.format(v) for v in values])
 
 
 def funnel(counts: dict[str, dict[str, int]], stages: tuple[str, ...]) -> str | None:
@@ -58,14 +130,13 @@ def funnel(counts: dict[str, dict[str, int]], stages: tuple[str, ...]) -> str | 
         ys = [j + i * width for j in range(len(sources))]
         bars = ax.barh(ys, [counts[s][stage] for s in sources], height=width, label=stage,
                        color=cmap(i / max(1, len(stages) - 1)))
-        ax.bar_label(bars, fontsize=7, padding=2)
+        _bar_labels(ax, bars, fontsize=7)
     ax.set_yticks([j + 0.4 - width / 2 for j in range(len(sources))], sources)
     ax.invert_yaxis()
-    ax.margins(x=0.12)
     ax.set_xlabel("problems")
     ax.set_title("Funnel per source: problems left at each stage")
-    ax.legend(loc="lower right", fontsize=8)
-    return _uri(fig)
+    _legend(ax)
+    return _svg(fig)
 
 
 def rejections(rejected: list[dict], verdicts: list[dict]) -> str | None:
@@ -84,37 +155,47 @@ def rejections(rejected: list[dict], verdicts: list[dict]) -> str | None:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("rows")
     fig.suptitle("Rejection reasons")
-    return _uri(fig)
+    return _svg(fig)
 
 
 def lengths(values: dict[str, dict[str, list[int]]]) -> str | None:
-    """Completion length histograms, accepted vs rejected (and the sft set), in words and tokens."""
+    """Completion length histograms, accepted vs rejected (and the sft set), in words and tokens. Each group
+    is drawn as its share of its own completions, the smallest on top, so a group of 7 beside one of 600
+    stays visible."""
     units = [(u, values[u]) for u in ("words", "tokens") if values.get(u)]
     if not units:
         return None
-    fig, axes = _figure(1, len(units), width=5.0 * len(units))
+    fig, axes = _figure(1, len(units), width=5.5 * len(units) + 1.5)
     for ax, (unit, groups) in zip(axes, units):
         top = max(max(v) for v in groups.values())
         bins = [top * i / 30 for i in range(31)] if top > 0 else [0, 1]
-        for name, v in sorted(groups.items()):
-            ax.hist(v, bins=bins, histtype="step", linewidth=1.8, color=COLORS.get(name),
-                    label=f"{name} (n={len(v):,}, median {sorted(v)[len(v) // 2]:,})")
+        ordered = sorted(groups.items(), key=lambda g: -len(g[1]))  # larger groups first, under the smaller
+        for z, (name, v) in enumerate(ordered):
+            color = COLORS.get(name)
+            _, _, patches = ax.hist(v, bins=bins, weights=[100 / len(v)] * len(v), histtype="stepfilled",
+                                    alpha=0.25, color=color, zorder=2 + z)
+            _, _, edges = ax.hist(v, bins=bins, weights=[100 / len(v)] * len(v), histtype="step", linewidth=1.8,
+                                  color=color, zorder=2 + z, label=f"{name} (n={len(v):,}, median "
+                                                                   f"{sorted(v)[len(v) // 2]:,})")
+            _mark([*patches, *edges], f"hist-{name}")
         ax.set_xlabel(f"{'words' if unit == 'words' else 'completion tokens'} per completion")
-        ax.set_ylabel("completions")
-        ax.yaxis.set_major_locator(_integers())
-        ax.legend(fontsize=8)
-    fig.suptitle("Completion length: accepted vs rejected")
-    return _uri(fig)
+        ax.set_ylabel("% of the group's completions")
+    _fig_legend(fig, axes)
+    fig.suptitle("Completion length: accepted vs rejected (each group as a share of itself)")
+    return _svg(fig)
 
 
-def pass_rates(rates: dict[str, list[float]], band: tuple[float, float] | None) -> str | None:
+def pass_rates(rates: dict[str, list[float]], band: tuple[float, float] | None,
+               names: dict[str, str] | None = None) -> str | None:
     """Per-problem pass rate of the policy's rollouts, with the band the rl set keeps."""
     if not rates:
         return None
+    from vlfactory.reports.stats import short_name
+
     fig, (ax,) = _figure()
     bins = [i / 10 for i in range(11)]
-    ax.hist(list(rates.values()), bins=bins, label=[f"{m} ({len(v):,} problems)" for m, v in rates.items()],
-            edgecolor="white")
+    ax.hist(list(rates.values()), bins=bins, edgecolor="white",
+            label=[f"{short_name(m, names or {})} ({len(v):,} problems)" for m, v in rates.items()])
     if band:
         ax.axvspan(band[0] - 0.01, band[1] + 0.01, color="#f4a261", alpha=0.25, label=f"RL band [{band[0]}, {band[1]}]")
     ax.set_xlim(-0.02, 1.02)
@@ -122,64 +203,161 @@ def pass_rates(rates: dict[str, list[float]], band: tuple[float, float] | None) 
     ax.set_ylabel("problems")
     ax.yaxis.set_major_locator(_integers())
     ax.set_title("Pass rate of rollouts per problem")
-    ax.legend(fontsize=8)
-    return _uri(fig)
+    _legend(ax)
+    return _svg(fig)
 
 
-def usage(rows: list[dict]) -> str | None:
-    """Tokens (prompt + completion) and summed request time per stage and model."""
-    if not rows:
+def usage(rows: list[dict], stage_time: list[dict]) -> str | None:
+    """Tokens (prompt + completion) per stage and model, and wall seconds per step of the runs (from commit
+    times, not summed request latencies: requests run concurrently)."""
+    if not rows and not stage_time:
         return None
-    labels = [f"{r['stage']}: {r['model']}" for r in rows]
-    fig, (tok, sec) = _figure(1, 2, width=10.0, height=1.6 + 0.35 * len(rows))
-    prompt = [r["prompt_tokens"] or 0 for r in rows]
-    completion = [r["completion_tokens"] or 0 for r in rows]
-    y = range(len(rows))
-    tok.barh(y, prompt, color="#8ecae6", label="prompt")
-    bars = tok.barh(y, completion, left=prompt, color="#219ebc", label="completion")
-    tok.bar_label(bars, [f"{p + c:,}" for p, c in zip(prompt, completion)], padding=2, fontsize=8)
-    tok.set_yticks(list(y), labels)
-    tok.invert_yaxis()
-    tok.margins(x=0.2)
-    tok.set_xlabel("tokens")
-    tok.set_title("Tokens", fontsize=10)
-    tok.legend(fontsize=8)
-    _barh(sec, labels, [r["latency_s"] or 0.0 for r in rows], "#ffb703", fmt="{:,.1f}")
-    sec.set_yticks(list(y), [""] * len(rows))
-    sec.set_xlabel("seconds (sum of request latencies)")
-    sec.set_title("Time", fontsize=10)
-    fig.suptitle("Tokens and time per stage and model")
-    return _uri(fig)
+    panels = (1 if rows else 0) + (1 if stage_time else 0)
+    height = 1.6 + 0.35 * max(len(rows), len(stage_time))
+    fig, axes = _figure(1, panels, width=5.5 * panels + 1.0, height=height)
+    if rows:
+        tok = axes[0]
+        labels = [f"{r['stage']}: {r.get('name') or r['model']}" for r in rows]
+        prompt = [r["prompt_tokens"] or 0 for r in rows]
+        completion = [r["completion_tokens"] or 0 for r in rows]
+        y = range(len(rows))
+        first = tok.barh(y, prompt, color="#8ecae6", label="prompt")
+        bars = tok.barh(y, completion, left=prompt, color="#219ebc", label="completion")
+        _mark(first, "bar")
+        _bar_labels(tok, bars, [f"{p + c:,}" for p, c in zip(prompt, completion)])
+        tok.set_yticks(list(y), labels)
+        tok.invert_yaxis()
+        tok.set_xlabel("tokens")
+        tok.set_title("Tokens per stage and model", fontsize=10)
+        _legend(tok)
+    if stage_time:
+        _barh(axes[-1], [r["stage"] for r in stage_time], [r["wall_s"] for r in stage_time], "#ffb703",
+              fmt="{:,.1f} s")
+        axes[-1].set_xlabel("wall seconds")
+        axes[-1].set_title("Wall time per step", fontsize=10)
+    fig.suptitle("Tokens and time")
+    return _svg(fig)
+
+
+def throughput(stage_time: list[dict]) -> str | None:
+    """Completion tokens per wall second, per generating step."""
+    rated = [r for r in stage_time if r.get("tokens_per_s")]
+    if not rated:
+        return None
+    fig, (ax,) = _figure(width=7.0, height=1.4 + 0.35 * len(rated))
+    _barh(ax, [r["stage"] for r in rated], [r["tokens_per_s"] for r in rated], "#219ebc", fmt="{:,.1f}")
+    ax.set_xlabel("completion tokens per wall second")
+    ax.set_title("Throughput per step")
+    return _svg(fig)
+
+
+def per_source(rates: list[dict]) -> str | None:
+    """Per source: the share of graded traces and rollouts that were correct, and accepted, with 95% intervals."""
+    if not rates:
+        return None
+    from vlfactory.evaluate import wilson_interval
+
+    labels = [f"{r['source']}: {r['ref_table']}" for r in rates]
+    fig, (ax,) = _figure(height=1.4 + 0.5 * len(rates))
+    for offset, key, color in ((-0.2, "correct", "#2a9d8f"), (0.2, "accepted", "#264653")):
+        values = [100 * r[key] / r["graded"] if r["graded"] else 0.0 for r in rates]
+        errors = [[], []]
+        for r, v in zip(rates, values):
+            lo, hi = wilson_interval(v / 100, r["graded"]) if r["graded"] else (0.0, 0.0)
+            errors[0].append(max(0.0, v - 100 * lo))
+            errors[1].append(max(0.0, 100 * hi - v))
+        bars = ax.barh([i + offset for i in range(len(rates))], values, height=0.4, color=color, xerr=errors,
+                       error_kw={"elinewidth": 0.8, "capsize": 2}, label=f"{key} %")
+        _bar_labels(ax, bars, [f"{v:.1f}%" for v in values])
+    ax.set_yticks(range(len(rates)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("% of graded samples (95% interval)")
+    ax.set_title("Correct and accepted per source")
+    _legend(ax)
+    return _svg(fig)
+
+
+def distributions(finish: list[dict], answers: list[dict]) -> str | None:
+    """Finish reasons per stage; the most frequent extracted answers beside the gold answers' own."""
+    panels = []
+    if finish:
+        panels.append(("Finish reasons", [f"{r['stage']}: {r['finish_reason']}" for r in finish],
+                       [r["rows"] for r in finish], "#8d99ae"))
+    for series in dict.fromkeys(r["series"] for r in answers):
+        picked = [r for r in answers if r["series"] == series]
+        panels.append((f"Answers: {series}", [str(r["answer"])[:24] for r in picked], [r["rows"] for r in picked],
+                       "#e9c46a" if "gold" in series else "#219ebc"))
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    rows_ = -(-len(panels) // cols)
+    tall = max(len(p[1]) for p in panels)
+    fig, axes = _figure(rows_, cols, width=4.2 * cols, height=rows_ * (1.0 + 0.28 * tall))
+    for ax, (title, labels, values, color) in zip(axes, panels):
+        _barh(ax, labels, values, color)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("rows")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle("Finish reasons and answers")
+    return _svg(fig)
+
+
+def curves(logged: dict[str, dict[str, list[tuple[int, float]]]]) -> str | None:
+    """Per training, its logged loss (SFT) and reward (GRPO, with its group standard deviation and KL where
+    logged) against the step."""
+    metrics = [m for m in ("loss", "reward", "reward_std", "kl") if any(m in c for c in logged.values())]
+    if not metrics:
+        return None
+    fig, axes = _figure(1, len(metrics), width=4.0 * len(metrics) + 1.5, height=3.4)
+    for ax, metric in zip(axes, metrics):
+        for label, series in logged.items():
+            if metric in series:
+                steps, values = zip(*series[metric])
+                ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=label)
+        ax.set_xlabel("step")
+        ax.set_title(metric, fontsize=10)
+        ax.xaxis.set_major_locator(_integers())
+    _fig_legend(fig, axes)
+    fig.suptitle("Training curves (training_logs)")
+    return _svg(fig)
 
 
 def evals(rows: list[dict]) -> str | None:
-    """Accuracy per benchmark across the loop's models (base, iter1 sft, iter1 grpo, ...), or across
-    evaluations in order."""
+    """Held-out accuracy per benchmark across the loop's models (base, iter1 sft, iter1 grpo, ...), with 95%
+    intervals, or across evaluations in order."""
     if not rows:
         return None
+    from vlfactory.evaluate import wilson_interval
     from vlfactory.reports.stats import eval_label, eval_order
 
-    fig, (ax,) = _figure()
+    fig, (ax,) = _figure(width=8.5)
     labels = sorted({(eval_order(r), eval_label(r)) for r in rows if r.get("iteration") is not None})
     position = {label: i for i, (_, label) in enumerate(labels)}
-    by_bench: dict[str, dict[float, float]] = {}
+    by_bench: dict[str, dict[float, tuple[float, float, float]]] = {}
     for i, r in enumerate(rows):
         x = position.get(eval_label(r), len(labels) + i)
-        by_bench.setdefault(r["benchmark"], {})[x] = 100 * r["accuracy"]
-    for bench, points in sorted(by_bench.items()):
-        xs, ys = zip(*sorted(points.items()))
-        ax.plot(xs, ys, marker="o", label=bench)
+        lo, hi = wilson_interval(r["accuracy"], r["problems"]) if r["problems"] else (r["accuracy"],) * 2
+        by_bench.setdefault(r["benchmark"], {})[x] = (100 * r["accuracy"], 100 * lo, 100 * hi)
+    for k, (bench, points) in enumerate(sorted(by_bench.items())):
+        xs = sorted(points)
+        shift = 0.06 * (k - (len(by_bench) - 1) / 2)  # benchmarks side by side, intervals apart
+        ys = [points[x][0] for x in xs]
+        err = [[points[x][0] - points[x][1] for x in xs], [points[x][2] - points[x][0] for x in xs]]
+        ax.errorbar([x + shift for x in xs], ys, yerr=err, marker="o", capsize=3, label=bench)
         for x, y in zip(xs, ys):
-            ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8)
+            ax.annotate(f"{y:.1f}", (x + shift, y), textcoords="offset points", xytext=(6, 0), va="center",
+                        fontsize=8)
     ticks = sorted({x for p in by_bench.values() for x in p})
     names = {i: label for label, i in position.items()}
     ax.set_xticks(ticks, [names.get(x, "") for x in ticks], fontsize=8)
+    ax.set_xlim(min(ticks) - 0.5, max(ticks) + 0.5)
     ax.set_ylim(0, 105)
     ax.set_xlabel("model of the loop")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Eval accuracy per benchmark")
-    ax.legend(fontsize=8)
-    return _uri(fig)
+    ax.set_ylabel("accuracy (%), 95% interval")
+    ax.set_title("Held-out accuracy across the loop")
+    _legend(ax)
+    return _svg(fig)
 
 
 def diff(changes: dict[str, dict[str, int]], a: str, b: str) -> str | None:
@@ -193,14 +371,13 @@ def diff(changes: dict[str, dict[str, int]], a: str, b: str) -> str | None:
     for offset, key in ((-0.2, "added"), (0.2, "removed")):
         bars = ax.barh([i + offset for i in y], [changed[t][key] for t in tables], height=0.4, color=COLORS[key],
                        label=key)
-        ax.bar_label(bars, fontsize=8, padding=2)
+        _bar_labels(ax, bars)
     ax.set_yticks(list(y), tables)
     ax.invert_yaxis()
-    ax.margins(x=0.15)
     ax.set_xlabel("rows")
     ax.set_title(f"Rows added and removed per table: {a} -> {b}")
-    ax.legend(fontsize=8)
-    return _uri(fig)
+    _legend(ax)
+    return _svg(fig)
 
 
 def iterations(names: list[str], series: dict[str, list[int]]) -> str | None:
@@ -214,8 +391,8 @@ def iterations(names: list[str], series: dict[str, list[int]]) -> str | None:
     ax.set_xlabel("iteration (tag)")
     ax.set_ylabel("rows")
     ax.set_title("Data per iteration")
-    ax.legend(fontsize=8)
-    return _uri(fig)
+    _legend(ax)
+    return _svg(fig)
 
 
 def keywords(rates: list[dict], words: list[str]) -> str | None:
@@ -238,6 +415,6 @@ def keywords(rates: list[dict], words: list[str]) -> str | None:
         ax.set_ylim(bottom=0)
         ax.set_title(f"{name} ({sum(r['samples'] for r in points):,} samples)", fontsize=10)
         ax.set_ylabel("occurrences per 1k words")
-    axes[-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    _legend(axes[-1])
     fig.suptitle("Reflection keywords across iterations")
-    return _uri(fig)
+    return _svg(fig)

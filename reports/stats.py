@@ -17,6 +17,7 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 import yaml
 
@@ -71,6 +72,15 @@ class VersionStats:
     licenses: dict[str, str | None] = field(default_factory=dict)     # source -> the recipe's license
     settings: dict[str, dict] = field(default_factory=dict)           # verify / sft / rl, defaults filled in
     evals: list[dict] = field(default_factory=list)
+    since: int | None = None                                          # counting only rows added after this snapshot
+    names: dict[str, str] = field(default_factory=dict)               # model identity -> a short name
+    stage_time: list[dict] = field(default_factory=list)              # stage, wall_s, commits, calls, tokens, tokens/s
+    per_source: list[dict] = field(default_factory=list)              # source, ref_table, graded, correct, accepted
+    finish: list[dict] = field(default_factory=list)                  # stage, finish_reason, rows
+    answers: list[dict] = field(default_factory=list)                 # series, answer, rows (the most frequent)
+    trainings: list[dict] = field(default_factory=list)               # the trainings of this version, labelled
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)  # label -> name -> points
+    examples: list[dict] = field(default_factory=list)                # a few traces/rollouts with their problem
 
     @property
     def sources(self) -> list[str]:
@@ -93,48 +103,198 @@ def rows(lake: Lake, sql: str, params: list | None = None) -> list[dict]:
     return [dict(zip(rel.columns, r)) for r in rel.fetchall()]
 
 
-def version_stats(lake: Lake, version: str | int) -> VersionStats:
+# Tables whose rows a version adds (keyed, never rewritten): a section about what an iteration did reads
+# only the rows added since the tag before it. The sets (sft, rl) are whole at every version.
+ADDED = {"captions": "caption_id", "traces": "trace_id", "rollouts": "rollout_id", "grades": "grade_id",
+         "rejected": "rejected_id", "trainings": "training_id", "eval_samples": "eval_key"}
+
+
+def scoped(sql: str, s: int, since: int | None) -> str:
+    """The query with each `TABLE@s` of an ADDED table narrowed to the rows added after snapshot `since`."""
+    if since is None:
+        return sql
+
+    def added(m: re.Match) -> str:
+        table, key = m.group(1), ADDED[m.group(1)]
+        return f"(SELECT * FROM {table}@{s} WHERE {key} NOT IN (SELECT {key} FROM {table}@{since}))"
+
+    return re.sub(rf"\b({'|'.join(ADDED)})@{s}\b", added, sql)
+
+
+def version_stats(lake: Lake, version: str | int, since: int | None = None) -> VersionStats:
+    """What a version holds; with `since` (a snapshot), generated rows, grades, rejections and trainings
+    count only when added after it (what one iteration did)."""
     s = lake.resolve(version)
-    st = VersionStats(str(version), s)
+    st = VersionStats(str(version), s, since=since)
+
+    def q(sql: str) -> list[dict]:
+        return rows(lake, scoped(sql, s, since))
+
     for label, sql in FUNNEL.items():
-        for r in rows(lake, sql.format(s=s)):
+        for r in q(sql.format(s=s)):
             source, n = r.values()
             st.funnel.setdefault(source, dict.fromkeys(FUNNEL, 0))[label] = n
-    st.rejected = rows(lake, f"""SELECT stage, reason, count(*) AS rows FROM rejected@{s}
+    st.rejected = q(f"""SELECT stage, reason, count(*) AS rows FROM rejected@{s}
                                 GROUP BY ALL ORDER BY 3 DESC, 1, 2""")
-    st.verdicts = rows(lake, f"""SELECT ref_table, reason, count(*) AS rows FROM (
+    st.verdicts = q(f"""SELECT ref_table, reason, count(*) AS rows FROM (
                                     SELECT ref_table, unnest(coalesce(nullif(reasons, []), [grade_reason])) AS reason
                                     FROM grades@{s} WHERE NOT accepted) GROUP BY ALL ORDER BY 3 DESC, 1, 2""")
-    graded = rows(lake, f"""SELECT CASE WHEN g.accepted THEN 'accepted' ELSE 'rejected' END AS grp, g.words,
+    graded = q(f"""SELECT CASE WHEN g.accepted THEN 'accepted' ELSE 'rejected' END AS grp, g.words,
                                    coalesce(t.completion_tokens, r.completion_tokens) AS tokens
                             FROM grades@{s} g
                             LEFT JOIN traces@{s} t ON g.ref_table = 'traces' AND t.trace_id = g.ref_id
                             LEFT JOIN rollouts@{s} r ON g.ref_table = 'rollouts' AND r.rollout_id = g.ref_id""")
-    sft = rows(lake, f"SELECT 'sft' AS grp, words, NULL AS tokens FROM sft@{s}")
+    sft = q(f"SELECT 'sft' AS grp, words, NULL AS tokens FROM sft@{s}")
     for r in graded + sft:
         for unit in ("words", "tokens"):
             if r[unit] is not None:
                 st.lengths.setdefault(unit, {}).setdefault(r["grp"], []).append(r[unit])
-    for r in rows(lake, f"""SELECT r.model, avg(CASE WHEN g.correct THEN 1.0 ELSE 0.0 END) AS rate
+    for r in q(f"""SELECT r.model, avg(CASE WHEN g.correct THEN 1.0 ELSE 0.0 END) AS rate
                             FROM rollouts@{s} r JOIN grades@{s} g ON g.ref_table = 'rollouts' AND g.ref_id = r.rollout_id
                             WHERE g.correct IS NOT NULL GROUP BY r.problem_id, r.model ORDER BY ALL"""):
         st.pass_rates.setdefault(r["model"], []).append(float(r["rate"]))
-    st.usage = rows(lake, f"""SELECT stage, model, count(*) AS calls, sum(prompt_tokens) AS prompt_tokens,
+    st.usage = q(f"""SELECT stage, model, count(*) AS calls, sum(prompt_tokens) AS prompt_tokens,
                                      sum(completion_tokens) AS completion_tokens, sum(latency_s) AS latency_s
                               FROM {generations(s)} GROUP BY ALL ORDER BY ALL""")
-    st.sampling = rows(lake, f"""SELECT stage, model, temperature, top_p, max_tokens,
+    st.sampling = q(f"""SELECT stage, model, temperature, top_p, max_tokens,
                                         max(sample_index) + 1 AS samples_per_prompt, count(*) AS rows
                                  FROM {generations(s)} WHERE stage != 'caption' GROUP BY ALL ORDER BY ALL""")
-    st.prompts = rows(lake, f"""SELECT g.stage, p.name, g.prompt_hash, p.text
+    st.prompts = q(f"""SELECT g.stage, p.name, g.prompt_hash, p.text
                                 FROM (SELECT DISTINCT stage, prompt_hash FROM {generations(s)}) g
                                 LEFT JOIN (SELECT prompt_hash, any_value(name) AS name, any_value(text) AS text
                                            FROM prompts@{s} GROUP BY 1) p USING (prompt_hash) ORDER BY ALL""")
     # SELECT *: a version from before migration 8 has no stage, protocol or pass_at_k columns
     st.evals = [{"stage": None, "pass_at_k": None, "samples_per_problem": None, "protocol": None} | r
-                for r in rows(lake, f"SELECT * FROM evals@{s} ORDER BY created_at")]
+                for r in q(f"SELECT * FROM evals@{s} ORDER BY created_at")]
     st.runs = runs_until(lake, s)
     lineage(st)
+    st.names = model_names(lake, s)
+    for r in st.usage:
+        r["name"] = short_name(r["model"], st.names)
+    st.stage_time = stage_times(lake.snapshots(), s, since)
+    st.per_source = q(f"""SELECT source, ref_table, count(*) AS graded, count(*) FILTER (WHERE correct) AS correct,
+                                 count(*) FILTER (WHERE accepted) AS accepted
+                          FROM grades@{s} GROUP BY ALL ORDER BY ALL""")
+    st.finish = q(f"""SELECT stage, coalesce(finish_reason, 'not recorded') AS finish_reason, count(*) AS rows FROM (
+                          SELECT 'caption' AS stage, finish_reason FROM captions@{s} WHERE origin = 'model'
+                          UNION ALL SELECT 'distil', finish_reason FROM traces@{s}
+                          UNION ALL SELECT 'rollout', finish_reason FROM rollouts@{s}
+                          UNION ALL SELECT 'eval', finish_reason FROM eval_samples@{s})
+                      GROUP BY ALL ORDER BY 1, 3 DESC, 2""")
+    st.answers = q(f"""SELECT series, answer, rows FROM (
+                           SELECT ref_table || ' (extracted)' AS series, coalesce(extracted, '(none)') AS answer,
+                                  count(*) AS rows FROM grades@{s} GROUP BY ALL
+                           UNION ALL SELECT 'problems (gold)', answer, count(*) FROM problems@{s} GROUP BY ALL)
+                       QUALIFY row_number() OVER (PARTITION BY series ORDER BY rows DESC, answer) <= {TOP_ANSWERS}
+                       ORDER BY series, rows DESC, answer""")
+    made = {r["stage"]: r for r in q(f"""SELECT stage, count(*) AS calls, sum(completion_tokens) AS completion_tokens
+                                          FROM (SELECT stage, completion_tokens FROM {generations(s)}
+                                                UNION ALL SELECT 'eval', completion_tokens FROM eval_samples@{s})
+                                          GROUP BY 1""")}
+    for r in st.stage_time:
+        r |= {"calls": None, "completion_tokens": None, "tokens_per_s": None} | made.get(r["stage"], {})
+        if r["completion_tokens"] and r["wall_s"] > 0:
+            r["tokens_per_s"] = r["completion_tokens"] / r["wall_s"]
+    trainings(lake, st, q)
+    st.examples = examples(lake, s, q)
     return st
+
+
+TOP_ANSWERS = 10            # the most frequent answers shown per series
+EXAMPLES = {True: 2, False: 1}  # example samples per table: accepted, not accepted
+# A commit message's first words name the step that wrote it (see the modules' transaction messages).
+STEPS = ("ingest", "caption", "distil", "verify", "sft set", "rl set", "rollout", "eval", "train sft", "train grpo",
+         "model", "prompt template", "run ok", "run failed")
+
+
+def short_name(model: str | None, names: dict[str, str]) -> str:
+    """A model as a reader knows it: iter1 sft, tiny-qwen2.5-vl, a folder's own name; never a long local path."""
+    if model is None:
+        return "-"
+    if model in names:
+        return names[model]
+    if model.startswith(("/", "./", "../", "~")):
+        return model.rstrip("/").rsplit("/", 1)[-1]
+    return model[:len("sha256:") + 12] if model.startswith("sha256:") else model
+
+
+def model_names(lake: Lake, s: int) -> dict[str, str]:
+    """Model identity -> short name: the loop's models by iteration and kind (iter1 sft), built-in and hub
+    models by the name they were given, other folders by the folder's name."""
+    out: dict[str, str] = {}
+    found = rows(lake, f"""SELECT m.model_id, m.name, m.path, m.kind, t.kind AS trained, t.iteration
+                           FROM models@{s} m LEFT JOIN trainings@{s} t USING (training_id)
+                           ORDER BY t.kind IS NULL, m.created_at""")
+    for r in found:
+        if r["trained"]:
+            name = f"iter{r['iteration']} {r['trained']}" if r["iteration"] is not None else f"{r['trained']} model"
+        else:
+            name = short_name(r["name"], {}) if r["kind"] == "folder" else r["name"]
+        for key in (r["model_id"], r["name"], r["path"]):  # trainings name their base model by path or name
+            if key:
+                out.setdefault(key, name)
+    return out
+
+
+def stage_times(snapshots: list[dict], s: int, since: int | None) -> list[dict]:
+    """Wall seconds per step of the runs, from the commit times: each commit's time since the commit before it
+    goes to the step its message names; a run's or training's start ends an idle gap, which counts for nothing."""
+    out: dict[str, dict] = {}
+    previous = None
+    for snap in snapshots:
+        sid, message = snap["snapshot_id"], snap["commit_message"] or ""
+        if sid > s:
+            break
+        step = next((w for w in STEPS if message.startswith(w)), None)
+        if previous is not None and step and not message.endswith(": start") and sid > (since or 0):
+            seconds = (snap["snapshot_time"] - previous).total_seconds()
+            entry = out.setdefault(step, {"stage": step, "wall_s": 0.0, "commits": 0})
+            entry["wall_s"] += seconds
+            entry["commits"] += 1
+        previous = snap["snapshot_time"]
+    return [e for e in out.values() if e["stage"] not in ("run ok", "run failed")]
+
+
+def trainings(lake: Lake, st: VersionStats, q: Callable[[str], list[dict]]) -> None:
+    """The version's trainings (labelled iter1 sft, ...) and their logged curves from `training_logs`."""
+    s = st.snapshot
+    st.trainings = q(f"""SELECT training_id, kind, iteration, dataset, rows, status, base_model, model_id,
+                                started_at, ended_at FROM trainings@{s} ORDER BY started_at""")
+    for t in st.trainings:
+        t["label"] = (f"iter{t['iteration']} {t['kind']}" if t["iteration"] is not None
+                      else f"{t['kind']} {t['training_id'][:8]}")
+        t["base"] = short_name(t["base_model"], st.names)
+    labels = {t["training_id"]: t["label"] for t in st.trainings}
+    if not labels:
+        return
+    logged = rows(lake, f"""SELECT training_id, step, name, value FROM training_logs@{s}
+                            WHERE list_contains(?, training_id) AND step IS NOT NULL AND isfinite(value)
+                            ORDER BY training_id, name, step""", [list(labels)])
+    for r in logged:
+        st.curves.setdefault(labels[r["training_id"]], {}).setdefault(r["name"], []).append((r["step"], r["value"]))
+
+
+def examples(lake: Lake, s: int, q: Callable[[str], list[dict]]) -> list[dict]:
+    """A few traces and rollouts (accepted and not) with their problem, caption, cleaned text and image."""
+    found = []
+    for table, key in (("traces", "trace_id"), ("rollouts", "rollout_id")):
+        found += q(f"""SELECT '{table}' AS ref_table, x.{key} AS ref_id, x.model, x.completion, x.completion_tokens,
+                              x.finish_reason, coalesce(g.accepted, false) AS accepted, g.grade_reason, g.reasons,
+                              g.extracted, g.cleaned, p.source, p.question, p.answer AS gold, p.image_id, c.caption
+                       FROM {table}@{s} x JOIN problems@{s} p USING (problem_id)
+                       LEFT JOIN grades@{s} g ON g.ref_table = '{table}' AND g.ref_id = x.{key}
+                       LEFT JOIN (SELECT problem_id, any_value(caption ORDER BY origin DESC) AS caption
+                                  FROM captions@{s} GROUP BY 1) c USING (problem_id)
+                       QUALIFY row_number() OVER (PARTITION BY coalesce(g.accepted, false) ORDER BY x.{key})
+                               <= CASE WHEN coalesce(g.accepted, false) THEN {EXAMPLES[True]} ELSE {EXAMPLES[False]} END
+                       ORDER BY accepted DESC, ref_id""")
+    ids = sorted({r["image_id"] for r in found if r["image_id"]})
+    images = {r["image_id"]: r for r in rows(lake, f"""SELECT image_id, bytes, format FROM images@{s}
+                                                        WHERE list_contains(?, image_id)""", [ids])} if ids else {}
+    for r in found:
+        image = images.get(r["image_id"])
+        r["image"], r["image_format"] = (image["bytes"], image["format"]) if image else (None, None)
+    return found
 
 
 STAGE_ORDER = {"base": 0, "sft": 1, "grpo": 3}   # grpo-<stage> (an earlier GRPO run) sorts between

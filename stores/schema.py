@@ -304,6 +304,22 @@ def _m009_run_liveness_and_write_guards(con, db: str) -> None:
         con.execute(f"INSERT INTO {db}.write_guards VALUES (?, 0)", [name])
 
 
+TRAINING_LOGS = pa.schema([
+    ("training_id", pa.string()),   # the trainings row
+    ("step", pa.int64()),           # TRL's global step of the log entry
+    ("epoch", pa.float64()),
+    ("name", pa.string()),          # loss, reward, reward_std, kl, grad_norm, completions/mean_length, ...
+    ("value", pa.float64()),
+    ("run_id", pa.string()),
+])
+
+
+def _m010_training_logs(con, db: str) -> None:
+    # Every number TRL logged during a training (its trainer.state.log_history), one row per step and name:
+    # loss and reward curves, not only the final value in trainings.metrics.
+    con.execute(f"CREATE TABLE {db}.training_logs ({_ddl(TRAINING_LOGS)}, created_at TIMESTAMPTZ DEFAULT now())")
+
+
 GUARDED = ("images", "problems", "captions", "traces", "rollouts", "rejected", "prompts", "grades", "models",
            "evals", "eval_samples", "trainings")
 
@@ -321,7 +337,8 @@ MIGRATIONS = [
     (8, "eval_samples table; evals.stage, protocol, prompt_format, samples_per_problem, pass_at_k",
      _m008_eval_samples_and_pass_at_k),
     (9, "runs.host, pid, pid_started; run_heartbeats; write_guards", _m009_run_liveness_and_write_guards),
+    (10, "training_logs table", _m010_training_logs),
 ]
 
 TABLES = ("images", "problems", "captions", "traces", "rollouts", "rejected", "runs", "tags", "prompts",
-          "grades", "sft", "rl", "trainings", "evals", "models", "eval_samples")
+          "grades", "sft", "rl", "trainings", "evals", "models", "eval_samples", "training_logs")

@@ -29,8 +29,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+import pyarrow as pa
+
+from vlfactory import tracking
 from vlfactory.recipe import RecipeError
 from vlfactory.stores.lake import DB, Lake, LakeError, LakeSpec, package_versions
+from vlfactory.stores.schema import TRAINING_LOGS
 from vlfactory.trainers.config import PROCESSOR_KEYS, load_config, settings_digest
 from vlfactory.trainers.data import read_set, rl_dataset, sft_dataset
 
@@ -130,6 +134,8 @@ def train(kind: str, make_trainer: Callable, dataset: str, model: str, output_di
     output_dir = Path(output_dir).resolve()
     args, extras = load_config(kind, config, output_dir)
     config_hash = settings_digest(args, extras)
+    # After the digest: where the numbers go is not what is trained, so a tracked rerun reuses the checkpoint.
+    tracking.configure_trainer(args, kind + (f"-iter{iteration}" if iteration is not None else ""))
     base_model_id = identity(model)
     state = PartialState()
     spec = LakeSpec.resolve(lake, data_path)
@@ -173,7 +179,7 @@ def train(kind: str, make_trainer: Callable, dataset: str, model: str, output_di
     if record:
         record.status, record.metrics = "ok", _metrics(trainer.state.log_history, result.metrics)
         record.model_id = identity(str(output_dir))
-        _finish(spec, record)
+        _finish(spec, record, log_rows(record.training_id, trainer.state.log_history, record.run_id))
     return record
 
 
@@ -228,6 +234,19 @@ def _metrics(log_history: list[dict], final: dict) -> dict[str, float]:
     return out
 
 
+def log_rows(training_id: str, log_history: list[dict], run_id: str | None = None) -> list[dict]:
+    """TRL's log history as `training_logs` rows: one per logged step and number (loss, reward, kl, ...)."""
+    out = []
+    for entry in log_history:
+        step, epoch = entry.get("step"), entry.get("epoch")
+        for name, value in entry.items():
+            if name not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                out.append({"training_id": training_id, "step": int(step) if step is not None else None,
+                            "epoch": float(epoch) if epoch is not None else None, "name": name,
+                            "value": float(value), "run_id": run_id})
+    return out
+
+
 def _insert(lake: Lake, record: Training) -> None:
     row = asdict(record)
     row["metrics"] = None
@@ -236,7 +255,7 @@ def _insert(lake: Lake, record: Training) -> None:
                          [row[c] for c in COLUMNS])
 
 
-def _finish(spec: LakeSpec, record: Training) -> None:
+def _finish(spec: LakeSpec, record: Training, logs: list[dict] | None = None) -> None:
     record.ended_at = datetime.now(timezone.utc)
     _write_record(record)
     # Training takes hours and a local lake admits one process: wait out a `vlfactory sql` rather than lose the record.
@@ -248,6 +267,8 @@ def _finish(spec: LakeSpec, record: Training) -> None:
                                "model_id = ? WHERE training_id = ?",
                                [record.status, record.metrics or None, record.ended_at, record.error,
                                 record.model_id, record.training_id])
+                if logs:  # the loss and reward curves, committed with the status
+                    lk.insert("training_logs", pa.Table.from_pylist(logs, schema=TRAINING_LOGS))
                 if record.model_id:  # name the checkpoint's identity, and say which training made it
                     lk.con.execute(f"""INSERT INTO {DB}.models (model_key, model_id, name, path, kind, training_id,
                                        run_id) VALUES (?, ?, ?, ?, 'folder', ?, ?)""",
