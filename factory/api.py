@@ -157,17 +157,19 @@ def stage_list(recipe: Recipe, stages: str | list[str] | tuple[str, ...] | None)
 def run(recipe: Recipe | str | os.PathLike, stages: str | list[str] | None = None, *,
         lake: Lake | str | os.PathLike | None = None, data_path: str | None = None, limit: int | None = None,
         tag: str | None = None, say: Say | None = print, progress: Callable | None = None,
-        argv: str | None = None) -> RunResult:
+        argv: str | None = None, report_to: str | None = None) -> RunResult:
     """Run a recipe's stages in order (all it configures, or those named) as one recorded run; `vlfactory run`.
 
     `limit`: the first N problems of the recipe's sources (rows per source for ingest). `tag` names the snapshot
     the run ends on. `say` gets the lines the CLI prints; `progress(stage)` returns a context manager yielding a
-    `Progress` callback (the CLI's bar), or None.
+    `Progress` callback (the CLI's bar), or None. `report_to` (wandb, trackio, tensorboard, none) overrides the
+    recipe's `tracking:` block (vlfactory.tracking).
     """
+    from vlfactory import tracking
     from vlfactory.recipe import Recipe, load_recipe
 
     say = say or (lambda line: None)
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    recipe = tracking.choose(recipe if isinstance(recipe, Recipe) else load_recipe(recipe), report_to)
     names = stage_list(recipe, stages)
     configs = {name: recipe.stage_config(name) for name in names}
     scope = Scope.of(recipe, limit)
@@ -182,12 +184,13 @@ def run(recipe: Recipe | str | os.PathLike, stages: str | list[str] | None = Non
         counts: dict[str, int] = {}
         t0 = time.perf_counter()
         try:
-            for name in names:
-                with progress(name) if progress else contextlib.nullcontext() as callback:
-                    result = run_stage(lk, name, configs[name], scope, callback)
-                say(result.line())
-                out.results.append(result)
-                counts |= {f"{name}.{k}": v for k, v in result.counts().items()}
+            with tracking.for_run(recipe, run_id, "run"):
+                for name in names:
+                    with progress(name) if progress else contextlib.nullcontext() as callback:
+                        result = run_stage(lk, name, configs[name], scope, callback)
+                    say(result.line())
+                    out.results.append(result)
+                    counts |= {f"{name}.{k}": v for k, v in result.counts().items()}
         except KeyboardInterrupt:
             lk.end_run("interrupted", counts)
             raise
@@ -208,16 +211,18 @@ def run(recipe: Recipe | str | os.PathLike, stages: str | list[str] | None = Non
 
 def iterate(recipe: Recipe | str | os.PathLike, *, lake: Lake | str | os.PathLike | None = None,
             data_path: str | None = None, iterations: int | None = None, limit: int | None = None,
-            say: Say | None = print) -> list[str]:
+            say: Say | None = print, progress: Callable | None = None, report_to: str | None = None) -> list[str]:
     """The OpenVLThinker loop of the recipe's `loop:` section, resumable per step (`vlfactory iterate`); returns
-    each iteration's policy checkpoint. The loop opens the lake per step, so give a spec rather than an open Lake."""
+    each iteration's policy checkpoint. The loop opens the lake per step, so give a spec rather than an open Lake.
+    `say`, `progress` and `report_to` as for `run`."""
+    from vlfactory import tracking
     from vlfactory.loop import Loop
     from vlfactory.recipe import Recipe, load_recipe
 
     say = say or (lambda line: None)
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    recipe = tracking.choose(recipe if isinstance(recipe, Recipe) else load_recipe(recipe), report_to)
     spec = lake.spec if isinstance(lake, Lake) else lake_spec(lake, data_path, recipe)
     say(f"lake: {spec.display}")
-    policies = Loop(recipe, spec, say=say, limit=limit).run(iterations)
+    policies = Loop(recipe, spec, say=say, limit=limit, progress=progress).run(iterations)
     say(f"done: {len(policies)} iterations; final policy {policies[-1] if policies else '-'}")
     return policies

@@ -100,6 +100,9 @@ def ingest(recipe: str, lake: str | None, data_path: str | None, limit: int | No
 
 
 STAGE_NAMES = ("ingest", "caption", "distil", "rollout", "verify", "sft", "rl")  # vlfactory.stages.STAGES
+REPORT_TO = click.option("--report-to", type=click.Choice(["wandb", "trackio", "tensorboard", "none"]), default=None,
+                         help="Track the run's numbers, trainings included (default: the recipe's tracking: block, "
+                              "else none).")
 
 
 @main.command()
@@ -109,9 +112,10 @@ STAGE_NAMES = ("ingest", "caption", "distil", "rollout", "verify", "sft", "rl") 
 @click.option("--limit", type=int, default=None,
               help="Work on the first N problems of the recipe's sources (rows per source for ingest).")
 @click.option("--tag", "tag_name", default=None, help="Tag the snapshot the run ends on (e.g. iter1).")
+@REPORT_TO
 @friendly
 def run(recipe: str, lake: str | None, data_path: str | None, stage: tuple[str, ...], limit: int | None,
-        tag_name: str | None) -> None:
+        tag_name: str | None, report_to: str | None) -> None:
     """Run a recipe's stages in order: ingest, caption, distil, rollout, verify, sft, rl.
 
     Stages work on the recipe's own sources only. Stages the recipe does not configure
@@ -124,12 +128,13 @@ def run(recipe: str, lake: str | None, data_path: str | None, stage: tuple[str, 
         vlfactory run quickstart
         vlfactory run recipes/tabmwp.yaml --stage ingest --limit 100
         vlfactory run my.yaml --stage verify --stage sft --tag iter1
+        vlfactory run quickstart --report-to tensorboard    # then: tensorboard --logdir runs
     """
-    _run(recipe, lake, data_path, list(stage) or None, limit, tag_name)
+    _run(recipe, lake, data_path, list(stage) or None, limit, tag_name, report_to)
 
 
 def _run(recipe_ref: str, lake_spec, data_path, stages: list[str] | None, limit: int | None,
-         tag_name: str | None = None) -> None:
+         tag_name: str | None = None, report_to: str | None = None) -> None:
     """`vlfactory.run` (every stage the recipe configures when `stages` is None), printing as it goes."""
     from rich.console import Console
 
@@ -137,7 +142,7 @@ def _run(recipe_ref: str, lake_spec, data_path, stages: list[str] | None, limit:
 
     console = Console(stderr=True)
     api.run(recipe_ref, stages, lake=lake_spec, data_path=data_path, limit=limit, tag=tag_name, say=console.print,
-            progress=lambda name: _progress(console, name), argv=" ".join(sys.argv[1:]))
+            progress=lambda name: _progress(console, name), argv=" ".join(sys.argv[1:]), report_to=report_to)
 
 
 PROGRESS_S = 30.0  # seconds between progress lines when the output is not a terminal [env VLFACTORY_PROGRESS_S]
@@ -487,8 +492,10 @@ def gc(lake: str | None, data_path: str | None, older_than: str, dry_run: bool) 
 @lake_options
 @click.option("--iterations", type=int, default=None, help="Override the recipe's loop.iterations.")
 @click.option("--limit", type=int, default=None, help="Work on the first N problems in every stage.")
+@REPORT_TO
 @friendly
-def iterate(recipe: str, lake: str | None, data_path: str | None, iterations: int | None, limit: int | None) -> None:
+def iterate(recipe: str, lake: str | None, data_path: str | None, iterations: int | None, limit: int | None,
+            report_to: str | None) -> None:
     """Run the OpenVLThinker loop: distil -> SFT -> rollouts -> RL set -> GRPO -> eval, repeated.
 
     Every step is resumable: rerun after a crash and it continues from the first unfinished step.
@@ -496,14 +503,17 @@ def iterate(recipe: str, lake: str | None, data_path: str | None, iterations: in
     \b
     Example:
         vlfactory iterate quickstart
+        vlfactory iterate quickstart --report-to wandb
         vlfactory sql "SELECT iteration, benchmark, accuracy FROM evals ORDER BY iteration"
     """
     from rich.console import Console
 
     from vlfactory import api
 
+    console = Console(stderr=True)
     api.iterate(recipe, lake=lake, data_path=data_path, iterations=iterations, limit=limit,
-                say=Console(stderr=True).print)
+                say=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
+                progress=lambda name: _progress(console, name), report_to=report_to)
 
 
 @main.command("eval")

@@ -33,22 +33,27 @@ admits one process at a time and the trainers open it themselves.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
+import time
 from pathlib import Path
 
+from vlfactory import tracking
 from vlfactory.recipe import GenerationConfig, GRPOStage, IterationPlan, Recipe, RecipeError, SFTSetConfig
 from vlfactory.stages import Scope, StageResult, run_stage
 from vlfactory.stores.lake import Lake, LakeSpec
 
 
 class Loop:
-    def __init__(self, recipe: Recipe, spec: LakeSpec, say=print, limit: int | None = None):
+    def __init__(self, recipe: Recipe, spec: LakeSpec, say=print, limit: int | None = None, progress=None):
         if recipe.loop is None:
             raise RecipeError(f"{recipe.path or 'recipe'}: loop: missing (base_model, iterations, ...) for iterate")
         if recipe.rollout is None or recipe.rl is None:
             raise RecipeError(f"{recipe.path or 'recipe'}: iterate needs rollout: and rl: sections")
         self.recipe, self.spec, self.say = recipe, spec, say
+        self.progress = progress          # progress(stage) -> a context manager yielding a Progress callback (the CLI's)
+        self.k, self.t0 = 0, time.perf_counter()  # the iteration under way; when the loop started
         self.scope = Scope.of(recipe, limit)
         self.cfg = recipe.loop
         self.run_id: str | None = None
@@ -62,10 +67,22 @@ class Loop:
 
     # ---- steps ---------------------------------------------------------------------
 
+    def started(self, step: str) -> float:
+        """Say a step is starting: its iteration and the loop's elapsed time (also where no terminal shows a bar)."""
+        self.say(f"iter{self.k} {step}: started at {_clock(time.perf_counter() - self.t0)}")
+        return time.perf_counter()
+
+    def ended(self, step: str, since: float, reused: bool) -> None:
+        now = time.perf_counter()
+        self.say(f"iter{self.k} {step}: {'reused (done before), ' if reused else 'done in '}{now - since:.1f}s, "
+                 f"{_clock(now - self.t0)} elapsed")
+
     def stage(self, name: str, config, scope: Scope | None = None) -> StageResult:
-        with self.lake() as lake:
-            result = run_stage(lake, name, config, scope or self.scope)
+        since = self.started(name)
+        with self.lake() as lake, self.progress(name) if self.progress else contextlib.nullcontext() as callback:
+            result = run_stage(lake, name, config, scope or self.scope, callback)
         self.say(result.line())
+        self.ended(name, since, reused=not (result.written or result.rejected or result.failed))
         return result
 
     def tag_set(self, table: str, tag: str) -> int:
@@ -107,10 +124,12 @@ class Loop:
         # No iteration in the path: the same training in a later iteration is the same checkpoint.
         output = self.out / f"{kind}-{address(data, identity(model), settings)}"
         trainer = importlib.import_module(f"vlfactory.trainers.{kind}")
+        since = self.started(f"train {kind}")
         result = getattr(trainer, f"train_{kind}")(dataset, model, str(output), config=config,
                                                    lake=self.spec.catalog, data_path=self.spec.data_path,
                                                    run_id=self.run_id, iteration=iteration)
         self.say(f"{kind} iter{iteration}: done before ({output}), skipped" if result.reused else result.line())
+        self.ended(f"train {kind}", since, result.reused)
         return str(output)
 
     def evaluate(self, model: str, iteration: int, stage: str) -> None:
@@ -119,12 +138,15 @@ class Loop:
 
         for name in self.cfg.benchmarks:
             cfg = self.recipe.eval_config(name, model, limit=self.cfg.eval_limit, iteration=iteration, stage=stage)
+            since = self.started(f"eval {name} {stage}")
             with self.lake() as lake:
                 result = evaluate.run(lake, cfg).value
             if result.done_before:
                 self.say(f"eval {name} iter{iteration} {stage}: done before ({100 * result.accuracy:.1f}%), skipped")
             else:
                 self.say(f"iter{iteration} {stage}: {result.line()}")
+            self.ended(f"eval {name} {stage}", since, result.done_before)
+            tracking.log_eval(name, stage, iteration, result.accuracy, result.problems)
             self.evals.append({"model": model, "identity": result.model, "iteration": iteration, "stage": stage,
                                "benchmark": name, "accuracy": result.accuracy, "problems": result.problems,
                                "samples": result.samples_per_problem})
@@ -133,6 +155,8 @@ class Loop:
 
     def iteration(self, k: int, previous_policy: str | None) -> str:
         r, plan = self.recipe, self.cfg.plan(k)
+        self.k = k
+        tracking.note(iteration=k)
         self.say(f"== iteration {k} ==")
         scope = Scope(tuple(plan.sources), self.scope.limit) if plan.sources else self.scope
         sft = r.stage_config("sft") or SFTSetConfig(prompt=r.rollout.prompt or "rollout", verify=r.verify)
@@ -198,9 +222,10 @@ class Loop:
             self.run_id = lake.start_run("iterate", self.recipe.text, self.recipe.name)
         policies, status, error = [], "failed", None
         try:
-            self.evaluate(self.cfg.base_model, 0, "base")
-            for k in range(1, (iterations or self.cfg.iterations) + 1):
-                policies.append(self.iteration(k, policies[-1] if policies else None))
+            with tracking.for_run(self.recipe, self.run_id, "iterate"):
+                self.evaluate(self.cfg.base_model, 0, "base")
+                for k in range(1, (iterations or self.cfg.iterations) + 1):
+                    policies.append(self.iteration(k, policies[-1] if policies else None))
             status = "ok"
             if self.evals:
                 self.say(evals_table(self.evals))
@@ -211,6 +236,10 @@ class Loop:
             with self.lake() as lake:
                 lake.end_run(status, {"iterations": len(policies)}, error=error)
         return policies
+
+
+def _clock(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(seconds))
 
 
 def evals_table(rows: list[dict]) -> str:

@@ -269,6 +269,15 @@ class IterationPlan:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment tracking (vlfactory.tracking): off without the block; `--report-to` overrides `backend`."""
+
+    backend: str                      # wandb | trackio | tensorboard (TRL's report_to names)
+    project: str | None = None        # the W&B / trackio project (default: the recipe's name)
+    dir: str | None = None            # local files: wandb's dir, TensorBoard's log folder, TRACKIO_DIR (cwd-relative)
+
+
+@dataclass
 class LakeConfig:
     catalog: str | None = None        # a folder or a ducklake: URI
     data_path: str | None = None
@@ -289,6 +298,7 @@ class Recipe:
     rl: RLSetConfig | None = None
     loop: LoopConfig | None = None
     eval: EvalSettings | None = None  # how benchmarks are evaluated (default: EvalSettings())
+    tracking: TrackingConfig | None = None  # experiment tracking (default: off)
     batch_rows: int = 500             # rows per catalog commit during ingest
     full_decode: bool = False         # inflate every pixel when checking images (default: verify every byte)
     max_image_bytes: int = MAX_IMAGE_BYTES  # a larger image file is rejected unread (image_too_large)
@@ -457,6 +467,9 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
         raise RecipeError(f"{where}: verify.protocol: {recipe.verify.protocol!r} is not vlfactory or openvlthinker")
     if recipe.eval is not None:
         _check_eval(recipe.eval, {src.name for src in recipe.sources + recipe.benchmarks}, f"{where}: eval", base)
+    if recipe.tracking is not None and recipe.tracking.backend not in ("wandb", "trackio", "tensorboard"):
+        raise RecipeError(f"{where}: tracking.backend: {recipe.tracking.backend!r} is not wandb, trackio or "
+                          "tensorboard (leave the block out for no tracking)")
     if recipe.lake.catalog and not recipe.lake.catalog.startswith("ducklake:"):
         recipe.lake.catalog = str((base / recipe.lake.catalog).resolve())
     return recipe

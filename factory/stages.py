@@ -24,6 +24,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from vlfactory import tracking
+
 # In order; `vlfactory run` runs them all, skipping those the recipe leaves out. Verify grades what
 # distil and rollout wrote; the sets read those grades.
 STAGES = ("ingest", "caption", "distil", "rollout", "verify", "sft", "rl")
@@ -106,4 +108,6 @@ def run_stage(lake, name: str, config, scope: Scope, progress: Progress | None =
         raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     if config is None and name in OPTIONAL:
         return StageResult(name, summary=f"{name}: no {name}: block in the recipe, nothing to do")
-    return importlib.import_module(f"vlfactory.{MODULES[name]}").run(lake, config, scope, progress)
+    result = importlib.import_module(f"vlfactory.{MODULES[name]}").run(lake, config, scope, progress)
+    tracking.log_stage(result)  # to W&B / trackio / TensorBoard when the run is tracked (vlfactory.tracking)
+    return result

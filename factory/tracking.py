@@ -1,0 +1,218 @@
+"""Experiment tracking, off by default: the factory's numbers to W&B, trackio or TensorBoard, through their own APIs.
+
+A recipe's `tracking:` block turns it on, or `--report-to` on `vlfactory run` and `iterate` (TRL's `report_to`
+names; `--report-to none` turns a recipe's block off):
+
+    tracking:
+      backend: tensorboard   # wandb | trackio | tensorboard
+      project: shapes        # the W&B / trackio project (default: the recipe's name)
+      dir: runs/tracking     # local files: wandb's `dir`, TensorBoard's log folder, trackio's TRACKIO_DIR
+
+    vlfactory iterate quickstart --report-to tensorboard && tensorboard --logdir runs/tracking
+
+Logged: every stage's result under its name (vlfactory.stages.run_stage): `distil/requests_per_s`,
+`distil/tokens_per_s`, `distil/failed`, `distil/seconds`, `verify/rejected/wrong_answer`, the verify funnel by
+table and source (`verify/traces/shapes/accepted`), the sets' counts; the loop's evaluations as
+`eval/<benchmark>/<stage>/accuracy` over `iteration`. A training in a tracked run reports to the same library
+through TRL's own `report_to` (configure_trainer), so one setting covers all. Numbers and names only: the run's
+config holds the recipe's name and hash and the lake's run id, with credentials masked (vlfactory.redact).
+
+W&B reads its own environment (`WANDB_MODE=offline`, `WANDB_API_KEY`); trackio writes a local database
+unless its environment names a Space.
+
+    from vlfactory import tracking
+    from vlfactory.recipe import TrackingConfig
+    with tracking.start(TrackingConfig("tensorboard", dir="tb"), "my-run"):
+        run_stage(lake, "verify", recipe.stage_config("verify"), scope)   # logged
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+from vlfactory.redact import redact
+
+BACKENDS = ("wandb", "trackio", "tensorboard")
+
+_active: Tracker | None = None  # the tracked run of this process: one at a time, as wandb.run
+
+
+class Tracker:
+    """One run in the chosen library; `log` takes a flat mapping of numbers."""
+
+    def __init__(self, backend: str, project: str, name: str, folder: str | None, config: dict):
+        self.backend, self.project, self.name = backend, project, name
+        self.folder = Path(folder or "runs").resolve()
+        self.config = {k: redact(v) if isinstance(v, str) else v for k, v in config.items()}
+        self.context: dict[str, float] = {}  # merged into every log: the loop's iteration
+        self.steps = 0
+        self.env: dict[str, str | None] = {}  # variables set for the libraries, restored at close
+        if backend == "wandb":
+            import wandb
+
+            if folder:
+                self.folder.mkdir(parents=True, exist_ok=True)
+            self.run = wandb.init(project=project, name=name, dir=str(self.folder) if folder else None,
+                                  config=self.config)
+            self.run.define_metric("iteration")
+            self.run.define_metric("eval/*", step_metric="iteration")
+        elif backend == "trackio":
+            if folder:  # trackio reads it once, when first imported
+                self._setenv("TRACKIO_DIR", str(self.folder))
+            self.run = self._trackio_init()
+        else:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                from tensorboardX import SummaryWriter
+            self.run = SummaryWriter(log_dir=str(self.folder / name))
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Log numbers; `step` is TensorBoard's x value (default: this run's count of logs)."""
+        metrics = self.context | metrics
+        self.steps += 1
+        if self.backend == "wandb":
+            self.run.log(metrics)
+        elif self.backend == "trackio":
+            import trackio
+
+            # TRL's trackio callback starts a run of its own for a training, which finishes ours: resume it.
+            if trackio.context_vars.current_run.get() is not self.run:
+                self.run = self._trackio_init()
+            trackio.log(metrics)
+        else:
+            for key, value in metrics.items():
+                self.run.add_scalar(key, value, self.steps if step is None else step)
+            self.run.flush()
+
+    def close(self, ok: bool) -> None:
+        if self.backend == "wandb":
+            self.run.finish(exit_code=0 if ok else 1)
+        elif self.backend == "trackio":
+            import trackio
+
+            if trackio.context_vars.current_run.get() is self.run:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    trackio.finish()
+        else:
+            self.run.close()
+        for key, value in self.env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    def _trackio_init(self):
+        import trackio
+
+        with contextlib.redirect_stdout(io.StringIO()):  # its banner would break the factory's own lines
+            return trackio.init(project=self.project, name=self.name, config=self.config, resume="allow")
+
+    def _setenv(self, key: str, value: str) -> None:
+        self.env.setdefault(key, os.environ.get(key))
+        os.environ[key] = value
+
+
+def choose(recipe, report_to: str | None):
+    """The recipe with `--report-to` applied: a backend name replaces the block's (its project and dir stay),
+    `none` removes it, None leaves the block as it is; a chosen library that is not installed is one error line,
+    before anything runs."""
+    import dataclasses
+
+    from vlfactory.recipe import RecipeError, TrackingConfig
+
+    if report_to == "none":
+        return dataclasses.replace(recipe, tracking=None)
+    if report_to is not None:
+        if report_to not in BACKENDS:
+            raise RecipeError(f"--report-to: {report_to!r} is not one of {', '.join(BACKENDS)} or none")
+        recipe = dataclasses.replace(recipe, tracking=dataclasses.replace(
+            recipe.tracking or TrackingConfig(report_to), backend=report_to))
+    if recipe.tracking is not None and not installed(recipe.tracking.backend):
+        package = "tensorboard" if recipe.tracking.backend == "tensorboard" else recipe.tracking.backend
+        raise RecipeError(f"tracking: {recipe.tracking.backend} is not installed; pip install {package} "
+                          "(or vlfactory[track]), or run with --report-to none")
+    return recipe
+
+
+def installed(backend: str) -> bool:
+    from importlib.util import find_spec
+
+    if backend == "tensorboard":  # torch's writer needs the tensorboard package; tensorboardX stands alone
+        return bool(find_spec("torch") and find_spec("tensorboard")) or bool(find_spec("tensorboardX"))
+    return find_spec(backend) is not None
+
+
+@contextlib.contextmanager
+def start(cfg, name: str, config: dict | None = None, project: str = "vlfactory"):
+    """Track what runs inside (stages, evaluations, trainings) as one run named `name`; nothing when `cfg` is
+    None. Inside a tracked run (a loop's stages), it is that run."""
+    global _active
+    if cfg is None or _active is not None:
+        yield _active
+        return
+    tracker = Tracker(cfg.backend, cfg.project or project, name, cfg.dir, config or {})
+    _active, ok = tracker, False
+    try:
+        yield tracker
+        ok = True
+    finally:
+        _active = None
+        tracker.close(ok)
+
+
+def for_run(recipe, run_id: str, command: str):
+    """start() for a run the lake records: named `<recipe>-<run id>` (the `runs` table's), in the project the
+    recipe's block names, else one named after the recipe."""
+    return start(recipe.tracking, f"{recipe.name}-{run_id}", {"recipe": recipe.name, "recipe_hash": recipe.hash,
+                                                             "run_id": run_id, "command": command},
+                 project=recipe.name)
+
+
+def note(**values: float) -> None:
+    """Numbers logged with everything from now on in the tracked run, if any: the loop's `iteration`."""
+    if _active is not None:
+        _active.context |= values
+
+
+def stage_metrics(result) -> dict[str, float]:
+    """A StageResult as numbers under the stage's name: its counts (rejected and skipped by reason, the stage's
+    own funnel), its wall seconds, and requests and completion tokens per second where it generated."""
+    name = result.stage
+    out = {f"{name}/{key.replace('.', '/')}": float(value) for key, value in result.counts().items()}
+    out[f"{name}/seconds"] = float(result.seconds)
+    if result.requests and result.seconds > 0:
+        out[f"{name}/requests_per_s"] = result.requests / result.seconds
+        out[f"{name}/tokens_per_s"] = result.completion_tokens / result.seconds
+    return out
+
+
+def log_stage(result) -> None:
+    """The stages' hook (vlfactory.stages.run_stage): log a stage's result to the tracked run, if any."""
+    if _active is not None and (result.wanted or result.written or result.extra):
+        _active.log(stage_metrics(result))
+
+
+def log_eval(benchmark: str, stage: str, iteration: int, accuracy: float, problems: int) -> None:
+    """An evaluation of the loop, over `iteration` (TensorBoard's step)."""
+    if _active is not None:
+        _active.log({f"eval/{benchmark}/{stage}/accuracy": accuracy, f"eval/{benchmark}/{stage}/problems": problems,
+                     "iteration": iteration}, step=iteration)
+
+
+def configure_trainer(args, name: str) -> None:
+    """Point a TRL config at the tracked run, if any: `report_to` its library (beside any the trainer settings
+    name), its project, the run name `<run>-<name>`, TensorBoard's log folder beside the run's. W&B's callback
+    logs into the open run; trackio's starts its own run of that name in the project. The trainers call this
+    after the settings digest: where the numbers go is not what is trained, so tracking never retrains."""
+    t = _active
+    if t is None:
+        return
+    named = [args.report_to] if isinstance(args.report_to, str) else list(args.report_to or [])
+    args.report_to = [t.backend] + [r for r in named if r not in ("none", t.backend)]
+    args.run_name, args.project = f"{t.name}-{name}", t.project
+    if t.backend == "tensorboard":  # transformers' callback reads its folder from the environment
+        t._setenv("TENSORBOARD_LOGGING_DIR", str(t.folder / args.run_name))
