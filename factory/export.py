@@ -49,7 +49,7 @@ def read_batches(lake: Lake, table: str, version: str | int | None, where: str |
                  params: list | None = None, rows: int = 64) -> pa.RecordBatchReader:
     """The rows `read_table` gives, streamed as Arrow record batches of at most `rows` rows: the caller
     holds one batch at a time, so a table of images larger than memory can be written out."""
-    return lake.query(select(lake, table, version, where), params).fetch_record_batch(rows)
+    return lake.query(select(lake, table, version, where), params).to_arrow_reader(rows)
 
 
 def features_for(table: pa.Table | pa.Schema):

@@ -1,4 +1,4 @@
-"""A stand-in for the Hugging Face Hub's HTTP API: just what `create_repo` and `upload_folder` use.
+"""A stand-in for the Hugging Face Hub's HTTP API: just what `create_repo`, `create_branch` and `upload_folder` use.
 
 The Hub cannot be reached from the tests, so this small server plays it on 127.0.0.1, in a
 thread of the test process, and records every request. Point huggingface_hub at it with
@@ -8,7 +8,9 @@ git-LFS batch protocol, which huggingface_hub uses without hf_xet, is plain HTTP
 
     with HubStub(token="hf_test") as hub:
         ...run `vlfactory publish` with HF_ENDPOINT=hub.url and HF_TOKEN=hf_test...
-        hub.files["README.md"]          # bytes of every file in the repo after the commits
+        hub.files["README.md"]          # bytes of every file on main after the commits
+        hub.refs["dev"], hub.refs["refs/pr/1"]   # the files of a branch, of a pull request
+        hub.commits[-1].summary         # each commit: revision, summary, create_pr, operations
         [c.path for c in hub.calls]     # every request, with its Authorization header
 
 Endpoints (what huggingface_hub 2.x calls, read from its hf_api.py, _commit_api.py, lfs.py):
@@ -16,11 +18,14 @@ Endpoints (what huggingface_hub 2.x calls, read from its hf_api.py, _commit_api.
     GET  /api/whoami-v2                               the token's owner
     POST /api/repos/create                            {"name", "organization", "type", "visibility"}
     POST /api/validate-yaml                           the card's front matter must parse
-    GET  /api/datasets/ORG/NAME/tree/REV              the repo's files (for delete_patterns)
+    POST /api/datasets/ORG/NAME/branch/BRANCH         a branch from main (409 if it exists, as the Hub)
+    GET  /api/datasets/ORG/NAME/tree/REV              the files at REV (for delete_patterns); 404 if unknown
     POST /api/datasets/ORG/NAME/preupload/REV         upload mode per file: lfs for Parquet, else regular
     POST /datasets/ORG/NAME.git/info/lfs/objects/batch   where to PUT each LFS object
     PUT  /lfs/OID                                     public: the object's bytes (like a signed storage URL)
-    POST /api/datasets/ORG/NAME/commit/REV            ndjson: header, file (base64), lfsFile (oid), deletedFile
+    POST /api/datasets/ORG/NAME/commit/REV            ndjson: header, file (base64), lfsFile (oid), deletedFile;
+                                                      `?create_pr=1` opens refs/pr/N from REV and commits there
+REV is URL-quoted by huggingface_hub (`refs%2Fpr%2F1`).
 Every request but those two public ones must carry `Authorization: Bearer <token>`, else 401 as the Hub does.
 """
 
@@ -33,7 +38,7 @@ import re
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import yaml
 
@@ -46,13 +51,22 @@ class Call:
     body: bytes
 
 
+@dataclass
+class Commit:
+    revision: str          # the ref it landed on (refs/pr/N for a pull request)
+    summary: str
+    description: str
+    create_pr: bool
+    ops: list[dict]        # the ndjson lines after the header
+
+
 class HubStub:
     def __init__(self, token: str):
         self.token = token
         self.calls: list[Call] = []
         self.repos: dict[str, dict] = {}        # repo id -> the create payload
-        self.files: dict[str, bytes] = {}       # path -> bytes, after all commits
-        self.commits: list[list[dict]] = []     # the operations of each commit
+        self.refs: dict[str, dict[str, bytes]] = {"main": {}}  # ref -> path -> bytes, after all commits
+        self.commits: list[Commit] = []
         self.lfs: dict[str, bytes] = {}         # oid -> bytes
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -60,6 +74,11 @@ class HubStub:
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
+
+    @property
+    def files(self) -> dict[str, bytes]:
+        """The files on main."""
+        return self.refs["main"]
 
     def __enter__(self) -> "HubStub":
         return self
@@ -70,7 +89,8 @@ class HubStub:
 
     # ---- the API ---------------------------------------------------------------------
 
-    def answer(self, method: str, path: str, auth: str | None, body: bytes) -> tuple[int, object]:
+    def answer(self, method: str, path: str, auth: str | None, body: bytes,
+               query: dict[str, list[str]] | None = None) -> tuple[int, object]:
         if path.startswith("/lfs/"):
             oid = path.rsplit("/", 1)[1]
             if hashlib.sha256(body).hexdigest() != oid:
@@ -94,34 +114,55 @@ class HubStub:
             except yaml.YAMLError as e:
                 return 400, {"errors": [{"message": f"the front matter does not parse: {e}"}]}
             return 200, {"errors": [], "warnings": []}
-        if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/tree/[^/]+", path):
-            return 200, [{"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
-                         for p, b in sorted(self.files.items())]
-        if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/preupload/[^/]+", path):
-            files = json.loads(body)["files"]
-            return 200, {"files": [{"path": f["path"], "uploadMode": "lfs" if f["path"].endswith(".parquet")
-                                    else "regular", "shouldIgnore": False, "oid": None} for f in files]}
+        if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/branch/([^/]+)", path):
+            branch = unquote(m.group(2))
+            if branch in self.refs:
+                return 409, {"error": f"Reference already exists: refs/heads/{branch}"}
+            start = (json.loads(body or b"{}") or {}).get("startingPoint") or "main"
+            self.refs[branch] = dict(self.refs[start])
+            return 200, {}
+        if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/(tree|preupload|commit)/([^/]+)", path):
+            revision = unquote(m.group(3))
+            if revision not in self.refs:
+                return 404, {"error": f"Invalid rev id: {revision}"}
+            if m.group(2) == "tree":
+                return 200, [{"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                             for p, b in sorted(self.refs[revision].items())]
+            if m.group(2) == "preupload":
+                files = json.loads(body)["files"]
+                return 200, {"files": [{"path": f["path"], "uploadMode": "lfs" if f["path"].endswith(".parquet")
+                                        else "regular", "shouldIgnore": False, "oid": None} for f in files]}
+            return self.commit(m.group(1), revision, body, "1" in (query or {}).get("create_pr", []))
         if m := re.fullmatch(r"/datasets/([^/]+/[^/]+)\.git/info/lfs/objects/batch", path):
             objects = json.loads(body)["objects"]
             return 200, {"transfer": "basic", "objects": [
                 {"oid": o["oid"], "size": o["size"], "authenticated": True,
                  "actions": {"upload": {"href": f"{self.url}/lfs/{o['oid']}"}}} for o in objects]}
-        if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/commit/[^/]+", path):
-            ops = [json.loads(line) for line in body.splitlines() if line.strip()]
-            for op in ops:
-                value = op["value"]
-                if op["key"] == "file":
-                    self.files[value["path"]] = base64.b64decode(value["content"])
-                elif op["key"] == "lfsFile":
-                    if value["oid"] not in self.lfs:
-                        return 400, {"error": f"LFS object {value['oid']} was never uploaded"}
-                    self.files[value["path"]] = self.lfs[value["oid"]]
-                elif op["key"] == "deletedFile":
-                    self.files.pop(value["path"], None)
-            self.commits.append(ops)
-            return 200, {"commitUrl": f"{self.url}/datasets/{m.group(1)}/commit/{len(self.commits):040x}",
-                         "commitOid": f"{len(self.commits):040x}", "success": True}
         return 404, {"error": f"the stub does not implement {method} {path}"}
+
+    def commit(self, repo: str, revision: str, body: bytes, create_pr: bool) -> tuple[int, object]:
+        header, *ops = [json.loads(line) for line in body.splitlines() if line.strip()]
+        files = dict(self.refs[revision])
+        for op in ops:
+            value = op["value"]
+            if op["key"] == "file":
+                files[value["path"]] = base64.b64decode(value["content"])
+            elif op["key"] == "lfsFile":
+                if value["oid"] not in self.lfs:
+                    return 400, {"error": f"LFS object {value['oid']} was never uploaded"}
+                files[value["path"]] = self.lfs[value["oid"]]
+            elif op["key"] == "deletedFile":
+                files.pop(value["path"], None)
+        number = sum(ref.startswith("refs/pr/") for ref in self.refs) + 1
+        target = f"refs/pr/{number}" if create_pr else revision
+        self.refs[target] = files
+        self.commits.append(Commit(target, header["value"]["summary"], header["value"].get("description", ""),
+                                   create_pr, ops))
+        oid = f"{len(self.commits):040x}"
+        answer = {"commitUrl": f"{self.url}/datasets/{repo}/commit/{oid}", "commitOid": oid, "success": True}
+        if create_pr:
+            answer["pullRequestUrl"] = f"{self.url}/datasets/{repo}/discussions/{number}"
+        return 200, answer
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -130,11 +171,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         hub: HubStub = self.server.hub
         body = self._body()
-        path = urlparse(self.path).path
-        auth = self.headers.get("Authorization")
+        url = urlparse(self.path)
+        path, auth = url.path, self.headers.get("Authorization")
         with hub._lock:
             hub.calls.append(Call(self.command, path, auth, body))
-            status, payload = hub.answer(self.command, path, auth, body)
+            status, payload = hub.answer(self.command, path, auth, body, parse_qs(url.query))
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")

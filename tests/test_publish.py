@@ -1,30 +1,40 @@
-"""Publish: the dry-run folder loads with plain `datasets` byte-exact and its card names every config;
-the upload reaches a stand-in for the Hub's HTTP API (tests/hub_stub.py) with the token only in the
-Authorization header; a missing or rejected token is one line."""
+"""Publish: the dry-run folder is what `push_to_hub` writes (config/split shard names, shards by size,
+`dataset_info` and `configs` in the card) and `datasets.load_dataset` of it gives the version's rows per split,
+images included; the card says what was published, with sample rows, models by identity and runnable
+reproduce commands; the upload reaches a stand-in for the Hub's HTTP API (tests/hub_stub.py) on a branch,
+as a pull request, with a commit message, the token only in the Authorization header; a missing or rejected
+token is one line."""
 
 from __future__ import annotations
 
-import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
+import test_reports
 from hub_stub import HubStub
-from test_reports import RECIPE, build_lake, vlf
+from test_reports import build_lake, vlf
+from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
 
 TOKEN = "hf_FakeTokenForTheStub0123456789abcdef"
 TABLES = ("problems", "sft", "rl", "traces", "rejected")
+RECIPE = test_reports.RECIPE.replace("seed: 2, license: MIT", "seed: 2, split: test, license: MIT")  # a test split
+SHARD = 20_000  # --max-shard-size 20KB: several shards per split of the tables with images
 
 
 @pytest.fixture(scope="module")
 def small_lake(tmp_path_factory) -> Path:
-    return build_lake(tmp_path_factory.mktemp("publish"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(test_reports, "RECIPE", RECIPE)
+        return build_lake(tmp_path_factory.mktemp("publish"))
 
 
 def front_matter(card: str) -> dict:
@@ -32,36 +42,72 @@ def front_matter(card: str) -> dict:
     return yaml.safe_load(card.split("---\n")[1])
 
 
-def test_dry_run_folder_loads_with_plain_datasets(small_lake, tmp_path):
+def split_rows(lake_dir: Path, table: str) -> dict[str, list[dict]]:
+    """The table's rows at iter2 with images, by the split of the problem each row is about (else train)."""
+    import vlfactory
+
+    rows = vlfactory.table(f"{table}@iter2", lake=lake_dir).to_pylist()
+    with Lake(lake_dir, read_only=True) as lake:
+        of = dict(lake.query("SELECT problem_id, split FROM problems@iter2").fetchall())
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(of.get(r.get("problem_id"), "train"), []).append(r)
+    return out
+
+
+def test_dry_run_folder_is_what_push_to_hub_writes_and_loads_back(small_lake, tmp_path):
     import datasets
 
     out = tmp_path / "set"
-    args = ["publish", "iter2", "--repo", "org/vl-set", *(f"--table={t}" for t in TABLES), "--lake", small_lake]
+    args = ["publish", "iter2", "--repo", "org/vl-set", *(f"--table={t}" for t in TABLES), "--lake", small_lake,
+            "--max-shard-size", "20KB"]
     assert "dry run: nothing uploaded" in vlf(*args, "--dry-run", out).output
     card = (out / "README.md").read_text()
     meta = front_matter(card)
-    assert [c["config_name"] for c in meta["configs"]] == list(TABLES)
-    assert all(c["data_files"] == [{"split": "train", "path": f"{c['config_name']}/*.parquet"}]
-               for c in meta["configs"])
-    assert meta["license"] == ["cc-by-4.0", "mit"] and meta["size_categories"] == ["n<1K"]
-    assert "visual-question-answering" in meta["task_categories"]
-    with Lake(small_lake, read_only=True) as lake:
-        snapshot = lake.resolve("iter2")
-        counts = {t: lake.count(t, snapshot) for t in TABLES}
-        columns = {t: lake.query(f"SELECT * FROM {t} LIMIT 0").columns for t in TABLES}
+    expected = {t: split_rows(small_lake, t) for t in TABLES}
+    assert set(expected["problems"]) == {"train", "test"} and set(expected["rejected"]) == {"train"}
+    configs = {c["config_name"]: c for c in meta["configs"]}
+    infos = {i["config_name"]: i for i in meta["dataset_info"]}
+    assert set(configs) == set(infos) == set(TABLES) and configs["problems"].get("default") is True
     for table in TABLES:
-        ds = datasets.load_dataset("parquet", data_dir=str(out / table), split="train")
-        assert len(ds) == counts[table] and set(columns[table]) <= set(ds.column_names)
-        if "image_id" in columns[table]:
-            assert isinstance(ds.features["image"], datasets.Image) and ds[0]["image"].size[0] > 0
-            for row in ds.cast_column("image", datasets.Image(decode=False)):
-                assert hashlib.sha256(row["image"]["bytes"]).hexdigest() == row["image_id"]
+        splits = [s for s in ("train", "test") if s in expected[table]]
+        assert configs[table]["data_files"] == [{"split": s, "path": f"{table}/{s}-*"} for s in splits]
+        info = infos[table]
+        assert [(s["name"], s["num_examples"]) for s in info["splits"]] == [(s, len(expected[table][s])) for s in splits]
+        files = sorted((out / table).iterdir())
+        assert info["download_size"] == sum(f.stat().st_size for f in files) > 0
+        assert info["dataset_size"] == sum(s["num_bytes"] for s in info["splits"]) > 0
+        for split in splits:  # SPLIT-0000i-of-0000N, i = 0..N-1, each shard at most 20KB of Arrow data or one row
+            shards = [f for f in files if f.name.startswith(f"{split}-")]
+            names = [re.fullmatch(rf"{split}-(\d{{5}})-of-(\d{{5}})\.parquet", f.name) for f in shards]
+            assert all(names) and [(int(m[1]), int(m[2])) for m in names] == [(i, len(shards)) for i in range(len(shards))]
+            data = [pq.read_table(f) for f in shards]
+            assert all(t.num_rows == 1 or t.nbytes <= SHARD for t in data)
+            assert sum(t.num_rows for t in data) == len(expected[table][split])
+            if table == "sft":
+                assert len(shards) > 1  # cut by size, not by rows
+        ds = datasets.load_dataset(str(out), table)  # the folder as the Hub serves it: the card's configs
+        assert set(ds) == set(splits)
+        features = datasets.Features._from_yaml_list(info["features"])
+        for split in splits:
+            assert ds[split].features == features
+            if "image" in features:
+                assert isinstance(features["image"], datasets.Image) and ds[split][0]["image"].size[0] > 0
+            got = ds[split].cast_column("image", datasets.Image(decode=False)) if "image" in features else ds[split]
+            assert got.to_list() == expected[table][split]  # content and order, image bytes included
     (recipe,) = (out / "recipes").iterdir()
     assert recipe.read_text() == RECIPE and recipe.stem in card  # the recipe, by name and hash
+    with Lake(small_lake, read_only=True) as lake:
+        snapshot = lake.resolve("iter2")
     for text in ("## Funnel", "## Rejection reasons", "bad_image", "## Length statistics", "Think. {question}",
                  "max_words: 300", "band:", f"snapshot {snapshot}", "CC-BY-4.0", "`reasoner`", "0.95",
-                 'load_dataset("org/vl-set", "sft", split="train")', "vlfactory publish iter2 --repo org/vl-set"):
+                 "and the reasoning that reached them", "## Sample rows", "What time does the clock show?",
+                 'load_dataset("org/vl-set", "sft")  # sft["train"], sft["test"]',
+                 "hf download org/vl-set --repo-type dataset --include 'recipes/*'",
+                 f"vlfactory iterate recipes/{recipe.name}\n", f"vlfactory run recipes/{recipe.name} --stage ingest",
+                 "vlfactory publish iter2 --repo org/vl-set --table problems --table sft"):
         assert text in card, text
+    assert str(tmp_path.parent) not in card and str(small_lake) not in card  # no local path
     again = vlf(*args, "--dry-run", out, ok=False)
     assert again.exit_code == 2 and "not empty" in again.output
     empty = vlf("publish", "iter2", "--repo", "org/x", "--table", "trainings", "--dry-run", tmp_path / "e",
@@ -69,6 +115,33 @@ def test_dry_run_folder_loads_with_plain_datasets(small_lake, tmp_path):
     assert empty.exit_code == 2 and "no rows" in empty.output
     assert "ORG/NAME" in vlf("publish", "iter2", "--repo", "nope", "--table", "sft", "--dry-run", tmp_path / "f",
                              "--lake", small_lake, ok=False).output
+    size = vlf("publish", "iter2", "--repo", "org/x", "--table", "sft", "--dry-run", tmp_path / "g",
+               "--max-shard-size", "lots", "--lake", small_lake, ok=False)
+    assert size.exit_code == 2 and "--max-shard-size 'lots'" in size.output and not (tmp_path / "g").exists()
+
+
+def test_card_says_what_was_published_and_names_models_by_identity(small_lake, tmp_path):
+    import vlfactory
+
+    folder = "/home/someone/models/reasoner-7b"  # where a model was read from: never in a card
+    with Lake(small_lake) as lake, lake.transaction("models the stages used"):
+        lake.insert("models", pa.Table.from_pylist([
+            {"model_key": "k1", "model_id": "reasoner", "name": folder, "kind": "folder"},
+            {"model_key": "k2", "model_id": "captioner", "name": "Qwen/Qwen2.5-VL-3B-Instruct", "kind": "hub"}],
+            schema=schema.MODELS))
+    out = tmp_path / "problems-only"
+    vlf("publish", "latest", "--repo", "org/problems", "--table", "problems", "--dry-run", out, "--lake", small_lake)
+    card = (out / "README.md").read_text()
+    assert "without reasoning traces" in card and "reasoning that reached them" not in card
+    assert "No config here holds text a model wrote" in card
+    assert "`captioner` (Qwen/Qwen2.5-VL-3B-Instruct)" in card and "`reasoner` (a local folder)" in card
+    assert folder not in card
+    assert "#   distil: reasoner (a local folder)" in card  # the reproduce block names the models too
+    # the default shard size: one shard per split, the whole split
+    assert sorted(p.name for p in (out / "problems").iterdir()) == ["test-00000-of-00001.parquet",
+                                                                    "train-00000-of-00001.parquet"]
+    assert len(pq.read_table(out / "problems" / "train-00000-of-00001.parquet")) == \
+        vlfactory.table("problems", lake=small_lake).column("split").to_pylist().count("train")
 
 
 def publish(lake: Path, home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -89,7 +162,8 @@ def test_upload_reaches_the_hub_api_with_the_token_only_in_headers(small_lake, t
         assert hub.repos["org/vl-set"]["type"] == "dataset" and hub.repos["org/vl-set"]["visibility"] == "private"
         assert {"README.md", "recipes"} <= {p.split("/")[0] for p in hub.files}
         assert {p.split("/")[0] for p in hub.files if p.endswith(".parquet")} == {"sft", "rl"}
-        assert [c["config_name"] for c in front_matter(hub.files["README.md"].decode())["configs"]] == ["sft", "rl"]
+        configs = front_matter(hub.files["README.md"].decode())["configs"]  # by name, as datasets sorts them
+        assert [(c["config_name"], c.get("default")) for c in configs] == [("rl", None), ("sft", True)]
         # what arrived is what a dry run writes
         vlf("publish", "iter2", "--repo", "org/vl-set", "--table", "sft", "--table", "rl", "--dry-run",
             tmp_path / "dry", "--lake", small_lake)
@@ -100,7 +174,7 @@ def test_upload_reaches_the_hub_api_with_the_token_only_in_headers(small_lake, t
             if path.endswith(".parquet"):
                 arrived = tmp_path / "arrived.parquet"
                 arrived.write_bytes(hub.files[path])
-                assert pq.read_table(arrived).sort_by("problem_id") == pq.read_table(local).sort_by("problem_id")
+                assert pq.read_table(arrived) == pq.read_table(local)
         paths = {(c.method, c.path) for c in hub.calls}
         assert {("GET", "/api/whoami-v2"), ("POST", "/api/repos/create"),
                 ("POST", "/datasets/org/vl-set.git/info/lfs/objects/batch")} <= paths
@@ -110,7 +184,7 @@ def test_upload_reaches_the_hub_api_with_the_token_only_in_headers(small_lake, t
         # a later publish of fewer tables leaves no stale shards behind
         assert publish(small_lake, home, "--table", "sft", **env).returncode == 0
         assert {p.split("/")[0] for p in hub.files if p.endswith(".parquet")} == {"sft"}
-        assert any(op["key"] == "deletedFile" for op in hub.commits[-1])
+        assert any(op["key"] == "deletedFile" for op in hub.commits[-1].ops)
     # the token is in no file and no output
     for out in (done.stdout, done.stderr):
         assert TOKEN not in out
@@ -119,6 +193,37 @@ def test_upload_reaches_the_hub_api_with_the_token_only_in_headers(small_lake, t
     for root in (tmp_path, small_lake):
         for path in root.rglob("*"):
             assert not path.is_file() or TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_revision_pull_request_and_commit_message_reach_the_hub(small_lake, tmp_path):
+    home = tmp_path / "hf-home"
+    with HubStub(TOKEN) as hub:
+        env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN}
+        first = publish(small_lake, home, "--table", "sft", "--commit-message", "sft of iter2, first cut", **env)
+        assert first.returncode == 0, first.stderr
+        assert (hub.commits[-1].revision, hub.commits[-1].summary) == ("main", "sft of iter2, first cut")
+        main = dict(hub.files)
+        assert {p for p in main if p.endswith(".parquet")} == {"sft/train-00000-of-00001.parquet",
+                                                               "sft/test-00000-of-00001.parquet"}
+        branch = publish(small_lake, home, "--table", "rl", "--revision", "dev", **env)
+        assert branch.returncode == 0, branch.stderr
+        assert ("POST", "/api/datasets/org/vl-set/branch/dev") in {(c.method, c.path) for c in hub.calls}
+        assert hub.files == main  # main untouched
+        assert {p.split("/")[0] for p in hub.refs["dev"] if p.endswith(".parquet")} == {"rl"}  # stale sft gone
+        assert hub.commits[-1].revision == "dev" and hub.commits[-1].summary.startswith("vlfactory publish iter2")
+        pr = publish(small_lake, home, "--table", "problems", "--create-pr", **env)
+        assert pr.returncode == 0, pr.stderr
+        assert f"opened pull request {hub.url}/datasets/org/vl-set/discussions/1" in pr.stdout
+        assert hub.commits[-1].create_pr and hub.commits[-1].revision == "refs/pr/1" and hub.files == main
+        assert front_matter(hub.refs["refs/pr/1"]["README.md"].decode())["configs"][0]["config_name"] == "problems"
+        again = publish(small_lake, home, "--table", "problems", "--revision", "refs/pr/1", "--commit-message",
+                        "update the PR", **env)  # a later push onto the open pull request
+        assert again.returncode == 0, again.stderr
+        assert (hub.commits[-1].revision, hub.commits[-1].summary) == ("refs/pr/1", "update the PR")
+        assert not any("/branch/refs" in c.path for c in hub.calls)  # a PR ref is not a branch to create
+        both = publish(small_lake, home, "--table", "sft", "--create-pr", "--revision", "dev", **env)
+    assert both.returncode == 2 and both.stderr.strip().splitlines() == [
+        "error: --create-pr opens a pull request against main: drop --revision dev"]
 
 
 def test_missing_or_rejected_token_is_one_line(small_lake, tmp_path):
