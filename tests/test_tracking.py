@@ -222,3 +222,75 @@ def test_bad_choices_are_one_line(tmp_path):
         tracking.choose(recipe, "comet")
     assert tracking.choose(recipe, "none").tracking is None
     assert tracking.choose(recipe, "wandb").tracking.dir == str(tmp_path / "track")  # the block's folder stays
+
+
+@pytest.mark.slow  # two tiny trainings and a reused one: about 30 s on 2 shared cores
+def test_a_tracked_training_reports_through_trl_and_reuses_the_untracked_checkpoint(cli, lake_dir, tiny_vlm_dir,
+                                                                                   tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from test_trainers import SFT, write_sets
+
+    from vlfactory import tracking
+    from vlfactory.recipe import TrackingConfig
+    from vlfactory.stores.lake import Lake
+    from vlfactory.trainers.sft import train_sft
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("sources:\n  - {name: syn, format: synthetic, n: 6, seed: 3}\n")
+    cli("ingest", recipe)
+    write_sets(lake_dir, "iter1", "a", 6)
+    first = train_sft("sft@iter1", str(tiny_vlm_dir), tmp_path / "sft", config=SFT, lake=str(lake_dir), iteration=1)
+    with tracking.start(TrackingConfig("tensorboard", dir=str(tmp_path / "tb")), "run-1"):
+        again = train_sft("sft@iter1", str(tiny_vlm_dir), tmp_path / "sft", config=SFT, lake=str(lake_dir),
+                          iteration=1)
+        assert again.reused and again.config_hash == first.config_hash  # tracked: the same training, not redone
+        other = train_sft("sft@iter1", str(tiny_vlm_dir), tmp_path / "sft2", config=SFT, lake=str(lake_dir),
+                          iteration=1)
+    assert other.config_hash == first.config_hash
+    events = EventAccumulator(str(tmp_path / "tb" / "run-1-sft-iter1"))
+    events.Reload()
+    logged = [e.value for e in events.Scalars("train/loss")]
+    with Lake(lake_dir, read_only=True) as lake:
+        losses = [r[0] for r in lake.query("SELECT value FROM training_logs WHERE training_id = ? AND name = 'loss' "
+                                           "ORDER BY step", [other.training_id]).fetchall()]
+    assert len(logged) == 3 and logged == pytest.approx(losses, rel=1e-5)  # TRL's own numbers, step by step
+
+
+def test_the_loop_says_each_step_as_it_starts_and_ends(lake_dir, tmp_path):
+    import re
+
+    from vlfactory.loop import Loop
+    from vlfactory.recipe import load_recipe
+    from vlfactory.stores.lake import LakeSpec
+
+    path = tmp_path / "loop.yaml"
+    path.write_text("""
+sources:
+  - {name: syn, format: synthetic, n: 5, seed: 1}
+batch_rows: 2
+rollout: {backend: openai, model: policy, base_url: "http://127.0.0.1:9/v1"}
+rl: {}
+loop: {base_model: tiny-qwen2.5-vl}
+""")
+    recipe = load_recipe(path)
+    lines, bars = [], []
+
+    def progress(name):
+        import contextlib
+
+        @contextlib.contextmanager
+        def bar():
+            yield lambda result, n: bars.append((name, n))
+        return bar()
+
+    loop = Loop(recipe, LakeSpec.resolve(str(lake_dir)), say=lines.append, progress=progress)
+    loop.stage("ingest", recipe.stage_config("ingest"))
+    loop.k = 2
+    loop.stage("ingest", recipe.stage_config("ingest"))
+    assert re.fullmatch(r"iter0 ingest: started at 00:00:\d\d", lines[0]), lines
+    assert "read 5 = ingested 5" in lines[1]  # the stage's own lines between
+    assert re.fullmatch(r"iter0 ingest: done in \d+\.\ds, 00:00:\d\d elapsed", lines[2]), lines
+    assert re.fullmatch(r"iter2 ingest: started at 00:00:\d\d", lines[-3]), lines
+    assert re.fullmatch(r"iter2 ingest: reused \(done before\), \d+\.\ds, 00:00:\d\d elapsed", lines[-1]), lines
+    assert sum(n for name, n in bars if name == "ingest") >= 5  # the per-stage progress callback saw the rows
