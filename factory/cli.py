@@ -15,6 +15,9 @@ from pathlib import Path
 
 import click
 
+from vlfactory import sqlout
+from vlfactory.sqlout import plain as _plain
+
 LAKE_HELP = "Lake folder or ducklake: URI [env VLFACTORY_LAKE; default ./lake]."
 
 
@@ -45,15 +48,18 @@ def friendly(fn):
 
 
 def db_errors(fn):
-    """A query the engine refuses or cannot run (a write in read-only SQL, a typo) is one line too."""
+    """A query the engine refuses or cannot run (a write in read-only SQL, a typo) is one line too,
+    with DuckDB's hints ("Did you mean ...")."""
     import duckdb
+
+    from vlfactory.stores.lake import error_line
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except duckdb.Error as e:
-            raise UserError(str(e).strip().splitlines()[0]) from None
+            raise UserError(error_line(e)) from None
     return wrapper
 
 
@@ -228,81 +234,62 @@ def _clock(seconds: float) -> str:
 # ---- inspection ------------------------------------------------------------------
 
 @main.command()
-@click.argument("query")
+@click.argument("query", required=False)
 @lake_options
+@click.option("--file", "-f", "file", default=None, metavar="FILE", help="Read the SQL from FILE (- for stdin).")
 @click.option("--at", "at", default=None, help="Read every table at this version (tag or snapshot id).")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write to a file (required for parquet).")
-@click.option("--max-width", type=int, default=60, help="Truncate cells to this many characters (table format).")
+@click.option("--format", "fmt", type=click.Choice(sqlout.FORMATS), default=None,
+              help="Output format [default: from -o's suffix (.csv .tsv .json .jsonl .md .parquet), else table].")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Write to FILE; csv, tsv, json, jsonl and parquet stream there (parquet needs it).")
+@click.option("--no-header", is_flag=True, help="Leave out the header row (table, csv, tsv, markdown).")
+@click.option("--max-width", type=click.IntRange(min=0), default=60, show_default=True,
+              help="Cut longer cells in table and markdown output (0: never).")
 @friendly
 @db_errors
-def sql(query: str, lake: str | None, data_path: str | None, at: str | None, fmt: str, output: str | None,
-        max_width: int) -> None:
-    """Run a read-only SQL query against the lake.
+def sql(query: str | None, lake: str | None, data_path: str | None, file: str | None, at: str | None,
+        fmt: str | None, output: str | None, no_header: bool, max_width: int) -> None:
+    """Run a read-only SQL query against the lake: QUERY, or - to read it from stdin, or --file FILE.
 
-    A table at a version is written TABLE@VERSION (a tag or a snapshot id).
+    A table at a version is written TABLE@VERSION (a tag or a snapshot id). json is one
+    array, jsonl one object per line (DuckDB's -json and -jsonlines).
 
     \b
     Examples:
         vlfactory sql "SELECT source, count(*) FROM problems GROUP BY source"
         vlfactory sql "SELECT count(*) FROM problems@iter1"
-        vlfactory sql "SELECT * FROM rejected" --format csv -o rejected.csv
+        vlfactory sql -f funnel.sql --format markdown
+        echo "SELECT * FROM rl" | vlfactory sql - --format jsonl
+        vlfactory sql "SELECT * FROM traces@iter1" -o traces.parquet    # streamed, any size
     """
+    text = _sql_text(query, file)
+    fmt = sqlout.format_for(fmt, output)
+    if fmt == "parquet" and not output:
+        raise UserError("--format parquet needs --output FILE")
+    if no_header and fmt not in sqlout.HEADED:
+        raise UserError(f"--no-header applies to {', '.join(sqlout.HEADED)}; {fmt} has no header row")
     with open_lake(lake, data_path, read_only=True, at=at) as lk:
-        rel = lk.query(query)
-        if fmt == "parquet":
-            if not output:
-                raise UserError("--format parquet needs --output FILE")
-            import pyarrow.parquet as pq
-
-            pq.write_table(rel.to_arrow_table(), output)
-            click.echo(f"wrote {output}", err=True)
-            return
-        if fmt == "csv":
-            import csv
-            import io
-
-            buf = io.StringIO()
-            writer = csv.writer(buf)
-            writer.writerow(rel.columns)
-            writer.writerows([[_plain(v) for v in row] for row in rel.fetchall()])
-            _emit(buf.getvalue(), output)
-        elif fmt == "json":
-            rows = [dict(zip(rel.columns, (_plain(v) for v in row))) for row in rel.fetchall()]
-            _emit("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows), output)
-        else:
-            _print_table(rel.columns, rel.fetchall(), max_width, output)
-
-
-def _plain(v):
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        return f"<{len(v)} bytes>"
-    return v
-
-
-def _emit(text: str, output: str | None) -> None:
+        sqlout.write(lk.query(text), fmt, output, header=not no_header, max_width=max_width)
     if output:
-        Path(output).write_text(text)
-    else:
-        click.echo(text, nl=False)
+        click.echo(f"wrote {output}", err=True)
 
 
-def _print_table(columns, rows, max_width: int, output: str | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _sql_text(query: str | None, file: str | None) -> str:
+    """The SQL: the argument, or stdin (`-`), or a file."""
+    if (query is None) == (file is None):
+        raise UserError("give the SQL as QUERY, as - (read from stdin) or as --file FILE: one of them")
+    if query is not None and query != "-":
+        return query
+    if (file or query) == "-":
+        return sys.stdin.read()
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {file}: {getattr(e, 'strerror', None) or e}") from None
 
-    table = Table(show_lines=False, header_style="bold")
-    for c in columns:
-        table.add_column(str(c), overflow="fold")
-    for row in rows:
-        cells = []
-        for v in row:
-            s = "NULL" if v is None else str(_plain(v))
-            cells.append(s if len(s) <= max_width else s[: max_width - 1] + "…")
-        table.add_row(*cells)
-    console = Console(file=open(output, "w") if output else None, width=None if output is None else 200)
-    console.print(table)
-    console.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}", style="dim")
+
+def _print_table(columns, rows, max_width: int) -> None:
+    sqlout.table(columns, rows, max_width=max_width)
 
 
 @main.command()
@@ -310,34 +297,59 @@ def _print_table(columns, rows, max_width: int, output: str | None = None) -> No
 @click.option("--last", type=int, default=20, show_default=True, help="Show the last N snapshots.")
 @friendly
 def versions(lake: str | None, data_path: str | None, last: int) -> None:
-    """List snapshots with tags, the run that wrote them, and row counts.
+    """List snapshots with tags, the run that wrote them, and the rows in every table.
 
     \b
     Example:
         vlfactory versions --last 10
     """
     with open_lake(lake, data_path, read_only=True) as lk:
-        rows, counted = [], [t for t in lk.tables() if t not in ("runs", "tags", "write_guards", "run_heartbeats")]
         tags: dict[int, list[str]] = {}
         for name, snap in lk.tags().items():
             tags.setdefault(snap, []).append(name)
         commands = dict(lk.con.execute("SELECT run_id, command FROM lake.runs").fetchall())
-        for s in lk.snapshots()[-last:]:
+        snapshots = lk.snapshots()[-last:]
+        rows = []
+        for s, counts in zip(snapshots, _row_counts(lk, snapshots)):
             extra = json.loads(s["commit_extra_info"]) if s["commit_extra_info"] else {}
             run_id = extra.get("run_id")
-            snap = s["snapshot_id"]
-            counts = {t: _count(lk, t, snap) for t in counted}
-            rows.append((snap, ",".join(tags.get(snap, [])), s["snapshot_time"].strftime("%m-%d %H:%M:%S"),
+            rows.append((s["snapshot_id"], ",".join(tags.get(s["snapshot_id"], [])),
+                         s["snapshot_time"].strftime("%m-%d %H:%M:%S"),
                          f"{commands.get(run_id, '')} {(run_id or '')[:8]}".strip(), s["commit_message"] or "",
-                         " ".join(f"{t}={n}" for t, n in counts.items() if n)))
-        _print_table(["snapshot", "tags", "time (UTC)", "run", "message", "rows"], rows, 200)
+                         " ".join(f"{t}={n}" for t, n in sorted(counts.items()) if n)))
+        _print_table(["snapshot", "tags", "time (UTC)", "run", "message", "rows"], rows, 0)
 
 
-def _count(lk, table: str, snap: int) -> int:
-    try:
-        return lk.count(table, snap)
-    except Exception:  # the table did not exist yet at that snapshot
-        return 0
+def _row_counts(lk, snapshots: list[dict]) -> list[dict[str, int]]:
+    """Rows in every table the lake holds at each of these snapshots (in order), in one query.
+
+    Every table is counted at the first snapshot and after a gap (expired snapshots), then only
+    the tables a snapshot changed (its `changes` name them); the others keep their count.
+    """
+    from vlfactory.stores.lake import DB, INTERNAL
+
+    catalog = lk.con.execute(f"""SELECT table_id::VARCHAR, table_name, begin_snapshot, end_snapshot
+                                 FROM __ducklake_metadata_{DB}.ducklake_table""").fetchall()
+    parts, previous = [], None
+    for s in snapshots:
+        snap = s["snapshot_id"]
+        named = {v for values in (s["changes"] or {}).values() for v in values}
+        for table_id, name, begin, end in catalog:
+            if name in INTERNAL or not (begin <= snap and (end is None or snap < end)):
+                continue
+            if previous != snap - 1 or named & {table_id, name, f"main.{name}"}:
+                parts.append(f"SELECT {snap}, '{name}', count(*) FROM {DB}.{name} AT (VERSION => {snap})")
+        previous = snap
+    counted: dict[int, dict[str, int]] = {}
+    for snap, name, n in lk.con.execute(" UNION ALL ".join(parts)).fetchall() if parts else []:
+        counted.setdefault(snap, {})[name] = n
+    out, counts = [], {}
+    for s in snapshots:
+        snap = s["snapshot_id"]
+        live = {name for _, name, begin, end in catalog if begin <= snap and (end is None or snap < end)}
+        counts = {t: n for t, n in counts.items() if t in live} | counted.get(snap, {})
+        out.append(counts)
+    return out
 
 
 @main.command()

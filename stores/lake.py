@@ -159,7 +159,9 @@ class Lake:
 
                 with contextlib.closing(sqlite3.connect(catalog)) as db:
                     db.execute("PRAGMA journal_mode=WAL")
+        # DuckDB draws its progress bar on stdout, even into a pipe: it would land in `vlfactory sql`'s output.
         self.con = duckdb.connect()
+        self.con.execute("SET enable_progress_bar = false")
         load_extension(self.con, "ducklake")
         for name in ("postgres", "sqlite"):
             if self.spec.catalog.startswith(f"ducklake:{name}:"):
@@ -437,7 +439,7 @@ class Lake:
         try:
             statements = self.con.extract_statements(sql)
         except duckdb.Error as e:
-            raise LakeError(_first_line(e)) from None
+            raise LakeError(error_line(e)) from None
         if len(statements) != 1:
             raise LakeError(f"expected one SQL statement, got {len(statements)}")
         kind = _statement_kind(sql, statements[0].type)
@@ -447,7 +449,7 @@ class Lake:
         try:
             return self.con.sql(sql, params=params)
         except duckdb.Error as e:
-            raise LakeError(_first_line(e)) from None
+            raise LakeError(error_line(e)) from None
 
     def count(self, table: str, snapshot: int | None = None) -> int:
         at = f" AT (VERSION => {int(snapshot)})" if snapshot is not None else ""
@@ -796,6 +798,14 @@ def _statement_kind(sql: str, kind) -> "duckdb.StatementType":
         return kind
     inner = duckdb.extract_statements(sql[tokens[i][0]:])
     return _statement_kind(sql[tokens[i][0]:], inner[0].type) if len(inner) == 1 else kind
+
+
+def error_line(e: BaseException) -> str:
+    """DuckDB's message on one line with its hints ("Did you mean ...", candidate bindings), less the
+    LINE/caret pointer into the SQL (the rewritten SQL when it had `table@version`)."""
+    lines = str(e).strip().splitlines()
+    end = next((i for i, line in enumerate(lines) if line.startswith("LINE ")), len(lines))
+    return " ".join(line.strip() for line in lines[:end] if line.strip()) or type(e).__name__
 
 
 def _first_line(e: BaseException) -> str:

@@ -42,16 +42,16 @@ def two_versions(cli, tmp_path):
 def test_sql_refuses_writes(cli, two_versions, statement):
     res = cli("sql", statement, ok=False)
     assert res.exit_code == 2 and "refused" in res.output and "read-only" in res.output
-    assert cli("sql", "SELECT count(*) AS n FROM problems", "--format", "json").output.strip() == '{"n": 30}'
+    assert cli("sql", "SELECT count(*) AS n FROM problems", "--format", "jsonl").output.strip() == '{"n": 30}'
 
 
 def test_sql_versions_and_formats(cli, two_versions, tmp_path):
     q = "SELECT count(*) AS n FROM problems@v1 p WHERE p.source = 'sums'"
-    assert json.loads(cli("sql", q, "--format", "json").output) == {"n": 20}
+    assert json.loads(cli("sql", q, "--format", "jsonl").output) == {"n": 20}
     # a join of two versions: the rows v2 added
     q = """SELECT count(*) AS n FROM problems@v2 AS new
            WHERE new.problem_id NOT IN (SELECT problem_id FROM problems@v1)"""
-    assert json.loads(cli("sql", q, "--format", "json").output) == {"n": 10}
+    assert json.loads(cli("sql", q, "--format", "jsonl").output) == {"n": 10}
     # '@' inside strings and comments is left alone
     out = cli("sql", "SELECT 'a@v1' AS s -- problems@nope\n", "--format", "csv").output
     assert out.splitlines() == ["s", "a@v1"]

@@ -66,7 +66,7 @@ def test_reingest_adds_nothing_and_time_travel(cli, lake_dir, shared_data):
         old = lake.query("SELECT source, count(*) FROM problems@first GROUP BY source").fetchall()
         assert old == [("dynamath", 501)]
     # --at reads every table at the old version
-    res = cli("sql", "SELECT count(*) AS n FROM problems", "--at", "first", "--format", "json")
+    res = cli("sql", "SELECT count(*) AS n FROM problems", "--at", "first", "--format", "jsonl")
     assert json.loads(res.output)["n"] == 501
 
 

@@ -51,5 +51,5 @@ def test_postgres_catalog_with_s3_data_round_trip(postgres, s3_server, shared_da
     with Lake(spec) as lake:
         dump = json.dumps(lake.query("SELECT * FROM runs").fetchall(), default=str)
     assert "testing-secret" not in dump
-    res = runner.invoke(main, ["sql", "SELECT count(*) AS n FROM problems", "--format", "json", "--at", "small", *args])
+    res = runner.invoke(main, ["sql", "SELECT count(*) AS n FROM problems", "--format", "jsonl", "--at", "small", *args])
     assert json.loads(res.output)["n"] == 60

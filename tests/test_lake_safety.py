@@ -79,7 +79,7 @@ def test_read_only_sql_cannot_change_the_lake(cli, tagged_lake, at):
     root = tagged_lake
     before = _files(root)
     datafile = next(str(root / p) for p in before if p.startswith("data/main/problems/"))
-    v1 = cli("sql", "SELECT count(*) AS n FROM problems@v1", "--format", "json").output
+    v1 = cli("sql", "SELECT count(*) AS n FROM problems@v1", "--format", "jsonl").output
     for attack in ATTACKS:
         statement = attack.format(ROOT=root, DATAFILE=datafile)
         res = cli("sql", statement, *(["--at", at] if at else []), ok=False)
@@ -98,8 +98,8 @@ def test_read_only_sql_cannot_change_the_lake(cli, tagged_lake, at):
     assert "refused: COPY" in res.output and _files(root) == before
     assert not (root / "other.db").exists()
     # history, tags and rows are all still there
-    assert cli("sql", "SELECT count(*) AS n FROM problems@v1", "--format", "json").output == v1 == '{"n": 30}\n'
-    assert json.loads(cli("sql", "SELECT count(*) AS n FROM problems", "--format", "json").output) == {"n": 40}
+    assert cli("sql", "SELECT count(*) AS n FROM problems@v1", "--format", "jsonl").output == v1 == '{"n": 30}\n'
+    assert json.loads(cli("sql", "SELECT count(*) AS n FROM problems", "--format", "jsonl").output) == {"n": 40}
 
 
 def test_read_only_sql_reads_only_the_lake(cli, tagged_lake, tmp_path):
@@ -144,7 +144,7 @@ def test_readers_while_a_run_writes(cli, tagged_lake, tmp_path):
     try:
         counts = []
         for _ in range(3):
-            counts.append(json.loads(cli("sql", "SELECT count(*) AS n FROM prompts", "--format", "json").output)["n"])
+            counts.append(json.loads(cli("sql", "SELECT count(*) AS n FROM prompts", "--format", "jsonl").output)["n"])
             assert "writer" in cli("versions", "--last", "5").output
             cli("report", "--out", tmp_path / "report.html")
             cli("show", "v1", "--table", "problems", "--sample", "2")
@@ -189,10 +189,10 @@ def test_a_copied_lake_reads_and_writes_its_own_files(cli, tagged_lake, tmp_path
     shutil.copytree(tagged_lake, copy)
     shutil.rmtree(tagged_lake)  # the original is gone: everything must come from the copy
     out = cli("sql", "SELECT count(*) AS n, count(DISTINCT question) AS q FROM problems", "--lake", copy,
-              "--format", "json").output
+              "--format", "jsonl").output
     assert json.loads(out) == {"n": 40, "q": 40}
     assert json.loads(cli("sql", "SELECT count(*) AS n FROM problems", "--at", "v1", "--lake", copy,
-                          "--format", "json").output) == {"n": 30}
+                          "--format", "jsonl").output) == {"n": 30}
     cli("ingest", _recipe(tmp_path, 10, "more"), "--lake", copy)  # writes land in the copy
     assert not tagged_lake.exists()
     with Lake(copy, read_only=True) as lake:
@@ -209,7 +209,7 @@ def test_an_older_duckdb_file_lake_keeps_working(cli, lake_dir, tmp_path):
     con.close()
     cli("ingest", _recipe(tmp_path, 12))
     assert not (lake_dir / "catalog.sqlite").exists()
-    assert json.loads(cli("sql", "SELECT count(*) AS n FROM problems", "--format", "json").output) == {"n": 12}
+    assert json.loads(cli("sql", "SELECT count(*) AS n FROM problems", "--format", "jsonl").output) == {"n": 12}
 
 
 def test_the_same_lake_twice_in_one_process(tagged_lake):
@@ -318,7 +318,7 @@ def test_a_killed_run_is_marked_interrupted_by_the_next(cli, tagged_lake, monkey
     cli("ingest", _recipe(Path(tagged_lake).parent, 5, "next"))
     rows = dict(json.loads(line)["row"] for line in cli(
         "sql", "SELECT [command, status || ' ' || coalesce(error, '')] AS row FROM runs WHERE status <> 'ok'",
-        "--format", "json").output.splitlines())
+        "--format", "jsonl").output.splitlines())
     assert rows["writer"].startswith("interrupted") and "is gone" in rows["writer"]
     with Lake(tagged_lake, read_only=True) as lake:
         status = dict(lake.query("SELECT run_id, status FROM runs WHERE run_id IN ('far', 'near')").fetchall())
@@ -347,7 +347,7 @@ def test_gc_expires_history_but_never_a_tagged_version(cli, tagged_lake):
         assert lake.count("problems") == 40
         kept = {s["snapshot_id"] for s in lake.snapshots()}
         assert len(kept) < snapshots and lake.tags()["v1"] in kept
-    assert json.loads(cli("sql", "SELECT count(*) AS n FROM problems", "--at", "v1", "--format", "json").output) == {"n": 30}
+    assert json.loads(cli("sql", "SELECT count(*) AS n FROM problems", "--at", "v1", "--format", "jsonl").output) == {"n": 30}
     res = cli("gc", "--older-than", "soon", ok=False)
     assert res.exit_code == 2 and "duration" in res.output
 

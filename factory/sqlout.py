@@ -1,0 +1,148 @@
+"""A query's result as text or a file: table, csv, tsv, json, jsonl, markdown or parquet.
+
+csv, tsv, json, jsonl and parquet stream: rows are fetched and written a batch at a time, so a
+result larger than memory goes to a file (`-o`) or a pipe. table and markdown align their columns,
+so they read the whole result first (they are for people). `vlfactory sql` is the caller:
+
+    vlfactory sql "SELECT * FROM traces" -o traces.parquet
+    vlfactory sql "SELECT * FROM rejected" --format jsonl | head
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import IO, Iterator
+
+FORMATS = ("table", "csv", "tsv", "json", "jsonl", "markdown", "parquet")
+HEADED = ("table", "csv", "tsv", "markdown")  # the formats --no-header applies to
+SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl",
+            ".ndjson": "jsonl", ".md": "markdown"}
+ROWS = 2048  # rows per fetch (DuckDB's vector size)
+ROW_GROUP_BYTES = 64 << 20  # a Parquet row group is written once this much is buffered
+
+
+def format_for(fmt: str | None, output: str | None) -> str:
+    """The format asked for, else the one the output file's suffix names, else table."""
+    if fmt:
+        return fmt
+    return SUFFIXES.get(Path(output).suffix.lower(), "table") if output else "table"
+
+
+def plain(v):
+    """A value as text formats show it: bytes (an image) by their size, not their content."""
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return f"<{len(v)} bytes>"
+    return v
+
+
+def write(rel, fmt: str, output: str | None, header: bool = True, max_width: int = 60) -> None:
+    """Write a DuckDB relation's rows to `output` (a file path) or stdout, in `fmt`."""
+    if fmt == "parquet":
+        with _destination(output, binary=True) as out:
+            _parquet(rel, out)
+        return
+    with _destination(output) as out:
+        if fmt in ("csv", "tsv"):
+            writer = csv.writer(out, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+            if header:
+                writer.writerow(rel.columns)
+            for rows in _batches(rel):
+                writer.writerows([[plain(v) for v in row] for row in rows])
+        elif fmt == "jsonl":
+            for rows in _batches(rel):
+                out.write("".join(_json(rel.columns, row) + "\n" for row in rows))
+        elif fmt == "json":
+            sep = "["
+            for rows in _batches(rel):
+                for row in rows:
+                    out.write(sep + _json(rel.columns, row))
+                    sep = ",\n"
+            out.write("[]\n" if sep == "[" else "]\n")
+        elif fmt == "markdown":
+            markdown(rel.columns, rel.fetchall(), out, header, max_width)
+        else:
+            table(rel.columns, rel.fetchall(), out, header, max_width)
+
+
+def table(columns, rows, out: IO[str] | None = None, header: bool = True, max_width: int = 60) -> None:
+    """A boxed table. On a terminal it fits the terminal; anywhere else (a pipe, a file) each row
+    stays on one line, whatever the width, so the layout never depends on where it was run."""
+    from rich.console import Console
+    from rich.table import Table
+
+    out = out or sys.stdout
+    t = Table(show_header=header, header_style="bold")
+    for c in columns:
+        t.add_column(str(c), overflow="fold")
+    for row in rows:
+        t.add_row(*(_cell(v, max_width) for v in row))
+    console = Console(file=out, width=None if out.isatty() else 1 << 20)
+    console.print(t)
+    console.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}", style="dim")
+
+
+def markdown(columns, rows, out: IO[str], header: bool = True, max_width: int = 60) -> None:
+    """A GitHub-flavoured Markdown table, columns padded to line up."""
+    cells = [[_cell(v, max_width).replace("|", "\\|").replace("\n", "<br>") for v in row] for row in rows]
+    names = [str(c).replace("|", "\\|") for c in columns]
+    widths = [max([3, len(n), *(len(r[i]) for r in cells)]) for i, n in enumerate(names)]
+
+    def line(values) -> str:
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |\n"
+    if header:
+        out.write(line(names) + line("-" * w for w in widths))
+    out.writelines(line(r) for r in cells)
+
+
+def _cell(v, max_width: int) -> str:
+    s = "NULL" if v is None else str(plain(v))
+    return s[: max_width - 1] + "…" if 0 < max_width < len(s) else s
+
+
+def _json(columns, row) -> str:
+    return json.dumps(dict(zip(columns, map(plain, row))), ensure_ascii=False, default=str)
+
+
+def _batches(rel) -> Iterator[list[tuple]]:
+    while rows := rel.fetchmany(ROWS):
+        yield rows
+
+
+def _parquet(rel, out) -> None:
+    """Record batches into row groups of about ROW_GROUP_BYTES: memory holds one row group, not the result."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    reader = rel.to_arrow_reader(ROWS)
+    with pq.ParquetWriter(out, reader.schema) as writer:
+        buffered, size = [], 0
+        for batch in reader:
+            buffered.append(batch)
+            size += batch.nbytes
+            if size >= ROW_GROUP_BYTES:
+                writer.write_table(pa.Table.from_batches(buffered))
+                buffered, size = [], 0
+        if buffered:
+            writer.write_table(pa.Table.from_batches(buffered))
+
+
+@contextlib.contextmanager
+def _destination(output: str | None, binary: bool = False) -> Iterator[IO]:
+    """stdout, or a file that appears only once complete: a query failing halfway leaves any
+    earlier file of that name as it was, and no partial one."""
+    if output is None:
+        yield sys.stdout.buffer if binary else sys.stdout
+        return
+    path = Path(output)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
