@@ -14,6 +14,7 @@ large size over its time at the small one (target <= 12x for 10x the rows).
 
     python bench/scale.py                      # 25k and 250k problems, n=4 (1M traces; ~15-20 min on 2 cores)
     python bench/scale.py --sizes 5000 25000   # quicker
+    python bench/scale.py --keep /tmp/scale    # keep the lakes (then profile a rerun on /tmp/scale/n250000/lake)
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[25_000, 250_000])
     ap.add_argument("--samples", type=int, default=4, help="distil samples per problem")
+    ap.add_argument("--keep", type=Path, help="build the lakes in this folder and keep them (to profile a rerun)")
     args = ap.parse_args()
     port = free_port()
     server = subprocess.Popen([sys.executable, str(REPO / "bench" / "slot_server.py"), "--port", str(port),
@@ -178,7 +180,8 @@ def main() -> None:
     try:
         wait_port(port)
         with tempfile.TemporaryDirectory() as tmp:
-            results = [run_size(n, args.samples, f"http://127.0.0.1:{port}/v1", Path(tmp)) for n in args.sizes]
+            folder = args.keep or Path(tmp)
+            results = [run_size(n, args.samples, f"http://127.0.0.1:{port}/v1", folder) for n in args.sizes]
     finally:
         server.terminate()
         server.wait(10)

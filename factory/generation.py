@@ -33,12 +33,16 @@ from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
 
 
-PROBE_SLICE = 8192                    # prompts per cache probe (one read of the table's key column each)
+PROBE_SLICE = 8192                    # prompts per cache probe, at least (one read of the table's key column each)
+PROBE_SCANS = 4                       # a probe slice grows with the table: about this many reads of it per pass
 HYDRATE_CHUNK = 256                   # prompts whose image bytes are fetched at once
 
 
+_KEY_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)  # json.dumps's, built once
+
+
 def sha(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+    return hashlib.sha256(_KEY_JSON.encode(parts).encode()).hexdigest()
 
 
 def image_part(image_id: str, data: bytes | None = None, fmt: str = "png") -> dict:
@@ -87,13 +91,32 @@ class Prompt:
 
 
 def prompt_key(identity: str, sampling: Sampling, template_hash: str, messages: list[dict]) -> str:
+    return prompt_keyer(identity, sampling, template_hash)(messages)
+
+
+def prompt_keyer(identity: str, sampling: Sampling, template_hash: str) -> Callable[[list[dict]], str]:
+    """prompt_key for one stage's settings: the JSON text of sha("prompt", identity, template_hash,
+    messages, settings) with all but the messages encoded once (a key per prompt, a million prompts)."""
     settings = {"temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens,
                 "seed": sampling.seed, "stop": list(sampling.stop)}
-    return sha("prompt", identity, template_hash, _key_messages(messages), settings)
+    head = _KEY_JSON.encode(["prompt", identity, template_hash])[:-1] + ", "  # a list's items join with ", "
+    tail = f", {_KEY_JSON.encode(settings)}]"
+    text = json.encoder.encode_basestring
+
+    def key(messages: list[dict]) -> str:
+        m = messages[0] if len(messages) == 1 else {}
+        if m.keys() == {"role", "content"} and isinstance(m["content"], str) and isinstance(m["role"], str):
+            body = f'[{{"content": {text(m["content"])}, "role": {text(m["role"])}}}]'  # one text turn, as encoded
+        else:
+            body = _KEY_JSON.encode(_key_messages(messages))
+        return hashlib.sha256(f"{head}{body}{tail}".encode()).hexdigest()
+    return key
 
 
 def sample_key(prompt_key_: str, index: int) -> str:
-    return sha("sample", prompt_key_, index)
+    """sha("sample", prompt_key_, index), written out: the same JSON text, so the same key, without
+    json.dumps's cost (a million keys per rerun of a large stage)."""
+    return hashlib.sha256(f'["sample", "{prompt_key_}", {int(index)}]'.encode()).hexdigest()
 
 
 RowBuilder = Callable[[Prompt, Result, list[int], list[str]], list[dict]]
@@ -126,15 +149,18 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: GenerationConfig
 
     def pending() -> Iterator[Request]:
         """Requests for the samples the lake lacks. Keys are probed in large slices (a probe reads the
-        table's key column once, so its cost is per slice, not per prompt); image bytes are fetched in
-        small chunks, only for the prompts that will be sent, so memory stays flat."""
+        table's key column once, so its cost is per slice, not per prompt), and a slice grows with the
+        table (about PROBE_SCANS probes per pass over it), so a pass reads the table a bounded number
+        of times however large it is; image bytes are fetched in small chunks, only for the prompts
+        that will be sent, so memory stays flat."""
         slice_: list[tuple[Prompt, str, list[str]]] = []
+        held = lake.count(table)  # rows in the table, kept up to date with what this run commits
 
         def flush_slice():
-            have = lake.existing(table, "request_key", [k for _, _, ks in slice_ for k in ks])
+            lacking = lake.missing(table, "request_key", [k for _, _, ks in slice_ for k in ks])
             todo = []
             for prompt, pkey, ks in slice_:
-                missing = [i for i, k in enumerate(ks) if k not in have]
+                missing = [i for i, k in enumerate(ks) if k in lacking]
                 stats.cached += len(ks) - len(missing)
                 if missing:
                     todo.append((prompt, pkey, ks, missing))
@@ -152,8 +178,9 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: GenerationConfig
                     yield Request(key=pkey, messages=prompt.messages, sampling=sampling), prompt
 
         seen: set[str] = set()
+        key_of = prompt_keyer(identity, base, template.hash)
         for prompt in prompts:
-            pkey = prompt_key(identity, base, template.hash, prompt.messages)
+            pkey = key_of(prompt.messages)
             if pkey in seen:  # the same request as another problem's (same text, same image): its rows are the first's
                 stats.skipped["same request as another problem"] += 1
                 continue
@@ -161,7 +188,7 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: GenerationConfig
             ks = [sample_key(pkey, i) for i in range(base.n)]
             stats.wanted += base.n
             slice_.append((prompt, pkey, ks))
-            if len(slice_) >= PROBE_SLICE:
+            if len(slice_) >= max(PROBE_SLICE, (held + stats.written) // (PROBE_SCANS * base.n)):
                 yield from flush_slice()
                 slice_ = []
         yield from flush_slice()

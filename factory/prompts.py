@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import string
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from vlfactory.recipe import RecipeError, shipped_recipes
@@ -27,11 +28,11 @@ class Template:
     name: str
     text: str
 
-    @property
+    @cached_property  # once per template, not once per rendered prompt (a million per large stage)
     def hash(self) -> str:
         return hashlib.sha256(self.text.encode()).hexdigest()[:16]
 
-    @property
+    @cached_property
     def fields(self) -> set[str]:
         return {f for _, f, _, _ in string.Formatter().parse(self.text) if f}
 

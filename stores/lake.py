@@ -609,6 +609,19 @@ class Lake:
             self.con.unregister("_probe")
         return {r[0] for r in rows}
 
+    def missing(self, table: str, key: str, values: list[str]) -> set[str]:
+        """Which of these key values the table lacks: one read of its key column, and only what is
+        missing comes back (nothing, when a finished stage runs again)."""
+        if not values:
+            return set()
+        self.con.register("_probe", pa.table({"v": pa.array(values, pa.string())}))
+        try:
+            rows = self.con.execute(f'SELECT DISTINCT v FROM _probe WHERE v NOT IN (SELECT "{key}" FROM {DB}.{table} '
+                                    f'WHERE "{key}" IS NOT NULL)').fetchall()
+        finally:
+            self.con.unregister("_probe")
+        return {r[0] for r in rows}
+
     # ---- runs (lineage) ----------------------------------------------------
 
     def start_run(self, command: str, recipe_text: str | None = None, recipe_name: str | None = None,
