@@ -157,6 +157,7 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: GenerationConfig
         held = lake.count(table)  # rows in the table, kept up to date with what this run commits
 
         def flush_slice():
+            probes.append((own_writes, lake.guard_value(table)))  # before the read: a write in between shows
             lacking = lake.missing(table, "request_key", [k for _, _, ks in slice_ for k in ks])
             todo = []
             for prompt, pkey, ks in slice_:
@@ -174,6 +175,7 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: GenerationConfig
                         **{**base.__dict__, "n": len(missing),
                            "seed": None if base.seed is None else base.seed + missing[0]})
                     prompt.context["_samples"] = (missing, [ks[i] for i in missing])
+                    prompt.context["_probe"] = len(probes) - 1
                     stats.requests += 1
                     yield Request(key=pkey, messages=prompt.messages, sampling=sampling), prompt
 
@@ -203,10 +205,16 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: GenerationConfig
     buffer: list[dict] = []
     failures: list[tuple[str, str, str]] = []
     last_commit = time.monotonic()
+    # The buffer's keys were all missing at the oldest probe of its rows; while no other keyed write
+    # has happened since (the table's guard moved by our own commits only), the insert skips its check.
+    probes: list[tuple[int, int | None]] = []   # per probe: our commits so far, the table's guard
+    own_writes, oldest = 0, None
 
     def commit() -> None:
-        nonlocal buffer, failures, last_commit
+        nonlocal buffer, failures, last_commit, own_writes, oldest
         if buffer or failures:
+            mine, guard = probes[oldest] if oldest is not None else (0, None)
+            guard_at = None if guard is None else guard + own_writes - mine
             rows = pa.Table.from_pylist(buffer, schema=arrow_schema)
             rejected = pa.Table.from_pylist([
                 {"rejected_id": sha("rejected", stage_name, "request_failed", key)[:16], "stage": stage_name,
@@ -215,9 +223,11 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: GenerationConfig
                 schema=schema.REJECTED)
             def write() -> int:  # run again from the start if another run's commit of these keys wins
                 lake.insert("rejected", rejected, key="rejected_id")
-                return lake.insert(table, rows, key="request_key")
-            stats.written += lake.write(f"{stage_name}: {len(buffer)} rows, {len(failures)} failed", write)
-            buffer, failures = [], []
+                return lake.insert(table, rows, key="request_key", guard_at=guard_at)
+            n = lake.write(f"{stage_name}: {len(buffer)} rows, {len(failures)} failed", write)
+            stats.written += n
+            own_writes += n > 0
+            buffer, failures, oldest = [], [], None
         last_commit = time.monotonic()
 
     backend = None
@@ -236,7 +246,9 @@ def run_prompts(lake: Lake, stage_name: str, table: str, stage: GenerationConfig
             for result in backend.generate(all_requests()):
                 prompt = by_key.pop(result.request.key)
                 indices, keys = prompt.context.pop("_samples")
+                probe = prompt.context.pop("_probe")
                 if result.ok:
+                    oldest = probe if oldest is None else min(oldest, probe)
                     for c in result.completions:  # a lone surrogate from a JSON reply would not store
                         c.text = c.text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
                     stats.prompt_tokens += result.prompt_tokens

@@ -481,7 +481,7 @@ class Lake:
 
     # ---- writing -----------------------------------------------------------
 
-    def insert(self, table: str, rows: pa.Table, key: str | None = None) -> int:
+    def insert(self, table: str, rows: pa.Table, key: str | None = None, guard_at: int | None = None) -> int:
         """Insert rows (inside the caller's transaction); with `key`, rows whose key exists are skipped.
 
         Keys stay unique with concurrent writers (two ingests, two distil runs on one shared
@@ -490,19 +490,31 @@ class Lake:
         table the second to commit conflicts with the first (DuckLake refuses two changes to
         one row) instead of adding the same keys again. `write` then redoes it on top of the
         first, whose keys its anti-join now sees.
+
+        `guard_at`: the table's guard value (`guard_value`) as of a read that found none of these
+        keys, advanced by the caller's own keyed inserts since. While the guard still has that
+        value, no other keyed write has happened since that read, so there is nothing to collide
+        with and the anti-join, which reads the whole key column, is skipped: a stage that commits
+        batch after batch pays per batch, not per row already in the table.
         """
         if rows.num_rows == 0:
             return 0
         self.con.register("_batch", rows)
         try:
             cols = ", ".join(f'"{c}"' for c in rows.column_names)
-            where = f' WHERE "{key}" NOT IN (SELECT "{key}" FROM {DB}.{table})' if key else ""
+            checked = guard_at is not None and self.guard_value(table) == guard_at
+            where = f' WHERE "{key}" NOT IN (SELECT "{key}" FROM {DB}.{table})' if key and not checked else ""
             n = self.con.execute(f"INSERT INTO {DB}.{table} ({cols}) SELECT {cols} FROM _batch{where}").fetchone()[0]
         finally:
             self.con.unregister("_batch")
         if key and n:
             self.guard(table)
         return n
+
+    def guard_value(self, table: str) -> int | None:
+        """How many keyed writes the table has had (its `write_guards` count), as this transaction sees it."""
+        row = self.con.execute(f"SELECT n FROM {DB}.write_guards WHERE name = ?", [table]).fetchone()
+        return row[0] if row else None
 
     def guard(self, *tables: str) -> None:
         """Make this transaction conflict with any concurrent one that guards one of these tables.

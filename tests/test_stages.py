@@ -171,3 +171,70 @@ def test_two_problems_with_the_same_request_are_sent_once(cli, lake_dir, tmp_pat
             assert lake.count("problems") == 2
         out = " ".join(cli("run", recipe, "--stage", "caption", "--stage", "distil").output.split())
         assert "skipped 1 (same request as another problem)" in out and len(server.hits) == 1, out
+
+
+def test_another_writer_between_probe_and_commit_adds_no_duplicate(cli, lake_dir, tmp_path):
+    """A stage's commits skip the key check while only the stage itself has written keys since its probe
+    (the table's write guard says so); a row committed by another writer in between must still be seen."""
+    import pyarrow as pa
+
+    from vlfactory.generation import prompt_key, sample_key
+    from vlfactory.recipe import load_recipe
+    from vlfactory.stages import Scope, run_stage
+    from vlfactory.stores import schema
+
+    with FaultServer() as server:
+        recipe_path = tmp_path / "r.yaml"
+        recipe_path.write_text(recipe_text(server.url))
+        cli("run", recipe_path, "--stage", "ingest")
+        cli("run", recipe_path, "--stage", "caption")
+        recipe = load_recipe(recipe_path)
+        cfg = recipe.stage_config("distil")
+        template = load_template("reason")
+        late = sorted(prompts_of(lake_dir).items())[-6:]  # half the problems' samples come from the other writer
+        keys = {pid: [sample_key(prompt_key("reasoner", cfg.sampling, template.hash,
+                                            [{"role": "user", "content": text}]), i) for i in range(2)]
+                for pid, text in late}
+        other_rows = pa.Table.from_pylist([
+            {"trace_id": k[:16], "problem_id": pid, "sample_index": i, "request_key": k, "model": "reasoner",
+             "completion": "from the other writer"} for pid, ks in keys.items() for i, k in enumerate(ks)],
+            schema=schema.TRACES)
+        calls = []
+
+        def other_writer(result, n):  # after the stage's probe, before its first commit
+            if not calls:
+                with Lake(lake_dir) as other:
+                    calls.append(other.write("another writer", lambda: other.insert("traces", other_rows,
+                                                                                      key="request_key")))
+
+        with Lake(lake_dir) as lake:
+            lake.start_run("test")
+            result = run_stage(lake, "distil", cfg, Scope.of(recipe), other_writer)
+            lake.end_run("ok")
+            counts = lake.query("SELECT count(*), count(DISTINCT request_key), "
+                                "count(*) FILTER (completion = 'from the other writer') FROM traces").fetchone()
+        assert calls == [12] and result.written == 12 and counts == (24, 24, 12)
+
+
+def test_request_keys_are_the_hash_of_their_json_text():
+    """Keys are computed without json.dumps per key, and must stay what lakes already hold:
+    sha256 of the JSON text of ("prompt", identity, template hash, messages, settings)."""
+    import hashlib
+
+    from vlfactory.backends import Sampling
+    from vlfactory.generation import image_part, prompt_key, sample_key
+
+    def by_definition(*parts) -> str:
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+    for sampling in (Sampling(), Sampling(n=4, temperature=0.6, top_p=0.9, max_tokens=64, seed=3, stop=["</a>"])):
+        settings = {"temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens,
+                    "seed": sampling.seed, "stop": list(sampling.stop)}
+        for messages, as_keyed in (
+                ([{"role": "user", "content": 'é "quoted"\n\t\u2028 ☃ \x01'}], None),
+                ([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], None),
+                ([{"role": "user", "content": [image_part("img1", b"bytes"), {"type": "text", "text": "t"}]}],
+                 [{"role": "user", "content": [{"type": "image", "image_id": "img1"}, {"type": "text", "text": "t"}]}])):
+            key = prompt_key("modél", sampling, "th", messages)
+            assert key == by_definition("prompt", "modél", "th", as_keyed or messages, settings)
+            assert [sample_key(key, i) for i in range(3)] == [by_definition("sample", key, i) for i in range(3)]
