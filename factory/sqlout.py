@@ -136,7 +136,11 @@ def _destination(output: str | None, binary: bool = False) -> Iterator[IO]:
     """stdout, or a file that appears only once complete: a query failing halfway leaves any
     earlier file of that name as it was, and no partial one."""
     if output is None:
-        yield sys.stdout.buffer if binary else sys.stdout
+        try:
+            yield sys.stdout.buffer if binary else sys.stdout
+            sys.stdout.flush()
+        except BrokenPipeError:  # `| head` read what it wanted; stop quietly, exit flush included
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
     path = Path(output)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
