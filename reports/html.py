@@ -29,8 +29,9 @@ from datetime import datetime
 
 from vlfactory.reports import plots
 from vlfactory.evaluate import wilson_interval
-from vlfactory.reports.stats import (FUNNEL, PROBLEM_STAGES, VersionStats, eval_examples, eval_label, iteration_tags,
-                                     keyword_rates, previous_tag, short_name, summary, tracked_keywords, version_stats)
+from vlfactory.reports.stats import (FUNNEL, PROBLEM_STAGES, VersionStats, eval_examples, eval_label, funnel,
+                                     iteration_tags, keyword_rates, previous_tag, short_name, summary,
+                                     tracked_keywords, version_stats)
 from vlfactory.stores.lake import Lake
 
 EMPTY = '<p class="empty">no data yet</p>'
@@ -75,8 +76,8 @@ def iterations_page(lake: Lake) -> str:
                                            "`vlfactory iterate` or `vlfactory tag iter1` makes them</p>"))
     # Each iteration's sections count the rows it added: those at its tag and not at the tag before.
     stats = [version_stats(lake, name, since=tags[i - 1][1] if i else None) for i, (name, _) in enumerate(tags)]
-    whole = [version_stats(lake, name) for name, _ in tags] if len(tags) > 1 else stats
-    series = {label: [sum(s.funnel[src][label] for src in s.funnel) for s in whole]
+    whole = [funnel(lake, snap) for _, snap in tags]  # the totals at each tag
+    series = {label: [sum(f[src][label] for src in f) for f in whole]
               for label in ("problems", "solved", "in sft", "in rl", "accepted traces", "correct rollouts")}
     names = [name for name, _ in tags]
     table = _table(["", *names], [[label, *values] for label, values in series.items()])

@@ -57,9 +57,10 @@ def _legend(ax, **kwargs):
 
 
 def _fig_legend(fig, axes) -> None:
-    """One legend beside the figure for every line of its panels (each label once)."""
+    """One legend below the figure's panels for every line of them (each label once)."""
     handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
-    legend = fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize=8)
+    legend = fig.legend(handles.values(), handles.keys(), loc="outside lower center", fontsize=8,
+                        ncols=min(3, len(handles)))
     legend.set_gid("vlf.legend")
 
 
@@ -177,7 +178,7 @@ def lengths(values: dict[str, dict[str, list[int]]]) -> str | None:
             _, _, edges = ax.hist(v, bins=bins, weights=[100 / len(v)] * len(v), histtype="step", linewidth=1.8,
                                   color=color, zorder=2 + z, label=f"{name} (n={len(v):,}, median "
                                                                    f"{sorted(v)[len(v) // 2]:,})")
-            _mark([*patches, *edges], f"hist-{name}")
+            _mark([*patches, *edges], f"hist-{unit}-{name}")
         ax.set_xlabel(f"{'words' if unit == 'words' else 'completion tokens'} per completion")
         ax.set_ylabel("% of the group's completions")
     _fig_legend(fig, axes)

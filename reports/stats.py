@@ -121,6 +121,16 @@ def scoped(sql: str, s: int, since: int | None) -> str:
     return re.sub(rf"\b({'|'.join(ADDED)})@{s}\b", added, sql)
 
 
+def funnel(lake: Lake, s: int, since: int | None = None) -> dict[str, dict[str, int]]:
+    """Per source, FUNNEL's counts at snapshot s (generated rows: those added after `since`)."""
+    out: dict[str, dict[str, int]] = {}
+    for label, sql in FUNNEL.items():
+        for r in rows(lake, scoped(sql.format(s=s), s, since)):
+            source, n = r.values()
+            out.setdefault(source, dict.fromkeys(FUNNEL, 0))[label] = n
+    return out
+
+
 def version_stats(lake: Lake, version: str | int, since: int | None = None) -> VersionStats:
     """What a version holds; with `since` (a snapshot), generated rows, grades, rejections and trainings
     count only when added after it (what one iteration did)."""
@@ -130,10 +140,7 @@ def version_stats(lake: Lake, version: str | int, since: int | None = None) -> V
     def q(sql: str) -> list[dict]:
         return rows(lake, scoped(sql, s, since))
 
-    for label, sql in FUNNEL.items():
-        for r in q(sql.format(s=s)):
-            source, n = r.values()
-            st.funnel.setdefault(source, dict.fromkeys(FUNNEL, 0))[label] = n
+    st.funnel = funnel(lake, s, since)
     st.rejected = q(f"""SELECT stage, reason, count(*) AS rows FROM rejected@{s}
                                 GROUP BY ALL ORDER BY 3 DESC, 1, 2""")
     st.verdicts = q(f"""SELECT ref_table, reason, count(*) AS rows FROM (

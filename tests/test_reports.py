@@ -1,9 +1,12 @@
-"""Reports: the HTML page renders in headless Chromium with every plot, empty lakes say "no data yet",
-and `show` prints a sample's question, image, trace and verdict."""
+"""Reports: the HTML page renders in headless Chromium with every plot, legends cover no bar or label, no
+text is cut off, small histogram groups stay visible, sample images render; iteration sections count the
+rows each iteration added; empty lakes say "no data yet"; `show` prints a sample's question, image, trace
+and verdict."""
 
 from __future__ import annotations
 
-import json
+import base64
+import io
 import re
 import shutil
 import subprocess
@@ -23,6 +26,8 @@ from vlfactory.stages import Scope
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
 
+from browser import Browser
+
 RECIPE = """\
 name: small
 sources:
@@ -32,7 +37,8 @@ verify: {max_words: 300}
 sft: {per_problem: 1, cleaned: false}
 rl: {band: [0.25, 0.75], model: policy-1, min_samples: 4}
 """
-VERSION_SECTIONS = ("funnel", "rejections", "lengths", "pass-rates", "usage", "evals", "diff")
+VERSION_SECTIONS = ("funnel", "rejections", "per-source", "lengths", "pass-rates", "distributions", "training",
+                    "usage", "evals", "diff")
 
 
 def vlf(*args, ok: bool = True):
@@ -42,7 +48,7 @@ def vlf(*args, ok: bool = True):
     return result
 
 
-def build_lake(root: Path) -> Path:
+def build_lake(root: Path, trainings: bool = False) -> Path:
     """Two synthetic sources, then two iterations written as the stages would: captions, traces and their
     grades, rejections, rollouts of a policy with known pass rates, the sft and rl sets, evals, tags."""
     from vlfactory import rlset, sftset
@@ -109,6 +115,8 @@ def build_lake(root: Path) -> Path:
                      for b, c in (("mathvista", 8 + 3 * it), ("dynamath", 4 + it))]
             with lake.transaction(f"evals {it}"):
                 lake.insert("evals", pa.Table.from_pylist(evals))
+            if trainings:
+                add_trainings(lake, it)
             lake.end_run("ok")
             lake.tag(f"iter{it}")
     return lake_dir
@@ -122,16 +130,34 @@ def grade(ref: str, table: str, pid: str, source: str, ok: bool, said: str, reas
             "cleaned": None, "cleaned_words": None, "cleaned_ok": ok}
 
 
+def add_trainings(lake: Lake, it: int) -> None:
+    """An SFT and a GRPO training of iteration `it` with their logged steps, as trainers/run.py stores them
+    (tests/test_training_logs.py stores them from real TRL trainings)."""
+    from vlfactory.trainers.run import log_rows
+
+    for kind, metric in (("sft", "loss"), ("grpo", "reward")):
+        tid = f"{kind}{it}"
+        history = [{metric: (3.0 / step if kind == "sft" else 0.1 * step) + it, "step": step, "epoch": step / 4}
+                   for step in range(1, 5)]
+        with lake.transaction(f"train {kind} {tid}: ok"):
+            lake.con.execute("INSERT INTO lake.trainings (training_id, kind, dataset, rows, status, base_model, "
+                             "iteration, started_at, ended_at) VALUES (?, ?, ?, 8, 'ok', ?, ?, now(), now())",
+                             [tid, kind, f"{kind}@iter{it}", "/home/someone/a/long/path/to/base-model", it])
+            lake.insert("training_logs", pa.Table.from_pylist(log_rows(tid, history), schema=schema.TRAINING_LOGS))
+
+
 @pytest.fixture(scope="module")
 def small_lake(tmp_path_factory) -> Path:
-    return build_lake(tmp_path_factory.mktemp("reports"))
+    return build_lake(tmp_path_factory.mktemp("reports"), trainings=True)
 
 
 class Sections(HTMLParser):
-    """Per <section id>: the src of every <img>, and whether it says "no data yet"."""
+    """Per <section id>: its plots (inline <svg class="plot">), the src of every <img>, and whether it says
+    "no data yet"."""
 
     def __init__(self, text: str):
         super().__init__()
+        self.plots: dict[str, int] = {}
         self.images: dict[str, list[str]] = {}
         self.empty: set[str] = set()
         self.current = None
@@ -141,7 +167,9 @@ class Sections(HTMLParser):
         attrs = dict(attrs)
         if tag == "section":
             self.current = attrs["id"]
-            self.images[self.current] = []
+            self.plots[self.current], self.images[self.current] = 0, []
+        elif tag == "svg" and self.current and "plot" in (attrs.get("class") or "").split():
+            self.plots[self.current] += 1
         elif tag == "img" and self.current:
             self.images[self.current].append(attrs["src"])
 
@@ -151,7 +179,7 @@ class Sections(HTMLParser):
 
 
 def chromium(page: Path) -> tuple[str, list[str]]:
-    """The DOM after load and the page's console messages, from headless Chromium."""
+    """The DOM after load and the page's console messages (CSP violations, failed loads), from headless Chromium."""
     exe = shutil.which("chromium")
     if exe is None:
         pytest.skip("chromium is not installed (apt-get install chromium)")
@@ -165,46 +193,170 @@ def chromium(page: Path) -> tuple[str, list[str]]:
     return proc.stdout, [line for line in proc.stderr.splitlines() if re.search(r":CONSOLE[:(]", line)]
 
 
+# In the page: per plot, legends that cover a bar or a value label, text outside the figure (cut off),
+# and text that runs into other text; per length histogram, each group's drawn height and order.
+GEOMETRY = """(() => {
+  const hit = (a, b) => a.left < b.right - 0.5 && b.left < a.right - 0.5 && a.top < b.bottom - 0.5
+                        && b.top < a.bottom - 0.5;
+  const box = e => e.getBoundingClientRect();
+  const out = {covered: [], cut: [], crowded: [], plots: 0, legends: 0, labels: 0, hist: {}};
+  for (const svg of document.querySelectorAll('svg.plot')) {
+    const where = svg.closest('section').id, frame = box(svg);
+    out.plots++;
+    const legends = [...svg.querySelectorAll('.vlf-legend')];
+    const marks = [...svg.querySelectorAll('.vlf-bar, .vlf-label')].filter(e => box(e).width * box(e).height > 0);
+    out.legends += legends.length;
+    out.labels += svg.querySelectorAll('.vlf-label').length;
+    for (const l of legends) for (const m of marks)
+      if (hit(box(l), box(m))) out.covered.push([where, m.textContent || m.getAttribute('class')]);
+    const texts = [...svg.querySelectorAll('text')].filter(t => t.textContent.trim());
+    for (const t of texts) {
+      const r = box(t);
+      if (r.left < frame.left - 0.5 || r.right > frame.right + 0.5 || r.top < frame.top - 0.5
+          || r.bottom > frame.bottom + 0.5) out.cut.push([where, t.textContent]);
+    }
+    for (let i = 0; i < texts.length; i++) for (let j = i + 1; j < texts.length; j++)
+      if (hit(box(texts[i]), box(texts[j]))) out.crowded.push([where, texts[i].textContent, texts[j].textContent]);
+    const groups = [...svg.querySelectorAll('[class^="vlf-hist-"]')];
+    if (groups.length) out.hist[where] = groups.map((g, i) => [g.getAttribute('class').slice(9), box(g).height, i]);
+  }
+  return out;
+})()"""
+
+
+def geometry(page: Path, screenshot_images: bool = False) -> dict:
+    with Browser(width=1280, height=1000) as b:
+        b.open(page.as_uri())
+        found = b.eval(GEOMETRY)
+        found["images"] = []
+        if screenshot_images:
+            for i in range(b.eval("document.querySelectorAll('img.sample-image').length")):
+                b.eval(f"document.querySelectorAll('img.sample-image')[{i}].scrollIntoView()")
+                r = b.eval(f"""(() => {{ const img = document.querySelectorAll('img.sample-image')[{i}];
+                               const r = img.getBoundingClientRect();
+                               return [r.left, r.top, r.right, r.bottom, img.naturalWidth, img.src]; }})()""")
+                shot = b.screenshot().crop(tuple(round(v) for v in r[:4]))
+                found["images"].append((shot, r[4], r[5]))
+    return found
+
+
 def test_version_report_renders_in_chromium_with_every_plot(small_lake, tmp_path):
+    from PIL import Image, ImageStat
+
+    from vlfactory.reports.stats import version_stats
+
     out = tmp_path / "report.html"
     assert "wrote" in vlf("report", "iter2", "--out", out, "--lake", small_lake).output
     text = out.read_text()
     sections = Sections(text)
     for name in VERSION_SECTIONS:
-        assert sections.images[name], f"section {name} has no plot"
-        assert all(src.startswith("data:image/png;base64,") for src in sections.images[name])
+        assert sections.plots[name], f"section {name} has no plot"
+    assert sections.images["examples"] and all(src.startswith("data:image/") for src in sections.images["examples"])
     assert not sections.empty
-    assert "compared with iter1" in text and "http" not in text.replace("http-equiv", "")  # self-contained
-    # The page has no scripts; a probe added to a copy reports each image's decoded width, and
-    # proves that console messages reach the log. Any other console line is an error of the page.
-    probe = ("<script>addEventListener('load', () => { const out = {}; "
-             "for (const s of document.querySelectorAll('section')) "
-             "out[s.id] = [...s.querySelectorAll('img')].map(i => i.naturalWidth); "
-             "document.body.dataset.images = JSON.stringify(out); console.log('vlfactory-probe'); });</script>")
-    copy = tmp_path / "probed.html"
-    copy.write_text(text.replace("img-src data:;", "img-src data:; script-src 'unsafe-inline';")
-                    .replace("</body>", probe + "</body>"))
-    dom, console = chromium(copy)
-    assert len(console) == 1 and "vlfactory-probe" in console[0], console
-    widths = json.loads(re.search(r'data-images="([^"]*)"', dom).group(1).replace("&quot;", '"'))
-    for name in VERSION_SECTIONS:
-        assert widths[name] and all(w > 100 for w in widths[name]), (name, widths[name])
-    # The unmodified page logs nothing either (no CSP violation, no failed load).
+    assert "compared with iter1" in text and "http" not in text.replace("http-equiv", "").replace(
+        "http://www.w3.org", "")  # self-contained: nothing fetched (SVG namespaces are names, not fetches)
+    assert "/home/someone" not in text and "iter2 sft" in text  # models by short names, never local paths
+    found = geometry(out, screenshot_images=True)
+    assert found["plots"] >= len(VERSION_SECTIONS) and found["legends"] >= 5 and found["labels"] >= 20
+    assert found["covered"] == [], found["covered"]    # no legend over a bar or a value label
+    assert found["cut"] == [], found["cut"]            # no text past the figure's edge ("13,53")
+    assert found["crowded"] == [], found["crowded"]    # no text over other text (tick labels, value labels)
+    # Length histograms, per panel: every group visible, the smaller groups drawn later (on top).
+    with Lake(small_lake, read_only=True) as lake:
+        lengths = version_stats(lake, "iter2").lengths
+    (drawn,) = found["hist"].values()
+    for unit, groups in lengths.items():
+        parts = [(cls.split("-", 1)[1], h) for cls, h, _ in drawn if cls.split("-", 1)[0] == unit]
+        assert {name for name, _ in parts} == set(groups) and min(h for _, h in parts) > 4, (unit, parts)
+        order = list(dict.fromkeys(name for name, _ in parts))
+        assert order == sorted(groups, key=lambda g: -len(groups[g])), (unit, order)
+    # Sample images render: the screenshot of each shows the image's own colours, not a blank box.
+    assert found["images"]
+    for shot, natural_width, src in found["images"]:
+        original = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        assert natural_width == original.width and shot.width > 50
+        seen, expected = ImageStat.Stat(shot).mean, ImageStat.Stat(original.convert("RGB")).mean
+        assert max(abs(a - b) for a, b in zip(seen, expected)) < 12, (seen, expected)
+        assert max(ImageStat.Stat(shot).stddev) > 5  # not a uniform box
+    # The unmodified page logs nothing (no CSP violation, no failed load).
     assert chromium(out)[1] == []
+
+
+def test_plots_on_hard_numbers_keep_legends_labels_and_small_groups_visible(tmp_path):
+    """Long labels, numbers in the millions, a group of 7 beside one of 600: what cut "13,53" off, hid the
+    accepted histogram under the rejected one and put legends over bars."""
+    import random
+
+    from vlfactory.reports import plots
+    from vlfactory.reports.html import CSS
+
+    rng = random.Random(0)
+    stages = ("problems", "captioned", "distilled", "solved", "in sft", "in rl")
+    figures = {
+        "funnel": plots.funnel({f"source-{i}": dict(zip(stages, (13_535 - i, 13_000, 12_000, 7, 5, 0)))
+                                for i in range(3)}, stages),
+        "usage": plots.usage([{"stage": "distil", "model": "sha256:0123456789abcdef", "name": "smollm2-135m-instruct",
+                               "prompt_tokens": 9_000_000, "completion_tokens": 4_535_353},
+                              {"stage": "rollout", "model": "x", "name": "iter1 sft", "prompt_tokens": 13_535,
+                               "completion_tokens": 1}],
+                             [{"stage": "distil", "wall_s": 3249.5}, {"stage": "rollout", "wall_s": 147.25}]),
+        "lengths": plots.lengths({"words": {"accepted": [rng.randint(5, 40) for _ in range(7)],
+                                            "rejected": [rng.randint(1, 400) for _ in range(600)]}}),
+        "diff": plots.diff({"traces": {"added": 135_353, "removed": 0}, "rl": {"added": 24, "removed": 24}},
+                           "iter1", "iter2"),
+        "per-source": plots.per_source([{"source": "a-rather-long-source-name", "ref_table": "traces",
+                                         "graded": 13_535, "correct": 13_000, "accepted": 12_000}]),
+    }
+    page = tmp_path / "plots.html"
+    page.write_text(f"<!doctype html><html><head><meta charset=utf-8><style>{CSS}</style></head><body>"
+                    + "".join(f'<section id="{k}">{svg}</section>' for k, svg in figures.items()) + "</body></html>")
+    found = geometry(page)
+    assert found["plots"] == len(figures) and found["legends"] >= 4
+    assert found["covered"] == [] and found["cut"] == [] and found["crowded"] == [], found
+    height = {cls: h for cls, h, _ in found["hist"]["lengths"]}
+    assert height["words-accepted"] > 0.2 * max(height.values()), height  # the 7 accepted ones are not flattened
+    assert [c for c, _, _ in found["hist"]["lengths"]][-1] == "words-accepted"  # and drawn on top
 
 
 def test_iterations_report(small_lake, tmp_path):
     out = tmp_path / "loop.html"
     vlf("report", "--iterations", "--out", out, "--lake", small_lake)
-    sections = Sections(out.read_text())
-    assert sections.images["iterations"] and sections.images["evals"]
+    text = out.read_text()
+    sections = Sections(text)
+    assert sections.plots["iterations"] and sections.plots["evals"]
     for it in ("iter1", "iter2"):
-        for name in ("funnel", "rejections", "lengths", "pass-rates", "usage"):
-            assert sections.images[f"{it}-{name}"], f"{it}: {name}"
-    assert sections.images["iter2-diff"] and "iter1-diff" in sections.empty  # nothing before iter1
+        for name in ("funnel", "rejections", "per-source", "lengths", "pass-rates", "distributions", "training",
+                     "usage", "diff"):
+            assert sections.plots[f"{it}-{name}"], f"{it}: {name}"
+    assert "compared with the empty lake (snapshot 0)" in text  # iter1 has something before it
+    assert "rows added after iter1" in text
+    found = geometry(out)
+    assert found["covered"] == [] and found["cut"] == [] and found["crowded"] == [], found
     _, console = chromium(out)
     assert console == []
     assert vlf("report", "iter1", "--iterations", "--lake", small_lake, ok=False).exit_code == 2
+
+
+def test_iteration_sections_count_the_rows_each_iteration_added(small_lake):
+    from vlfactory.reports.stats import version_stats
+
+    with Lake(small_lake, read_only=True) as lake:
+        tags = lake.tags()
+        whole, own = version_stats(lake, "iter2"), version_stats(lake, "iter2", since=tags["iter1"])
+        added = {t: lake.query(f"SELECT count(*) FROM {t}@iter2 WHERE {k} NOT IN (SELECT {k} FROM {t}@iter1)"
+                               ).fetchone()[0] for t, k in (("traces", "trace_id"), ("rollouts", "rollout_id"))}
+    total = lambda st, label: sum(f[label] for f in st.funnel.values())  # noqa: E731
+    assert total(whole, "traces") == 20 and total(own, "traces") == added["traces"] == 0  # iter2 distilled nothing
+    assert total(whole, "rollouts") == 80 and total(own, "rollouts") == added["rollouts"] == 40
+    assert set(whole.pass_rates) == {"policy-1", "policy-2"} and set(own.pass_rates) == {"policy-2"}
+    assert {t["label"] for t in own.trainings} == {"iter2 sft", "iter2 grpo"}
+    assert {t["label"] for t in whole.trainings} == {"iter1 sft", "iter1 grpo", "iter2 sft", "iter2 grpo"}
+    assert [v for _, v in own.curves["iter2 sft"]["loss"]] == [3.0 / s + 2 for s in range(1, 5)]
+    assert all(not e["ref_table"] == "traces" for e in own.examples) and own.examples
+    # wall time per step comes from the commits, and iter2's steps are only its own
+    assert {r["stage"] for r in whole.stage_time} >= {"ingest", "train sft"}
+    assert "ingest" not in {r["stage"] for r in own.stage_time}
+    assert all(r["wall_s"] >= 0 for r in whole.stage_time)
 
 
 def test_empty_lake_says_no_data_yet(cli, lake_dir, tmp_path):
@@ -214,8 +366,8 @@ def test_empty_lake_says_no_data_yet(cli, lake_dir, tmp_path):
     out = tmp_path / "r.html"
     cli("report", "--out", out)
     sections = Sections(out.read_text())
-    assert sections.images["funnel"]  # three problems, nothing else yet
-    assert {"rejections", "lengths", "pass-rates", "usage", "evals", "diff"} <= sections.empty
+    assert sections.plots["funnel"] and sections.plots["diff"]  # three problems, added since the empty lake
+    assert {"rejections", "lengths", "pass-rates", "examples", "training", "evals"} <= sections.empty
     cli("report", "--iterations", "--out", out)
     assert "no data yet" in out.read_text()
 
