@@ -25,8 +25,6 @@ def test_trainings_store_their_log_history_and_the_report_plots_it(cli, lake_dir
     write_sets(lake_dir, "iter1", "a", 6)
     sft = train_sft("sft@iter1", str(tiny_vlm_dir), tmp_path / "sft", config=SFT, lake=str(lake_dir))
     grpo = train_grpo("rl@iter1", str(tiny_vlm_dir), tmp_path / "grpo", config=GRPO, lake=str(lake_dir))
-    with Lake(lake_dir) as lake:
-        lake.tag("iter1")  # after the trainings
     with Lake(lake_dir, read_only=True) as lake:
         logged = lake.query("""SELECT training_id, name, list(step ORDER BY step) AS steps,
                                       list(value ORDER BY step) AS vals
@@ -38,10 +36,10 @@ def test_trainings_store_their_log_history_and_the_report_plots_it(cli, lake_dir
     assert loss[-1] == pytest.approx(sft.metrics["loss"])
     steps, reward = curves[(grpo.training_id, "reward")]
     assert steps == [1, 2] and reward[-1] == pytest.approx(grpo.metrics["reward"])
-    assert (grpo.training_id, "rewards/accuracy_reward/mean") in curves and (grpo.training_id, "kl") in curves
+    assert any(t == grpo.training_id and name.startswith("rewards/") for t, name in curves)  # per reward function
     assert (sft.training_id, "train_runtime") in curves  # the run's totals, at its last step
     out = tmp_path / "report.html"
-    vlf("report", "iter1", "--out", out, "--lake", lake_dir)
+    vlf("report", "latest", "--out", out, "--lake", lake_dir)
     text = out.read_text()
     training = text[text.index('<section id="training">'):text.index("</section>", text.index('id="training"'))]
     assert Sections(text).plots["training"] == 1
