@@ -176,8 +176,7 @@ def lengths(values: dict[str, dict[str, list[int]]]) -> str | None:
             _, _, patches = ax.hist(v, bins=bins, weights=[100 / len(v)] * len(v), histtype="stepfilled",
                                     alpha=0.25, color=color, zorder=2 + z)
             _, _, edges = ax.hist(v, bins=bins, weights=[100 / len(v)] * len(v), histtype="step", linewidth=1.8,
-                                  color=color, zorder=2 + z, label=f"{name} (n={len(v):,}, median "
-                                                                   f"{sorted(v)[len(v) // 2]:,})")
+                                  color=color, zorder=2 + z, label=f"{name} (n={len(v):,})")
             _mark([*patches, *edges], f"hist-{unit}-{name}")
         ax.set_xlabel(f"{'words' if unit == 'words' else 'completion tokens'} per completion")
         ax.set_ylabel("% of the group's completions")
@@ -310,12 +309,16 @@ def curves(logged: dict[str, dict[str, list[tuple[int, float]]]]) -> str | None:
     metrics = [m for m in ("loss", "reward", "reward_std", "kl") if any(m in c for c in logged.values())]
     if not metrics:
         return None
+    from matplotlib import colormaps
+
     fig, axes = _figure(1, len(metrics), width=4.0 * len(metrics) + 1.5, height=3.4)
+    color = {label: colormaps["tab10"](i % 10) for i, label in enumerate(logged)}  # one colour per training
     for ax, metric in zip(axes, metrics):
         for label, series in logged.items():
             if metric in series:
                 steps, values = zip(*series[metric])
-                ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=label)
+                ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=label,
+                        color=color[label])
         ax.set_xlabel("step")
         ax.set_title(metric, fontsize=10)
         ax.xaxis.set_major_locator(_integers())
