@@ -308,7 +308,8 @@ def versions(lake: str | None, data_path: str | None, last: int) -> None:
         for name, snap in lk.tags().items():
             tags.setdefault(snap, []).append(name)
         commands = dict(lk.con.execute("SELECT run_id, command FROM lake.runs").fetchall())
-        snapshots = lk.snapshots()[-last:]
+        pinned = lk.current_snapshot()  # the latest when it opened: later ones' files are not readable here
+        snapshots = [s for s in lk.snapshots() if s["snapshot_id"] <= pinned][-last:]
         rows = []
         for s, counts in zip(snapshots, _row_counts(lk, snapshots)):
             extra = json.loads(s["commit_extra_info"]) if s["commit_extra_info"] else {}
