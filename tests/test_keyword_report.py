@@ -75,7 +75,7 @@ def test_report_draws_keyword_curves_for_two_iterations(cli, lake_dir, tmp_path)
     page = out.read_text()
     section = page[page.index('<section id="keywords">'):]
     section = section[:section.index("</section>")]
-    assert '<img alt="Reflection keywords across iterations" src="data:image/png;base64,' in section
+    assert '<figure aria-label="Reflection keywords across iterations"><svg class="plot"' in section
     assert "wait, check, but wait" in section and "iter2" in section and "iter1 grpo" in section
     assert f"{rate(ITER2_ROLLOUTS, 'check'):,.2f}" in section
     # and the stored answers of each evaluated model
