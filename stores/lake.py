@@ -545,7 +545,8 @@ class Lake:
         import pyarrow.parquet as pq
 
         opts = dict(self.con.execute(f"""SELECT option_name, value FROM {DB}.options()
-            WHERE option_name IN ('encrypted', 'parquet_compression', 'parquet_compression_level')
+            WHERE option_name IN ('encrypted', 'parquet_compression', 'parquet_compression_level',
+                                  'parquet_row_group_size')
               AND (scope = 'GLOBAL' OR scope_entry IN ('main', ?))
             ORDER BY CASE scope WHEN 'GLOBAL' THEN 0 WHEN 'SCHEMA' THEN 1 ELSE 2 END""",
                                      [f"main.{table}"]).fetchall())  # the narrowest scope wins
@@ -563,8 +564,10 @@ class Lake:
         compression = opts.get("parquet_compression", "snappy")
         level = opts.get("parquet_compression_level")
         small = [f.name for f in rows.schema if not pa.types.is_binary(f.type)]  # no dictionary or min/max of blobs
+        group = opts.get("parquet_row_group_size")
         pq.write_table(rows, path, compression={"uncompressed": "none", "lz4_raw": "lz4"}.get(compression, compression),
-                       compression_level=int(level) if level else None, use_dictionary=small, write_statistics=small)
+                       compression_level=int(level) if level else None, use_dictionary=small, write_statistics=small,
+                       row_group_size=int(group) if group else None)
         self.con.execute(f"CALL ducklake_add_data_files('{DB}', ?, ?)", [table, str(path)])
         if key:
             self.guard(table)

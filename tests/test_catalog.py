@@ -109,6 +109,30 @@ def test_old_lake_gets_new_migrations(lake_dir, monkeypatch, two_versions):
         assert lake.query("SELECT count(*) FROM schema_migrations").fetchone()[0] == len(schema.MIGRATIONS)
 
 
+def test_rows_read_one_at_a_time_are_stored_in_small_row_groups(lake_dir):
+    """A point read decodes the row group holding the row: large inserts, through DuckDB or pyarrow,
+    write groups of at most schema.ROW_GROUP_ROWS rows for the tables the viewer opens row by row."""
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+
+    n = 3 * schema.ROW_GROUP_ROWS + 5
+    rows = pa.Table.from_pylist([{"trace_id": f"t{i:06d}", "problem_id": f"p{i % 97}", "request_key": f"k{i}",
+                                  "completion": "x " * 50} for i in range(n)], schema=schema.TRACES)
+    with Lake(lake_dir) as lake:
+        with lake.transaction("large insert"):
+            lake.insert("traces", rows)
+        with lake.transaction("large append"):
+            now = pa.array([datetime.now(timezone.utc)] * n, pa.timestamp("us", tz="UTC"))
+            lake.append("traces", rows.set_column(0, "trace_id", pa.array([f"u{i:06d}" for i in range(n)]))
+                        .append_column("created_at", now))
+        files = [f for f in lake._data_files() if "/traces/" in f]
+    groups = [pq.ParquetFile(f).metadata.row_group(i).num_rows for f in files
+              for i in range(pq.ParquetFile(f).metadata.num_row_groups)]
+    assert len(files) == 2 and sum(groups) == 2 * n
+    assert max(groups) <= schema.ROW_GROUP_ROWS and len(groups) >= 8
+
+
 def test_lake_location_precedence(tmp_path, monkeypatch, cli):
     from vlfactory.stores.lake import LakeSpec
 
