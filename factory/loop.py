@@ -59,6 +59,7 @@ class Loop:
         self.run_id: str | None = None
         self.out = Path(self.cfg.output_dir).resolve()  # relative to the working directory, like ./lake
         self.evals: list[dict] = []       # every evaluation of this run, for the closing table
+        self.base = self.cfg.base_model   # what every SFT starts from: the base model, or the pretrained one
 
     def lake(self) -> Lake:
         lake = Lake(self.spec)
@@ -151,6 +152,18 @@ class Loop:
                                "benchmark": name, "accuracy": result.accuracy, "problems": result.problems,
                                "samples": result.samples_per_problem})
 
+    def pretrain(self) -> str:
+        """Teach the base model to see before the loop (`loop.pretrain`): SFT on the sources' ground-truth
+        captions, image -> description, recorded like any training (`sft@pretrain`, iteration 0). The
+        model it makes is the base every iteration's SFT starts from and is evaluated as iteration 0."""
+        r = self.recipe
+        self.say("== pretraining: the base model learns to see (image -> ground-truth caption) ==")
+        self.stage("ingest", r.stage_config("ingest"))
+        self.stage("caption", r.stage_config("caption"), self.scope)
+        self.stage("sft", SFTSetConfig(candidates="captions", prompt="describe", cleaned=False), self.scope)
+        self.tag_set("sft", "pretrain")
+        return self.train("sft", "sft@pretrain", self.cfg.base_model, 0, self.cfg.pretrain)
+
     # ---- the loop ------------------------------------------------------------------
 
     def iteration(self, k: int, previous_policy: str | None) -> str:
@@ -179,7 +192,7 @@ class Loop:
                                       model=previous_policy, cleaned=bool(plan.sft_cleaned))
         self.stage("sft", sft, scope)
         self.tag_set("sft", f"iter{k}-sft")
-        sft_model = self.train("sft", f"sft@iter{k}-sft", self.cfg.base_model, k)
+        sft_model = self.train("sft", f"sft@iter{k}-sft", self.base, k)
         self.evaluate(sft_model, k, "sft")
 
         stages = self.cfg.grpo_stages or [GRPOStage("", r.rl.band, self.cfg.grpo, r.rl.min_samples)]
@@ -223,7 +236,9 @@ class Loop:
         policies, status, error = [], "failed", None
         try:
             with tracking.for_run(self.recipe, self.run_id, "iterate"):
-                self.evaluate(self.cfg.base_model, 0, "base")
+                if self.cfg.pretrain is not None:
+                    self.base = self.pretrain()
+                self.evaluate(self.base, 0, "base")
                 for k in range(1, (iterations or self.cfg.iterations) + 1):
                     policies.append(self.iteration(k, policies[-1] if policies else None))
             status = "ok"

@@ -58,6 +58,7 @@ from pathlib import Path
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+RULES = "caption-reasoner"  # the rules backend's text reasoner (vlfactory.backends.rules)
 
 
 def cache_dir() -> Path:
@@ -88,6 +89,8 @@ def identity(model: str, revision: str | None = None) -> str:
     kind, path = _locate(model)
     if path is not None:
         return _folder_identity(path)
+    if kind == "builtin" and model.lower() == RULES:  # the rules teacher: its code is its content
+        return _rules_identity()
     if kind == "builtin":  # SmolLM2: the wheel's GGUF, named without converting it
         return _smollm2_identity()
     return _hub_identity(model, revision)
@@ -104,7 +107,7 @@ def describe(model: str) -> dict:
 
 
 def _locate(model: str) -> tuple[str, Path | None]:
-    if model.lower() == SMOLLM2:
+    if model.lower() in (SMOLLM2, RULES):
         return "builtin", None
     if model.lower() in TINY:
         return "builtin", Path(resolve_model(model))
@@ -116,6 +119,12 @@ def _locate(model: str) -> tuple[str, Path | None]:
     if model.startswith(PATH_PREFIXES):
         raise FileNotFoundError(f"model folder {model} does not exist")
     return "hub", None
+
+
+def _rules_identity() -> str:
+    from vlfactory.backends import rules
+
+    return f"vlfactory/{RULES}@sha256:{hashlib.sha256(Path(rules.__file__).read_bytes()).hexdigest()[:16]}"
 
 
 def _smollm2_identity() -> str:

@@ -134,7 +134,7 @@ class VerifyConfig:
 class SFTSetConfig:
     """Which accepted samples become the `sft` set."""
 
-    candidates: str = "traces"        # traces (distillation) | rollouts (self-improvement) | both
+    candidates: str = "traces"        # traces (distillation) | rollouts (self-improvement) | both | captions
     model: str | None = None          # only samples of this model (default: all)
     per_problem: int = 1              # k: at most this many examples per problem
     pick: str = "shortest"            # shortest | random | all
@@ -223,6 +223,10 @@ class LoopConfig:
     """The iteration loop (`vlfactory iterate`): what to train, with which TRL settings, how often."""
 
     base_model: str                   # the VLM every SFT starts from (OpenVLThinker: Qwen2.5-VL-7B-Instruct)
+    # Teach the base model to see first: SFT on the sources' ground-truth captions (image -> description),
+    # SFTConfig fields or a trainers YAML; the model it makes is the base of every iteration. For a base that
+    # already reads images (Qwen2.5-VL), leave it out.
+    pretrain: dict[str, Any] | str | None = None
     iterations: int = 2
     output_dir: str = "runs"          # checkpoints: OUTPUT/iterK/{sft,grpo}-<config hash> (relative to the cwd)
     sft: dict[str, Any] | str | None = None   # SFTConfig fields, or a trainers YAML file (default: tiny CPU run)

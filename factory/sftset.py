@@ -2,7 +2,9 @@
 
 Candidates are the verify stage's accepted traces (iteration 1: distillation
 through captions), rollouts (later iterations: the RL model's own verified
-answers), or both. Per problem at most `per_problem` are kept, picked by a rule
+answers), or both; or, to teach a base model to see before anything else
+(`loop.pretrain`), the sources' ground-truth captions (image + the caption
+prompt -> the description). Per problem at most `per_problem` are kept, picked by a rule
 (`shortest` correct, `random` with a seed, `all`), and the mix is balanced
 across sources by the recipe's weights. `shortest` means the shortest chain as
 written, cleaned afterwards (OpenVLThinker keeps the shortest correct chain,
@@ -62,10 +64,27 @@ def _order_key(seed: int, ident: str) -> str:
     return hashlib.sha256(f"{seed}:{ident}".encode()).hexdigest()
 
 
+def caption_candidates(lake: Lake, scope: Scope) -> list[dict]:
+    """The ground-truth captions of the problems in scope, as image -> description examples: the set that
+    teaches a base model to see before it learns to reason (`loop.pretrain`)."""
+    rel = lake.con.execute(f"""
+        WITH todo AS {scope.problems()}
+        SELECT c.caption_id AS from_id, 'captions' AS from_table, c.model, c.caption AS completion,
+               NULL AS cleaned, true AS cleaned_ok, len(string_split(c.caption, ' ')) AS words,
+               NULL AS cleaned_words, p.problem_id, p.source, p.source_id, p.image_id, p.question, p.choices,
+               p.answer
+        FROM lake.captions c JOIN todo p ON p.problem_id = c.problem_id
+        WHERE c.origin = 'source'""")
+    cols = [d[0] for d in rel.description]
+    return [dict(zip(cols, r)) for r in rel.fetchall()]
+
+
 def candidates(lake: Lake, cfg: SFTSetConfig, scope: Scope) -> list[dict]:
     """Accepted samples of the problems in scope, by the current verifier's grades."""
     from vlfactory.models import identity
 
+    if cfg.candidates == "captions":
+        return caption_candidates(lake, scope)
     tables = ("traces", "rollouts") if cfg.candidates == "both" else (cfg.candidates,)
     model = identity(cfg.model) if cfg.model else None
     out = []
@@ -145,7 +164,8 @@ def pick(rows: list[dict], cfg: SFTSetConfig, stats: SetStats) -> list[dict]:
 
 def run(lake: Lake, cfg: SFTSetConfig, scope: Scope, progress=None) -> StageResult:
     stats = SetStats("sft")
-    template = load_template(cfg.prompt or "rollout", needs={"question"})
+    default = "caption" if cfg.candidates == "captions" else "rollout"
+    template = load_template(cfg.prompt or default, needs=set() if cfg.candidates == "captions" else {"question"})
     rows = candidates(lake, cfg, scope)
     stats.candidates = len(rows)
     examples = pick(rows, cfg, stats)

@@ -104,7 +104,7 @@ def _openai_part(p: dict) -> dict:
             "image_url": {"url": f"data:image/{mime};base64,{base64.b64encode(p['image']).decode()}"}}
 
 
-BACKENDS = ("openai", "vllm", "transformers")
+BACKENDS = ("openai", "vllm", "transformers", "rules")
 
 
 def backend_config_class(name: str) -> type:
@@ -121,6 +121,10 @@ def backend_config_class(name: str) -> type:
         from vlfactory.backends.hf_local import TransformersConfig
 
         return TransformersConfig
+    if name == "rules":
+        from vlfactory.backends.rules import RulesConfig
+
+        return RulesConfig
     raise ValueError(f"backend: unknown backend {name!r}; known: {', '.join(BACKENDS)}")
 
 
@@ -143,6 +147,10 @@ def make_backend(cfg: Mapping[str, Any] | Any) -> Backend:
         from vlfactory.backends.vllm_engine import VLLMBackend
 
         return VLLMBackend(cfg)
+    if name == "rules":
+        from vlfactory.backends.rules import RulesBackend
+
+        return RulesBackend(cfg)
     from vlfactory.backends.hf_local import TransformersBackend
 
     return TransformersBackend(cfg)
