@@ -203,14 +203,14 @@ def _examples(st: VersionStats) -> str:
     for r in st.examples:
         verdict = "accepted" if r["accepted"] else f"not accepted: {', '.join(r['reasons'] or [r['grade_reason'] or '-'])}"
         image = _image(r["image"], r["image_format"])
-        meta = (f"{r['ref_table']} <code>{html.escape(r['ref_id'])}</code>, {html.escape(r['source'])}, "
+        meta = (f"{r['ref_table']} <code>{html.escape(r['ref_id'])}</code>, {html.escape(str(r['source']))}, "
                 f"by {html.escape(short_name(r['model'], st.names))}; {html.escape(verdict)}; extracted "
                 f"<b>{html.escape(str(r['extracted']))}</b>, gold <b>{html.escape(str(r['gold']))}</b>; "
                 f"{r['completion_tokens'] or 0:,} tokens, finish {html.escape(str(r['finish_reason']))}")
         caption = f"<p><b>caption the reasoner saw:</b> {html.escape(r['caption'])}</p>" if r["caption"] else ""
         cleaned = r["cleaned"] if r["cleaned"] is not None else "(not cleaned: only accepted samples are)"
         out.append(f'<div class="sample">{image}<p class="meta">{meta}</p><p><b>question:</b> '
-                   f"{html.escape(r['question'])}</p>{caption}<div class=\"texts\"><div><b>completion</b>"
+                   f"{html.escape(r['question'] or '')}</p>{caption}<div class=\"texts\"><div><b>completion</b>"
                    f"<pre>{html.escape(r['completion'] or '')}</pre></div><div><b>cleaned for SFT</b>"
                    f"<pre>{html.escape(cleaned)}</pre></div></div></div>")
     return "".join(out)
