@@ -241,7 +241,7 @@ def _clock(seconds: float) -> str:
 @click.option("--format", "fmt", type=click.Choice(sqlout.FORMATS), default=None,
               help="Output format [default: from -o's suffix (.csv .tsv .json .jsonl .md .parquet), else table].")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
-              help="Write to FILE; csv, tsv, json, jsonl and parquet stream there (parquet needs it).")
+              help="Write to FILE (parquet needs one). csv, tsv, json, jsonl and parquet stream, here or to stdout.")
 @click.option("--no-header", is_flag=True, help="Leave out the header row (table, csv, tsv, markdown).")
 @click.option("--max-width", type=click.IntRange(min=0), default=60, show_default=True,
               help="Cut longer cells in table and markdown output (0: never).")

@@ -171,8 +171,10 @@ def counts_by_brute_force(lake: Lake, snap: int) -> dict[str, int]:
 
 def versions_rows(lake_path: Path, *args: str, env: dict | None = None) -> tuple[str, dict[int, dict[str, int]]]:
     """`vlfactory versions` through a pipe (not a terminal): its text, and each snapshot's row counts."""
-    out = subprocess.run([sys.executable, "-m", "vlfactory.cli", "versions", "--lake", str(lake_path), *args],
-                         capture_output=True, text=True, check=True, env={**os.environ, **(env or {})}).stdout
+    res = subprocess.run([sys.executable, "-m", "vlfactory.cli", "versions", "--lake", str(lake_path), *args],
+                         capture_output=True, text=True, env={**os.environ, **(env or {})})
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
     counts = {}
     for line in out.splitlines():
         cells = [c.strip() for c in line.split("│")[1:-1]]
