@@ -117,27 +117,35 @@ def _barh(ax, labels: list[str], values: list[float], color: str | None = None, 
     _bar_labels(ax, bars, [fmt.format(v) for v in values])
 
 
+def _grouped(categories: list[str], series: list[dict], xlabel: str, title: str, row: float = 0.45) -> str:
+    """Grouped horizontal bars: per category one bar of each series ({label, values, color, texts?, xerr?}),
+    value labels at their ends, the legend beside the axes."""
+    fig, (ax,) = _figure(height=1.4 + row * len(categories) * max(1, len(series) / 2))
+    width = 0.8 / len(series)
+    for i, sr in enumerate(series):
+        extra = {"xerr": sr["xerr"], "error_kw": {"elinewidth": 0.8, "capsize": 2}} if sr.get("xerr") else {}
+        bars = ax.barh([j + (i - (len(series) - 1) / 2) * width for j in range(len(categories))], sr["values"],
+                       height=width, color=sr["color"], label=sr["label"], **extra)
+        _bar_labels(ax, bars, sr.get("texts"), fontsize=7 if len(series) > 2 else 8)
+    ax.set_yticks(range(len(categories)), categories)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    _legend(ax)
+    return _svg(fig)
+
+
 def funnel(counts: dict[str, dict[str, int]], stages: tuple[str, ...]) -> str | None:
     """Grouped horizontal bars: per source, problems left at each stage."""
     if not counts:
         return None
-    sources = sorted(counts)
-    fig, (ax,) = _figure(height=1.2 + 0.25 * len(sources) * len(stages))
     from matplotlib import colormaps
 
-    width = 0.8 / len(stages)
+    sources = sorted(counts)
     cmap = colormaps["viridis"]
-    for i, stage in enumerate(stages):
-        ys = [j + i * width for j in range(len(sources))]
-        bars = ax.barh(ys, [counts[s][stage] for s in sources], height=width, label=stage,
-                       color=cmap(i / max(1, len(stages) - 1)))
-        _bar_labels(ax, bars, fontsize=7)
-    ax.set_yticks([j + 0.4 - width / 2 for j in range(len(sources))], sources)
-    ax.invert_yaxis()
-    ax.set_xlabel("problems")
-    ax.set_title("Funnel per source: problems left at each stage")
-    _legend(ax)
-    return _svg(fig)
+    return _grouped(sources, [{"label": stage, "values": [counts[s][stage] for s in sources],
+                               "color": cmap(i / max(1, len(stages) - 1))} for i, stage in enumerate(stages)],
+                    "problems", "Funnel per source: problems left at each stage", row=0.25)
 
 
 def rejections(rejected: list[dict], verdicts: list[dict]) -> str | None:
@@ -257,24 +265,15 @@ def per_source(rates: list[dict]) -> str | None:
         return None
     from vlfactory.evaluate import wilson_interval
 
-    labels = [f"{r['source']}: {r['ref_table']}" for r in rates]
-    fig, (ax,) = _figure(height=1.4 + 0.5 * len(rates))
-    for offset, key, color in ((-0.2, "correct", "#2a9d8f"), (0.2, "accepted", "#264653")):
+    series = []
+    for key, color in (("correct", "#2a9d8f"), ("accepted", "#264653")):
         values = [100 * r[key] / r["graded"] if r["graded"] else 0.0 for r in rates]
-        errors = [[], []]
-        for r, v in zip(rates, values):
-            lo, hi = wilson_interval(v / 100, r["graded"]) if r["graded"] else (0.0, 0.0)
-            errors[0].append(max(0.0, v - 100 * lo))
-            errors[1].append(max(0.0, 100 * hi - v))
-        bars = ax.barh([i + offset for i in range(len(rates))], values, height=0.4, color=color, xerr=errors,
-                       error_kw={"elinewidth": 0.8, "capsize": 2}, label=f"{key} %")
-        _bar_labels(ax, bars, [f"{v:.1f}%" for v in values])
-    ax.set_yticks(range(len(rates)), labels)
-    ax.invert_yaxis()
-    ax.set_xlabel("% of graded samples (95% interval)")
-    ax.set_title("Correct and accepted per source")
-    _legend(ax)
-    return _svg(fig)
+        bounds = [wilson_interval(v / 100, r["graded"]) if r["graded"] else (0.0, 0.0) for r, v in zip(rates, values)]
+        series.append({"label": f"{key} %", "values": values, "color": color, "texts": [f"{v:.1f}%" for v in values],
+                       "xerr": [[max(0.0, v - 100 * lo) for v, (lo, _) in zip(values, bounds)],
+                                [max(0.0, 100 * hi - v) for v, (_, hi) in zip(values, bounds)]]})
+    return _grouped([f"{r['source']}: {r['ref_table']}" for r in rates], series,
+                    "% of graded samples (95% interval)", "Correct and accepted per source", row=0.5)
 
 
 def distributions(finish: list[dict], answers: list[dict]) -> str | None:
@@ -370,18 +369,8 @@ def diff(changes: dict[str, dict[str, int]], a: str, b: str) -> str | None:
     if not changed:
         return None
     tables = sorted(changed)
-    fig, (ax,) = _figure(height=1.4 + 0.45 * len(tables))
-    y = range(len(tables))
-    for offset, key in ((-0.2, "added"), (0.2, "removed")):
-        bars = ax.barh([i + offset for i in y], [changed[t][key] for t in tables], height=0.4, color=COLORS[key],
-                       label=key)
-        _bar_labels(ax, bars)
-    ax.set_yticks(list(y), tables)
-    ax.invert_yaxis()
-    ax.set_xlabel("rows")
-    ax.set_title(f"Rows added and removed per table: {a} -> {b}")
-    _legend(ax)
-    return _svg(fig)
+    return _grouped(tables, [{"label": key, "values": [changed[t][key] for t in tables], "color": COLORS[key]}
+                             for key in ("added", "removed")], "rows", f"Rows added and removed per table: {a} -> {b}")
 
 
 def iterations(names: list[str], series: dict[str, list[int]]) -> str | None:
