@@ -78,6 +78,11 @@ def _compact(ax) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(short))
 
 
+def _printable(text: str) -> str:
+    """Model output as a label: control characters (no glyph, not allowed in SVG) spelled out."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
 def _integers():
     from matplotlib.ticker import MaxNLocator
 
@@ -284,7 +289,8 @@ def distributions(finish: list[dict], answers: list[dict]) -> str | None:
                        [r["rows"] for r in finish], "#8d99ae"))
     for series in dict.fromkeys(r["series"] for r in answers):
         picked = [r for r in answers if r["series"] == series]
-        panels.append((f"Answers: {series}", [str(r["answer"])[:24] for r in picked], [r["rows"] for r in picked],
+        panels.append((f"Answers: {series}", [_printable(str(r["answer"]))[:24] for r in picked],
+                       [r["rows"] for r in picked],
                        "#e9c46a" if "gold" in series else "#219ebc"))
     if not panels:
         return None
@@ -319,6 +325,7 @@ def curves(logged: dict[str, dict[str, list[tuple[int, float]]]]) -> str | None:
                 ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=label,
                         color=color[label])
         ax.set_xlabel("step")
+        ax.set_xlim(left=0)
         ax.set_title(metric, fontsize=10)
         ax.xaxis.set_major_locator(_integers())
     _fig_legend(fig, axes)

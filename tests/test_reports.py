@@ -306,12 +306,16 @@ def test_plots_on_hard_numbers_keep_legends_labels_and_small_groups_visible(tmp_
                            "iter1", "iter2"),
         "per-source": plots.per_source([{"source": "a-rather-long-source-name", "ref_table": "traces",
                                          "graded": 13_535, "correct": 13_000, "accepted": 12_000}]),
+        "distributions": plots.distributions(  # model output as labels: control characters, long answers
+            [{"stage": "distil", "finish_reason": "length", "rows": 1_353_535}],
+            [{"series": "traces (extracted)", "answer": a, "rows": n}
+             for a, n in (("\x02", 9), ("The answer is 42 because " * 4, 7), ("(none)", 1))]),
     }
     page = tmp_path / "plots.html"
     page.write_text(f"<!doctype html><html><head><meta charset=utf-8><style>{CSS}</style></head><body>"
                     + "".join(f'<section id="{k}">{svg}</section>' for k, svg in figures.items()) + "</body></html>")
     found = geometry(page)
-    assert found["plots"] == len(figures) and found["legends"] >= 4
+    assert found["plots"] == len(figures) and found["legends"] >= 4 and "\x02" not in page.read_text()
     assert found["covered"] == [] and found["cut"] == [] and found["crowded"] == [], found
     height = {cls: h for cls, h, _ in found["hist"]["lengths"]}
     assert height["words-accepted"] > 0.2 * max(height.values()), height  # the 7 accepted ones are not flattened
