@@ -83,6 +83,10 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
+def _short(text: str, most: int) -> str:
+    return text if len(text) <= most else text[:most - 1] + "…"
+
+
 def _integers():
     from matplotlib.ticker import MaxNLocator
 
@@ -289,7 +293,7 @@ def distributions(finish: list[dict], answers: list[dict]) -> str | None:
                        [r["rows"] for r in finish], "#8d99ae"))
     for series in dict.fromkeys(r["series"] for r in answers):
         picked = [r for r in answers if r["series"] == series]
-        panels.append((f"Answers: {series}", [_printable(str(r["answer"]))[:24] for r in picked],
+        panels.append((f"Answers: {series}", [_short(_printable(str(r["answer"])), 24) for r in picked],
                        [r["rows"] for r in picked],
                        "#e9c46a" if "gold" in series else "#219ebc"))
     if not panels:
