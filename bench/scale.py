@@ -6,7 +6,7 @@ asks a fast local OpenAI-compatible server (bench/slot_server.py, its own
 process) for `n` samples per problem; verify grades every trace with the real
 verifier; sft builds the set. For each size it prints seconds per stage, the
 cost per 1,000 rows at the start and at the end of each stage (from the
-progress callback: the first and the last tenth of the stage's rows), catalog
+progress callback: the first and the last 15% of the stage's rows), catalog
 size, Parquet file and snapshot counts, query latency, and an idle rerun of
 distil (nothing to send). The figure: per-row cost at the end of distil over
 its cost at the start (flat = 1.0; target <= 1.5), and each stage's time at the
@@ -89,7 +89,7 @@ class Clock:
         self.points.append((time.perf_counter() - self.t0, self.done))
 
     def cost(self) -> tuple[float | None, float | None]:
-        """Seconds per 1,000 rows over the first and the last tenth of the rows."""
+        """Seconds per 1,000 rows over the first and the last 15% of the rows."""
         if len(self.points) < 4:
             return None, None
         total = self.points[-1][1]
