@@ -127,11 +127,18 @@ class Loop:
         trainer = importlib.import_module(f"vlfactory.trainers.{kind}")
         since = self.started(f"train {kind}")
         result = getattr(trainer, f"train_{kind}")(dataset, model, str(output), config=config,
-                                                   lake=self.spec.catalog, data_path=self.spec.data_path,
+                                                   **self.spec_args(),
                                                    run_id=self.run_id, iteration=iteration)
         self.say(f"{kind} iter{iteration}: done before ({output}), skipped" if result.reused else result.line())
         self.ended(f"train {kind}", since, result.reused)
         return str(output)
+
+    def spec_args(self) -> dict:
+        """This lake as a trainer opens it: a lake folder by its folder (a moved or copied folder's catalog
+        still names the data path where it was made), anything else by its catalog and data path."""
+        if self.spec.root is not None:
+            return {"lake": str(self.spec.root), "data_path": None}
+        return {"lake": self.spec.catalog, "data_path": self.spec.data_path}
 
     def evaluate(self, model: str, iteration: int, stage: str) -> None:
         """`model` on every loop benchmark, recorded as (iteration, stage) in `evals`."""
@@ -156,11 +163,12 @@ class Loop:
         """Teach the base model to see before the loop (`loop.pretrain`): SFT on the sources' ground-truth
         captions, image -> description, recorded like any training (`sft@pretrain`, iteration 0). The
         model it makes is the base every iteration's SFT starts from and is evaluated as iteration 0."""
-        r = self.recipe
+        r, first = self.recipe, self.cfg.plan(1)
         self.say("== pretraining: the base model learns to see (image -> ground-truth caption) ==")
+        scope = Scope(tuple(first.sources), self.scope.limit) if first.sources else self.scope  # iteration 1's images
         self.stage("ingest", r.stage_config("ingest"))
-        self.stage("caption", r.stage_config("caption"), self.scope)
-        self.stage("sft", SFTSetConfig(candidates="captions", prompt="describe", cleaned=False), self.scope)
+        self.stage("caption", r.stage_config("caption"), scope)
+        self.stage("sft", SFTSetConfig(candidates="captions", prompt="describe", cleaned=False), scope)
         self.tag_set("sft", "pretrain")
         return self.train("sft", "sft@pretrain", self.cfg.base_model, 0, self.cfg.pretrain)
 
