@@ -118,7 +118,7 @@ def test_iterate_retrains_when_the_trainer_settings_change_and_skips_when_restor
 
         write_sft(5e-4)  # an edited learning rate: another training, in its own folder; GRPO starts from it
         out = flat(cli("iterate", recipe).output)
-        assert "done before" not in out, out
+        assert "sft iter1: done before" not in out and "grpo iter1: done before" not in out, out
         rows = trainings(lake_dir)
         assert [(r["kind"], r["status"]) for r in rows] == [("sft", "ok"), ("grpo", "ok")] * 2
         assert rows[0]["snapshot_id"] == rows[2]["snapshot_id"] and rows[0]["config_hash"] != rows[2]["config_hash"]
