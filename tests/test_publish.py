@@ -86,7 +86,9 @@ def test_dry_run_folder_is_what_push_to_hub_writes_and_loads_back(small_lake, tm
             assert sum(t.num_rows for t in data) == len(expected[table][split])
             if table == "sft":
                 assert len(shards) > 1  # cut by size, not by rows
-        ds = datasets.load_dataset(str(out), table)  # the folder as the Hub serves it: the card's configs
+        # the folder as the Hub serves it (the card's configs), through a cache of this test's own: with the
+        # shared cache, load_dataset returned an earlier run's rows (another run_id) for a same-shaped folder
+        ds = datasets.load_dataset(str(out), table, cache_dir=str(tmp_path / "hf-cache"))
         assert set(ds) == set(splits)
         features = datasets.Features._from_yaml_list(info["features"])
         for split in splits:
