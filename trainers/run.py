@@ -32,7 +32,6 @@ from typing import Callable
 import pyarrow as pa
 
 from vlfactory import tracking
-from vlfactory import tracking
 from vlfactory.recipe import RecipeError
 from vlfactory.stores.lake import DB, Lake, LakeError, LakeSpec, package_versions
 from vlfactory.stores.schema import TRAINING_LOGS
@@ -135,8 +134,6 @@ def train(kind: str, make_trainer: Callable, dataset: str, model: str, output_di
     output_dir = Path(output_dir).resolve()
     args, extras = load_config(kind, config, output_dir)
     config_hash = settings_digest(args, extras)
-    # After the digest: where the numbers go is not what is trained, so a tracked rerun reuses the checkpoint.
-    tracking.configure_trainer(args, kind + (f"-iter{iteration}" if iteration is not None else ""))
     # After the digest: where the numbers go is not what is trained, so a tracked rerun reuses the checkpoint.
     tracking.configure_trainer(args, kind + (f"-iter{iteration}" if iteration is not None else ""))
     base_model_id = identity(model)
