@@ -11,6 +11,7 @@ against, measured in the same run:
 - the held-out eval's size, and that none of its images is among the training problems' images;
 - the final GRPO model's accuracy against the base model's (iteration 0): +25 points;
 - each iteration's GRPO model against its SFT model: as good within the 95% interval;
+- the last iteration against the one before (final GRPO models);
 - the blank-image ablation: the final model on the same held-out questions with every image
   replaced by an empty canvas (the synthetic background, no shapes): 20 points below real images;
 - the main job's wall time against the 10-minute budget.
@@ -95,6 +96,10 @@ def main() -> None:
         (_, sft, _), (_, grpo, _) = by[(it, "sft")], by[(it, "grpo")]
         rows.append((f"iteration {it}: GRPO vs SFT", f"{ci(grpo, n)} vs {ci(sft, n)}",
                      "GRPO's upper bound >= SFT", wilson_interval(grpo, n)[1] >= sft))
+    if last > 1:
+        before = by[(last - 1, "grpo")][1]
+        rows.append((f"iteration {last} vs {last - 1} (GRPO)", f"{ci(final, n)} vs {ci(before, n)}",
+                     "above", final > before))
     rows.append(("blank-image ablation", f"real {100 * final:.1f}% vs blank {100 * blank:.1f}%: "
                  f"{100 * (final - blank):+.1f} points", "+20 points", final - blank >= 0.20))
     if wall is not None:
