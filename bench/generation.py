@@ -5,7 +5,7 @@ bench/slot_server.py runs in its own process and answers every request after
 slots / latency requests per second. The same number of requests goes
 through it from each client, in this run:
 
-- the headline: `vlfactory.generation.run_prompts`, the path the distil stage
+- the headline: `vlfactory.stages.generation.run_prompts`, the path the distil stage
   takes, on a fresh local lake: request keys, the cache probe, the `openai`
   backend, distil-shaped `traces` rows, and DuckLake commits every
   `commit_rows` rows / `commit_seconds` (catalog writes included). Then the
@@ -135,9 +135,9 @@ _END = object()
 
 
 def distil_rows(stage, template_hash: str, run_id: str | None):
-    """The distil stage's `build`, as in factory/distil.py (answer extraction only if vlfactory.verify exists)."""
-    from vlfactory.distil import split_reasoning
-    from vlfactory.generation import common_row
+    """The distil stage's `build`, as in factory/stages/distil.py (answer extraction only if vlfactory.verify exists)."""
+    from vlfactory.stages.distil import split_reasoning
+    from vlfactory.stages.generation import common_row
 
     try:
         from vlfactory.verify import extract_answer
@@ -166,8 +166,8 @@ def run_product(url: str, n: int, slots: int, root: Path, profile: bool = False)
     import io
     import pstats
 
-    import vlfactory.generation as generation
-    from vlfactory.generation import Prompt, make_backend_for, run_prompts
+    import vlfactory.stages.generation as generation
+    from vlfactory.stages.generation import Prompt, make_backend_for, run_prompts
     from vlfactory.prompts import load_template
     from vlfactory.backends import Sampling
     from vlfactory.backends.openai_compat import OpenAIConfig
@@ -348,8 +348,8 @@ def main() -> None:
     import duckdb  # noqa: F401
     import openai  # noqa: F401
 
-    import vlfactory.distil  # noqa: F401
-    import vlfactory.generation  # noqa: F401
+    import vlfactory.stages.distil  # noqa: F401
+    import vlfactory.stages.generation  # noqa: F401
 
     ideal = args.slots / args.latency
     tmp = Path(tempfile.mkdtemp(prefix="bench-generation-"))

@@ -43,12 +43,14 @@ def recipes(tmp: Path) -> dict[str, Path]:
 
 def parquet_floor(recipe_path: Path, out: Path) -> tuple[int, float, float]:
     """Read the same rows and image bytes, write them with pyarrow; no checks."""
-    from vlfactory.ingest import _images_root, column_map, read_source
+    from vlfactory.sources.images import images_root
+    from vlfactory.sources.columns import column_map
+    from vlfactory.sources.readers import read_source
     from vlfactory.recipe import load_recipe
 
     t0, c0 = time.perf_counter(), time.process_time()
     src = load_recipe(recipe_path).sources[0]
-    mapping, root = column_map(src), _images_root(src)
+    mapping, root = column_map(src), images_root(src)
     cols: dict[str, list] = {k: [] for k in ("source_id", "question", "answer", "choices", "caption", "image")}
     for i, raw in enumerate(read_source(src)):
         image = mapping["image"]
@@ -66,7 +68,7 @@ def parquet_floor(recipe_path: Path, out: Path) -> tuple[int, float, float]:
 
 
 def catalog(recipe_path: Path, lake_dir: Path) -> tuple[int, float, float]:
-    from vlfactory.ingest import ingest
+    from vlfactory.stages.ingest import ingest
     from vlfactory.recipe import load_recipe
     from vlfactory.stores.lake import Lake
 

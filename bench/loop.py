@@ -43,11 +43,11 @@ def main() -> None:
                         help="read the finished run in --keep instead of running the loop (no wall time)")
     a = parser.parse_args()
 
-    from vlfactory.evaluate import run as evaluate, wilson_interval
-    from vlfactory.ingest import read_source
+    from vlfactory.stages.eval import run as evaluate, wilson_interval
+    from vlfactory.sources.readers import read_source
     from vlfactory.recipe import load_recipe
     from vlfactory.stores.lake import Lake
-    from vlfactory.synthetic import blank_copy
+    from vlfactory.sources.synthetic import blank_copy
 
     work = Path(a.keep or tempfile.mkdtemp(prefix="bench-loop-")).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ def problems() -> list[dict]:
         rows += [{"question": r["question"], "answer": r["answer"], "choices": None, "solution": None}
                  for r in json.loads(dynamath.read_text()).values()]
         return rows
-    from vlfactory.synthetic import generate
+    from vlfactory.sources.synthetic import generate
 
     return [{"question": r["question"], "answer": r["answer"], "choices": r["choices"], "solution": r["caption"]}
             for r in generate(1500, seed=0)]

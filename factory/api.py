@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import polars
     import pyarrow as pa
 
-    from vlfactory.diffs import TableDiff
+    from vlfactory.stores.diffs import TableDiff
     from vlfactory.recipe import Recipe
 
 Say = Callable[[str], None]
@@ -87,7 +87,7 @@ def frame(ref: str, lake: Lake | str | os.PathLike | None = None, *, table: str 
 
 
 def _arrow(ref, lake, table, data_path) -> pa.Table:
-    from vlfactory.export import read_table
+    from vlfactory.hub.export import read_table
 
     name, version = parse_ref(ref, table)
     with opened(lake, data_path, read_only=True) as lk:
@@ -101,7 +101,7 @@ def load(ref: str, lake: Lake | str | os.PathLike | None = None, *, table: str |
 
         ds = vlfactory.load("sft@iter1", lake="./lake"); ds[0]["image"]   # a PIL image
     """
-    from vlfactory.export import dataset
+    from vlfactory.hub.export import dataset
 
     name, version = parse_ref(ref, table)
     with opened(lake, data_path, read_only=True) as lk:
@@ -113,7 +113,7 @@ def diff(a: str | int, b: str | int = "latest", *, table: str | None = None,
          ) -> TableDiff | dict[str, dict[str, int]]:
     """Between versions A and B: with `table`, its rows added, removed and changed by key (a `TableDiff`, lists
     cut at `limit` rows, counts whole); without, rows added and removed per table."""
-    from vlfactory.diffs import row_diff
+    from vlfactory.stores.diffs import row_diff
 
     with opened(lake, data_path, read_only=True) as lk:
         if table is None:
@@ -174,7 +174,7 @@ def run(recipe: Recipe | str | os.PathLike, stages: str | list[str] | None = Non
     configs = {name: recipe.stage_config(name) for name in names}
     scope = Scope.of(recipe, limit)
     if "ingest" in names:  # a mapping that does not fit the data fails here, before anything is written
-        from vlfactory.ingest import preflight
+        from vlfactory.sources.columns import preflight
 
         preflight(configs["ingest"])
     with opened(lake, data_path, recipe) as lk:

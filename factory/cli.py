@@ -377,7 +377,7 @@ def diff(a: str, b: str, table: str | None, limit: int, fmt: str, lake: str | No
         vlfactory diff 12          # from snapshot 12 to the latest
     """
     from vlfactory import api
-    from vlfactory.diffs import around_change
+    from vlfactory.stores.diffs import around_change
 
     with open_lake(lake, data_path, read_only=True) as lk:
         if table is None:
@@ -552,7 +552,7 @@ def eval_(model: str, benchmarks: tuple[str, ...], recipe_ref: str, backend: str
     """
     import dataclasses
 
-    from vlfactory import evaluate
+    from vlfactory.stages import eval as evaluate
     from vlfactory.backends import backend_config_class
     from vlfactory.recipe import load_recipe
 
@@ -593,7 +593,7 @@ def export(version: str, table: str | None, to: str, fmt: str, shard_rows: int, 
         vlfactory export iter1 --table sft --to out/ --format hf
         python -c "import datasets; print(datasets.load_dataset('parquet', data_dir='out/sft'))"
     """
-    from vlfactory.export import export as do_export
+    from vlfactory.hub.export import export as do_export
 
     if "@" in version:
         table, version = version.split("@", 1)
@@ -706,8 +706,8 @@ def publish(version: str, repo: str, tables: tuple[str, ...], private: bool, dry
         vlfactory publish iter1 --repo my-org/vl-reasoning --table sft --table rl
         vlfactory publish iter2 --repo my-org/vl-reasoning --table sft --create-pr --commit-message "iter2 sft"
     """
-    from vlfactory.publish import PublishError
-    from vlfactory.publish import publish as do_publish
+    from vlfactory.hub.publish import PublishError
+    from vlfactory.hub.publish import publish as do_publish
 
     with open_lake(lake, data_path, read_only=True) as lk:
         try:

@@ -142,7 +142,7 @@ class Loop:
 
     def evaluate(self, model: str, iteration: int, stage: str) -> None:
         """`model` on every loop benchmark, recorded as (iteration, stage) in `evals`."""
-        from vlfactory import evaluate
+        from vlfactory.stages import eval as evaluate
 
         for name in self.cfg.benchmarks:
             cfg = self.recipe.eval_config(name, model, limit=self.cfg.eval_limit, iteration=iteration, stage=stage)
@@ -267,7 +267,7 @@ def _clock(seconds: float) -> str:
 
 def evals_table(rows: list[dict]) -> str:
     """The loop's models side by side: held-out accuracy with a 95% Wilson interval over the problems."""
-    from vlfactory.evaluate import wilson_interval
+    from vlfactory.stages.eval import wilson_interval
 
     head = ["model", "identity", "iteration", "stage", "benchmark", "accuracy", "95% CI", "problems"]
     lines = [head]

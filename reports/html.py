@@ -28,7 +28,7 @@ import io
 from datetime import datetime
 
 from vlfactory.reports import plots
-from vlfactory.evaluate import wilson_interval
+from vlfactory.stages.eval import wilson_interval
 from vlfactory.reports.stats import (FUNNEL, PROBLEM_STAGES, VersionStats, eval_examples, eval_label, funnel,
                                      iteration_tags, keyword_rates, previous_tag, short_name, summary,
                                      tracked_keywords, version_stats)

@@ -272,7 +272,7 @@ def per_source(rates: list[dict]) -> str | None:
     """Per source: the share of graded traces and rollouts that were correct, and accepted, with 95% intervals."""
     if not rates:
         return None
-    from vlfactory.evaluate import wilson_interval
+    from vlfactory.stages.eval import wilson_interval
 
     series = []
     for key, color in (("correct", "#2a9d8f"), ("accepted", "#264653")):
@@ -342,7 +342,7 @@ def evals(rows: list[dict]) -> str | None:
     intervals, or across evaluations in order."""
     if not rows:
         return None
-    from vlfactory.evaluate import wilson_interval
+    from vlfactory.stages.eval import wilson_interval
     from vlfactory.reports.stats import eval_label, eval_order
 
     fig, (ax,) = _figure(width=8.5)

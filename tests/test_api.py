@@ -81,7 +81,7 @@ def rows(lake_dir, tables: tuple[str, ...]) -> dict[str, list[tuple]]:
 def test_run_from_python_equals_the_cli(tmp_path, cli, lake_dir):
     """The same recipe, once through vlfactory.run and once through `vlfactory run`: the same rows, and the
     StageResults are what the CLI printed and the runs table recorded."""
-    from vlfactory.synthetic import generate
+    from vlfactory.sources.synthetic import generate
 
     rows_in = [*generate(8, seed=1, kinds=["bar", "counting"]), *generate(6, seed=2)]  # workbench.SOURCES
     template = load_template("reason")
@@ -121,7 +121,7 @@ import vlfactory
 light = [m for m in ("duckdb", "datasets", "torch", "transformers", "pyarrow", "polars") if m in sys.modules]
 names = sorted(n for n in dir(vlfactory) if not n.startswith("_"))
 run = vlfactory.run
-from vlfactory import stages   # submodules still import as before
+from vlfactory import stages  # submodules still import as before
 try:
     vlfactory.nope
     missing = False

@@ -167,7 +167,8 @@ def test_wheel_contains_one_package_with_everything(tmp_path):
                     "-w", str(tmp_path), str(REPO)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("vlfactory-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for path in ("vlfactory/cli.py", "vlfactory/ingest.py", "vlfactory/stores/lake.py",
+    for path in ("vlfactory/cli.py", "vlfactory/stages/ingest.py", "vlfactory/verify/pool.py", "vlfactory/stores/lake.py",
+                 "vlfactory/viewer/static/app.js", "vlfactory/sources/synthetic/shapes.py",
                  "vlfactory/stores/schema.py", "vlfactory/trainers/__init__.py", "vlfactory/reports/__init__.py",
                  "vlfactory/recipes/quickstart.yaml"):
         assert path in names, path
@@ -180,7 +181,7 @@ def test_wheel_contains_one_package_with_everything(tmp_path):
 
 
 def test_core_import_pulls_no_heavy_modules():
-    code = ("import sys, vlfactory.cli, vlfactory.ingest, vlfactory.stores.lake; "
+    code = ("import sys, vlfactory.cli, vlfactory.stages.ingest, vlfactory.stores.lake; "
             "heavy = [m for m in ('torch', 'transformers', 'trl', 'vllm') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from vlfactory import grading, sftset
+from vlfactory.stages import verify as grading
+from vlfactory.stages import sft as sftset
 from vlfactory.recipe import REFLECTION_KEYWORDS, VerifyConfig, parse_recipe
 from vlfactory.stages import Scope
 from vlfactory.stores import schema

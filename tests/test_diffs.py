@@ -107,7 +107,7 @@ def test_cli_diff_table_and_json(wb, cli):
 def test_only_touched_rows_are_read_and_the_answer_is_the_same(wb, monkeypatch):
     """Rows no snapshot between A and B touched are not compared (DuckLake's table_changes lists the others);
     comparing both versions whole gives the same diff, inserts, deletes and in-place updates (runs) alike."""
-    from vlfactory import diffs
+    from vlfactory.stores import diffs
 
     tables = ("sft", "grades", "rejected", "runs")
     pairs = (("iter1", "iter2"), ("iter2", "iter1"), ("iter2", "iter2"))

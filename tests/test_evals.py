@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from answer_server import AnswerServer
-from vlfactory import evaluate
+from vlfactory.stages import eval as evaluate
 from vlfactory.prompts import load_template
 from vlfactory.recipe import parse_recipe
 from vlfactory.stores.lake import Lake

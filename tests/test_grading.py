@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pytest
 
-from vlfactory import grading, verify
+from vlfactory import verify
+from vlfactory.stages import verify as grading
 from vlfactory.recipe import load_recipe
 from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema

@@ -11,8 +11,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-import vlfactory.ingest as ingest_mod
-from vlfactory.ingest import ingest
+import vlfactory.stages.ingest as ingest_mod
+from vlfactory.stages.ingest import ingest
 from vlfactory.recipe import load_recipe
 from vlfactory.stores.lake import Lake
 

@@ -353,7 +353,7 @@ def test_gc_expires_history_but_never_a_tagged_version(cli, tagged_lake):
 
 
 def test_a_killed_publish_dry_run_leaves_a_folder_the_rerun_accepts(tagged_lake, tmp_path, monkeypatch):
-    from vlfactory import publish
+    from vlfactory.hub import publish
 
     out = tmp_path / "out"
     real = publish.dataset_card

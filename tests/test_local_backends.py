@@ -104,8 +104,8 @@ def test_vllm_offline_engine_is_seeded_and_cached(tiny_qwen2_dir, tmp_path):
 
 def test_transformers_backend_sends_images_through_the_processor(tiny_vlm_dir, cli, lake_dir, tmp_path):
     from vlfactory.backends import Request, Sampling, make_backend
-    from vlfactory.generation import image_part
-    from vlfactory.synthetic import generate
+    from vlfactory.stages.generation import image_part
+    from vlfactory.sources.synthetic import generate
 
     image = next(generate(1, seed=2))["image"]
     backend = make_backend({"backend": "transformers", "model": str(tiny_vlm_dir), "device": "cpu"})
@@ -139,8 +139,8 @@ caption:
 
 def test_transformers_backend_batches_requests_and_greedy_answers_do_not_depend_on_the_batch(tiny_vlm_dir):
     from vlfactory.backends import Request, Sampling, make_backend
-    from vlfactory.generation import image_part
-    from vlfactory.synthetic import generate
+    from vlfactory.stages.generation import image_part
+    from vlfactory.sources.synthetic import generate
 
     prompts = [[{"role": "user", "content": [image_part(str(i), p["image"]), {"type": "text", "text": p["question"]}]}]
                for i, p in enumerate(generate(5, seed=6))]

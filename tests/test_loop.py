@@ -79,7 +79,7 @@ def test_quickstart_loop_learns_and_resumes_after_a_kill(tmp_path):
         assert metrics["steps_reward_std_nonzero"] >= 0.5 * metrics["logged_steps"] > 0, metrics
 
     # learning beyond noise: the SFT model's 95% interval lies above the base model's
-    from vlfactory.evaluate import wilson_interval
+    from vlfactory.stages.eval import wilson_interval
 
     base, sft, final = evals[(0, "base")], evals[(1, "sft")], evals[(2, "grpo")]
     assert sft[1] == base[1] == final[1] >= 200 and {(1, "grpo"), (2, "sft")} <= set(evals)
@@ -89,9 +89,9 @@ def test_quickstart_loop_learns_and_resumes_after_a_kill(tmp_path):
     # the final model reads the picture: the same held-out questions with blank images lose 20 points
     import dataclasses
 
-    from vlfactory import evaluate
+    from vlfactory.stages import eval as evaluate
     from vlfactory.recipe import load_recipe
-    from vlfactory.synthetic import blank_copy
+    from vlfactory.sources.synthetic import blank_copy
 
     recipe = load_recipe("quickstart")
     final_model = lake_model(tmp_path, trainings[("grpo", 2)][0])

@@ -50,7 +50,7 @@ def test_hub_recipes_map_the_columns_their_cards_list(tmp_path):
     cards list (this machine cannot reach the hub): every mapped column is found and lands where it should."""
     import datasets
 
-    from vlfactory.ingest import ingest
+    from vlfactory.stages.ingest import ingest
     from vlfactory.stores.lake import Lake
 
     img = [_png((200, 30, 30)), _png((30, 200, 30)), _png((30, 30, 200))]

@@ -20,7 +20,7 @@ import yaml
 from click.testing import CliRunner
 
 from vlfactory.cli import main
-from vlfactory.grading import settings_hash, verifier
+from vlfactory.stages.verify import settings_hash, verifier
 from vlfactory.recipe import parse_recipe
 from vlfactory.stages import Scope
 from vlfactory.stores import schema
@@ -51,7 +51,8 @@ def vlf(*args, ok: bool = True):
 def build_lake(root: Path, trainings: bool = False) -> Path:
     """Two synthetic sources, then two iterations written as the stages would: captions, traces and their
     grades, rejections, rollouts of a policy with known pass rates, the sft and rl sets, evals, tags."""
-    from vlfactory import rlset, sftset
+    from vlfactory.stages import rl as rlset
+    from vlfactory.stages import sft as sftset
 
     lake_dir, recipe_path = root / "lake", root / "small.yaml"
     recipe_path.write_text(RECIPE)

@@ -8,7 +8,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from vlfactory.grading import settings_hash, verifier
+from vlfactory.stages.verify import settings_hash, verifier
 from vlfactory.recipe import VerifyConfig, parse_recipe
 from vlfactory.stages import Scope
 from vlfactory.stores import schema
@@ -45,7 +45,7 @@ def graded_lake(cli, lake_dir, tmp_path):
 
 
 def build(lake_dir, **sft) -> object:
-    from vlfactory import sftset
+    from vlfactory.stages import sft as sftset
 
     recipe = parse_recipe({"sources": [{"name": "big", "format": "synthetic"}, {"name": "small", "format": "synthetic"}],
                            "sft": sft})

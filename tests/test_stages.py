@@ -178,7 +178,7 @@ def test_another_writer_between_probe_and_commit_adds_no_duplicate(cli, lake_dir
     (the table's write guard says so); a row committed by another writer in between must still be seen."""
     import pyarrow as pa
 
-    from vlfactory.generation import prompt_key, sample_key
+    from vlfactory.stages.generation import prompt_key, sample_key
     from vlfactory.recipe import load_recipe
     from vlfactory.stages import Scope, run_stage
     from vlfactory.stores import schema
@@ -222,7 +222,7 @@ def test_request_keys_are_the_hash_of_their_json_text():
     import hashlib
 
     from vlfactory.backends import Sampling
-    from vlfactory.generation import image_part, prompt_key, sample_key
+    from vlfactory.stages.generation import image_part, prompt_key, sample_key
 
     def by_definition(*parts) -> str:
         return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()

@@ -18,8 +18,8 @@ from fractions import Fraction
 import pytest
 from PIL import Image
 
-from vlfactory import synthetic
-from vlfactory.synthetic import FIELDS, KINDS, MAX_SIDE, MIN_SIDE, generate
+from vlfactory.sources import synthetic
+from vlfactory.sources.synthetic import FIELDS, KINDS, MAX_SIDE, MIN_SIDE, generate
 
 N = 240
 

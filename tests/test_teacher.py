@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import write_recipe
-from vlfactory import synthetic, verify
+from vlfactory import verify
+from vlfactory.sources import synthetic
 from vlfactory.backends import Request, Sampling, make_backend
 from vlfactory.models import identity
 from vlfactory.prompts import load_template

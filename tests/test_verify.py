@@ -216,8 +216,10 @@ def test_format_reward(completion, score):
 # ---- the documentation runs -----------------------------------------------------------------
 
 def test_docstring_examples():
-    result = doctest.testmod(verify)
-    assert result.attempted >= 9 and result.failed == 0
+    from vlfactory.verify import extraction, protocols, rewards, rules
+
+    results = [doctest.testmod(m) for m in (verify, extraction, rules, protocols, rewards)]
+    assert sum(r.attempted for r in results) >= 9 and sum(r.failed for r in results) == 0
 
 
 def test_command_line():

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from vlfactory.export import read_table
+from vlfactory.hub.export import read_table
 from vlfactory.stores.lake import Lake, LakeError
 
 KEYS = {"sft": "example_id", "rl": "problem_id"}  # a set's row key, also its training order

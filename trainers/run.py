@@ -33,7 +33,8 @@ import pyarrow as pa
 
 from vlfactory import tracking
 from vlfactory.recipe import RecipeError
-from vlfactory.stores.lake import DB, Lake, LakeError, LakeSpec, package_versions
+from vlfactory.stores.lake import DB, Lake, LakeError, LakeSpec
+from vlfactory.stores.runs import package_versions
 from vlfactory.stores.schema import TRAINING_LOGS
 from vlfactory.trainers.config import PROCESSOR_KEYS, load_config, settings_digest
 from vlfactory.trainers.data import read_set, rl_dataset, sft_dataset

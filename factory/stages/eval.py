@@ -45,9 +45,11 @@ from math import comb
 import pyarrow as pa
 
 from vlfactory.backends import Request
-from vlfactory.generation import image_part, make_backend_for, record_model, sha
-from vlfactory.grading import settings_hash, verifier
-from vlfactory.ingest import Reject, _images_root, column_map, load_image, map_row, read_source
+from vlfactory.stages.generation import image_part, make_backend_for, record_model, sha
+from vlfactory.stages.verify import settings_hash, verifier
+from vlfactory.sources.columns import Reject, column_map, map_row
+from vlfactory.sources.images import images_root, load_image
+from vlfactory.sources.readers import read_source
 from vlfactory.prompts import load_template
 from vlfactory.recipe import EvalConfig
 from vlfactory.stages import Scope, StageResult
@@ -113,7 +115,7 @@ def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, fl
 def benchmark_rows(cfg: EvalConfig) -> tuple[list, int]:
     """The benchmark's first `limit` usable rows (mapped, image checked), and how many were skipped."""
     src = cfg.benchmark
-    mapping, root = column_map(src), _images_root(src)
+    mapping, root = column_map(src), images_root(src)
     rows, skipped = [], 0
     for i, raw in enumerate(read_source(src)):
         if cfg.limit is not None and len(rows) >= cfg.limit:

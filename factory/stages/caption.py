@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from vlfactory.generation import Prompt, common_row, hydrate_images, image_part, run_prompts, sha
+from vlfactory.stages.generation import Prompt, common_row, hydrate_images, image_part, run_prompts, sha
 from vlfactory.prompts import load_template
 from vlfactory.recipe import CaptionConfig
 from vlfactory.stages import Scope, StageResult

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from vlfactory.grading import settings_hash, verifier
+from vlfactory.stages.verify import settings_hash, verifier
 from vlfactory.prompts import load_template
 from vlfactory.recipe import RecipeError, RLSetConfig
 from vlfactory.stages import Scope, StageResult

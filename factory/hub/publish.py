@@ -36,7 +36,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlfactory.export import features_for, read_batches
+from vlfactory.hub.export import features_for, read_batches
 from vlfactory.redact import redact
 from vlfactory.reports.card import Config, Split, dataset_card, model_labels, recipe_file
 from vlfactory.reports.stats import version_stats

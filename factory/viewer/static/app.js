@@ -1,65 +1,4 @@
-"""The trace viewer's page (vlfactory.viewer): one HTML document and its script, no build step, no dependencies.
-
-Everything the lake holds (model completions included) is put in the page as text nodes, never as HTML.
-State lives in the URL fragment (#/rows?table=traces&verdict=rejected, #/sample?table=traces&id=...,
-#/problem?id=...), so every view is a link.
-"""
-
-PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>vlfactory viewer</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-  body { font: 14px/1.4 system-ui, sans-serif; margin: 0; color: #1d1d1f; background: #fafafa; }
-  header { display: flex; gap: 1em; align-items: center; padding: .5em 1em; background: #263238; color: #fff; }
-  header b { font-size: 16px; } header .lake { opacity: .7; font-family: monospace; }
-  nav, form, #status, #pager, main { padding: .4em 1em; }
-  nav a { margin-right: .8em; text-decoration: none; color: #1565c0; }
-  nav a.on { font-weight: bold; color: #000; border-bottom: 2px solid #000; }
-  form { display: flex; flex-wrap: wrap; gap: .6em; align-items: center; background: #eceff1; }
-  form label { display: flex; gap: .3em; align-items: center; }
-  form input[name=where] { width: 28em; font-family: monospace; }
-  table.rows { border-collapse: collapse; width: 100%; background: #fff; }
-  table.rows th, table.rows td { border-bottom: 1px solid #ddd; padding: .25em .5em; text-align: left;
-    vertical-align: top; max-width: 30em; overflow-wrap: anywhere; }
-  table.rows tbody tr { cursor: pointer; } table.rows tbody tr:hover { background: #e3f2fd; }
-  .ok { color: #2e7d32; font-weight: bold; } .bad { color: #c62828; font-weight: bold; }
-  .error { color: #c62828; padding: .5em 1em; white-space: pre-wrap; }
-  .sample { display: grid; grid-template-columns: minmax(220px, 360px) 1fr; gap: 1em; }
-  .sample img, .problem img { max-width: 100%; image-rendering: pixelated; border: 1px solid #ccc; background: #fff; }
-  dl { display: grid; grid-template-columns: max-content 1fr; gap: .2em .8em; margin: 0; }
-  dt { font-weight: bold; color: #555; } dd { margin: 0; overflow-wrap: anywhere; }
-  .texts { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; margin-top: 1em; }
-  pre { white-space: pre-wrap; overflow-wrap: anywhere; background: #fff; border: 1px solid #ddd; padding: .6em;
-    margin: .3em 0; max-height: 40em; overflow: auto; font-size: 13px; }
-  h2 { font-size: 16px; margin: .8em 0 .3em; } h3 { font-size: 14px; margin: .6em 0 .2em; }
-  button { cursor: pointer; } [hidden] { display: none !important; }
-</style>
-</head>
-<body>
-<header><b>vlfactory viewer</b><span class="lake" id="lake"></span>
-  <label>version <select id="version"></select></label><span id="snapshot"></span></header>
-<nav id="tables"></nav>
-<form id="filters" autocomplete="off">
-  <label>source <select name="source"></select></label>
-  <label>verdict <select name="verdict"><option value="">any</option><option>accepted</option>
-    <option>rejected</option><option>ungraded</option></select></label>
-  <label>reason <select name="reason"></select></label>
-  <label>model <select name="model"></select></label>
-  <label>iteration <select name="iteration"></select></label>
-  <label>WHERE <input name="where" placeholder="completion_tokens > 500 AND finish_reason = 'length'"></label>
-  <button type="submit" id="apply">Apply</button> <button type="button" id="clear">Clear</button>
-</form>
-<div id="status"></div>
-<main id="main"></main>
-<script src="/app.js"></script>
-</body>
-</html>
-"""
-
-SCRIPT = r"""'use strict';
+'use strict';
 const $ = (sel) => document.querySelector(sel);
 const FILTERS = ['source', 'verdict', 'reason', 'model', 'iteration', 'where', 'problem'];
 let meta = null, metaAt = null;
@@ -257,4 +196,3 @@ $('#version').addEventListener('change', () => {
 });
 window.addEventListener('hashchange', render);
 render();
-"""

@@ -18,8 +18,8 @@ loses at most one uncommitted batch. Problems without an image are skipped.
 
 from __future__ import annotations
 
-from vlfactory.distil import split_reasoning
-from vlfactory.generation import Prompt, common_row, hydrate_images, image_part, run_prompts
+from vlfactory.stages.distil import split_reasoning
+from vlfactory.stages.generation import Prompt, common_row, hydrate_images, image_part, run_prompts
 from vlfactory.prompts import load_template
 from vlfactory.recipe import GenerationConfig
 from vlfactory.stages import Scope, StageResult

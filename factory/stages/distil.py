@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from vlfactory.generation import Prompt, common_row, run_prompts
+from vlfactory.stages.generation import Prompt, common_row, run_prompts
 from vlfactory.prompts import load_template
 from vlfactory.recipe import DistilConfig
 from vlfactory.stages import Scope, StageResult

@@ -44,6 +44,8 @@ WRITTEN = ("run_id", "created_at")  # when a row was written, not what it holds
 
 
 @dataclass
+
+
 class Change:
     key: dict
     before: dict  # the changed columns only
@@ -51,6 +53,8 @@ class Change:
 
 
 @dataclass
+
+
 class TableDiff:
     """Rows of `table` added, removed and changed from version A to B. The lists hold at most the `limit` the diff
     was asked for (in key order); the counts are whole."""

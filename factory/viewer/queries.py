@@ -1,26 +1,5 @@
-"""A local, read-only trace viewer in the browser: `vlfactory view [VERSION]`.
-
-    vlfactory view iter1                 # then open http://127.0.0.1:8765/
-    vlfactory view --port 0              # any free port; the URL is printed
-
-Browse problems, captions, traces, rollouts, grades, rejected rows and the
-sft/rl sets of any version; filter by source, verdict, reason, model,
-iteration or any SQL WHERE over the listed table's columns; open a sample to
-see its image, question, the caption the reasoner saw, the full completion
-beside its cleaned version, the extracted answer, verdict and reasons, tokens
-and finish reason; a problem page links all its generations and how they
-stood at every tagged version (TABLE@VERSION time travel).
-
-Standard library only (http.server): a JSON API under /api/ over one read-only
-lake connection, image bytes under /image/<image_id>, and one static page
-(vlfactory.viewer_page). Pages are keyset queries (`id > last ORDER BY id
-LIMIT n`), so paging stays as fast at row 90,000 as at row 0 (bench/viewer.py).
-Filter values are bound parameters; the free SQL WHERE is the one user
-fragment, and it runs through `Lake.query` (one SELECT statement, else refused)
-on a read-only attachment, so it cannot write. It can read what SQL can read,
-so the server listens on 127.0.0.1 unless told otherwise, and refuses requests
-addressed to another host name (DNS rebinding).
-"""
+"""The viewer's queries over one read-only lake: the tables it lists, their filters, pages, samples,
+problems and images (vlfactory.viewer.server serves them)."""
 
 from __future__ import annotations
 
@@ -28,9 +7,6 @@ import json
 import re
 import threading
 from dataclasses import dataclass
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 from vlfactory.stores.lake import DB, Lake, LakeError
 
@@ -39,6 +15,8 @@ CUT = 160  # characters of a long text shown in a list
 
 
 @dataclass(frozen=True)
+
+
 class Spec:
     """How a table is listed: its key, the columns shown, what its grade and model are."""
 
@@ -313,78 +291,3 @@ class Viewer:
         return (row[0], f"image/{(row[1] or 'png').lower()}") if row else None
 
 
-def _json(value) -> str:
-    def default(v):
-        if isinstance(v, (bytes, bytearray, memoryview)):
-            return f"<{len(v)} bytes>"
-        return str(v)
-    return json.dumps(value, default=default, ensure_ascii=False)
-
-
-class Handler(BaseHTTPRequestHandler):
-    viewer: Viewer
-    hosts: frozenset[str]
-    server_version = "vlfactory-viewer"
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        from vlfactory.viewer_page import PAGE, SCRIPT
-
-        url = urlsplit(self.path)
-        if self.hosts and (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]") not in self.hosts:
-            return self.send(HTTPStatus.FORBIDDEN, b"unknown host", "text/plain")
-        if url.path in ("/", "/index.html"):
-            return self.send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
-        if url.path == "/app.js":
-            return self.send(HTTPStatus.OK, SCRIPT.encode(), "text/javascript; charset=utf-8")
-        if url.path.startswith("/image/"):
-            with self.viewer.lock:
-                found = self.viewer.image(url.path.removeprefix("/image/"))
-            if found is None:
-                return self.send(HTTPStatus.NOT_FOUND, b"no such image", "text/plain")
-            return self.send(HTTPStatus.OK, found[0], found[1], cache="public, max-age=31536000, immutable")
-        endpoint = {"/api/meta": Viewer.meta, "/api/rows": Viewer.rows, "/api/sample": Viewer.sample,
-                    "/api/problem": Viewer.problem}.get(url.path)
-        if endpoint is None:
-            return self.send(HTTPStatus.NOT_FOUND, b"not found", "text/plain")
-        q = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        try:
-            with self.viewer.lock:
-                body, status = _json(endpoint(self.viewer, q)), HTTPStatus.OK
-        except Exception as e:  # one line for the page; a bad request (a wrong WHERE) is the user's to fix
-            line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            bad = isinstance(e, (LakeError, ValueError))
-            status = HTTPStatus.BAD_REQUEST if bad else HTTPStatus.INTERNAL_SERVER_ERROR
-            body = _json({"error": line})
-        self.send(status, body.encode(), "application/json")
-
-    def send(self, status: HTTPStatus, body: bytes, kind: str, cache: str = "no-store") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", cache)
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self'; style-src 'self' "
-                                                    "'unsafe-inline'; frame-ancestors 'none'")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self.send(HTTPStatus.METHOD_NOT_ALLOWED, b"", "text/plain")
-
-    def log_message(self, fmt: str, *args) -> None:  # quiet: one line per request would drown the URL
-        pass
-
-
-LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-def server(lake: Lake, version: str | int | None = None, host: str = "127.0.0.1", port: int = 8765
-           ) -> ThreadingHTTPServer:
-    """A viewer server over an open lake (not yet serving: call serve_forever, or run it in a thread)."""
-    if version is not None:
-        lake.resolve(version)  # an unknown version fails now, with one line
-    hosts = LOOPBACK | {host} if host in LOOPBACK else frozenset()  # bound elsewhere on purpose: any Host
-    handler = type("ViewerHandler", (Handler,), {"viewer": Viewer(lake, version), "hosts": hosts})
-    httpd = ThreadingHTTPServer((host, port), handler)
-    httpd.daemon_threads = True
-    return httpd

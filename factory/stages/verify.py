@@ -65,7 +65,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from vlfactory import verify
-from vlfactory.distil import split_reasoning
+from vlfactory.stages.distil import split_reasoning
 from vlfactory.recipe import VerifyConfig
 from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema
