@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
+# Shared test helpers (servers, tiny models, the workbench lake) live in tests/support/; test files in
+# every folder import them by module name.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 SHARED = REPO.parent / "shared" / "data"
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh machine for the test suite and run it: the README's test command, and CI's.
-#   bash tests/run.sh [pytest args]
+#   bash tests/run.sh [pytest args]            # everything (CI)
+#   bash tests/run.sh --fast [pytest args]     # all but the end-to-end tests marked slow
+#   bash tests/run.sh tests/unit               # one folder: unit, stages, store, cli, e2e
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,4 +21,8 @@ command -v chromium >/dev/null 2>&1 || { [ "$(id -u)" = 0 ] && command -v apt-ge
 
 bash setup.sh cpu,dev
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  exec .venv/bin/python -m pytest -q -m "not slow" "$@"
+fi
 exec .venv/bin/python -m pytest -q "$@"

@@ -3,7 +3,7 @@ loopback, logged to TensorBoard (read back with its EventAccumulator), W&B in of
 back) and trackio (its local SQLite database); TRL's report_to follows the run's choice without changing the
 training's address; the loop says each step as it starts and ends.
 
-    .venv/bin/pytest tests/test_tracking.py
+    .venv/bin/pytest tests/cli/test_tracking.py
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ fails its own request with a short reason and leaves the others alone. The one
 exception is a server that is not there at all: generate() stops early with
 EndpointsUnreachable instead of failing every request slowly.
 
-    .venv/bin/pytest tests/test_hostile_servers.py
+    .venv/bin/pytest tests/stages/test_hostile_servers.py
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_postgres_catalog_with_s3_data_round_trip(postgres, s3_server, shared_data, tmp_path, monkeypatch):
@@ -27,10 +27,10 @@ def test_postgres_catalog_with_s3_data_round_trip(postgres, s3_server, shared_da
     spec = f"ducklake:postgres:{postgres}"
     runner = CliRunner()
     args = ["--lake", spec, "--data-path", "s3://vlf-lake/data/"]
-    res = runner.invoke(main, ["ingest", str(REPO / "tests" / "recipes" / "tabmwp.yaml"), "--limit", "60", *args])
+    res = runner.invoke(main, ["ingest", str(REPO / "tests" / "support" / "recipes" / "tabmwp.yaml"), "--limit", "60", *args])
     assert res.exit_code == 0, res.output
     assert runner.invoke(main, ["tag", "small", *args]).exit_code == 0
-    res = runner.invoke(main, ["ingest", str(REPO / "tests" / "recipes" / "dynamath.yaml"), "--limit", "30", *args])
+    res = runner.invoke(main, ["ingest", str(REPO / "tests" / "support" / "recipes" / "dynamath.yaml"), "--limit", "30", *args])
     assert res.exit_code == 0, res.output
 
     # Parquet files really landed in the bucket; the catalog lives in PostgreSQL.

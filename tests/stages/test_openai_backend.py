@@ -1,6 +1,6 @@
-"""The `openai` backend against a server that fails on demand (tests/fault_server.py).
+"""The `openai` backend against a server that fails on demand (tests/support/fault_server.py).
 
-    .venv/bin/pytest tests/test_openai_backend.py
+    .venv/bin/pytest tests/stages/test_openai_backend.py
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def test_all_urls_down_wait_for_one_to_come_back(backend):
 
 
 def test_all_urls_down_fail_after_retry_budget_without_fail_fast(backend):
-    # (with fail_fast_after_s, the default, generate() stops instead: tests/test_hostile_servers.py)
+    # (with fail_fast_after_s, the default, generate() stops instead: tests/stages/test_hostile_servers.py)
     results = list(backend([dead_url(), dead_url()], dead_cooldown_s=0.05, max_retries=2, fail_fast_after_s=None)
                    .generate(ask(f"q{i}") for i in range(3)))
     assert all(r.error.startswith("connection refused: ") and r.attempts == 3 for r in results)

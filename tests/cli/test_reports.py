@@ -133,7 +133,7 @@ def grade(ref: str, table: str, pid: str, source: str, ok: bool, said: str, reas
 
 def add_trainings(lake: Lake, it: int) -> None:
     """An SFT and a GRPO training of iteration `it` with their logged steps, as trainers/run.py stores them
-    (tests/test_training_logs.py stores them from real TRL trainings)."""
+    (tests/e2e/test_training_logs.py stores them from real TRL trainings)."""
     from vlfactory.trainers.run import log_rows
 
     for kind, metric in (("sft", "loss"), ("grpo", "reward")):

@@ -13,7 +13,7 @@ import pytest
 from vlfactory.recipe import RecipeError, load_recipe
 from vlfactory.stores.lake import Lake
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def sha(path: Path) -> str:
@@ -21,9 +21,9 @@ def sha(path: Path) -> str:
 
 
 def test_real_slices_ingest_exactly(cli, lake_dir, shared_data):
-    out = cli("ingest", REPO / "tests" / "recipes" / "tabmwp.yaml").output
+    out = cli("ingest", REPO / "tests" / "support" / "recipes" / "tabmwp.yaml").output
     assert "read 1000 = ingested 1000" in out
-    cli("run", REPO / "tests" / "recipes" / "dynamath.yaml")
+    cli("run", REPO / "tests" / "support" / "recipes" / "dynamath.yaml")
     tab = json.loads((shared_data / "tabmwp-dev1k" / "problems.json").read_text())
     dyn = json.loads((shared_data / "dynamath-seed" / "dataset.json").read_text())
     with Lake(lake_dir) as lake:
@@ -52,15 +52,15 @@ def test_real_slices_ingest_exactly(cli, lake_dir, shared_data):
 
 
 def test_reingest_adds_nothing_and_time_travel(cli, lake_dir, shared_data):
-    cli("ingest", REPO / "tests" / "recipes" / "dynamath.yaml")
+    cli("ingest", REPO / "tests" / "support" / "recipes" / "dynamath.yaml")
     cli("tag", "first")
     with Lake(lake_dir) as lake:
         before = {t: lake.count(t) for t in ("images", "problems", "rejected")}
-    out = cli("ingest", REPO / "tests" / "recipes" / "dynamath.yaml").output
+    out = cli("ingest", REPO / "tests" / "support" / "recipes" / "dynamath.yaml").output
     assert "ingested 0 + already in lake 501" in out and "nothing new" in out
     with Lake(lake_dir) as lake:
         assert {t: lake.count(t) for t in before} == before
-    cli("ingest", REPO / "tests" / "recipes" / "tabmwp.yaml", "--limit", "40")
+    cli("ingest", REPO / "tests" / "support" / "recipes" / "tabmwp.yaml", "--limit", "40")
     with Lake(lake_dir) as lake:
         assert lake.count("problems") == 541
         old = lake.query("SELECT source, count(*) FROM problems@first GROUP BY source").fetchall()

@@ -4,7 +4,7 @@ refusing the many harmless keys that contain "token" or "key"; credentials writt
 (a base_url's user:password@, password= in a lake URI) are masked wherever text is stored or shown,
 while the run still uses them.
 
-    .venv/bin/pytest tests/test_secrets.py
+    .venv/bin/pytest tests/unit/test_secrets.py
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Publish: the dry-run folder is what `push_to_hub` writes (config/split shard names, shards by size,
 `dataset_info` and `configs` in the card) and `datasets.load_dataset` of it gives the version's rows per split,
 images included; the card says what was published, with sample rows, models by identity and runnable
-reproduce commands; the upload reaches a stand-in for the Hub's HTTP API (tests/hub_stub.py) on a branch,
+reproduce commands; the upload reaches a stand-in for the Hub's HTTP API (tests/support/hub_stub.py) on a branch,
 as a pull request, with a commit message, the token only in the Authorization header; a missing or rejected
 token is one line."""
 

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("torch", reason="torch is not installed (the `cpu` extra)")
 pytest.importorskip("transformers", reason="transformers is not installed (the `cpu` extra)")
 
-import tiny_models as tm  # noqa: E402  (tests/ is on sys.path: pytest rootdir-relative import)
+import tiny_models as tm  # noqa: E402  (tests/support is on sys.path: tests/conftest.py)
 
 
 def _chat(tok, text: str):

@@ -10,7 +10,7 @@ way `pip wheel .` does and check it against the tree:
 - (slow) the wheel, installed non-editable with its core dependencies in a clean venv (no torch,
   transformers, trl or vllm), imports every module, ships the recipes and prompt templates, runs
   `vlfactory --help`, and runs ingest, caption, distil and verify from a working directory
-  outside the repository against an OpenAI-compatible server on loopback (tests/fault_server.py,
+  outside the repository against an OpenAI-compatible server on loopback (tests/support/fault_server.py,
   which answers a chat request whose content is plain text, as distil sends it; answer_server.py
   reads only content parts, as rollout sends them).
 """
@@ -30,7 +30,7 @@ import pytest
 
 from fault_server import FaultServer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA_SUFFIXES = (".yaml", ".txt")  # recipe files and prompt templates, shipped as package data
 HEAVY = ("torch", "transformers", "trl", "vllm")  # the optional extras: never imported at module top level
 # Not part of a build: local state, and setuptools' build/ (a stale build/lib leaks modules into a

@@ -10,7 +10,7 @@ import yaml
 
 from vlfactory.recipe import load_recipe, shipped_recipes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", ["quickstart", "tabmwp", "dynamath", "openvlthinker/iterate"])
@@ -19,7 +19,7 @@ def test_shipped_recipes_load(name):
     assert recipe.sources and recipe.text and recipe.path == str(shipped_recipes() / f"{name}.yaml")
     for src in recipe.sources + recipe.benchmarks:
         # What every user has: a hub dataset, generated data, or a file shipped with the package; never
-        # the repository's ../shared slices (tests/recipes/ holds the recipes that read those).
+        # the repository's ../shared slices (tests/support/recipes/ holds the recipes that read those).
         assert src.format in ("hf", "synthetic") or Path(src.path).exists(), src
         assert "shared" not in (src.path or ""), src
 

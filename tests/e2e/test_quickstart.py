@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_quickstart_end_to_end_then_rerun_sends_nothing(tmp_path):
-    # the first 24 problems (tests/test_loop.py runs the whole loop)
+    # the first 24 problems (tests/e2e/test_loop.py runs the whole loop)
     cmd = [sys.executable, "-m", "vlfactory.cli", "run", "quickstart", "--lake", str(tmp_path / "lake"), "--limit", "24"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, res.stderr[-3000:]

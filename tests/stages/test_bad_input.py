@@ -2,7 +2,7 @@
 reason and the rest goes in; a bad recipe or an unreadable data file is one error line before
 anything is written; a rerun finishes and adds nothing twice.
 
-    .venv/bin/pytest tests/test_bad_input.py
+    .venv/bin/pytest tests/stages/test_bad_input.py
 """
 
 from __future__ import annotations

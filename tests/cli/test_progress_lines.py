@@ -2,7 +2,7 @@
 plain progress line per stage every VLFACTORY_PROGRESS_S seconds, even while nothing finishes, and
 one per update with VLFACTORY_PROGRESS_S=0.
 
-    .venv/bin/pytest tests/test_progress_lines.py
+    .venv/bin/pytest tests/cli/test_progress_lines.py
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pytest
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake, LakeError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
