@@ -10,7 +10,7 @@ which checks the recipe's `<think> ... </think> ... <answer>X</answer>` shape.
 
     python -m vlfactory.verify 'The answer is \\boxed{0.5}' '1/2'      # grade one completion
     python -m vlfactory.verify 'It is (B).' Tuesday Monday Tuesday     # ... with its choices
-    pytest tests/test_verify.py                                         # the table of cases
+    pytest tests/unit/test_verify.py                                         # the table of cases
 
 Finding the answer (`extract_answer`). Only what follows the last `</think>` counts; in it,
 the last `<answer>...</answer>` (a missing `</answer>` reads to the end), else the last
