@@ -382,6 +382,19 @@ def find_recipe(ref: str | Path) -> Path:
 
 def load_recipe(ref: str | Path) -> Recipe:
     path = find_recipe(ref)
+    text, raw = _read_yaml(path)
+    if isinstance(raw, dict) and "extends" in raw:
+        raw = _extended(raw, path, [path.resolve()])
+        # The stored and published text is the whole recipe this run used, not just its overrides.
+        text = (f"# {path.name}: {text.splitlines()[0].lstrip('# ') if text.startswith('#') else 'a recipe'}\n"
+                f"# resolved: the recipes it extends merged with its own keys\n"
+                + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, width=120))
+    # resolve(): in a strict editable install a shipped recipe is a symlink into the tree; its
+    # relative paths are relative to the real file.
+    return parse_recipe(raw, text=text, base=path.resolve().parent, path=str(path))
+
+
+def _read_yaml(path: Path) -> tuple[str, Any]:
     if not path.is_file():
         raise RecipeError(f"{path}: not a regular file (a recipe is a YAML file)")
     try:
@@ -389,16 +402,53 @@ def load_recipe(ref: str | Path) -> Recipe:
     except UnicodeDecodeError as e:
         raise RecipeError(f"{path}: not UTF-8 text (byte {e.start})") from None
     try:
-        raw = yaml.safe_load(text)
+        return text, yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise RecipeError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
     except RecursionError:
         raise RecipeError(f"{path}: not valid YAML (nested too deep)") from None
-    # resolve(): in a strict editable install a shipped recipe is a symlink into the tree; its
-    # relative paths are relative to the real file.
-    return parse_recipe(raw, text=text, base=path.resolve().parent, path=str(path))
+
+
+def _extended(raw: dict, path: Path, chain: list[Path]) -> dict:
+    """A recipe with `extends: OTHER.yaml` is OTHER with this recipe's keys merged over it.
+
+    Mappings merge key by key; a list of named items (sources, benchmarks, grpo_stages) merges item
+    by item on `name` (an item that names no existing one is added); any other value replaces the
+    base's. Relative paths in both files resolve against the extending recipe's folder, so keep them
+    side by side. `extends` names a file relative to this recipe, or a shipped recipe.
+    """
+    raw = dict(raw)
+    ref = raw.pop("extends")
+    if not isinstance(ref, str) or not ref:
+        raise RecipeError(f"{path}: extends: expected the path of the recipe this one extends, got {ref!r}")
+    local = (path.resolve().parent / ref)
+    parent = local if local.is_file() else find_recipe(ref)
+    if parent.resolve() in chain:
+        raise RecipeError(f"{path}: extends: {ref} extends itself ({' -> '.join(p.name for p in chain)})")
+    _, base = _read_yaml(parent)
+    if not isinstance(base, dict):
+        raise RecipeError(f"{parent}: a recipe is a YAML mapping")
+    if "extends" in base:
+        base = _extended(base, parent, [*chain, parent.resolve()])
+    base.pop("name", None)  # the extending recipe is its own recipe (default: its file name)
+    return _merged(base, raw)
+
+
+def _named(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(i, dict) and "name" in i for i in value)
+
+
+def _merged(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: _merged(base[k], v) if k in base else v for k, v in over.items()}}
+    if _named(base) and _named(over):
+        out = {i["name"]: i for i in base}
+        for item in over:
+            out[item["name"]] = _merged(out[item["name"]], item) if item["name"] in out else item
+        return list(out.values())
+    return over
 
 
 def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: str | None = None) -> Recipe:
