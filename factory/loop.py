@@ -160,14 +160,16 @@ class Loop:
                                "samples": result.samples_per_problem})
 
     def pretrain(self) -> str:
-        """Teach the base model to see before the loop (`loop.pretrain`): SFT on the sources' ground-truth
-        captions, image -> description, recorded like any training (`sft@pretrain`, iteration 0). The
-        model it makes is the base every iteration's SFT starts from and is evaluated as iteration 0."""
-        r, first = self.recipe, self.cfg.plan(1)
+        """Teach the base model to see before the loop (`loop.pretrain`): SFT on the ground-truth captions of
+        `loop.pretrain_sources` (default: iteration 1's), image -> description, recorded like any training
+        (`sft@pretrain`, iteration 0). The model it makes is the base every iteration's SFT starts from, is
+        evaluated as iteration 0 and, with `loop.captioner: pretrained`, is the caption model."""
+        r = self.recipe
         self.say("== pretraining: the base model learns to see (image -> ground-truth caption) ==")
-        scope = Scope(tuple(first.sources), self.scope.limit) if first.sources else self.scope  # iteration 1's images
+        sources = self.cfg.pretrain_sources or self.cfg.plan(1).sources
+        scope = Scope(tuple(sources), self.scope.limit) if sources else self.scope
         self.stage("ingest", r.stage_config("ingest"))
-        self.stage("caption", r.stage_config("caption"), scope)
+        self.stage("caption", None, scope)   # the ground-truth captions it learns from; no model yet
         self.stage("sft", SFTSetConfig(candidates="captions", prompt="describe", cleaned=False), scope)
         self.tag_set("sft", "pretrain")
         return self.train("sft", "sft@pretrain", self.cfg.base_model, 0, self.cfg.pretrain)
@@ -186,9 +188,11 @@ class Loop:
                                   weights=plan.sft_weights or sft.weights)
         if k == 1:
             self.stage("ingest", r.stage_config("ingest"))   # every source, whichever iteration uses it
-            for name in ("caption", "distil", "verify"):
-                if name != "distil" or r.distil is not None:
-                    self.stage(name, r.stage_config(name), scope)
+            captions = self.caption_config()
+            self.stage("caption", captions, scope)
+            if r.distil is not None:
+                self.stage("distil", dataclasses.replace(r.stage_config("distil"), captions=captions), scope)
+            self.stage("verify", r.stage_config("verify"), scope)
             sft = dataclasses.replace(sft, candidates="traces",
                                       cleaned=sft.cleaned if plan.sft_cleaned is None else plan.sft_cleaned)
         else:
@@ -225,6 +229,14 @@ class Loop:
             if f"iter{k}" not in lake.tags():
                 self.say(f"tagged iter{k} -> snapshot {lake.tag(f'iter{k}')}")
         return policy
+
+    def caption_config(self):
+        """The caption block; with `loop.captioner: pretrained` its model is the pretrained base, which
+        learned image -> description on the pretraining captions (images of their own)."""
+        cfg = self.recipe.stage_config("caption")
+        if cfg is not None and self.cfg.captioner == "pretrained":
+            cfg = dataclasses.replace(cfg, model=self.base, model_id=None, revision=None)
+        return cfg
 
     def rollout_config(self, model: str) -> GenerationConfig:
         return dataclasses.replace(self.recipe.rollout, model=model, model_id=None, revision=None)

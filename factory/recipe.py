@@ -227,6 +227,8 @@ class LoopConfig:
     # SFTConfig fields or a trainers YAML; the model it makes is the base of every iteration. For a base that
     # already reads images (Qwen2.5-VL), leave it out.
     pretrain: dict[str, Any] | str | None = None
+    pretrain_sources: list[str] | None = None  # whose ground-truth captions it learns (default: iteration 1's)
+    captioner: str | None = None      # pretrained: the caption block runs the pretrained base (it learned to describe)
     iterations: int = 2
     output_dir: str = "runs"          # checkpoints: OUTPUT/iterK/{sft,grpo}-<config hash> (relative to the cwd)
     sft: dict[str, Any] | str | None = None   # SFTConfig fields, or a trainers YAML file (default: tiny CPU run)
@@ -517,6 +519,11 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
                 setattr(recipe.loop, kind, str((base / value).resolve()))
                 _no_secrets(_yaml_file(base / value), str(base / value))
         _check_loop(recipe.loop, names, {s.name for s in recipe.sources}, f"{where}: loop", base)
+        if recipe.loop.captioner is not None and (recipe.loop.captioner != "pretrained" or recipe.caption is None
+                                                  or recipe.loop.pretrain is None):
+            raise RecipeError(f"{where}: loop.captioner: {recipe.loop.captioner!r}: only `pretrained` (with "
+                              "loop.pretrain and a caption: block) names a captioner; leave it out for the caption "
+                              "block's model")
     if recipe.verify.protocol not in ("vlfactory", "openvlthinker"):
         raise RecipeError(f"{where}: verify.protocol: {recipe.verify.protocol!r} is not vlfactory or openvlthinker")
     if recipe.eval is not None:
@@ -542,6 +549,10 @@ def _check_loop(loop: LoopConfig, names: set[str], sources: set[str], where: str
             _no_secrets(_yaml_file(path), str(path))
     if len({s.name for s in loop.grpo_stages}) != len(loop.grpo_stages):
         raise RecipeError(f"{where}.grpo_stages: stage names must be unique")
+    for name in loop.pretrain_sources or []:
+        if name not in sources:
+            raise RecipeError(f"{where}.pretrain_sources: {name!r} is not one of the recipe's sources "
+                              f"({', '.join(sorted(sources))})")
     for i, plan in enumerate(loop.schedule):
         at = f"{where}.schedule[{i}]"
         for key in ("sources", "rl_sources"):

@@ -154,7 +154,7 @@ def _read_metadata(path: Path) -> Iterable[dict]:
 def _read_synthetic(src: Source) -> Iterator[dict]:
     from vlfactory.sources.synthetic import generate
 
-    yield from generate(src.n, seed=src.seed, kinds=src.kinds)
+    yield from generate(src.n, seed=src.seed, kinds=src.kinds, split=src.split)
 
 
 _READERS: dict[str, Callable[[Source], Iterator[dict]]] = {

@@ -22,7 +22,12 @@ built-in font, so nothing has to be downloaded.
 The six kinds in KINDS are the default mix. `shapes` (VISION_KINDS, asked for
 by name) is the quickstart's: a few large shapes on a gray background and
 questions a tiny VLM can learn to answer from the picture on a CPU (how many,
-what colour, which is bigger).
+what colour, which is bigger). A source's `split` reaches the generator: a kind
+in SPLIT_KINDS keeps its `test` split apart from every other split by content
+(`shapes`: no shape set in common, vlfactory.sources.synthetic.shapes), so a
+held-out benchmark shares no (question, shapes) combination with training
+whatever the seeds; its ids then name the split (`shapes-test-1000-3`). Other
+kinds draw the same problems for any split.
 
     from vlfactory.sources.synthetic import generate
     for row in generate(100, seed=7, kinds=["bar", "table"]):
@@ -43,25 +48,28 @@ from vlfactory.sources.synthetic.counting import _counting
 from vlfactory.sources.synthetic.draw import COLORS, MAX_SIDE, MIN_SIDE, _png, _Retry, fmt
 from vlfactory.sources.synthetic.geometry import _geometry
 from vlfactory.sources.synthetic.line import _line
-from vlfactory.sources.synthetic.shapes import SHAPE_BG, SHAPE_COLORS, _shapes
+from vlfactory.sources.synthetic.shapes import SHAPE_BG, SHAPE_COLORS, _shapes, held_out, shape_set
 from vlfactory.sources.synthetic.table import _table
 
 KINDS = ("bar", "table", "geometry", "counting", "line", "clock")   # the default mix (shipped examples)
 # Kinds a tiny VLM can learn on a CPU (the quickstart's): coarse features only. Asked for by name.
 VISION_KINDS = ("shapes",)
+SPLIT_KINDS = ("shapes",)   # kinds whose `test` split shares no content with their other splits
 FIELDS = ("id", "kind", "question", "answer", "choices", "caption", "image")
 
-__all__ = ["KINDS", "VISION_KINDS", "FIELDS", "COLORS", "SHAPE_BG", "SHAPE_COLORS", "generate", "make", "fmt",
-           "blank_copy"]
+__all__ = ["KINDS", "VISION_KINDS", "SPLIT_KINDS", "FIELDS", "COLORS", "SHAPE_BG", "SHAPE_COLORS", "generate",
+           "make", "fmt", "blank_copy", "held_out", "shape_set"]
 
 # ---- public API --------------------------------------------------------------
 
 
-def generate(n: int, seed: int = 0, kinds: Sequence[str] | None = None) -> Iterator[dict]:
+def generate(n: int, seed: int = 0, kinds: Sequence[str] | None = None, split: str | None = None) -> Iterator[dict]:
     """Yield n problems; deterministic for a seed (same seed -> identical rows and identical PNG bytes).
 
     Kinds take turns (item i is of kind `kinds[i % len(kinds)]`), so every kind
-    appears once n >= len(kinds). Each row has exactly the keys in FIELDS.
+    appears once n >= len(kinds). Each row has exactly the keys in FIELDS. `split`
+    (a source's: train, test, ...) keeps the test problems of a SPLIT_KINDS kind apart
+    from the others by content; None draws from all.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -73,16 +81,18 @@ def generate(n: int, seed: int = 0, kinds: Sequence[str] | None = None) -> Itera
         raise ValueError(f"unknown kinds {unknown}; known: {', '.join(KINDS + VISION_KINDS)}")
     for i in range(n):
         kind = ks[i % len(ks)]
-        yield make(kind, seed, i)
+        yield make(kind, seed, i, split)
 
 
-def make(kind: str, seed: int, i: int) -> dict:
-    """The problem with id f"{kind}-{seed}-{i}" (what `generate` yields at that position)."""
+def make(kind: str, seed: int, i: int, split: str | None = None) -> dict:
+    """The problem with id f"{kind}-{seed}-{i}", or f"{kind}-{split}-{seed}-{i}" for a split of a
+    SPLIT_KINDS kind (what `generate` yields at that position)."""
     rng = random.Random(f"vlfactory.synthetic/{kind}/{seed}/{i}")  # the module's old name: ids keep their problems
     maker = _MAKERS[kind]
-    for _ in range(100):
+    split = split if kind in SPLIT_KINDS else None
+    for _ in range(100):   # a split draws until the problem falls on its side
         try:
-            q = maker(rng)
+            q = maker(rng) if split is None else maker(rng, split)
             break
         except _Retry:
             continue
@@ -93,7 +103,7 @@ def make(kind: str, seed: int, i: int) -> dict:
         raise AssertionError(f"{kind}-{seed}-{i}: answer {answer!r} not among choices {choices}")
     if not (MIN_SIDE <= img.width <= MAX_SIDE and MIN_SIDE <= img.height <= MAX_SIDE):  # pragma: no cover
         raise AssertionError(f"{kind}-{seed}-{i}: image size {img.size} out of range")
-    return {"id": f"{kind}-{seed}-{i}", "kind": kind, "question": question, "answer": answer,
+    return {"id": f"{kind}-{seed}-{i}" if split is None else f"{kind}-{split}-{seed}-{i}", "kind": kind, "question": question, "answer": answer,
             "choices": choices, "caption": caption, "image": _png(img)}
 
 
@@ -123,7 +133,7 @@ def blank_copy(src, folder) -> Any:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
-    for row in generate(src.limit if src.limit is not None else src.n, src.seed, src.kinds):
+    for row in generate(src.limit if src.limit is not None else src.n, src.seed, src.kinds, src.split):
         size = Image.open(io.BytesIO(row["image"])).size
         name = f"blank-{size[0]}x{size[1]}.png"
         if not (folder / name).exists():
