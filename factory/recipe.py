@@ -30,12 +30,43 @@ from vlfactory.backends import Sampling, backend_config_class
 from vlfactory.redact import find_secret, redact
 
 FORMATS = ("hf", "parquet", "jsonl", "json", "imagefolder", "synthetic")
-COLUMN_KEYS = ("question", "answer", "image", "choices", "caption", "id", "split")
+COLUMN_KEYS = ("question", "answer", "image", "choices", "caption", "id", "split", "completion")
+PICKS = ("most_common",)          # columns.KEY.pick: how one gold is chosen from a list of answers
 MAX_IMAGE_BYTES = 64 * 2**20
 
 
 class RecipeError(ValueError):
     """A recipe that cannot run; the message names the key and the fix."""
+
+
+@dataclass
+class Column:
+    """A schema column read from one source column through rules (`columns.KEY` written as a mapping).
+
+    A plain string stays what it was: a column name or a "{template}". The rules apply in this order,
+    each to what the one before gave (vlfactory.sources.columns.read_column):
+
+        question: {column: messages, turn: user}       # the content of a chat's one turn of that role
+        image: {column: images, index: 0}              # an element of a list (negative counts from the end)
+        answer: {column: answers, pick: most_common}   # one gold from a list of annotators' answers
+        answer: {column: answer, option_of: options}   # an option's index (0, "0", or a letter "A") -> its text
+        answer: {column: solution, tag: answer}        # the text inside the last <answer> ... </answer>
+        choices: {column: choices, split: ","}         # a joined string -> a list, items stripped
+        question: {column: problem, strip: "<image>"}  # literal markers removed (one, or a list)
+
+    A column missing from the data, or holding the wrong type for a rule, fails at preflight naming
+    the key path (columns.answer.option_of); a row whose value breaks a rule (an index out of range,
+    an empty list, no tag) is a `rejected` row with the reason.
+    """
+
+    column: str
+    turn: str | None = None
+    index: int | None = None
+    pick: str | None = None
+    option_of: str | None = None
+    tag: str | None = None
+    split: str | None = None
+    strip: list[str] | str | None = None
 
 
 @dataclass
@@ -45,7 +76,18 @@ class Source:
     name: str
     format: str
     path: str | None = None           # file, folder, glob, or `datasets` path (hf)
-    columns: dict[str, str | None] = field(default_factory=dict)  # schema column -> source column or "{template}"
+    # schema column -> a source column, a "{template}", or a Column mapping ({column: images, index: 0})
+    columns: dict[str, Column | str | None] = field(default_factory=dict)
+    # Row-level rules, applied as rows are read, before `limit`: `explode: qa` makes one row per element of
+    # the list-of-objects column `qa` (its keys become columns), then `where: {ques_type: [choose_txt]}`
+    # keeps the rows whose value is listed and `where_not: {source: [ai2d]}` drops those whose value is
+    # (the others are not part of the source, as another split is not).
+    explode: str | None = None
+    where: dict[str, list[str | int | bool]] = field(default_factory=dict)
+    where_not: dict[str, list[str | int | bool]] = field(default_factory=dict)
+    # A source with a `completion` column carries finished chains: each row is also a `traces` row written
+    # by this identity (default: "hf:<path>@<revision>"), graded and picked like distilled ones.
+    model: str | None = None
     images_root: str | None = None    # base for relative image paths (default: the data file's folder)
     split: str = "train"              # stored split; for hf also the split loaded
     limit: int | None = None          # read at most this many rows
@@ -594,10 +636,25 @@ def _check_source(src: Source, where: str, base: Path) -> None:
         raise RecipeError(f"{where}: columns.{key}: unknown schema column{_hint(key, COLUMN_KEYS)} "
                           f"(map any of {', '.join(COLUMN_KEYS)})")
     for key, col in src.columns.items():
-        if col is not None and not isinstance(col, str):
-            raise RecipeError(f"{where}: columns.{key}: expected a column name or a \"{{template}}\", got {col!r}")
-        if col and ("{" in col or "}" in col):
+        if isinstance(col, Column):
+            _check_column(col, key, f"{where}: columns.{key}")
+        elif col is not None and not isinstance(col, str):
+            raise RecipeError(f"{where}: columns.{key}: expected a column name, a \"{{template}}\" or a mapping "
+                              f"{{column: NAME, ...}}, got {col!r}")
+        elif col and ("{" in col or "}" in col):
             _check_template(col, f"{where}: columns.{key}")
+    if src.explode is not None and not src.explode:
+        raise RecipeError(f"{where}: explode: name the list column whose elements become rows (e.g. explode: qa)")
+    for name, values in src.where.items():
+        if not values:
+            raise RecipeError(f"{where}: where.{name}: an empty list keeps no row; list the values to keep")
+    for name, values in src.where_not.items():
+        if not values:
+            raise RecipeError(f"{where}: where_not.{name}: an empty list drops no row; list the values to drop")
+    if "completion" in src.columns and src.model is None and src.format == "hf":
+        src.model = f"hf:{src.path}" + (f"@{src.revision}" if src.revision else "")
+    elif "completion" in src.columns and src.model is None:
+        src.model = f"{src.format}:{src.path}"
     if src.format == "synthetic":
         if src.n < 1:
             raise RecipeError(f"{where}: n: must be at least 1")
@@ -622,6 +679,32 @@ def _check_source(src: Source, where: str, base: Path) -> None:
         if not root.is_dir():
             raise RecipeError(f"{where}: images_root: {root} is not a folder")
         src.images_root = str(root)
+
+
+def _check_column(col: Column, key: str, where: str) -> None:
+    """A Column mapping's rules fit the schema column they fill (the data is checked at preflight)."""
+    import re
+
+    checks = [
+        (bool(col.column), ".column: name the source column to read"),
+        (col.pick is None or col.pick in PICKS, f".pick: {col.pick!r} is not one of {', '.join(PICKS)}"),
+        (col.tag is None or re.fullmatch(r"[A-Za-z][\w-]*", col.tag) is not None,
+         f".tag: {col.tag!r} is not a tag name (answer, for <answer> ... </answer>)"),
+        (col.split is None or col.split != "", ".split: the separator is empty"),
+        (col.split is None or key == "choices", ".split: makes a list, which only choices holds"),
+        (col.turn is None or col.turn != "", ".turn: name the role (user, assistant, human, gpt)"),
+        (not (col.pick and col.index is not None), ": pick and index both choose one element of a list; keep one"),
+        (key != "image" or not (col.option_of or col.tag or col.split or col.strip or col.pick),
+         ": only column, turn and index apply to an image"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RecipeError(f"{where}{message}")
+    markers = [col.strip] if isinstance(col.strip, str) else col.strip or []
+    if any(not m for m in markers):
+        raise RecipeError(f"{where}.strip: an empty marker removes nothing; list the literal text to remove")
+    if isinstance(col.strip, str):
+        col.strip = [col.strip]
 
 
 def _check_template(template: str, where: str) -> None:
