@@ -145,7 +145,8 @@ class Loop:
         from vlfactory.stages import eval as evaluate
 
         for name in self.cfg.benchmarks:
-            cfg = self.recipe.eval_config(name, model, limit=self.cfg.eval_limit, iteration=iteration, stage=stage)
+            cfg = self.recipe.eval_config(name, model, limit=self.cfg.eval_limit, iteration=iteration, stage=stage,
+                                          baseline=iteration == 0)   # eval.base_protocol (the paper's baseline)
             since = self.started(f"eval {name} {stage}")
             with self.lake() as lake:
                 result = evaluate.run(lake, cfg).value

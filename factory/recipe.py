@@ -28,6 +28,7 @@ import yaml
 
 from vlfactory.backends import Sampling, backend_config_class
 from vlfactory.redact import find_secret, redact
+from vlfactory.verify.protocols import PROTOCOLS
 
 FORMATS = ("hf", "parquet", "jsonl", "json", "imagefolder", "synthetic")
 COLUMN_KEYS = ("question", "answer", "image", "choices", "caption", "id", "split", "completion")
@@ -169,7 +170,9 @@ class VerifyConfig:
     clean_max_words: int | None = None  # opt-in: the paper's "chains under 500 words" variant (not adopted)
     clean_reverify: bool = False      # opt-in: an answer the kept reasoning states must be correct too
     rel_tol: float = 1e-4
-    protocol: str = "vlfactory"       # the verdicts: vlfactory's grader, or openvlthinker (the official judge)
+    # The verdicts, any of vlfactory.verify.PROTOCOLS but judge: vlfactory's grader, openvlthinker-data (the official
+    # grader of training data), openvlthinker (the official evaluation judge), qwen-boxed
+    protocol: str = "vlfactory"
 
 
 @dataclass
@@ -224,7 +227,6 @@ class IngestConfig:
     max_image_bytes: int = MAX_IMAGE_BYTES
 
 
-PROTOCOLS = ("vlfactory", "openvlthinker", "judge")
 # The official prompt formatting per benchmark (OpenVLThinker's evaluation/eval_openvlthinker.py):
 # query = the benchmark's text as is (MathVista `query`, MathVerse `query_cot`); hint = format_instruction
 # with the options (MathVision, EMMA, MMMU-Pro standard); yes_no (HallusionBench); vision (MMMU-Pro vision).
@@ -237,12 +239,15 @@ class EvalSettings:
     evaluation of the loop. Without the block: the rollout stage's template, greedy, one sample,
     vlfactory's own grader."""
 
-    protocol: str = "vlfactory"       # vlfactory | openvlthinker (the official judge) | judge (an LLM judge)
+    protocol: str = "vlfactory"       # one of vlfactory.verify.PROTOCOLS, e.g. openvlthinker, judge (an LLM judge)
     protocols: dict[str, str] = field(default_factory=dict)  # per benchmark, e.g. {mathverse: judge}
     formats: dict[str, str] = field(default_factory=dict)    # per benchmark: query | hint | yes_no | vision
     prompt: str | None = None         # the template of benchmarks without a format (default: the rollout stage's)
     sampling: Sampling | None = None  # decoding; n samples per problem give pass@1..n (default: greedy, n 1)
     judge: GenerationConfig | None = None  # the LLM judge for protocol judge (any backend; openai for a hosted one)
+    # The base model's protocol (iteration 0 of the loop), for every benchmark: e.g. qwen-boxed, the official Qwen
+    # baseline that the paper's base-model numbers come from (default: the same as the other models')
+    base_protocol: str | None = None
 
 
 @dataclass
@@ -385,10 +390,11 @@ class Recipe:
         raise RecipeError(f"unknown stage {name!r}")
 
     def eval_config(self, benchmark: str, model: str, limit: int | None = None,
-                    iteration: int | None = None, stage: str | None = None) -> EvalConfig:
+                    iteration: int | None = None, stage: str | None = None, baseline: bool = False) -> EvalConfig:
         """How `model` is evaluated on the source or benchmark named `benchmark`: the rollout stage's
         backend, the `eval:` block's prompt, decoding and protocol (default: the rollout template,
-        greedy, one sample, graded with the recipe's verify settings)."""
+        greedy, one sample, graded with the recipe's verify settings). `baseline`: `model` is the base
+        model (the loop's iteration 0), graded with `eval.base_protocol` when the block sets one."""
         src = next((s for s in self.benchmarks + self.sources if s.name == benchmark), None)
         if src is None:
             known = ", ".join(s.name for s in self.benchmarks + self.sources)
@@ -399,8 +405,10 @@ class Recipe:
         sampling = settings.sampling or dataclasses.replace(base.sampling, temperature=0.0, top_p=1.0, n=1)
         gen = dataclasses.replace(base, model=model, model_id=None, revision=None, sampling=sampling,
                                   prompt=settings.prompt or base.prompt)
-        return EvalConfig(src, gen, self.verify, limit, iteration, stage,
-                          settings.protocols.get(benchmark, settings.protocol), settings.formats.get(benchmark),
+        protocol = settings.protocols.get(benchmark, settings.protocol)
+        if baseline and settings.base_protocol:
+            protocol = settings.base_protocol
+        return EvalConfig(src, gen, self.verify, limit, iteration, stage, protocol, settings.formats.get(benchmark),
                           settings.judge)
 
 
@@ -559,8 +567,10 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
                 setattr(recipe.loop, kind, str((base / value).resolve()))
                 _no_secrets(_yaml_file(base / value), str(base / value))
         _check_loop(recipe.loop, names, {s.name for s in recipe.sources}, f"{where}: loop", base)
-    if recipe.verify.protocol not in ("vlfactory", "openvlthinker"):
-        raise RecipeError(f"{where}: verify.protocol: {recipe.verify.protocol!r} is not vlfactory or openvlthinker")
+    if recipe.verify.protocol not in PROTOCOLS or recipe.verify.protocol == "judge":
+        graders = ", ".join(p for p in PROTOCOLS if p != "judge")
+        raise RecipeError(f"{where}: verify.protocol: {recipe.verify.protocol!r} is not one of {graders} "
+                          "(judge, an LLM's verdict, is for evaluation only)")
     if recipe.eval is not None:
         _check_eval(recipe.eval, {src.name for src in recipe.sources + recipe.benchmarks}, f"{where}: eval", base)
     if recipe.tracking is not None and recipe.tracking.backend not in ("wandb", "trackio", "tensorboard"):
@@ -605,10 +615,10 @@ def _check_loop(loop: LoopConfig, names: set[str], sources: set[str], where: str
 
 
 def _check_eval(ev: EvalSettings, names: set[str], where: str, base: Path) -> None:
-    for bench, protocol in [("", ev.protocol), *ev.protocols.items()]:
+    for key, protocol in [("protocol", ev.protocol), ("base_protocol", ev.base_protocol or "vlfactory"),
+                          *((f"protocols.{bench}", p) for bench, p in ev.protocols.items())]:
         if protocol not in PROTOCOLS:
-            raise RecipeError(f"{where}: protocol{'s.' + bench if bench else ''}: {protocol!r} is not one of "
-                              f"{', '.join(PROTOCOLS)}")
+            raise RecipeError(f"{where}: {key}: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     for key, table in (("protocols", ev.protocols), ("formats", ev.formats)):
         for bench in table:
             if bench not in names:
@@ -616,7 +626,7 @@ def _check_eval(ev: EvalSettings, names: set[str], where: str, base: Path) -> No
     for bench, fmt in ev.formats.items():
         if fmt not in PROMPT_FORMATS:
             raise RecipeError(f"{where}: formats.{bench}: {fmt!r} is not one of {', '.join(PROMPT_FORMATS)}")
-    if "judge" in [ev.protocol, *ev.protocols.values()] and ev.judge is None:
+    if "judge" in [ev.protocol, ev.base_protocol, *ev.protocols.values()] and ev.judge is None:
         raise RecipeError(f"{where}: judge: missing; protocol judge needs a judge model (backend, model, prompt)")
     if ev.prompt:
         ev.prompt = _template_ref(ev.prompt, base)

@@ -34,9 +34,13 @@ adopt) and with `clean_reverify` an answer the kept reasoning states itself (a \
 answer is") grades correct too (a chain only the reflection fixed). The sft set picks the
 shortest correct chain by its *original* length, then uses its cleaned text, as the paper does.
 
-With `protocol: openvlthinker` the verdicts are the official judge's (vlfactory.verify): an answer
-needs `</answer>`, and only equality or mathruler decide; `extracted` stays the factory's one
-extraction (the `answer` of traces and rollouts).
+With another `protocol` (vlfactory.verify.PROTOCOLS) the verdicts are that protocol's:
+`openvlthinker-data` is the official grader of training data (OpenVLThinker's
+generate_reasoning_thinker.py: the `<answer>` after clean_answer(), equality or mathruler, the gold as
+the dataset writes it, so an option's text and not its letter), `openvlthinker` the official
+evaluation judge (the gold mapped to its option letter); either needs `</answer>`. `extracted`
+stays the factory's one extraction (the `answer` of traces and rollouts). The rl stage's pass rates
+count these grades (the same verify block), so they agree with the verify stage by construction.
 
 Versioned and resumable: a grade is keyed by (ref_table, ref_id, verifier, settings_hash), the
 verifier being "vlfactory.verify VERSION / math-verify VERSION" and the settings the hash of

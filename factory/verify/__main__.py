@@ -1,8 +1,11 @@
-"""Grade one completion: python -m vlfactory.verify COMPLETION GOLD [CHOICE ...]"""
+"""Grade one completion: python -m vlfactory.verify [--protocol NAME] COMPLETION GOLD [CHOICE ...]"""
 
 import sys
 
 from vlfactory.verify import grade
 
 if __name__ == "__main__":
-    print(grade(sys.argv[1], sys.argv[2], sys.argv[3:] or None))
+    args, protocol = sys.argv[1:], "vlfactory"
+    if args[:1] == ["--protocol"]:
+        protocol, args = args[1], args[2:]
+    print(grade(args[0], args[1], args[2:] or None, protocol=protocol))
