@@ -291,13 +291,15 @@ class LoopConfig:
         return self.schedule[min(k, len(self.schedule)) - 1] if self.schedule else IterationPlan()
 
 
+    # How each training starts: `accelerate launch` as a child process (default: one process, no config)
+    launch: LaunchConfig = field(default_factory=lambda: LaunchConfig())
 @dataclass
 class GRPOStage:
     """One GRPO run of the loop; stages run in order, each from the model the one before made
     (OpenVLThinker: 5 epochs on a "medium" set with the vision tower frozen, then 15 on a "hard" set)."""
 
     name: str
-    band: list[float]                 # the rl set of this stage: pass rates of the SFT model in [lo, hi]
+    band: list[float] | None = None   # the rl set of this stage: pass rates of the SFT model in [lo, hi]; or
     config: dict[str, Any] | str | None = None  # GRPOConfig fields or a trainers YAML (default: loop.grpo)
     min_samples: int | None = None    # default: the rl block's
 
@@ -306,11 +308,33 @@ class GRPOStage:
 class IterationPlan:
     """What one iteration of the loop works on (`loop.schedule`, one entry per iteration)."""
 
+    source: str | None = None         # ... every problem of this source (e.g. the released ydeng9/medium_grpo_only)
+
+
+@dataclass
+class Generator:
+    """Which checkpoint writes the next round's data (`loop.schedule[k].generator`, k > 1): a GRPO stage's model
+    of the iteration before, at a step checkpoint (OpenVLThinker's generation script: the hard stage's EasyR1
+    step 30 = TRL step 120) or its final model; missing (a shorter run), the stage's final model."""
+
+    stage: str | None = None          # a grpo_stages name (default: the last stage)
+    step: int | None = None           # TRL optimizer steps: its checkpoint-<step> folder (default: the final model)
+
+
+@dataclass
+class LaunchConfig:
+    """How the loop starts each training: `accelerate launch -m vlfactory.trainers.KIND`, a child process."""
+
+    num_processes: int = 1            # OpenVLThinker: 8 GPUs
+    config_file: str | None = None    # an accelerate config (DeepSpeed ZeRO-3, FSDP), relative to the recipe
     sources: list[str] | None = None  # the sources of this iteration (default: all of the recipe's)
     rl_sources: list[str] | None = None  # the RL set's sources (default: the iteration's; OpenVLThinker: Geometry3K,
                                       # GEOS, FigureQA, CLEVR, SuperCLEVR)
     sft_max_examples: int | None = None   # cap of the SFT set (OpenVLThinker iterations 2-3: 5k)
-    sft_weights: dict[str, float] | None = None  # per source (OpenVLThinker iteration 3: more Geometry3K, SuperCLEVR)
+    sft_weights: dict[str, float] | None = None  # per source: the SFT set's mix
+    rl_weights: dict[str, int] | None = None  # copies of each problem of a source in GRPO's data (default 1; paper
+                                      # Table 2: iteration 3's GRPO data has more Geometry3K and SuperCLEVR)
+    generator: Generator | str | None = None  # who writes this round's data: final (default) or {stage, step}
     sft_cleaned: bool | None = None   # cut reflections (default: the sft block for iteration 1, no later:
                                       # the RL model's own answers are kept as they are)
     samples: int | None = None        # k > 1: the previous RL model's samples per problem (default: the rollout block's)
@@ -584,7 +608,13 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
 def _check_loop(loop: LoopConfig, names: set[str], sources: set[str], where: str, base: Path) -> None:
     for i, stage in enumerate(loop.grpo_stages):
         lo_hi = stage.band
-        if len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1] <= 1:
+        if (lo_hi is None) == (stage.source is None):
+            raise RecipeError(f"{where}.grpo_stages[{i}]: give its rl set as band: [lo, hi] (pass rates of the SFT "
+                              "model) or source: NAME (every problem of that source), one of the two")
+        if stage.source is not None and stage.source not in sources:
+            raise RecipeError(f"{where}.grpo_stages[{i}].source: {stage.source!r} is not one of the recipe's "
+                              f"sources ({', '.join(sorted(sources))})")
+        if lo_hi is not None and (len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1] <= 1):
             raise RecipeError(f"{where}.grpo_stages[{i}].band: {lo_hi} must be [lo, hi] with 0 <= lo <= hi <= 1")
         if isinstance(stage.config, str):
             path = base / stage.config
@@ -601,9 +631,13 @@ def _check_loop(loop: LoopConfig, names: set[str], sources: set[str], where: str
                 if name not in sources:
                     raise RecipeError(f"{at}.{key}: {name!r} is not one of the recipe's sources "
                                       f"({', '.join(sorted(sources))})")
-        for name in plan.sft_weights or {}:
-            if name not in sources:
-                raise RecipeError(f"{at}.sft_weights: {name!r} is not one of the recipe's sources")
+        for key in ("sft_weights", "rl_weights"):
+            for name, weight in (getattr(plan, key) or {}).items():
+                if name not in sources:
+                    raise RecipeError(f"{at}.{key}: {name!r} is not one of the recipe's sources")
+                if weight < 0:
+                    raise RecipeError(f"{at}.{key}.{name}: must be >= 0")
+        _check_generator(plan.generator, i, loop, at)
         if plan.rl_set not in ("pick", "fixed"):
             raise RecipeError(f"{at}.rl_set: {plan.rl_set!r} is not pick or fixed")
         if plan.pick is not None and plan.pick not in ("shortest", "random", "all"):
@@ -628,6 +662,29 @@ def _check_eval(ev: EvalSettings, names: set[str], where: str, base: Path) -> No
             raise RecipeError(f"{where}: formats.{bench}: {fmt!r} is not one of {', '.join(PROMPT_FORMATS)}")
     if "judge" in [ev.protocol, ev.base_protocol, *ev.protocols.values()] and ev.judge is None:
         raise RecipeError(f"{where}: judge: missing; protocol judge needs a judge model (backend, model, prompt)")
+    if loop.launch.num_processes < 1:
+        raise RecipeError(f"{where}.launch.num_processes: must be at least 1")
+    if loop.launch.config_file is not None:
+        path = _local(loop.launch.config_file, base)
+        if not path.is_file():
+            raise RecipeError(f"{where}.launch.config_file: {path} does not exist (an accelerate config file)")
+        loop.launch.config_file = str(path)
+
+
+def _check_generator(gen: Generator | str | None, i: int, loop: LoopConfig, at: str) -> None:
+    if gen is None or gen == "final":
+        return
+    if isinstance(gen, str):
+        raise RecipeError(f"{at}.generator: {gen!r}; write final or {{stage: NAME, step: STEPS}}")
+    if i == 0:
+        raise RecipeError(f"{at}.generator: iteration 1's data comes from distillation; a generator applies from "
+                          "iteration 2 on")
+    names = [s.name for s in loop.grpo_stages]
+    if gen.stage is not None and gen.stage not in names:
+        raise RecipeError(f"{at}.generator.stage: {gen.stage!r} is not one of loop.grpo_stages "
+                          f"({', '.join(names) or 'none: leave stage out'})")
+    if gen.step is not None and gen.step < 1:
+        raise RecipeError(f"{at}.generator.step: must be at least 1 (a TRL optimizer step with a checkpoint)")
     if ev.prompt:
         ev.prompt = _template_ref(ev.prompt, base)
     if ev.judge is not None:
