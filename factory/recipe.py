@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,6 +35,11 @@ FORMATS = ("hf", "parquet", "jsonl", "json", "imagefolder", "synthetic")
 COLUMN_KEYS = ("question", "answer", "image", "choices", "caption", "id", "split", "completion")
 PICKS = ("most_common",)          # columns.KEY.pick: how one gold is chosen from a list of answers
 MAX_IMAGE_BYTES = 64 * 2**20
+# Names that become file and folder names (recipe copies, tracking folders, tags, synthetic copies): no
+# separators, no leading dot or dash, nothing a shell or SQL would read as code (issue 18).
+SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+MAX_RECIPE_BYTES = 2**20  # a recipe is settings, not data: PyYAML holds ~100x a file's size while parsing it
+MAX_TOKENS = 2**20        # new tokens per request: more than any model's context
 
 
 class RecipeError(ValueError):
@@ -471,12 +477,15 @@ def load_recipe(ref: str | Path) -> Recipe:
 def _read_yaml(path: Path) -> tuple[str, Any]:
     if not path.is_file():
         raise RecipeError(f"{path}: not a regular file (a recipe is a YAML file)")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: {path.stat().st_size:,} bytes, over the {MAX_RECIPE_BYTES:,} a recipe may have "
+                          "(a recipe holds settings; put data in files its sources name)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise RecipeError(f"{path}: not UTF-8 text (byte {e.start})") from None
     try:
-        return text, yaml.safe_load(text)
+        return text, _yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -531,10 +540,13 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
         raise RecipeError(f"{where}: a recipe is a YAML mapping with at least `sources:`")
     _no_secrets(raw, where)
     raw = dict(raw)
-    raw.setdefault("name", Path(path).stem if path else "recipe")
+    # A name taken from the file's own name is made a slug; a `name:` the recipe gives must be one.
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(path).stem if path else "").lstrip("-_.").rstrip("-")
+    raw.setdefault("name", stem[:100] or "recipe")
     if isinstance(raw.get("lake"), str):
         raw["lake"] = {"catalog": raw["lake"]}
     recipe = _build(Recipe, raw, where)
+    _check_slug(recipe.name, f"{where}: name")
     # The text is stored in the catalog and published: credentials inside values (a URL's
     # user:password@, password= in a lake URI) are masked there; the parsed values keep them.
     recipe.text, recipe.path = redact(text), path
@@ -542,6 +554,7 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
     names = set()
     for group, sources in (("sources", recipe.sources), ("benchmarks", recipe.benchmarks)):
         for i, src in enumerate(sources):
+            _check_slug(src.name, f"{where}: {group}[{i}].name")
             _check_source(src, f"{where}: {group}[{i}] ({src.name})", base)
             if src.name in names:
                 raise RecipeError(f"{where}: {group}[{i}]: source name {src.name!r} is used twice; names must be unique")
@@ -597,16 +610,19 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
                           "(judge, an LLM's verdict, is for evaluation only)")
     if recipe.eval is not None:
         _check_eval(recipe.eval, {src.name for src in recipe.sources + recipe.benchmarks}, f"{where}: eval", base)
+    if recipe.tracking is not None and recipe.tracking.project is not None:
+        _check_slug(recipe.tracking.project, f"{where}: tracking.project")
     if recipe.tracking is not None and recipe.tracking.backend not in ("wandb", "trackio", "tensorboard"):
         raise RecipeError(f"{where}: tracking.backend: {recipe.tracking.backend!r} is not wandb, trackio or "
                           "tensorboard (leave the block out for no tracking)")
     if recipe.lake.catalog and not recipe.lake.catalog.startswith("ducklake:"):
-        recipe.lake.catalog = str((base / recipe.lake.catalog).resolve())
+        recipe.lake.catalog = str(_local(recipe.lake.catalog, base, f"{where}: lake", resolve=True))
     return recipe
 
 
 def _check_loop(loop: LoopConfig, names: set[str], sources: set[str], where: str, base: Path) -> None:
     for i, stage in enumerate(loop.grpo_stages):
+        _check_slug(stage.name, f"{where}.grpo_stages[{i}].name")
         lo_hi = stage.band
         if (lo_hi is None) == (stage.source is None):
             raise RecipeError(f"{where}.grpo_stages[{i}]: give its rl set as band: [lo, hi] (pass rates of the SFT "
@@ -730,7 +746,7 @@ def _check_source(src: Source, where: str, base: Path) -> None:
         raise RecipeError(f"{where}: path: missing (the {src.format} data to read)")
     if src.limit is not None and src.limit < 0:
         raise RecipeError(f"{where}: limit: must be >= 0")
-    local = _local(src.path, base)
+    local = _local(src.path, base, f"{where}: path")
     if src.format == "hf":
         # A hub id (org/name) is not a local path; a local folder or file is.
         if local.exists():
@@ -742,7 +758,7 @@ def _check_source(src: Source, where: str, base: Path) -> None:
             raise RecipeError(f"{where}: path: {local} is not a regular file or a folder")
         src.path = str(local)
     if src.images_root:
-        root = _local(src.images_root, base)
+        root = _local(src.images_root, base, f"{where}: images_root")
         if not root.is_dir():
             raise RecipeError(f"{where}: images_root: {root} is not a folder")
         src.images_root = str(root)
@@ -799,7 +815,8 @@ def _template_ref(ref: str, base: Path) -> str:
 
 def _check_stage(stage: GenerationConfig, where: str) -> None:
     s, o = stage.sampling, stage.options
-    checks = [(s.n >= 1, "sampling.n: must be at least 1"), (s.max_tokens >= 1, "sampling.max_tokens: must be at least 1"),
+    checks = [(s.n >= 1, "sampling.n: must be at least 1"),
+              (1 <= s.max_tokens <= MAX_TOKENS, f"sampling.max_tokens: must be 1 to {MAX_TOKENS:,} (new tokens per answer)"),
               (s.temperature >= 0, "sampling.temperature: must be >= 0"), (0 < s.top_p <= 1, "sampling.top_p: must be in (0, 1]"),
               (getattr(o, "concurrency", 1) >= 1, "concurrency: must be at least 1"),
               (getattr(o, "timeout_s", 1) > 0, "timeout_s: must be > 0"),
@@ -808,11 +825,34 @@ def _check_stage(stage: GenerationConfig, where: str) -> None:
     for ok, message in checks:
         if not ok:
             raise RecipeError(f"{where}.{message}")
+    from urllib.parse import urlsplit
+
+    urls = getattr(o, "base_url", None) or []
+    for url in [urls] if isinstance(urls, str) else urls:
+        try:
+            parts = urlsplit(url) if isinstance(url, str) else None
+            ok = parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # a malformed port or IPv6 address
+            ok = False
+        if not ok:
+            raise RecipeError(f"{where}.base_url: {redact(str(url))!r} is not an http:// or https:// URL of a server, "
+                              "e.g. http://127.0.0.1:8000/v1")
 
 
-def _local(p: str, base: Path) -> Path:
+def _check_slug(name: str, where: str) -> None:
+    if not SLUG.fullmatch(name):
+        raise RecipeError(f"{where}: {name!r} cannot name a file: use letters, digits, '_', '-' and '.', starting "
+                          "with a letter or digit (at most 100)")
+
+
+def _local(p: str, base: Path, where: str = "path", resolve: bool = False) -> Path:
     path = Path(p).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
+    if path.is_absolute() and not resolve:
+        return path
+    try:
+        return (base / path).resolve()
+    except (RuntimeError, OSError) as e:  # a symbolic link loop: Python 3.11 raises RuntimeError
+        raise RecipeError(f"{where}: {p}: cannot be resolved ({e})") from None
 
 
 def _no_secrets(raw: Any, where: str) -> None:
@@ -827,9 +867,29 @@ def _no_secrets(raw: Any, where: str) -> None:
                           "published); put it in an environment variable and name that variable instead")
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader)
+
+
 def _yaml_file(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"{path}: {path.stat().st_size:,} bytes, over the {MAX_RECIPE_BYTES:,} a settings "
+                              "file may have")
+        return _yaml(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise RecipeError(f"{path}: {str(e).splitlines()[0]}") from None
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import duckdb
 
 from vlfactory.stores.lake import DB, Lake, LakeError
+from vlfactory.stores.sqltext import literal
 
 # Each table's natural key: what stays the same when a row's content changes.
 KEYS = {
@@ -172,7 +173,7 @@ def _sides(lake: Lake, table: str, sa: int, sb: int, cols_a: dict | None, cols_b
         if cols_a != cols_b:
             raise LakeError("the columns changed in between")
         lake.con.execute(f"CREATE OR REPLACE TEMP TABLE _changes AS "
-                         f"SELECT * FROM {DB}.table_changes('{table}', {lo + 1}, {hi})")
+                         f"SELECT * FROM {DB}.table_changes({literal(table)}, {lo + 1}, {hi})")
     except (duckdb.Error, LakeError):
         return whole(sa, cols_a), whole(sb, cols_b)
     gone = "change_type IN ('delete', 'update_preimage')"

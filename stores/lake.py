@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from vlfactory.stores import schema
 from vlfactory.stores.connect import LakeSpec, _s3_secret, load_extension
-from vlfactory.stores.sqltext import _code_spans, _first_line, _keywords, _statement_kind, error_line
+from vlfactory.stores.sqltext import _code_spans, _first_line, _keywords, _statement_kind, error_line, literal
 
 DB = "lake"
 TAG_COMMIT = "tag "  # commit-message prefix of snapshots that only record a tag
@@ -132,9 +132,11 @@ class Lake:
         self.con.execute("SET lock_configuration = true")
 
     def _attach(self, snapshot: int | None) -> None:
+        """ATTACH takes no parameters: the catalog and the data path go in as literals (`literal`), so a
+        path holding a quote is that path, never SQL (tests/store/test_quoting.py)."""
         opts = ["READ_ONLY"] if self.read_only else []
         if self.spec.data_path:
-            opts.append(f"DATA_PATH '{self.spec.data_path}'")
+            opts.append(f"DATA_PATH {literal(self.spec.data_path)}")
         if self.spec.root is not None:
             # A lake folder reads its own data/ wherever it was copied or moved to, never the
             # folder it was created in (the catalog keeps the absolute path it was made with).
@@ -143,7 +145,7 @@ class Lake:
             opts.append(f"SNAPSHOT_VERSION {int(snapshot)}")
         catalog = getattr(self, "_catalog", self.spec.catalog)
         try:
-            self.con.execute(f"ATTACH '{catalog}' AS {DB} ({', '.join(opts)})" if opts else f"ATTACH '{catalog}' AS {DB}")
+            self.con.execute(f"ATTACH {literal(catalog)} AS {DB}" + (f" ({', '.join(opts)})" if opts else ""))
         except duckdb.Error as e:
             raise LakeError(f"cannot open the lake at {self.spec.display}: {_first_line(e)}") from None
         self.con.execute(f"USE {DB}")
@@ -296,7 +298,7 @@ class Lake:
         v = str(version).strip()
         if v == "latest":
             return self.current_snapshot()
-        if v.isdigit():
+        if v.isascii() and v.isdigit():  # not '²', which isdigit() but int() refuses
             snap = int(v)
             known = self.con.execute(f"SELECT count(*) FROM {DB}.snapshots() WHERE snapshot_id = ?", [snap]).fetchone()[0]
             if not known:
@@ -382,7 +384,7 @@ class Lake:
         for table in self.tables():
             try:
                 rows = self.con.execute(
-                    f"SELECT change_type, count(*) FROM {DB}.table_changes('{table}', {lo + 1}, {hi}) GROUP BY 1").fetchall()
+                    f"SELECT change_type, count(*) FROM {DB}.table_changes({literal(table)}, {lo + 1}, {hi}) GROUP BY 1").fetchall()
             except duckdb.Error:
                 rows = []  # the table did not exist in that range
             counts = dict(rows)
