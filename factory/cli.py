@@ -357,17 +357,18 @@ def _row_counts(lk, snapshots: list[dict]) -> list[dict[str, int]]:
 @click.argument("a")
 @click.argument("b", default="latest")
 @click.option("--table", default=None, help="List this table's rows added, removed and changed, by its key.")
-@click.option("--limit", type=int, default=20, show_default=True,
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
               help="With --table: rows listed per kind (added, removed, changed; 0: all). Counts are whole.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @lake_options
 @friendly
 def diff(a: str, b: str, table: str | None, limit: int, fmt: str, lake: str | None, data_path: str | None) -> None:
-    """Rows added and removed per table between versions A and B; with --table, the rows.
+    """Rows added, removed and changed per table between versions A and B; with --table, the rows.
 
-    With --table, rows are matched by the table's key (sft: problem_id + from_id, grades: the graded
-    sample, rl: problem_id, ...): a key on both sides with other content is a changed row, shown
-    with its changed columns before and after. run_id and created_at are not compared.
+    Rows are matched by the table's key (sft: problem_id + from_id, grades: the graded sample, rl:
+    problem_id, trainings: training_id, ...): a key on both sides with other content is a changed
+    row (an updated status, a recleaned completion), shown with --table with its changed columns
+    before and after. run_id and created_at are not compared.
 
     \b
     Example:
@@ -377,6 +378,7 @@ def diff(a: str, b: str, table: str | None, limit: int, fmt: str, lake: str | No
         vlfactory diff 12          # from snapshot 12 to the latest
     """
     from vlfactory import api
+    from vlfactory.sqlout import terminal
     from vlfactory.stores.diffs import around_change
 
     with open_lake(lake, data_path, read_only=True) as lk:
@@ -386,17 +388,18 @@ def diff(a: str, b: str, table: str | None, limit: int, fmt: str, lake: str | No
             if fmt == "json":
                 click.echo(json.dumps({"a": a, "b": b, "snapshot_a": sa, "snapshot_b": sb, "tables": counts}))
                 return
-            click.echo(f"{a} (snapshot {sa}) -> {b} (snapshot {sb})")
-            _print_table(["table", "added", "removed"], [(t, f"+{d['added']}", f"-{d['removed']}")
-                                                        for t, d in counts.items() if d["added"] or d["removed"]], 80)
+            click.echo(terminal(f"{a} (snapshot {sa}) -> {b} (snapshot {sb})"))
+            _print_table(["table", "added", "removed", "changed"],
+                         [(t, f"+{d['added']}", f"-{d['removed']}", f"~{d['changed']}")
+                          for t, d in counts.items() if any(d.values())], 80)
             return
         d = api.diff(a, b, table=table, lake=lk, limit=limit or None)
     if fmt == "json":
         import dataclasses
 
-        click.echo(json.dumps(dataclasses.asdict(d), default=str, ensure_ascii=False))
+        click.echo(json.dumps(dataclasses.asdict(d), default=str))  # ASCII: C1 controls escaped too
         return
-    click.echo(d.line())
+    click.echo(terminal(d.line()))
     others = [c for c in d.compared if c not in d.key]
     for kind, rows, n in (("added", d.added, d.n_added), ("removed", d.removed, d.n_removed)):
         if rows:

@@ -377,23 +377,10 @@ class Lake:
         return [dict(zip(rel.columns, r)) for r in rel.fetchall()]
 
     def diff(self, a: int | str, b: int | str) -> dict[str, dict[str, int]]:
-        """Rows inserted and deleted per table between two versions."""
-        sa, sb = self.resolve(a), self.resolve(b)
-        lo, hi = min(sa, sb), max(sa, sb)
-        out = {}
-        for table in self.tables():
-            try:
-                rows = self.con.execute(
-                    f"SELECT change_type, count(*) FROM {DB}.table_changes({literal(table)}, {lo + 1}, {hi}) GROUP BY 1").fetchall()
-            except duckdb.Error:
-                rows = []  # the table did not exist in that range
-            counts = dict(rows)
-            added = counts.get("insert", 0) + counts.get("update_postimage", 0)
-            removed = counts.get("delete", 0) + counts.get("update_preimage", 0)
-            if sa > sb:
-                added, removed = removed, added
-            out[table] = {"added": added, "removed": removed}
-        return out
+        """Rows added, removed and changed (by key: an updated row is changed) per table between two versions."""
+        from vlfactory.stores import diffs
+
+        return diffs.counts(self, a, b)
 
     # ---- writing -----------------------------------------------------------
 
