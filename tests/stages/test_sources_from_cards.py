@@ -182,6 +182,10 @@ def test_benchmarks_map_from_their_fixtures(cli, lake_dir, tmp_path):
 
 
 def test_released_sets_are_problems_and_the_sft_set_is_traces_graded_and_picked(cli, lake_dir, tmp_path):
+    from vlfactory.recipe import load_recipe
+
+    on_hub = {s.name: s for s in load_recipe(RECIPES / "released.yaml").sources}
+    assert on_hub["sft_iter3"].model == "hf:ydeng9/OpenVLThinker-sft-iter3"  # whose chains, on the Hub
     sources = on_fixtures(shipped("released.yaml", "sources"))
     recipe = write_recipe(tmp_path / "released.yaml", sources, "sft: {candidates: traces, per_problem: 1}\n")
     out = flat(cli("run", recipe, "--stage", "ingest", "--stage", "verify", "--stage", "sft").output)
