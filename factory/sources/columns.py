@@ -126,9 +126,10 @@ def _most_common(value: Any, column: str, at: str) -> str:
     """The most common answer of a list, compared after light normalisation (case, surrounding
     spaces and punctuation, runs of spaces); a tie goes to the answer given first, and the gold is
     that answer's first spelling. This is the consensus answer of the VQA convention (Antol et al.
-    2015; VizWiz and lmms-eval's vizwiz_vqa score an answer by how many of the 10 annotators gave it,
-    min(n/3, 1), so the most common answer scores highest); the full EvalAI normalisation (number
-    words, articles, contractions) is not applied."""
+    2015, "VQA: Visual Question Answering": an answer scores min(#annotators who gave it / 3, 1); VizWiz
+    and lmms-eval's lmms_eval/tasks/vizwiz_vqa/utils.py @75571cf score so), under which the most common
+    answer scores highest. The full EvalAI normalisation (number words, articles, contractions) is not
+    applied: "two" and "2" stay two answers."""
     if not isinstance(value, (list, tuple)):
         raise WrongType(at, f"column {column!r} is {kind(value)}, not a list of answers")
     spelled: dict[str, str] = {}
