@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import time
 from pathlib import Path
+
+import pyarrow as pa
 
 from vlfactory import tracking
 from vlfactory.recipe import GenerationConfig, GRPOStage, IterationPlan, Recipe, RecipeError, SFTSetConfig
@@ -60,6 +61,7 @@ class Loop:
         self.out = Path(self.cfg.output_dir).resolve()  # relative to the working directory, like ./lake
         self.evals: list[dict] = []       # every evaluation of this run, for the closing table
         self.base = self.cfg.base_model   # what every SFT starts from: the base model, or the pretrained one
+        self.made: dict[int, dict[str, str]] = {}  # per iteration, each GRPO stage's final model, in order
 
     def lake(self) -> Lake:
         lake = Lake(self.spec)
@@ -110,28 +112,25 @@ class Loop:
                 lake.tag(new, tags[old], note=f"the fixed rl set of {old}", force=True)
         self.say(f"tagged {new} -> snapshot {tags[old]} (the fixed rl set of {old})")
 
-    def train(self, kind: str, dataset: str, model: str, iteration: int, config=None) -> str:
-        """Train into the folder addressed by (the set's content, base model identity, settings); a training
-        found finished there is skipped."""
-        from vlfactory.models import identity
-        from vlfactory.trainers.config import load_config, settings_digest
-        from vlfactory.trainers.run import address
+    def train(self, kind: str, dataset: str, model: str, iteration: int, config=None,
+              weights: dict[str, int] | None = None) -> str:
+        """Train into the folder addressed by (the set's content, base model identity, settings), through
+        `accelerate launch` in a child process as `loop.launch` says; a training found finished there is
+        skipped without launching. `weights`: GRPO's copies per source (the plan's rl_weights)."""
+        from vlfactory.trainers.config import read_settings
+        from vlfactory.trainers.launch import launch_training
 
-        config = config if config is not None else getattr(self.cfg, kind)
-        settings = settings_digest(*load_config(kind, config, self.out))
-        table, _, version = dataset.rpartition("@")
-        with self.lake() as lake:
-            data = lake.digest(table, lake.resolve(version))
-        # No iteration in the path: the same training in a later iteration is the same checkpoint.
-        output = self.out / f"{kind}-{address(data, identity(model), settings)}"
-        trainer = importlib.import_module(f"vlfactory.trainers.{kind}")
+        settings = read_settings(kind, config if config is not None else getattr(self.cfg, kind))
+        if weights:
+            settings["source_weights"] = weights
         since = self.started(f"train {kind}")
-        result = getattr(trainer, f"train_{kind}")(dataset, model, str(output), config=config,
-                                                   **self.spec_args(),
-                                                   run_id=self.run_id, iteration=iteration)
-        self.say(f"{kind} iter{iteration}: done before ({output}), skipped" if result.reused else result.line())
+        # No iteration in the path: the same training in a later iteration is the same checkpoint.
+        result = launch_training(kind, dataset, model, settings, self.out, self.spec, launch=self.cfg.launch,
+                                 lake_args=self.spec_args(), run_id=self.run_id, iteration=iteration)
+        self.say(f"{kind} iter{iteration}: done before ({result.output_dir}), skipped" if result.reused
+                 else result.line())
         self.ended(f"train {kind}", since, result.reused)
-        return str(output)
+        return result.output_dir
 
     def spec_args(self) -> dict:
         """This lake as a trainer opens it: a lake folder by its folder (a moved or copied folder's catalog
@@ -193,12 +192,13 @@ class Loop:
             sft = dataclasses.replace(sft, candidates="traces",
                                       cleaned=sft.cleaned if plan.sft_cleaned is None else plan.sft_cleaned)
         else:
-            # The previous RL model answers from the images; its verified answers are this round's SFT data,
-            # kept as written unless the plan says otherwise.
-            self.stage("rollout", self.data_rollout_config(previous_policy, plan), scope)
+            # The previous RL model (or the checkpoint the plan names) answers from the images; its verified
+            # answers are this round's SFT data, kept as written unless the plan says otherwise.
+            writer = self.generator(k, plan) if k - 1 in self.made else previous_policy
+            self.stage("rollout", self.data_rollout_config(writer, plan), scope)
             self.stage("verify", r.verify, scope)
             sft = dataclasses.replace(sft, candidates="both" if self.cfg.keep_traces else "rollouts",
-                                      model=previous_policy, cleaned=bool(plan.sft_cleaned))
+                                      model=writer, cleaned=bool(plan.sft_cleaned))
         self.stage("sft", sft, scope)
         self.tag_set("sft", f"iter{k}-sft")
         sft_model = self.train("sft", f"sft@iter{k}-sft", self.base, k)
@@ -206,26 +206,80 @@ class Loop:
 
         stages = self.cfg.grpo_stages or [GRPOStage("", r.rl.band, self.cfg.grpo, r.rl.min_samples)]
         rl_scope = Scope(tuple(plan.rl_sources), self.scope.limit) if plan.rl_sources else scope
-        if plan.rl_set == "pick":
+        if plan.rl_set == "pick" and any(st.source is None for st in stages):
             # Pass rates of the SFT model (its rollouts, graded by the verifier) pick the RL sets.
             self.stage("rollout", self.rollout_config(sft_model), rl_scope)
             self.stage("verify", r.verify, rl_scope)
-        policy = sft_model
+        policy, self.made[k] = sft_model, {}
         for i, st in enumerate(stages):
             tag = f"iter{k}-rl" + (f"-{st.name}" if st.name else "")
             if plan.rl_set == "fixed":
                 self.keep_tag(f"iter{k - 1}-rl" + (f"-{st.name}" if st.name else ""), tag)
+            elif st.source is not None:
+                self.source_set(st.source, tag)
             else:
                 rl = dataclasses.replace(r.stage_config("rl"), model=sft_model, band=st.band,
                                          min_samples=st.min_samples or r.rl.min_samples)
                 self.stage("rl", rl, rl_scope)
                 self.tag_set("rl", tag)
-            policy = self.train("grpo", f"rl@{tag}", policy, k, st.config if st.config is not None else self.cfg.grpo)
+            policy = self.train("grpo", f"rl@{tag}", policy, k, st.config if st.config is not None else self.cfg.grpo,
+                                weights=plan.rl_weights)
+            self.made[k][st.name] = policy
             self.evaluate(policy, k, "grpo" if i == len(stages) - 1 else f"grpo-{st.name}")
         with self.lake() as lake:
             if f"iter{k}" not in lake.tags():
                 self.say(f"tagged iter{k} -> snapshot {lake.tag(f'iter{k}')}")
         return policy
+
+    def source_set(self, source: str, tag: str) -> None:
+        """A GRPO stage's rl set from a source's problems (`grpo_stages[i].source`), e.g. a released GRPO set
+        ingested as a source: every problem of it in scope, rendered with the rl block's prompt; no pass rates."""
+        from vlfactory.prompts import load_template
+        from vlfactory.stores import schema
+
+        since = self.started(f"rl from {source}")
+        cfg = self.recipe.stage_config("rl")
+        template = load_template(cfg.prompt or "rollout", needs={"question"})
+        with self.lake() as lake:
+            rows = lake.query(f"""SELECT problem_id, source, source_id, image_id, question, choices, answer
+                                  FROM {Scope((source,), self.scope.limit).problems()} p""").to_arrow_table()
+            rows = [r | {"prompt": template.render(question=r["question"], choices=r["choices"]),
+                         "policy_model": None, "pass_rate": None, "run_id": lake.run_id} for r in rows.to_pylist()]
+            written = lake.replace("rl", pa.Table.from_pylist(rows, schema=schema.RL),
+                                   f"rl set: the {len(rows)} problems of {source}")
+        self.say(f"rl: the {len(rows)} problems of {source}; {'written' if written else 'unchanged, nothing written'}")
+        self.tag_set("rl", tag)
+        self.ended(f"rl from {source}", since, reused=not written)
+
+    def generator(self, k: int, plan: IterationPlan) -> str:
+        """The model that writes iteration k's data: iteration k-1's final RL model (`final`, the default), or
+        the plan's `{stage, step}`: that GRPO stage's checkpoint-<step>, else (a shorter run, or rotated out
+        by save_total_limit) the stage's final model. The step checkpoint is named in `models` with the
+        training that made it, so the data's `model` identity leads back to it."""
+        made, gen = self.made[k - 1], plan.generator
+        if gen is None or gen == "final":
+            return list(made.values())[-1]
+        stage = gen.stage if gen.stage is not None else list(made)[-1]
+        final = made[stage]
+        label = f"the {stage} stage" if stage else "the GRPO model"
+        if gen.step is None:
+            self.say(f"iter{k} generator: {label}'s final model {final}")
+            return final
+        checkpoint = Path(final) / f"checkpoint-{gen.step}"
+        if not (checkpoint / "config.json").is_file():
+            self.say(f"iter{k} generator: no step-{gen.step} checkpoint of {label} ({checkpoint}: a run shorter "
+                     f"than {gen.step} steps, or save_steps/save_total_limit left none); its final model {final} "
+                     "instead")
+            return final
+        from vlfactory.models import identity
+        from vlfactory.trainers.run import name_model, read_record
+
+        model_id, made_by = identity(str(checkpoint)), (read_record(final) or {}).get("training_id")
+        with self.lake() as lake, lake.transaction(f"model {model_id}: step {gen.step} of training {made_by}"):
+            name_model(lake, model_id, str(checkpoint), made_by, self.run_id)
+        self.say(f"iter{k} generator: {label}'s step-{gen.step} checkpoint {checkpoint} ({model_id}, made by "
+                 f"training {made_by})")
+        return str(checkpoint)
 
     def rollout_config(self, model: str) -> GenerationConfig:
         return dataclasses.replace(self.recipe.rollout, model=model, model_id=None, revision=None)

@@ -42,6 +42,12 @@ MAX_RECIPE_BYTES = 2**20  # a recipe is settings, not data: PyYAML holds ~100x a
 MAX_TOKENS = 2**20        # new tokens per request: more than any model's context
 
 
+def slug(text: str, default: str = "") -> str:
+    """`text` made a SLUG, runs of other characters a '-': a recipe's default name from its file's name, a name an
+    older lake stored as part of a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).lstrip("-_.").rstrip("-")[:100] or default
+
+
 class RecipeError(ValueError):
     """A recipe that cannot run; the message names the key and the fix."""
 
@@ -541,8 +547,7 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
     _no_secrets(raw, where)
     raw = dict(raw)
     # A name taken from the file's own name is made a slug; a `name:` the recipe gives must be one.
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(path).stem if path else "").lstrip("-_.").rstrip("-")
-    raw.setdefault("name", stem[:100] or "recipe")
+    raw.setdefault("name", slug(Path(path).stem if path else "", "recipe"))
     if isinstance(raw.get("lake"), str):
         raw["lake"] = {"catalog": raw["lake"]}
     recipe = _build(Recipe, raw, where)

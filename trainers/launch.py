@@ -75,6 +75,9 @@ def launch_training(kind: str, dataset: str, model: str, settings, out: Path, sp
     values = read_settings(kind, settings)
     args, extras = load_config(kind, values, out, processes=launch.num_processes)
     config_hash = settings_digest(args, extras, launch.num_processes)
+    if launch.num_processes > 1 and not launch.config_file and not args.use_cpu and not _gpus():
+        raise RecipeError(f"loop.launch.num_processes: {launch.num_processes} processes on a machine without a GPU "
+                          f"need use_cpu: true in the {kind} settings (they then train together over gloo)")
     table, _, version = dataset.rpartition("@")
     with Lake(spec, create=False) as lake:
         snapshot = lake.resolve(version)
@@ -167,6 +170,12 @@ def last_error(lines) -> str | None:
         return found[-1]
     rest = [line for line in lines if not _LAUNCHER.search(line)]
     return rest[-1] if rest else None
+
+
+def _gpus() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _free_port() -> int:

@@ -155,7 +155,8 @@ def train(kind: str, make_trainer: Callable, dataset: str, model: str, output_di
     state = PartialState()
     spec = LakeSpec.resolve(lake, data_path)
     versions = package_versions() | {"accelerate": metadata.version("accelerate")}
-    full_config = json.dumps(json.loads(args.to_json_string()) | extras)
+    # the settings as resolved, and how many processes trained (the global batch without global_batch_size)
+    full_config = json.dumps(json.loads(args.to_json_string()) | extras | {"processes": state.num_processes})
     record, version, reused = None, dataset, None  # only the main process records
     for turn in range(state.num_processes):
         if turn == state.process_index and reused is None:
