@@ -30,12 +30,18 @@ def _figure(rows: int = 1, cols: int = 1, width: float = 8.0, height: float = 3.
 
 
 def _svg(fig) -> str:
-    """The figure as an inline <svg>: text as text, the marked parts as classes, only the ids it refers to."""
-    from matplotlib import rc_context
+    """The figure as an inline <svg>: text as text, the marked parts as classes, only the ids it refers to.
 
-    _fit_labels(fig)
+    Labels come from the data (gold answers such as `$\\frac12$`): they are text, never mathtext, so every text
+    of the figure, and the tick labels drawn from here on, has math parsing off (issue 18 item 6)."""
+    from matplotlib import rc_context
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
     buf = io.StringIO()
-    with rc_context({"svg.fonttype": "none"}):
+    with rc_context({"svg.fonttype": "none", "text.parse_math": False}):
+        _fit_labels(fig)
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     text = buf.getvalue()
     text = text[text.index("<svg"):]
