@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import urllib.error
@@ -45,7 +46,20 @@ def url(wb):
         assert [s["snapshot_id"] for s in lake.snapshots()] == wb.snapshots
 
 
+TOKENS: dict[str, str] = {}
+
+
+def token(url: str) -> str:
+    """The session token the viewer writes into its page (tests/cli/test_viewer_cross_site.py: required)."""
+    if url not in TOKENS:
+        with urllib.request.urlopen(f"{url}/", timeout=30) as r:
+            TOKENS[url] = re.search(rb'name="vlfactory-token" content="([^"]+)"', r.read()).group(1).decode()
+    return TOKENS[url]
+
+
 def get(url: str, path: str, headers: dict | None = None, **q) -> tuple[int, bytes, str]:
+    if path.startswith(("/api/", "/image/")):
+        headers = {"X-Vlfactory-Token": token(url)} | (headers or {})
     req = urllib.request.Request(f"{url}{path}" + (f"?{urllib.parse.urlencode(q)}" if q else ""), headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -228,7 +242,7 @@ def test_in_chromium_filter_open_a_sample_and_its_image_renders(url, wb):
         assert dom["fields"]["finish_reason"] == "stop" and dom["fields"]["completion_tokens"] == str(
             row["completion_tokens"])
         assert dom["width"] == Image.open(io.BytesIO(wb.images[p["image_id"]])).width
-        assert dom["src"] == f"/image/{p['image_id']}"
+        assert dom["src"] == f"/image/{p['image_id']}?token={token(url)}"  # this session's token
         # the image's pixels are on screen: the shot of its box looks like the stored image, not like another one
         b.eval("document.querySelector('#sample-image').scrollIntoView()")
         box = b.eval("(() => { const r = document.querySelector('#sample-image').getBoundingClientRect();"
