@@ -178,4 +178,5 @@ def server(lake: Lake, version: str | int | None = None, host: str = "127.0.0.1"
                                                  "token": secrets.token_urlsafe(32), "timeout_s": timeout_s})
     httpd = ThreadingHTTPServer((host, port), handler)
     httpd.daemon_threads = True
+    httpd.token = handler.token  # for a client of our own (bench/viewer.py): send it as X-Vlfactory-Token
     return httpd
