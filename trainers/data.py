@@ -86,8 +86,8 @@ def prepare(rows: pa.Table, extras: dict) -> pa.Table:
     same pixels). Without those settings the rows are returned as they are."""
     weights = extras.get("source_weights")
     if weights:
-        rows = rows.take([i for i, source in enumerate(rows.column("source").to_pylist())
-                          for _ in range(weights.get(source, 1))])
+        rows = rows.take(pa.array([i for i, source in enumerate(rows.column("source").to_pylist())
+                                   for _ in range(weights.get(source, 1))], pa.int64()))
     lo, hi = extras.get("min_pixels"), extras.get("max_pixels")
     if lo is None and hi is None:
         return rows

@@ -81,7 +81,7 @@ def test_loop_evaluates_every_model_runs_two_grpo_stages_and_keeps_a_fixed_rl_se
         evals = lake.query("SELECT iteration, stage, benchmark, problems, model_name FROM evals "
                            "ORDER BY created_at").fetchall()
         trainings = lake.query("SELECT kind, iteration, dataset, base_model, output_dir, config, rows, metrics, "
-                               "training_id FROM trainings ORDER BY started_at").fetchall()
+                               "training_id, config_hash FROM trainings ORDER BY started_at").fetchall()
         tags = lake.tags()
         hard_set = lake.query(f"SELECT count(*), count(pass_rate) FROM lake.rl AT (VERSION => {tags['iter1-rl-hard']})"
                               ).fetchone()
@@ -99,6 +99,11 @@ def test_loop_evaluates_every_model_runs_two_grpo_stages_and_keeps_a_fixed_rl_se
     # (iteration 2's SFT set may equal iteration 1's: then it is the same training, found done, not a new row)
     assert [(t[0], t[1]) for t in trainings if t[0] == "grpo"] == [("grpo", 1)] * 2 + [("grpo", 2)] * 2
     assert all(json.loads(t[5])["processes"] == 2 for t in trainings)
+    # the loop's digest of the settings (its one process: the folder's address) is the 2-process trainer's own,
+    # so a rerun finds the training done without launching it
+    from vlfactory.trainers.config import load_config, settings_digest
+
+    assert {t[9] for t in grpo[:2]} == {settings_digest(*load_config("grpo", recipe.loop.grpo, "o", processes=2), 2)}
     assert all((tmp_path / "runs" / "logs" / f"{Path(t[4]).name}.log").is_file() for t in trainings)
     # iteration 2's GRPO data has every problem twice (rl_weights), iteration 1's once
     assert [json.loads(t[5]).get("source_weights") for t in grpo] == [None, None, {"synthetic": 2}, {"synthetic": 2}]
