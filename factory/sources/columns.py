@@ -276,6 +276,8 @@ def map_row(src: Source, mapping: dict[str, Column | str | None], raw: dict, ind
         choices = [_text(c, "choices", scalar=True, missing="bad_choices") for c in choices]
         if None in choices:
             raise Reject("bad_choices", "choices holds an empty (null) option")
+        if len(choices) > 26:  # options are lettered A-Z in prompts, answers and grading
+            raise Reject("bad_choices", f"{len(choices)} choices; at most 26 can be lettered A-Z")
     caption = _text(get("caption"), "caption", scalar=True)
     split = _text(get("split"), "split", scalar=True) if "split" in mapping else None
     completion = None
