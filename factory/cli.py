@@ -44,6 +44,9 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except (RecipeError, LakeError, EndpointsUnreachable) as e:
             raise UserError(str(e)) from None
+        except OSError as e:  # a full disk, a folder one may not write: the lake's commits stay whole regardless
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            raise UserError(where + (e.strerror or str(e).strip().splitlines()[0] or type(e).__name__)) from None
     return wrapper
 
 
@@ -599,7 +602,10 @@ def export(version: str, table: str | None, to: str, fmt: str, shard_rows: int, 
     from vlfactory.hub.export import export as do_export
 
     if "@" in version:
-        table, version = version.split("@", 1)
+        named, version = version.split("@", 1)
+        if table and table != named:
+            raise UserError(f"two tables: {named}@{version} and --table {table}; give one")
+        table = named
     if not table:
         raise UserError("name the table: --table NAME, or VERSION as TABLE@VERSION (e.g. sft@iter1)")
     with open_lake(lake, data_path, read_only=True) as lk:

@@ -119,6 +119,9 @@ class Lake:
                             f"{pending[0][0]} of {schema.MIGRATIONS[-1][0]} missing): run any write command on it "
                             "(e.g. `vlfactory gc --dry-run`) once to upgrade it, then read it")
         snapshot = self.resolve(at) if at is not None else self.current_snapshot()
+        from vlfactory.stores import maintenance
+
+        self._lease = maintenance.lease(self, snapshot)  # gc keeps what an open reader reads
         files = self._data_files()
         self.con.execute("USE memory")
         self.con.execute(f"DETACH {DB}")
@@ -186,6 +189,11 @@ class Lake:
             self._heartbeat.stop()
         with contextlib.suppress(Exception):
             self.con.close()
+        if getattr(self, "_lease", None):
+            from vlfactory.stores import maintenance
+
+            maintenance.release(self._lease)
+            self._lease = None
         if getattr(self, "_copy", None):
             self._copy.cleanup()
 

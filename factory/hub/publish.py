@@ -36,7 +36,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlfactory.hub.export import features_for, read_batches
+from vlfactory.hub.export import features_for, inside, outside_lake, read_batches
 from vlfactory.redact import redact
 from vlfactory.reports.card import Config, Split, dataset_card, model_labels, recipe_file
 from vlfactory.reports.stats import version_stats
@@ -113,6 +113,7 @@ def build(lake: Lake, version: str | int, repo: str, tables: list[str], out: Pat
     """Write the exact folder that `publish` uploads."""
     if out.exists() and any(out.iterdir()):
         raise PublishError(f"{out} is not empty: give a new or empty folder")
+    outside_lake(lake, out, "--dry-run")
     snapshot = lake.resolve(version)
     tables = list(dict.fromkeys(tables))
     for table in tables:
@@ -145,7 +146,7 @@ def _write(lake: Lake, version: str | int, repo: str, tables: list[str], snapsho
         done.configs.append(write_config(lake, table, snapshot, out, max_bytes))
     stats = version_stats(lake, version)
     for recipe in stats.recipes:
-        path = out / "recipes" / recipe_file(recipe)
+        path = inside(out, out / "recipes" / recipe_file(recipe))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(redact(recipe["text"]))  # masked when stored; again for runs recorded before that
         done.recipes.append(str(path.relative_to(out)))
