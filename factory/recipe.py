@@ -297,14 +297,14 @@ class LoopConfig:
     grpo_stages: list[GRPOStage] = field(default_factory=list)  # several GRPO runs in a row (medium, hard)
     schedule: list[IterationPlan] = field(default_factory=list)  # per iteration; the last one repeats
     track_keywords: list[str] = field(default_factory=lambda: list(TRACKED_KEYWORDS))  # the report's curves
+    # How each training starts: `accelerate launch` as a child process (default: one process, no config)
+    launch: LaunchConfig = field(default_factory=lambda: LaunchConfig())
 
     def plan(self, k: int) -> IterationPlan:
         """Iteration k's plan (1-based): its entry in `schedule`, else the last entry, else the defaults."""
         return self.schedule[min(k, len(self.schedule)) - 1] if self.schedule else IterationPlan()
 
 
-    # How each training starts: `accelerate launch` as a child process (default: one process, no config)
-    launch: LaunchConfig = field(default_factory=lambda: LaunchConfig())
 @dataclass
 class GRPOStage:
     """One GRPO run of the loop; stages run in order, each from the model the one before made
@@ -314,12 +314,6 @@ class GRPOStage:
     band: list[float] | None = None   # the rl set of this stage: pass rates of the SFT model in [lo, hi]; or
     config: dict[str, Any] | str | None = None  # GRPOConfig fields or a trainers YAML (default: loop.grpo)
     min_samples: int | None = None    # default: the rl block's
-
-
-@dataclass
-class IterationPlan:
-    """What one iteration of the loop works on (`loop.schedule`, one entry per iteration)."""
-
     source: str | None = None         # ... every problem of this source (e.g. the released ydeng9/medium_grpo_only)
 
 
@@ -339,6 +333,12 @@ class LaunchConfig:
 
     num_processes: int = 1            # OpenVLThinker: 8 GPUs
     config_file: str | None = None    # an accelerate config (DeepSpeed ZeRO-3, FSDP), relative to the recipe
+
+
+@dataclass
+class IterationPlan:
+    """What one iteration of the loop works on (`loop.schedule`, one entry per iteration)."""
+
     sources: list[str] | None = None  # the sources of this iteration (default: all of the recipe's)
     rl_sources: list[str] | None = None  # the RL set's sources (default: the iteration's; OpenVLThinker: Geometry3K,
                                       # GEOS, FigureQA, CLEVR, SuperCLEVR)
@@ -503,9 +503,10 @@ def _read_yaml(path: Path) -> tuple[str, Any]:
 def _extended(raw: dict, path: Path, chain: list[Path]) -> dict:
     """A recipe with `extends: OTHER.yaml` is OTHER with this recipe's keys merged over it.
 
-    Mappings merge key by key; a list of named items (sources, benchmarks, grpo_stages) merges item
-    by item on `name` (an item that names no existing one is added); any other value replaces the
-    base's. Relative paths in both files resolve against the extending recipe's folder, so keep them
+    Mappings merge key by key, except a generation block that names another backend, which replaces
+    the base's (its options belong to that backend); a list of named items (sources, benchmarks,
+    grpo_stages) merges item by item on `name` (an item that names no existing one is added); any
+    other value replaces the base's. Relative paths in both files resolve against the extending recipe's folder, so keep them
     side by side. `extends` names a file relative to this recipe, or a shipped recipe.
     """
     raw = dict(raw)
@@ -531,6 +532,8 @@ def _named(value: Any) -> bool:
 
 def _merged(base: Any, over: Any) -> Any:
     if isinstance(base, dict) and isinstance(over, dict):
+        if "backend" in over and over["backend"] != base.get("backend"):
+            return over  # another backend: the block's options are that backend's, none of the base's apply
         return {**base, **{k: _merged(base[k], v) if k in base else v for k, v in over.items()}}
     if _named(base) and _named(over):
         out = {i["name"]: i for i in base}
@@ -667,22 +670,6 @@ def _check_loop(loop: LoopConfig, names: set[str], sources: set[str], where: str
             raise RecipeError(f"{at}.samples: must be at least 1")
     if loop.schedule and loop.schedule[0].rl_set == "fixed":
         raise RecipeError(f"{where}.schedule[0].rl_set: iteration 1 has no earlier rl set to keep; use pick")
-
-
-def _check_eval(ev: EvalSettings, names: set[str], where: str, base: Path) -> None:
-    for key, protocol in [("protocol", ev.protocol), ("base_protocol", ev.base_protocol or "vlfactory"),
-                          *((f"protocols.{bench}", p) for bench, p in ev.protocols.items())]:
-        if protocol not in PROTOCOLS:
-            raise RecipeError(f"{where}: {key}: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
-    for key, table in (("protocols", ev.protocols), ("formats", ev.formats)):
-        for bench in table:
-            if bench not in names:
-                raise RecipeError(f"{where}: {key}.{bench}: not a source or benchmark of the recipe")
-    for bench, fmt in ev.formats.items():
-        if fmt not in PROMPT_FORMATS:
-            raise RecipeError(f"{where}: formats.{bench}: {fmt!r} is not one of {', '.join(PROMPT_FORMATS)}")
-    if "judge" in [ev.protocol, ev.base_protocol, *ev.protocols.values()] and ev.judge is None:
-        raise RecipeError(f"{where}: judge: missing; protocol judge needs a judge model (backend, model, prompt)")
     if loop.launch.num_processes < 1:
         raise RecipeError(f"{where}.launch.num_processes: must be at least 1")
     if loop.launch.config_file is not None:
@@ -706,6 +693,22 @@ def _check_generator(gen: Generator | str | None, i: int, loop: LoopConfig, at: 
                           f"({', '.join(names) or 'none: leave stage out'})")
     if gen.step is not None and gen.step < 1:
         raise RecipeError(f"{at}.generator.step: must be at least 1 (a TRL optimizer step with a checkpoint)")
+
+
+def _check_eval(ev: EvalSettings, names: set[str], where: str, base: Path) -> None:
+    for key, protocol in [("protocol", ev.protocol), ("base_protocol", ev.base_protocol or "vlfactory"),
+                          *((f"protocols.{bench}", p) for bench, p in ev.protocols.items())]:
+        if protocol not in PROTOCOLS:
+            raise RecipeError(f"{where}: {key}: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    for key, table in (("protocols", ev.protocols), ("formats", ev.formats)):
+        for bench in table:
+            if bench not in names:
+                raise RecipeError(f"{where}: {key}.{bench}: not a source or benchmark of the recipe")
+    for bench, fmt in ev.formats.items():
+        if fmt not in PROMPT_FORMATS:
+            raise RecipeError(f"{where}: formats.{bench}: {fmt!r} is not one of {', '.join(PROMPT_FORMATS)}")
+    if "judge" in [ev.protocol, ev.base_protocol, *ev.protocols.values()] and ev.judge is None:
+        raise RecipeError(f"{where}: judge: missing; protocol judge needs a judge model (backend, model, prompt)")
     if ev.prompt:
         ev.prompt = _template_ref(ev.prompt, base)
     if ev.judge is not None:

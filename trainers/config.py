@@ -132,12 +132,7 @@ def read_settings(kind: str, source: str | Path | Mapping | None) -> dict:
     elif isinstance(source, Mapping):
         values = source
     else:
-        try:
-            values = yaml.safe_load(Path(source).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise RecipeError(f"{where}: {str(e).splitlines()[0]}") from None
-        if not isinstance(values, Mapping):
-            raise RecipeError(f"{where}: expected a mapping of {config_class(kind).__name__} fields")
+        values = _read_file(kind, Path(source), [])
     try:
         secret = find_secret(dict(values))
     except ValueError as e:
@@ -148,6 +143,27 @@ def read_settings(kind: str, source: str | Path | Mapping | None) -> dict:
     if "output_dir" in values:
         raise RecipeError(f"{where}: output_dir is set by --output; remove it from the file")
     return dict(values)
+
+
+def _read_file(kind: str, path: Path, chain: list[Path]) -> dict:
+    """A trainers YAML's mapping; with `extends: OTHER.yaml` (relative to this file), OTHER's mapping with this
+    file's keys over it (vlfactory.recipe's merge: mappings key by key), e.g. a CPU rehearsal of the paper's
+    settings that changes only hardware keys and step budgets."""
+    from vlfactory.recipe import _merged
+
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise RecipeError(f"{path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(values, Mapping):
+        raise RecipeError(f"{path}: expected a mapping of {config_class(kind).__name__} fields")
+    if "extends" not in values:
+        return dict(values)
+    values = dict(values)
+    parent = path.resolve().parent / str(values.pop("extends"))
+    if parent.resolve() in chain or parent.resolve() == path.resolve():
+        raise RecipeError(f"{path}: extends: {parent.name} extends itself")
+    return _merged(_read_file(kind, parent, [*chain, path.resolve()]), values)
 
 
 def load_config(kind: str, source: str | Path | Mapping | None, output_dir: str | Path,
