@@ -697,17 +697,20 @@ def train_grpo(dataset: str, model: str, output: str, config_path: str | None, o
 @click.option("--revision", default=None, help="Upload to this branch (created if missing) or refs/pr/N.")
 @click.option("--create-pr", is_flag=True, help="Open a pull request against main instead of committing to it.")
 @click.option("--commit-message", default=None, help="The commit's title (default: vlfactory publish VERSION ...).")
+@click.option("--replace", is_flag=True,
+              help="Drop the repo's other configs (those a publish wrote) instead of refusing to leave them out.")
 @lake_options
 @friendly
 def publish(version: str, repo: str, tables: tuple[str, ...], private: bool, dry_run: str | None,
             max_shard_size: str, revision: str | None, create_pr: bool, commit_message: str | None,
-            lake: str | None, data_path: str | None) -> None:
+            replace: bool, lake: str | None, data_path: str | None) -> None:
     """Publish a version to the Hugging Face Hub as push_to_hub lays it out: a config per table, real splits.
 
     Each table is a config NAME with files NAME/SPLIT-0000i-of-0000N.parquet, shards cut by
     size; the card holds dataset_info, sample rows and the commands that reproduce the version;
-    the recipes go along. The token comes from HF_TOKEN or `hf auth login`. Parquet files in
-    the repo that are not part of this version are deleted by the upload.
+    the recipes go along. The token comes from HF_TOKEN or `hf auth login`. The upload deletes
+    only what an earlier publish wrote and this one replaces; a repo with other configs, which
+    the new card would not describe, is refused unless --replace.
 
     \b
     Example:
@@ -721,7 +724,7 @@ def publish(version: str, repo: str, tables: tuple[str, ...], private: bool, dry
     with open_lake(lake, data_path, read_only=True) as lk:
         try:
             click.echo(do_publish(lk, version, repo, list(tables), private, dry_run, max_shard_size, revision,
-                                  create_pr, commit_message).line())
+                                  create_pr, commit_message, replace).line())
         except PublishError as e:
             raise UserError(str(e)) from None
 

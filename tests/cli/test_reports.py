@@ -96,7 +96,8 @@ def build_lake(root: Path, trainings: bool = False) -> Path:
                     ok, rid = i < (n + it - 1) % 5, f"{policy}-{n}-{i}"
                     rows["rollouts"].append({
                         "rollout_id": rid, "problem_id": pid, "sample_index": i, "model": policy,
-                        "prompt_hash": "rollout", "completion": f"<answer>{gold if ok else 'no'}</answer>",
+                        "prompt_hash": "rollout",  # well-formed: iteration 2's sft set is made of these
+                        "completion": f"<think>I look.</think><answer>{gold if ok else 'no'}</answer>",
                         "answer": gold if ok else "no", "prompt_tokens": 30, "completion_tokens": 12,
                         "temperature": 1.0, "top_p": 0.99, "max_tokens": 24, "seed": 0, "request_key": rid,
                         "latency_s": 0.2, "finish_reason": "stop", "run_id": run})
