@@ -256,7 +256,8 @@ def reproduce(st: VersionStats, repo: str, configs: list[Config], models: dict[s
             lines.append(_comment(f"  {stage}: {model_cell(model, models).replace('`', '')}"))
     if not st.version.isdigit() and st.version != "latest" and not tagged:
         lines.append(f"vlfactory tag {q(st.version)}")
-    lines.append(f"vlfactory publish {q(st.version)} --repo {q(repo)} " + " ".join(f"--table {q(c.name)}" for c in configs))
+    tables = " ".join(f"--table {q(c.name)}" for c in configs)
+    lines.append(f"vlfactory publish {q(st.version)} --repo {q(repo)} {tables}")
     return lines
 
 

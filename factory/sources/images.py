@@ -51,7 +51,8 @@ def _check_image(data: bytes, full_decode: bool) -> tuple[int, int, str]:
     return width, height, fmt
 
 
-ADAM7 = ((8, 8, 0, 0), (8, 8, 4, 0), (4, 8, 0, 4), (4, 4, 2, 0), (2, 4, 0, 2), (2, 2, 1, 0), (1, 2, 0, 1))  # dx dy x0 y0
+# Adam7's seven passes: (dx, dy, x0, y0), every dx-th pixel of every dy-th row from (x0, y0)
+ADAM7 = ((8, 8, 0, 0), (8, 8, 4, 0), (4, 8, 0, 4), (4, 4, 2, 0), (2, 4, 0, 2), (2, 2, 1, 0), (1, 2, 0, 1))
 
 
 def _png_rows(data: bytes) -> None:

@@ -311,7 +311,8 @@ def test_the_cards_reproduce_block_runs_as_written_on_a_fresh_lake(tmp_path):
     """Issue 18 item 17: the block is run by bash as a reader would paste it, against the stand-in Hub: it downloads
     the recipe copies, rebuilds the version in a new lake, tags and publishes it."""
     recipe = tmp_path / "made.yaml"
-    recipe.write_text("name: made\nlake: /somewhere/else\nsources:\n  - {name: syn, format: synthetic, n: 6, seed: 3}\n")
+    recipe.write_text("name: made\nlake: /somewhere/else\n"
+                      "sources:\n  - {name: syn, format: synthetic, n: 6, seed: 3}\n")
     lake = tmp_path / "lake"
     vlf("ingest", recipe, "--lake", lake)
     vlf("tag", "v1", "--lake", lake)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import subprocess
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,7 +16,7 @@ import pytest
 import vlfactory
 from browser import Browser
 from vlfactory.stores.lake import Lake
-from workbench import build, planned
+from workbench import build, planned, viewer
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +31,8 @@ def wb(tmp_path_factory):
 @pytest.fixture(scope="module")
 def url(wb):
     """`vlfactory view` in its own process, on a free port; yields its base URL."""
-    proc = subprocess.Popen([sys.executable, "-m", "vlfactory.cli", "view", "--lake", str(wb.lake), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("viewing "), line + proc.stderr.read()
-        yield line.split(" at ")[1].split()[0].rstrip("/")
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    with viewer(wb.lake) as base:
+        yield base
     with Lake(wb.lake, read_only=True) as lake:  # the viewer wrote nothing
         assert [s["snapshot_id"] for s in lake.snapshots()] == wb.snapshots
 

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import re
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -23,7 +20,7 @@ import urllib.request
 import pytest
 
 from browser import Browser
-from workbench import build
+from workbench import build, viewer
 
 SLOW = "(SELECT count(*) FROM range(3000000000) t(i) WHERE i % 7 = 3) > 0"  # seconds of work, reads nothing
 
@@ -35,16 +32,8 @@ def wb(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def url(wb):
-    env = os.environ | {"VLFACTORY_QUERY_TIMEOUT_S": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "vlfactory.cli", "view", "--lake", str(wb.lake), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("viewing "), line + proc.stderr.read()
-        yield line.split(" at ")[1].split()[0].rstrip("/")
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    with viewer(wb.lake, VLFACTORY_QUERY_TIMEOUT_S="2") as base:
+        yield base
 
 
 def get(url: str, path: str, headers: dict | None = None) -> tuple[int, bytes]:

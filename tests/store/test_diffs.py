@@ -225,4 +225,5 @@ def test_bad_diff_arguments_are_one_line(trained, cli, args):
     """Issue 18 item 15: `diff ²` and `diff --limit -1` were tracebacks."""
     res = cli("diff", *args, "--lake", trained, ok=False)
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
-    assert res.output.strip().splitlines()[-1].startswith(("error: unknown version '²'", "Error: Invalid value for '--limit'"))
+    assert res.output.strip().splitlines()[-1].startswith(("error: unknown version '²'",
+                                                           "Error: Invalid value for '--limit'"))

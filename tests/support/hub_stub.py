@@ -203,7 +203,8 @@ class _Handler(BaseHTTPRequestHandler):
             status, payload, *extra = hub.answer(self.command, path, auth, body, parse_qs(url.query))
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream" if isinstance(payload, bytes) else "application/json")
+        binary = isinstance(payload, bytes)
+        self.send_header("Content-Type", "application/octet-stream" if binary else "application/json")
         self.send_header("Content-Length", str(len(data)))
         for key, value in (extra[0] if extra else {}).items():
             self.send_header(key, value)

@@ -17,7 +17,6 @@ import re
 import shlex
 import stat
 import subprocess
-import textwrap
 import tracemalloc
 from pathlib import Path
 
@@ -215,7 +214,8 @@ def test_show_prints_no_escape_sequences():
 def test_dollar_signs_in_labels_are_text_not_math():
     from vlfactory.reports import plots
 
-    answers = [{"series": "gold", "answer": r"$\frac12$", "rows": 3}, {"series": "gold", "answer": "$5 and $6", "rows": 2},
+    answers = [{"series": "gold", "answer": r"$\frac12$", "rows": 3},
+               {"series": "gold", "answer": "$5 and $6", "rows": 2},
                {"series": "traces", "answer": r"$\frac{1}{$", "rows": 1}]
     svg = plots.distributions([{"stage": "distil", "finish_reason": "$x$", "rows": 1}], answers)
     assert r"$\frac12$" in svg and "$5 and $6" in svg and r"$\frac{1}{$" in svg
