@@ -209,6 +209,17 @@ def test_show_prints_no_escape_sequences():
     assert "\\x1b]52" in text
 
 
+def test_keywords_the_report_counts_are_sql_literals():
+    import duckdb
+
+    from vlfactory.reports.stats import _keyword_sql
+
+    words = ["it's", "x') or 'a", "a\\b"]  # through stores.sqltext.literal, as every literal DuckDB cannot bind
+    row = duckdb.sql(f"SELECT {_keyword_sql(words)} FROM (VALUES ('It''s a\\b; x'') or ''a and it''s')) "
+                     "t(completion)").fetchone()
+    assert row[2:] == (2, 1, 1), row
+
+
 # ---- item 6: plot labels are text ----------------------------------------------------------------------
 
 def test_dollar_signs_in_labels_are_text_not_math():
