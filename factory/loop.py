@@ -6,15 +6,19 @@ The base model is evaluated first (iteration 0). Iteration 1 builds SFT data by
 distillation (caption -> reasoner -> verify -> sft set), fine-tunes the base
 model, measures pass rates with rollouts of that model to pick the RL set, runs
 GRPO from the SFT model (one run, or the recipe's `grpo_stages` in a row, each
-on its own pass-rate band, e.g. OpenVLThinker's "medium" then "hard"), and
-evaluates the SFT model and every GRPO model on every loop benchmark.
-Iteration k > 1 builds its SFT data from the verified answers of iteration
-k-1's RL model (its own sampling: OpenVLThinker takes one near-greedy sample,
-kept as written) and fine-tunes the *base* model again, as OpenVLThinker does,
-then RL (on a re-picked or a fixed set) and eval. `loop.schedule` says per
-iteration which sources, SFT cap and weights, how the next round is sampled
-and whether the RL set is fixed. Tags name every step's data: `iterK-sft`,
-`iterK-rl` (`iterK-rl-<stage>`), `iterK`. At the end a table gives each model's
+on its own pass-rate band or on every problem of a named source, e.g.
+OpenVLThinker's "medium" then "hard"), and evaluates the SFT model and every
+GRPO model on every loop benchmark. Iteration k > 1 builds its SFT data from
+the verified answers of iteration k-1's RL model, or of the checkpoint the plan
+names (`generator`; its own sampling: OpenVLThinker takes one near-greedy
+sample, kept as written) and fine-tunes the *base* model again, as
+OpenVLThinker does, then RL (on a re-picked or a fixed set) and eval.
+`loop.schedule` says per iteration which sources, SFT cap and weights, GRPO's
+weights per source, how the next round is sampled and by whom, and whether the
+RL set is fixed. Every training runs as the paper's did: `accelerate launch`
+of the trainer in a child process, with `loop.launch`'s process count and
+accelerate config (vlfactory.trainers.launch). Tags name every step's data:
+`iterK-sft`, `iterK-rl` (`iterK-rl-<stage>`), `iterK`. At the end a table gives each model's
 held-out accuracy with a 95% (Wilson) interval.
 
 Every step is resumable: generation stages skip what the lake holds, sets

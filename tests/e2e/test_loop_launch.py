@@ -68,7 +68,8 @@ def traces_for_every_problem(spec, recipe) -> None:
 
     with Lake(spec) as lake:
         run_stage(lake, "ingest", recipe.stage_config("ingest"), Scope.of(recipe))
-        problems = lake.query("SELECT problem_id, answer FROM problems").fetchall()
+        problems = lake.query("SELECT problem_id, answer FROM problems WHERE list_contains(?, source)",
+                              [[src.name for src in recipe.sources]]).fetchall()
         rows = [{"trace_id": f"t-{pid}", "problem_id": pid, "sample_index": 0, "model": "r1",
                  "completion": f"<think>I look.</think> <answer>{gold}</answer>", "finish_reason": "stop",
                  "request_key": f"t-{pid}"} for pid, gold in problems]

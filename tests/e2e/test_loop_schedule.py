@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from conftest import _needs
+from test_loop_launch import traces_for_every_problem
 from vlfactory.loop import Loop
 from vlfactory.recipe import load_recipe
-from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake, LakeSpec
 
 pytestmark = pytest.mark.slow
@@ -62,17 +61,7 @@ def test_loop_evaluates_every_model_runs_two_grpo_stages_and_keeps_a_fixed_rl_se
     (tmp_path / "r.yaml").write_text(RECIPE)
     recipe = load_recipe(tmp_path / "r.yaml")
     spec = LakeSpec.resolve(str(tmp_path / "lake"), None)
-    # distillation's output, written by hand: one correct trace per problem (no reasoner runs here)
-    from vlfactory.stages import Scope, run_stage
-
-    with Lake(spec) as lake:
-        run_stage(lake, "ingest", recipe.stage_config("ingest"), Scope.of(recipe))
-        problems = lake.query("SELECT problem_id, answer FROM problems WHERE source = 'synthetic'").fetchall()
-        traces = [{"trace_id": f"t-{pid}", "problem_id": pid, "sample_index": 0, "model": "r1",
-                   "completion": f"<think>I look.</think> <answer>{gold}</answer>", "finish_reason": "stop",
-                   "request_key": f"t-{pid}"} for pid, gold in problems]
-        with lake.transaction("traces"):
-            lake.insert("traces", pa.Table.from_pylist(traces, schema=schema.TRACES))
+    traces_for_every_problem(spec, recipe)
     said = []
     policies = Loop(recipe, spec, say=lambda *a: said.append(" ".join(map(str, a)))).run()
     out = "\n".join(said)
