@@ -189,7 +189,7 @@ class Loop:
                                   max_examples=plan.sft_max_examples or sft.max_examples,
                                   weights=plan.sft_weights or sft.weights)
         if k == 1:
-            self.stage("ingest", r.stage_config("ingest"))   # every source, whichever iteration uses it
+            self.stage("ingest", self.ingest_config())   # every source an iteration uses, whichever it is
             for name in ("caption", "distil", "verify"):
                 if name != "distil" or r.distil is not None:
                     self.stage(name, r.stage_config(name), scope)
@@ -234,6 +234,17 @@ class Loop:
             if f"iter{k}" not in lake.tags():
                 self.say(f"tagged iter{k} -> snapshot {lake.tag(f'iter{k}')}")
         return policy
+
+    def ingest_config(self):
+        """What the loop ingests: the sources its schedule and GRPO stages use (every source without a schedule),
+        so a recipe that extends another and runs other sources (released.yaml) does not read the ones it leaves."""
+        cfg, loop = self.recipe.stage_config("ingest"), self.cfg
+        if not loop.schedule:
+            return cfg
+        used = {s for plan in loop.schedule for s in (plan.sources or [src.name for src in cfg.sources])}
+        used |= {s for plan in loop.schedule for s in plan.rl_sources or []}
+        used |= {st.source for st in loop.grpo_stages if st.source}
+        return dataclasses.replace(cfg, sources=[src for src in cfg.sources if src.name in used])
 
     def source_set(self, source: str, tag: str) -> None:
         """A GRPO stage's rl set from a source's problems (`grpo_stages[i].source`), e.g. a released GRPO set

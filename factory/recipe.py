@@ -157,7 +157,8 @@ class DistilConfig(GenerationConfig):
     captions: CaptionConfig | None = field(default=None, metadata={"internal": True})
 
 
-# OpenVLThinker's reflection keywords, exactly (paper v1, section 3: the chain is cut at the first one).
+# OpenVLThinker's reflection keywords: the ones paper v1 names as examples ("e.g.", section 4.2, Table 3: the
+# chain is cut at the first one); its complete list is unpublished.
 REFLECTION_KEYWORDS = ["Wait", "But wait", "But the question"]
 # The words whose frequency the paper follows across iterations (its figure on reflective behaviour).
 TRACKED_KEYWORDS = ["identify", "recall", "given", "provided", "first", "wait", "check", "maybe"]

@@ -144,11 +144,12 @@ def test_the_rehearsal_runs_the_papers_three_iterations_on_a_cpu(reasoners, tmp_
     assert "(0 failed requests)" in log and " failed requests)" not in log.replace("(0 failed requests)", "")
 
     with Lake(tmp_path / "lake", read_only=True) as lake:
-        # every source and benchmark ingested, through its card's mapping
+        # every source ingested and every benchmark answered, each read through its card's mapping
         counts = dict(lake.query("SELECT source, count(*) FROM problems GROUP BY ALL").fetchall())
-        names = [s.name for s in recipe.sources + recipe.benchmarks]
-        assert all(counts.get(name, 0) > 0 for name in names), counts
+        assert all(counts.get(s.name, 0) > 0 for s in recipe.sources), counts
         assert lake.query("SELECT count(*) FROM rejected WHERE stage = 'ingest'").fetchone()[0] == 0
+        answered = dict(lake.query("SELECT benchmark, count(DISTINCT source_id) FROM eval_samples GROUP BY ALL").fetchall())
+        assert all(answered.get(b.name, 0) == 8 for b in recipe.benchmarks), answered
 
         # every iteration: its SFT, then the medium and hard GRPO stages, each launched and finished
         trainings = lake.query("SELECT iteration, kind, dataset, status FROM trainings ORDER BY started_at").fetchall()
@@ -183,3 +184,40 @@ def test_the_rehearsal_runs_the_papers_three_iterations_on_a_cpu(reasoners, tmp_
         assert len(rows) >= 20
         rewards = openvlthinker_reward([c for _, c, _ in rows], answer=[a for *_, a in rows])
         assert [bool(c) for c, _, _ in rows] == [r > 0 for r in rewards]
+
+
+@pytest.mark.slow
+def test_the_released_data_recipe_trains_on_the_released_sets(reasoners, tmp_path):
+    """recipes/openvlthinker/released.yaml on its fixtures, with the rehearsal's CPU settings: one iteration whose SFT
+    data is the released chains (ingested as traces, graded, kept as written) and whose GRPO stages train on the
+    released medium and hard sets as they are; iterate.yaml's own sources are not read."""
+    from vlfactory.stores.lake import Lake
+
+    cpu = yaml.safe_load(REHEARSAL.read_text())
+    fixtures = HERE / "fixtures"
+    recipe = {
+        "extends": str(HERE / "released.yaml"), "name": "released-rehearsal",
+        "sources": [{"name": "sft_iter3", "path": str(fixtures / "sft_iter3")},
+                    {"name": "grpo_medium", "path": str(fixtures / "medium_grpo_only")},
+                    {"name": "grpo_hard", "path": str(fixtures / "grpo_hard")}],
+        "benchmarks": [{**b, "path": str(HERE / b["path"])} for b in cpu["benchmarks"]],
+        "rollout": cpu["rollout"], "eval": cpu["eval"],
+        "loop": {**{k: cpu["loop"][k] for k in ("base_model", "output_dir", "launch")},
+                 "sft": str(HERE / cpu["loop"]["sft"]),
+                 "grpo_stages": [{**st, "config": str(HERE / st["config"])} for st in cpu["loop"]["grpo_stages"]]}}
+    (tmp_path / "released-rehearsal.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    res = subprocess.run([sys.executable, "-m", "vlfactory.cli", "iterate", "released-rehearsal.yaml", "--lake",
+                          str(tmp_path / "lake")], cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-4000:]
+    with Lake(tmp_path / "lake", read_only=True) as lake:
+        assert dict(lake.query("SELECT source, count(*) FROM problems GROUP BY ALL").fetchall()) == {
+            "sft_iter3": 12, "grpo_medium": 12, "grpo_hard": 12}
+        assert lake.query("SELECT DISTINCT model FROM traces").fetchall() == [("hf:ydeng9/OpenVLThinker-sft-iter3",)]
+        trainings = lake.query("SELECT kind, dataset, rows, status FROM trainings ORDER BY started_at").fetchall()
+        assert [(k, d, s) for k, d, _, s in trainings] == [
+            ("sft", "sft@iter1-sft", "ok"), ("grpo", "rl@iter1-rl-medium", "ok"), ("grpo", "rl@iter1-rl-hard", "ok")]
+        sft_rows = lake.query("SELECT count(*), count(DISTINCT from_id) FROM sft@iter1-sft WHERE from_table = 'traces'")
+        assert trainings[0][2] == sft_rows.fetchone()[0] > 0   # the released chains, as graded and kept
+        assert [rows for _, _, rows, _ in trainings[1:]] == [12, 12]   # the released GRPO sets, whole
+        assert {s for (s,) in lake.query("SELECT DISTINCT stage FROM evals").fetchall()} == {"base", "sft",
+                                                                                               "grpo-medium", "grpo"}
