@@ -104,7 +104,7 @@ def launch_training(kind: str, dataset: str, model: str, settings, out: Path, sp
     record = read_record(output)
     if record is not None and record.get("training_id") == before:
         record = None  # the folder's record is an earlier attempt's: this child wrote none
-    if code == 0 and record is not None and record.get("status") == "ok":
+    if record is not None and record.get("status") == "ok":  # saved and recorded (whatever the teardown's exit)
         return from_record(record)
     if record is not None and record.get("status") == "failed":
         error = record.get("error") or error  # the child recorded why, in its own words
