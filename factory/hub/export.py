@@ -107,6 +107,8 @@ def inside(folder: Path, path: Path) -> Path:
 
 def export(lake: Lake, table: str, version: str | int | None, out: Path, fmt: str = "parquet",
            shard_rows: int = 5000) -> list[Path]:
+    if table not in lake.tables():  # a name, before it becomes part of a path
+        raise LakeError(f"unknown table {table!r}; tables: {', '.join(lake.tables())}")
     out = Path(out)
     outside_lake(lake, out, "--to")
     folder = inside(out, out / table)

@@ -268,3 +268,30 @@ def test_gc_keeps_the_snapshot_an_open_reader_holds(tmp_path, monkeypatch):
         lk.gc(0, say=lambda line: None)
         assert held not in {s["snapshot_id"] for s in lk.snapshots()}
         assert lk.count("problems") == 9
+
+
+def test_gc_on_a_catalog_without_a_folder_keeps_the_last_hours_latest(tmp_path, monkeypatch):
+    """A URI catalog (here SQLite; PostgreSQL alike) has no folder for leases: gc keeps every snapshot that was the
+    latest within VLFACTORY_READER_GRACE_S, so a reader that opened it then keeps reading."""
+    from vlfactory.stores import maintenance
+
+    monkeypatch.delenv("VLFACTORY_LAKE", raising=False)
+    uri, data = f"ducklake:sqlite:{tmp_path / 'catalog.sqlite'}", str(tmp_path / "data")
+    rows = tmp_path / "rows.jsonl"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"sources:\n  - {{name: s, format: jsonl, path: {rows}}}\n")
+    readers = []
+    for n in (3, 6, 9):
+        rows.write_text("".join(json.dumps({"id": str(i), "question": f"{i}?", "answer": str(i)}) + "\n"
+                                for i in range(n)))
+        vlfactory.run(recipe, ["ingest"], lake=uri, data_path=data, say=None)
+        readers.append(Lake(uri, read_only=True))
+    with Lake(uri, data_path=data) as lk:
+        lk.gc(0, say=lambda line: None)
+    assert [r.query("SELECT count(*) FROM problems").fetchone()[0] for r in readers] == [3, 6, 9]
+    for r in readers:
+        r.close()
+    monkeypatch.setattr(maintenance, "READER_GRACE_S", 0.0)
+    with Lake(uri, data_path=data) as lk:
+        lk.gc(0, say=lambda line: None)
+        assert len(lk.snapshots()) == 1 and lk.count("problems") == 9  # no grace: only the latest
