@@ -99,7 +99,8 @@ class Source:
     where: dict[str, list[str | int | bool]] = field(default_factory=dict)
     where_not: dict[str, list[str | int | bool]] = field(default_factory=dict)
     # A source with a `completion` column carries finished chains: each row is also a `traces` row written
-    # by this identity (default: "hf:<path>@<revision>"), graded and picked like distilled ones.
+    # by this identity (default: vlfactory.sources.readers.source_identity: a hub id and revision, or a local
+    # copy's content digest), graded and picked like distilled ones.
     model: str | None = None
     images_root: str | None = None    # base for relative image paths (default: the data file's folder)
     split: str = "train"              # stored split; for hf also the split loaded
@@ -743,10 +744,6 @@ def _check_source(src: Source, where: str, base: Path) -> None:
     for name, values in src.where_not.items():
         if not values:
             raise RecipeError(f"{where}: where_not.{name}: an empty list drops no row; list the values to drop")
-    if "completion" in src.columns and src.model is None and src.format == "hf":
-        src.model = f"hf:{src.path}" + (f"@{src.revision}" if src.revision else "")
-    elif "completion" in src.columns and src.model is None:
-        src.model = f"{src.format}:{src.path}"
     if src.format == "synthetic":
         if src.n < 1:
             raise RecipeError(f"{where}: n: must be at least 1")

@@ -34,6 +34,29 @@ def read_source(src: Source, left_out: Counter | None = None) -> Iterator[dict]:
         yield row
 
 
+def source_identity(src: Source) -> str:
+    """What a source holds, as the identity of the chains it carries (`Source.model` overrides it): a Hub dataset
+    by id and revision ("hf:ydeng9/OpenVLThinker-sft-iter3@REV"), local data by a digest of its files' names
+    and bytes ("hf:sft_iter3@sha256:..."), never by where it lies: a copied folder is the same source.
+
+    >>> source_identity(Source("s", "hf", path="ydeng9/OpenVLThinker-sft-iter3", revision="abc"))
+    'hf:ydeng9/OpenVLThinker-sft-iter3@abc'
+    """
+    import hashlib
+
+    local = Path(src.path or "")
+    if not src.path or not local.exists():
+        return f"{src.format}:{src.path}" + (f"@{src.revision}" if src.revision else "")
+    digest = hashlib.sha256()
+    files = sorted(local.rglob("*")) if local.is_dir() else [local]
+    for path in files:
+        rel = path.relative_to(local) if local.is_dir() else Path(path.name)
+        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+            with path.open("rb") as f:
+                digest.update(f"{rel.as_posix()}\0{hashlib.file_digest(f, 'sha256').hexdigest()}\0".encode())
+    return f"{src.format}:{local.name}@sha256:{digest.hexdigest()[:16]}"
+
+
 def kind(value: Any) -> str:
     """What a value is, for a message: "a string", "a list", "an image" ({bytes, path}), ..."""
     if isinstance(value, dict) and value and set(value) <= {"bytes", "path"}:

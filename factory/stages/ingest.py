@@ -29,18 +29,19 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
 from vlfactory.recipe import IngestConfig, Source
 from vlfactory.sources.columns import Reject, _printable, _source_ref, check_columns, column_map, map_row, preflight
-from vlfactory.stages.distil import split_reasoning
-from vlfactory.stages.generation import sha
 from vlfactory.sources.decontam import Fingerprints, benchmark_fingerprints
 from vlfactory.sources.images import CheckedImage, images_root, load_image
-from vlfactory.sources.readers import read_source
+from vlfactory.sources.readers import read_source, source_identity
 from vlfactory.stages import Scope, StageResult
+from vlfactory.stages.distil import split_reasoning
+from vlfactory.stages.generation import sha
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake, WriteConflict
 
@@ -165,6 +166,8 @@ def ingest_source(lake: Lake, src: Source, recipe: IngestConfig, fingerprints: F
                   progress: Callable[[int, Counter], None] | None = None) -> Tally:
     tally = Tally(src.name)
     chains = "completion" in src.columns
+    if chains and src.model is None:
+        src = dataclasses.replace(src, model=source_identity(src))
     loading = writer.submit(LakeKeys(model=src.model if chains else None).read, lake)  # while the first batch is prepared
     mapping, root = column_map(src), images_root(src)
     rows = read_source(src, tally.left_out)
@@ -252,8 +255,10 @@ def _trace_row(model: str, pid: str, index: int, completion: str, key: str, run_
 
 def _model_row(src: Source, run_id: str | None) -> pa.Table:
     """The `models` row naming a source that wrote traces (kind dataset), as generation.record_model names models."""
+    local = Path(src.path).exists()
     return pa.table({"model_key": [sha("model", src.model, src.path)[:16]], "model_id": [src.model],
-                     "name": [src.path], "revision": [src.revision], "path": [None], "kind": ["dataset"],
+                     "name": [Path(src.path).name if local else src.path], "revision": [src.revision],
+                     "path": [src.path if local else None], "kind": ["dataset"],
                      "training_id": [None], "run_id": [run_id]}, schema=schema.MODELS)
 
 

@@ -184,8 +184,10 @@ def test_benchmarks_map_from_their_fixtures(cli, lake_dir, tmp_path):
 def test_released_sets_are_problems_and_the_sft_set_is_traces_graded_and_picked(cli, lake_dir, tmp_path):
     from vlfactory.recipe import load_recipe
 
+    from vlfactory.sources.readers import source_identity
+
     on_hub = {s.name: s for s in load_recipe(RECIPES / "released.yaml").sources}
-    assert on_hub["sft_iter3"].model == "hf:ydeng9/OpenVLThinker-sft-iter3"  # whose chains, on the Hub
+    assert source_identity(on_hub["sft_iter3"]) == "hf:ydeng9/OpenVLThinker-sft-iter3"  # whose chains, on the Hub
     sources = on_fixtures(shipped("released.yaml", "sources"))
     recipe = write_recipe(tmp_path / "released.yaml", sources, "sft: {candidates: traces, per_problem: 1}\n")
     out = flat(cli("run", recipe, "--stage", "ingest", "--stage", "verify", "--stage", "sft").output)
@@ -195,7 +197,15 @@ def test_released_sets_are_problems_and_the_sft_set_is_traces_graded_and_picked(
         assert f"{name}: read {n} = ingested {n} + already in lake 0 + rejected 0" in out, out
     raw = parquet("sft_iter3", "train")
     assert "sft_iter3: read 12 = ingested 12 + already in lake 0 + rejected 0; 12 new traces" in out
-    model = f"hf:{FIXTURES / 'sft_iter3'}"  # the source's identity: hf:<path>[@<revision>]
+    # a local copy is known by its content, not by where it lies: a copy elsewhere is the same source
+    import dataclasses
+    import shutil
+
+    local = {s.name: s for s in load_recipe(recipe).sources}["sft_iter3"]
+    model = source_identity(local)
+    assert model.startswith("hf:sft_iter3@sha256:") and str(FIXTURES) not in model
+    shutil.copytree(FIXTURES / "sft_iter3", tmp_path / "elsewhere" / "sft_iter3")
+    assert source_identity(dataclasses.replace(local, path=str(tmp_path / "elsewhere" / "sft_iter3"))) == model
     with Lake(lake_dir) as lake:
         by_source = dict(lake.query("SELECT source, count(*) FROM problems GROUP BY source").fetchall())
         assert by_source == {"sft_seed": len(seed), "sft_iter3": 12, "grpo_medium": 12, "grpo_medium_test": 4,
@@ -210,8 +220,8 @@ def test_released_sets_are_problems_and_the_sft_set_is_traces_graded_and_picked(
                      tagged(r["messages"][1]["content"].split("</think>")[-1].strip()), sha(r["images"][0])) for r in raw}
         assert {(t[1], t[4], t[5], t[6]) for t in traces} == expected
         assert {t[0] for t in traces} == {model} and all(t[2] == t[5] and t[3] == "dataset" for t in traces)
-        assert lake.query("SELECT kind, name FROM models WHERE model_id = ?", [model]).fetchall() == [
-            ("dataset", str(FIXTURES / "sft_iter3"))]
+        assert lake.query("SELECT kind, name, path FROM models WHERE model_id = ?", [model]).fetchall() == [
+            ("dataset", "sft_iter3", str(FIXTURES / "sft_iter3"))]   # named by its folder, found where it was read
         # verify graded every chain like a distilled trace; the sft set took them, attributed to the dataset
         grades = lake.query("SELECT accepted, grade_reason FROM grades WHERE ref_table = 'traces'").fetchall()
         assert sorted(grades) == [(True, "correct")] * 12
