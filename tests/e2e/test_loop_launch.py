@@ -150,3 +150,25 @@ def test_the_entry_point_reads_yaml_and_flags_through_trlparser(sets_lake, lake_
         main("sft", train_sft, [*argv, "--max_step", "1"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("error: ") and "'--max_step'" in err  # TrlParser's unknown flag
+
+
+@pytest.mark.slow
+def test_a_launched_training_reports_to_the_loops_tracked_run(sets_lake, lake_dir, tmp_path):
+    """Inside a tracked run, the child trainer reports through TRL's report_to to the run's library, under
+    <run>-<kind>-iterK, as an in-process training would; its settings digest stays the untracked one's."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vlfactory import tracking
+    from vlfactory.recipe import TrackingConfig
+    from vlfactory.trainers.config import load_config, settings_digest
+    from vlfactory.trainers.launch import launch_training
+
+    settings = SFT | {"max_steps": 2}
+    with tracking.start(TrackingConfig("tensorboard", dir=str(tmp_path / "tb")), "run-1"):
+        record = launch_training("sft", "sft@iter1", "tiny-qwen2.5-vl", settings, tmp_path / "runs",
+                                 LakeSpec.resolve(str(lake_dir), None), lake_args={"lake": str(lake_dir)}, iteration=1)
+    assert record.config_hash == settings_digest(*load_config("sft", settings, "o"))
+    events = EventAccumulator(str(tmp_path / "tb" / "run-1-sft-iter1"))
+    events.Reload()
+    assert len(events.Scalars("train/loss")) == 2
