@@ -142,7 +142,8 @@ def run_child(cmd: list[str], log: Path) -> tuple[int, str | None]:
     tail: collections.deque[str] = collections.deque(maxlen=400)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as keep, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                                   text=True, errors="replace") as child:
+                                                   text=True, errors="replace",
+                                                   preexec_fn=_dies_with_parent()) as child:
         try:
             for line in child.stdout:
                 sys.stderr.write(line)
@@ -154,6 +155,20 @@ def run_child(cmd: list[str], log: Path) -> tuple[int, str | None]:
             child.wait(30)
             raise
     return code, (last_error(tail) if code else None)
+
+
+def _dies_with_parent():
+    """For Popen's preexec_fn: on Linux the child asks the kernel for SIGTERM when this process dies, even by
+    SIGKILL, so a training never outlives the loop that launched it (accelerate's launcher passes SIGTERM on to
+    its workers). libc is loaded here, in the parent: the child only makes the one system call."""
+    import ctypes
+    import signal
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: no such call
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def last_error(lines) -> str | None:
