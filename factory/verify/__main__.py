@@ -1,11 +1,14 @@
 """Grade one completion: python -m vlfactory.verify [--protocol NAME] COMPLETION GOLD [CHOICE ...]"""
 
-import sys
+import argparse
 
-from vlfactory.verify import grade
+from vlfactory.verify import PROTOCOLS, grade
 
 if __name__ == "__main__":
-    args, protocol = sys.argv[1:], "vlfactory"
-    if args[:1] == ["--protocol"]:
-        protocol, args = args[1], args[2:]
-    print(grade(args[0], args[1], args[2:] or None, protocol=protocol))
+    parser = argparse.ArgumentParser(prog="python -m vlfactory.verify", description=__doc__.split(":")[0] + ".")
+    parser.add_argument("--protocol", default="vlfactory", choices=[p for p in PROTOCOLS if p != "judge"])
+    parser.add_argument("completion")
+    parser.add_argument("gold")
+    parser.add_argument("choices", nargs="*", help="the problem's options, in order")
+    a = parser.parse_args()
+    print(grade(a.completion, a.gold, a.choices or None, protocol=a.protocol))
