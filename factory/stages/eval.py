@@ -50,7 +50,6 @@ import pyarrow as pa
 
 from vlfactory.backends import Request
 from vlfactory.stages.generation import image_part, make_backend_for, record_model, sha
-from vlfactory.stages.verify import settings_hash, verifier
 from vlfactory.sources.columns import Reject, column_map, map_row
 from vlfactory.sources.images import images_root, load_image
 from vlfactory.sources.readers import read_source
@@ -59,7 +58,7 @@ from vlfactory.recipe import EvalConfig
 from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
-from vlfactory.verify import JUDGE_FIELDS, PROMPT_SUFFIXES
+from vlfactory.verify import JUDGE_FIELDS, PROMPT_SUFFIXES, verdict_identity
 
 
 @dataclass
@@ -162,7 +161,7 @@ def official_prompt(fmt: str, question: str, options: list[str] | None) -> str:
 def grading_id(cfg: EvalConfig) -> list:
     """What decides the verdicts: part of the eval key."""
     if cfg.protocol == "vlfactory":   # as before protocols existed, so earlier evaluations keep their keys
-        return [verifier(), settings_hash(cfg.verify)]
+        return list(verdict_identity(cfg.verify))
     if cfg.protocol != "judge":   # the official protocols, each with its prompt suffix
         return [cfg.protocol, metadata.version("mathruler")]
     judge = cfg.judge

@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from vlfactory.stages.verify import settings_hash, verifier
 from vlfactory.prompts import load_template
 from vlfactory.recipe import RecipeError, RLSetConfig
 from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
+from vlfactory.verify import verdict_identity
 
 
 @dataclass
@@ -87,7 +87,7 @@ def run(lake: Lake, cfg: RLSetConfig, scope: Scope, progress=None) -> StageResul
     model = cfg.identity
     if model is None:
         raise RecipeError("rl.model: missing; name the policy whose rollouts count, or add a rollout: block")
-    current = (verifier(), settings_hash(cfg.verify))
+    current = verdict_identity(cfg.verify)
     stats = RLStats(model, tuple(cfg.band), cfg.min_samples)
     stats.ungraded = ungraded(lake, model, current, scope)
     if stats.ungraded:  # pass rates from stale or missing verdicts would pick the wrong problems

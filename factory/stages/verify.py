@@ -43,8 +43,8 @@ stays the factory's one extraction (the `answer` of traces and rollouts). The rl
 count these grades (the same verify block), so they agree with the verify stage by construction.
 
 Versioned and resumable: a grade is keyed by (ref_table, ref_id, verifier, settings_hash), the
-verifier being "vlfactory.verify VERSION / math-verify VERSION" and the settings the hash of
-the recipe's `verify:` block. Samples whose grade is current are skipped; the others are graded
+verdict's identity (`vlfactory.verify.verdict_identity`: "vlfactory.verify VERSION / math-verify
+VERSION" and the hash of the recipe's `verify:` block). Samples whose grade is current are skipped; the others are graded
 in batches of `BATCH`, each one transaction that deletes their older grades and verify
 rejections and inserts the new ones, so the latest snapshot holds only current grades, older
 ones stay readable by time travel (`grades@iter1`), and a crash loses at most one batch.
@@ -55,7 +55,6 @@ ones stay readable by time travel (`grades@iter1`), and a crash loses at most on
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
@@ -63,7 +62,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import metadata
 from typing import Iterator
 
 import pyarrow as pa
@@ -79,15 +77,6 @@ BATCH = 16384                         # samples per transaction: each batch read
 TABLES = {"traces": "trace_id", "rollouts": "rollout_id"}
 REASONS = ("problem_missing", "invalid_text", "unparsable_gold", "truncated", "repetition", "too_long",
            "no_answer", "incorrect", "timeout", "error", "format_error", "mentions_caption", "duplicate")
-
-
-def verifier() -> str:
-    return f"vlfactory.verify {verify.VERSION} / math-verify {metadata.version('math-verify')}"
-
-
-def settings_hash(cfg: VerifyConfig) -> str:
-    text = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _id(*parts) -> str:
@@ -383,7 +372,7 @@ def funnels(lake: Lake, current: tuple[str, str], scope: Scope) -> dict[tuple[st
 
 
 def run(lake: Lake, cfg: VerifyConfig, scope: Scope, progress=None) -> StageResult:
-    current = (verifier(), settings_hash(cfg))
+    current = verify.verdict_identity(cfg)
     result = StageResult("verify")
     t0 = time.perf_counter()
     todo, before, regraded = {}, {}, 0

@@ -85,4 +85,22 @@ VERSION = "1"               # bump when a verdict can change: the verify stage r
 __all__ = ["Grade", "grade", "grade_many", "extract_answer", "stated_answer", "official_answer", "official_gold",
            "clean_answer", "judge_prompt", "judge_verdict", "JUDGE_FIELDS", "PROMPT_SUFFIXES",
            "accuracy_reward", "format_reward", "openvlthinker_reward", "PROTOCOLS", "OPTION_LETTERS", "VERSION",
-           "REL_TOL", "TIMEOUT_S", "MAX_ANSWER_CHARS"]
+           "REL_TOL", "TIMEOUT_S", "MAX_ANSWER_CHARS", "verdict_identity"]
+
+
+def verdict_identity(settings) -> tuple[str, str]:
+    """What a grade's verdict depends on, as (verifier, settings hash): this verifier's VERSION with
+    math-verify's, and the recipe's `verify:` settings (a VerifyConfig: protocol, tolerances, thresholds).
+
+    Every grade carries both; a grade is current while both match, so a new verifier, a new math-verify
+    or a changed setting regrades (the verify stage), and the sets, pass rates and evals read only
+    current grades. The values are those lakes already hold (tests/stages/test_grading.py pins them).
+    """
+    import dataclasses
+    import hashlib
+    import json
+    from importlib import metadata
+
+    verifier = f"vlfactory.verify {VERSION} / math-verify {metadata.version('math-verify')}"
+    text = json.dumps(dataclasses.asdict(settings), sort_keys=True)
+    return verifier, hashlib.sha256(text.encode()).hexdigest()[:16]

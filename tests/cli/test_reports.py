@@ -20,11 +20,11 @@ import yaml
 from click.testing import CliRunner
 
 from vlfactory.cli import main
-from vlfactory.stages.verify import settings_hash, verifier
 from vlfactory.recipe import parse_recipe
 from vlfactory.stages import Scope
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
+from vlfactory.verify import verdict_identity
 
 from browser import Browser
 
@@ -125,8 +125,9 @@ def build_lake(root: Path, trainings: bool = False) -> Path:
 
 
 def grade(ref: str, table: str, pid: str, source: str, ok: bool, said: str, reasons: list[str], words: int) -> dict:
+    verifier, settings = verdict_identity(parse_recipe(yaml.safe_load(RECIPE)).verify)
     return {"grade_id": f"g-{ref}", "ref_table": table, "ref_id": ref, "problem_id": pid, "source": source,
-            "verifier": verifier(), "settings_hash": settings_hash(parse_recipe(yaml.safe_load(RECIPE)).verify),
+            "verifier": verifier, "settings_hash": settings,
             "correct": ok, "extracted": said,
             "grade_reason": "correct" if ok else "incorrect", "reasons": reasons, "accepted": ok, "words": words + 1,
             "cleaned": None, "cleaned_words": None, "cleaned_ok": ok}

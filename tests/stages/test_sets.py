@@ -8,11 +8,11 @@ import json
 import pyarrow as pa
 import pytest
 
-from vlfactory.stages.verify import settings_hash, verifier
 from vlfactory.recipe import VerifyConfig, parse_recipe
 from vlfactory.stages import Scope
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
+from vlfactory.verify import verdict_identity
 
 
 @pytest.fixture()
@@ -23,6 +23,7 @@ def graded_lake(cli, lake_dir, tmp_path):
                       "  - {name: small, format: synthetic, n: 4, seed: 2}\n")
     cli("ingest", recipe)
     traces, grades = [], []
+    verifier, settings = verdict_identity(VerifyConfig())
     with Lake(lake_dir) as lake:
         problems = lake.query("SELECT problem_id, source, answer FROM problems ORDER BY source, source_id").fetchall()
         for n, (pid, source, gold) in enumerate(problems):
@@ -37,7 +38,7 @@ def graded_lake(cli, lake_dir, tmp_path):
                                "source": source, "correct": True, "accepted": accepted, "words": words + 1,
                                "cleaned": f"<think>{'s ' * words}</think>\n<answer>{gold}</answer>",
                                "cleaned_words": words + 1, "cleaned_ok": i != 1, "reasons": [],
-                               "verifier": verifier(), "settings_hash": settings_hash(VerifyConfig())})
+                               "verifier": verifier, "settings_hash": settings})
         with lake.transaction("test traces"):
             lake.insert("traces", pa.Table.from_pylist(traces, schema=schema.TRACES))
             lake.insert("grades", pa.Table.from_pylist(grades, schema=schema.GRADES))
