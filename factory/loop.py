@@ -42,20 +42,18 @@ import dataclasses
 import time
 from pathlib import Path
 
-import pyarrow as pa
-
 from vlfactory import tracking
 from vlfactory.recipe import GenerationConfig, GRPOStage, IterationPlan, Recipe, RecipeError, SFTSetConfig
 from vlfactory.stages import Scope, StageResult, run_stage
 from vlfactory.stores.lake import Lake, LakeSpec
 
 
-class Loop:
+class Steps:
+    """The loop's steps, each resumable and said as it starts and ends: a stage, a set's tag, a training, an
+    evaluation. Each opens the lake for itself and closes it after: a local lake admits one process at a time,
+    and a training's child process opens it too."""
+
     def __init__(self, recipe: Recipe, spec: LakeSpec, say=print, limit: int | None = None, progress=None):
-        if recipe.loop is None:
-            raise RecipeError(f"{recipe.path or 'recipe'}: loop: missing (base_model, iterations, ...) for iterate")
-        if recipe.rollout is None or recipe.rl is None:
-            raise RecipeError(f"{recipe.path or 'recipe'}: iterate needs rollout: and rl: sections")
         self.recipe, self.spec, self.say = recipe, spec, say
         self.progress = progress          # progress(stage) -> a context manager yielding a Progress callback (the CLI's)
         self.k, self.t0 = 0, time.perf_counter()  # the iteration under way; when the loop started
@@ -64,15 +62,11 @@ class Loop:
         self.run_id: str | None = None
         self.out = Path(self.cfg.output_dir).resolve()  # relative to the working directory, like ./lake
         self.evals: list[dict] = []       # every evaluation of this run, for the closing table
-        self.base = self.cfg.base_model   # what every SFT starts from: the base model, or the pretrained one
-        self.made: dict[int, dict[str, str]] = {}  # per iteration, each GRPO stage's final model, in order
 
     def lake(self) -> Lake:
         lake = Lake(self.spec)
         lake.run_id = self.run_id
         return lake
-
-    # ---- steps ---------------------------------------------------------------------
 
     def started(self, step: str) -> float:
         """Say a step is starting: its iteration and the loop's elapsed time (also where no terminal shows a bar)."""
@@ -92,29 +86,36 @@ class Loop:
         self.ended(name, since, reused=not (result.written or result.rejected or result.failed))
         return result
 
-    def tag_set(self, table: str, tag: str) -> int:
+    def tag_set(self, table: str, tag: str) -> None:
         """Tag the set's current content, unless the tag already names the same rows."""
         with self.lake() as lake:
-            tags = lake.tags()
-            if tag in tags and not lake.differs(table, f"lake.{table} AT (VERSION => {int(tags[tag])})"):
-                return tags[tag]
-            snap = lake.tag(tag, force=True)
-            rows = lake.count(table)
+            snap, moved = lake.tag_if_changed(tag, table)
+            rows = lake.count(table) if moved else None
+        if not moved:
+            return
         if rows == 0:
             raise RecipeError(f"{tag}: the {table} set is empty; see the verify funnel above "
                               f"(`vlfactory sql \"SELECT reason, count(*) FROM rejected GROUP BY ALL\"`)")
         self.say(f"tagged {tag} -> snapshot {snap} ({rows} {table} rows)")
-        return snap
 
     def keep_tag(self, old: str, new: str) -> None:
         """A fixed set: `new` names what `old` named."""
         with self.lake() as lake:
-            tags = lake.tags()
-            if old not in tags:
+            if old not in lake.tags():
                 raise RecipeError(f"rl_set: fixed keeps the set tagged {old}, which this lake lacks")
-            if tags.get(new) != tags[old]:
-                lake.tag(new, tags[old], note=f"the fixed rl set of {old}", force=True)
-        self.say(f"tagged {new} -> snapshot {tags[old]} (the fixed rl set of {old})")
+            snap = lake.tag(new, old, note=f"the fixed rl set of {old}", force=True)
+        self.say(f"tagged {new} -> snapshot {snap} (the fixed rl set of {old})")
+
+    def source_set(self, source: str, tag: str) -> None:
+        """A GRPO stage's rl set from a source's problems (`grpo_stages[i].source`), tagged."""
+        from vlfactory.stages import rl
+
+        since = self.started(f"rl from {source}")
+        with self.lake() as lake:
+            result = rl.from_source(lake, self.recipe.stage_config("rl"), Scope((source,), self.scope.limit))
+        self.say(result.line())
+        self.tag_set("rl", tag)
+        self.ended(f"rl from {source}", since, reused=not result.written)
 
     def train(self, kind: str, dataset: str, model: str, iteration: int, config=None,
               weights: dict[str, int] | None = None) -> str:
@@ -163,6 +164,20 @@ class Loop:
                                "benchmark": name, "accuracy": result.accuracy, "problems": result.problems,
                                "samples": result.samples_per_problem})
 
+
+class Loop(Steps):
+    """The paper's steps in the paper's order: pretraining (optional), the base model's evaluation, then per
+    iteration SFT data, SFT, eval, rl sets, GRPO stages, eval, tag (`iteration`)."""
+
+    def __init__(self, recipe: Recipe, spec: LakeSpec, say=print, limit: int | None = None, progress=None):
+        if recipe.loop is None:
+            raise RecipeError(f"{recipe.path or 'recipe'}: loop: missing (base_model, iterations, ...) for iterate")
+        if recipe.rollout is None or recipe.rl is None:
+            raise RecipeError(f"{recipe.path or 'recipe'}: iterate needs rollout: and rl: sections")
+        super().__init__(recipe, spec, say, limit, progress)
+        self.base = self.cfg.base_model   # what every SFT starts from: the base model, or the pretrained one
+        self.made: dict[int, dict[str, str]] = {}  # per iteration, each GRPO stage's final model, in order
+
     def pretrain(self) -> str:
         """Teach the base model to see before the loop (`loop.pretrain`): SFT on the sources' ground-truth
         captions, image -> description, recorded like any training (`sft@pretrain`, iteration 0). The
@@ -176,9 +191,10 @@ class Loop:
         self.tag_set("sft", "pretrain")
         return self.train("sft", "sft@pretrain", self.cfg.base_model, 0, self.cfg.pretrain)
 
-    # ---- the loop ------------------------------------------------------------------
-
     def iteration(self, k: int, previous_policy: str | None) -> str:
+        """One round: SFT data (distilled in iteration 1, the previous RL model's verified answers after), the sft
+        set, SFT from the base model, eval; the SFT model's pass rates, the rl sets, GRPO stage by stage, eval; the
+        round's tag. Returns the round's final policy."""
         r, plan = self.recipe, self.cfg.plan(k)
         self.k = k
         tracking.note(iteration=k)
@@ -188,11 +204,12 @@ class Loop:
         sft = dataclasses.replace(sft, pick=plan.pick or sft.pick,
                                   max_examples=plan.sft_max_examples or sft.max_examples,
                                   weights=plan.sft_weights or sft.weights)
-        if k == 1:
+        if k == 1:  # SFT data by distillation: captions, the reasoner's traces, their verdicts
             self.stage("ingest", self.ingest_config())   # every source an iteration uses, whichever it is
-            for name in ("caption", "distil", "verify"):
-                if name != "distil" or r.distil is not None:
-                    self.stage(name, r.stage_config(name), scope)
+            self.stage("caption", r.stage_config("caption"), scope)
+            if r.distil is not None:
+                self.stage("distil", r.stage_config("distil"), scope)
+            self.stage("verify", r.verify, scope)
             sft = dataclasses.replace(sft, candidates="traces",
                                       cleaned=sft.cleaned if plan.sft_cleaned is None else plan.sft_cleaned)
         else:
@@ -203,7 +220,7 @@ class Loop:
             self.stage("verify", r.verify, scope)
             sft = dataclasses.replace(sft, candidates="both" if self.cfg.keep_traces else "rollouts",
                                       model=writer, cleaned=bool(plan.sft_cleaned))
-        self.stage("sft", sft, scope)
+        self.stage("sft", sft, scope)                    # the sft set, SFT from the base model, eval
         self.tag_set("sft", f"iter{k}-sft")
         sft_model = self.train("sft", f"sft@iter{k}-sft", self.base, k)
         self.evaluate(sft_model, k, "sft")
@@ -215,25 +232,31 @@ class Loop:
             self.stage("rollout", self.rollout_config(sft_model), rl_scope)
             self.stage("verify", r.verify, rl_scope)
         policy, self.made[k] = sft_model, {}
-        for i, st in enumerate(stages):
-            tag = f"iter{k}-rl" + (f"-{st.name}" if st.name else "")
-            if plan.rl_set == "fixed":
-                self.keep_tag(f"iter{k - 1}-rl" + (f"-{st.name}" if st.name else ""), tag)
-            elif st.source is not None:
-                self.source_set(st.source, tag)
-            else:
-                rl = dataclasses.replace(r.stage_config("rl"), model=sft_model, band=st.band,
-                                         min_samples=st.min_samples or r.rl.min_samples)
-                self.stage("rl", rl, rl_scope)
-                self.tag_set("rl", tag)
+        for i, st in enumerate(stages):  # GRPO stage by stage, each from the one before's model, then eval
+            tag = self.rl_set(k, st, plan, sft_model, rl_scope)
             policy = self.train("grpo", f"rl@{tag}", policy, k, st.config if st.config is not None else self.cfg.grpo,
                                 weights=plan.rl_weights)
             self.made[k][st.name] = policy
             self.evaluate(policy, k, "grpo" if i == len(stages) - 1 else f"grpo-{st.name}")
-        with self.lake() as lake:
+        with self.lake() as lake:  # the round's tag
             if f"iter{k}" not in lake.tags():
                 self.say(f"tagged iter{k} -> snapshot {lake.tag(f'iter{k}')}")
         return policy
+
+    def rl_set(self, k: int, st: GRPOStage, plan: IterationPlan, sft_model: str, scope: Scope) -> str:
+        """GRPO stage `st`'s set, tagged (the tag returned): the set of the iteration before (`rl_set: fixed`), a
+        named source's problems, or the problems whose pass rate by the SFT model lies in the stage's band."""
+        r, tag = self.recipe, f"iter{k}-rl" + (f"-{st.name}" if st.name else "")
+        if plan.rl_set == "fixed":
+            self.keep_tag(f"iter{k - 1}-rl" + (f"-{st.name}" if st.name else ""), tag)
+        elif st.source is not None:
+            self.source_set(st.source, tag)
+        else:
+            rl = dataclasses.replace(r.stage_config("rl"), model=sft_model, band=st.band,
+                                     min_samples=st.min_samples or r.rl.min_samples)
+            self.stage("rl", rl, scope)
+            self.tag_set("rl", tag)
+        return tag
 
     def ingest_config(self):
         """What the loop ingests: the sources its schedule and GRPO stages use (every source without a schedule),
@@ -245,26 +268,6 @@ class Loop:
         used |= {s for plan in loop.schedule for s in plan.rl_sources or []}
         used |= {st.source for st in loop.grpo_stages if st.source}
         return dataclasses.replace(cfg, sources=[src for src in cfg.sources if src.name in used])
-
-    def source_set(self, source: str, tag: str) -> None:
-        """A GRPO stage's rl set from a source's problems (`grpo_stages[i].source`), e.g. a released GRPO set
-        ingested as a source: every problem of it in scope, rendered with the rl block's prompt; no pass rates."""
-        from vlfactory.prompts import load_template
-        from vlfactory.stores import schema
-
-        since = self.started(f"rl from {source}")
-        cfg = self.recipe.stage_config("rl")
-        template = load_template(cfg.prompt or "rollout", needs={"question"})
-        with self.lake() as lake:
-            rows = lake.query(f"""SELECT problem_id, source, source_id, image_id, question, choices, answer
-                                  FROM {Scope((source,), self.scope.limit).problems()} p""").to_arrow_table()
-            rows = [r | {"prompt": template.render(question=r["question"], choices=r["choices"]),
-                         "policy_model": None, "pass_rate": None, "run_id": lake.run_id} for r in rows.to_pylist()]
-            written = lake.replace("rl", pa.Table.from_pylist(rows, schema=schema.RL),
-                                   f"rl set: the {len(rows)} problems of {source}")
-        self.say(f"rl: the {len(rows)} problems of {source}; {'written' if written else 'unchanged, nothing written'}")
-        self.tag_set("rl", tag)
-        self.ended(f"rl from {source}", since, reused=not written)
 
     def generator(self, k: int, plan: IterationPlan) -> str:
         """The model that writes iteration k's data: iteration k-1's final RL model (`final`, the default), or

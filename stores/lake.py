@@ -332,6 +332,15 @@ class Lake:
                                  [name, snap, self.run_id, note])
         return snap
 
+    def tag_if_changed(self, name: str, table: str) -> tuple[int, bool]:
+        """Tag the current snapshot `name` unless the tag already names the same rows of `table` (`differs`):
+        (the snapshot it names, whether it moved). A set rewritten with the same rows keeps its tag where it
+        was: a rerun of the loop moves no tag."""
+        old = self.tags().get(name)
+        if old is not None and not self.differs(table, f"{DB}.{table} AT (VERSION => {int(old)})"):
+            return old, False
+        return self.tag(name, force=True), True
+
     # ---- reading -----------------------------------------------------------
 
     def tables(self) -> list[str]:

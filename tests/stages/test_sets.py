@@ -86,6 +86,24 @@ def test_weights_balance_sources_and_tags_survive_rewrites(graded_lake, lake_dir
     assert stats.examples == 5 and stats.dropped["over max_examples"] == 12 * 3 - 1 - 5
 
 
+def test_a_set_tag_moves_only_when_the_sets_rows_change(graded_lake, lake_dir):
+    """The loop tags its sets through Lake.tag_if_changed: a set rebuilt with the rows its tag names (in a later
+    snapshot) keeps the tag where it was; other rows move it to the current snapshot."""
+    build(lake_dir, per_problem=1)
+    with Lake(lake_dir) as lake:
+        first, moved = lake.tag_if_changed("iter1-sft", "sft")
+        assert moved and first == lake.data_snapshot()
+    build(lake_dir, per_problem=2)
+    assert build(lake_dir, per_problem=1).written   # the same rows as tagged, written again
+    with Lake(lake_dir) as lake:
+        assert lake.data_snapshot() > first and lake.tag_if_changed("iter1-sft", "sft") == (first, False)
+    build(lake_dir, per_problem=2)
+    with Lake(lake_dir) as lake:
+        now = lake.data_snapshot()
+        assert lake.tag_if_changed("iter1-sft", "sft") == (now, True) and lake.tags()["iter1-sft"] == now
+        assert lake.query("SELECT count(*) FROM sft@iter1-sft").fetchone()[0] == lake.count("sft") > 12
+
+
 def test_export_loads_with_plain_datasets_byte_exact(graded_lake, lake_dir, cli, tmp_path):
     import datasets
 
