@@ -5,9 +5,10 @@ bench/slot_server.py runs in its own process and answers every request after
 slots / latency requests per second. The same number of requests goes
 through it from each client, in this run:
 
-- the headline: `vlfactory.stages.generation.run_prompts`, the path the distil stage
-  takes, on a fresh local lake: request keys, the cache probe, the `openai`
-  backend, distil-shaped `traces` rows, and DuckLake commits every
+- the headline: `vlfactory.stages.generation.RequestLoop` running the distil
+  stage's declaration (`vlfactory.stages.distil.Distil`), on a fresh local lake:
+  request keys, the cache probe, the `openai` backend, the distil stage's
+  `traces` rows, and DuckLake commits every
   `commit_rows` rows / `commit_seconds` (catalog writes included). Then the
   lake is checked (exactly `requests` traces rows, distinct request keys, no
   rejected rows) and the same prompts run again, which must send nothing;
@@ -16,7 +17,7 @@ through it from each client, in this run:
 - the same bare loop over a plain aiohttp session.
 
 The figure is each one's requests/s divided by slots / latency (target for
-run_prompts: >= 0.9 at 64 slots and 200 ms), with the client process's CPU per
+the request loop: >= 0.9 at 64 slots and 200 ms), with the client process's CPU per
 request (all its threads), which is what limits it. After the headline run,
 where the caller's thread spent its time (`--profile` adds cProfile's top
 functions for it).
@@ -70,7 +71,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Clock:
-    """Seconds the caller's thread spends in each part of run_prompts, by wrapping the parts."""
+    """Seconds the caller's thread spends in each part of the request loop, by wrapping the parts."""
 
     def __init__(self):
         self.parts: dict[str, float] = {}
@@ -106,7 +107,7 @@ class Clock:
         def generate(reqs):
             it, t_pull = iter(reqs), [0.0]
 
-            def pull():  # run_prompts' request generator: prompts, keys, cache probe
+            def pull():  # the loop's request generator: prompts, keys, cache probe
                 while True:
                     t = time.perf_counter()
                     r = next(it, _END)
@@ -134,59 +135,28 @@ class Clock:
 _END = object()
 
 
-def distil_rows(stage, template_hash: str, run_id: str | None):
-    """The distil stage's `build`, as in factory/stages/distil.py (answer extraction only if vlfactory.verify exists)."""
-    from vlfactory.stages.distil import split_reasoning
-    from vlfactory.stages.generation import common_row
-
-    try:
-        from vlfactory.verify import extract_answer
-        extracting = True
-    except ImportError:
-        extracting = False
-
-        def extract_answer(text):
-            return None
-
-    def build(prompt, result, indices, keys):
-        out = []
-        for j, (i, key) in enumerate(zip(indices, keys)):
-            text = result.completions[j].text
-            out.append(common_row(prompt, result, j, key, stage.model, template_hash, run_id) | {
-                "trace_id": key[:16], "problem_id": prompt.ref, "sample_index": i, "completion": text,
-                "reasoning": split_reasoning(text), "answer": extract_answer(text),
-                "caption_id": prompt.context["caption_id"], "backend": stage.backend})
-        return out
-    return build, extracting
-
-
 def run_product(url: str, n: int, slots: int, root: Path, profile: bool = False):
-    """run_prompts on a fresh lake, then the checks and the rerun: (elapsed, CPU seconds, report lines)."""
+    """The distil stage's request loop on a fresh lake, then the checks and the rerun: (elapsed, CPU seconds,
+    report lines)."""
     import cProfile
     import io
     import pstats
 
     import vlfactory.stages.generation as generation
-    from vlfactory.stages.generation import Prompt, make_backend_for, run_prompts
-    from vlfactory.prompts import load_template
     from vlfactory.backends import Sampling
     from vlfactory.backends.openai_compat import OpenAIConfig
-    from vlfactory.recipe import GenerationConfig
+    from vlfactory.recipe import DistilConfig
+    from vlfactory.stages.distil import Distil
+    from vlfactory.stages.generation import make_backend_for
     from vlfactory.stores.lake import Lake
 
     lake = Lake(root / "lake")
     lake.start_run("bench generation")
-    stage = GenerationConfig(model="slot", backend="openai", sampling=Sampling(max_tokens=64),
-                             options=OpenAIConfig(model="slot", base_url=url, concurrency=slots))
-    template = load_template("reason")
-    template_hash = template.hash
-
-    def prompts():  # as the distil stage renders them: one distinct problem each
-        for i in range(n):
-            text = template.render(caption=CAPTION.format(i=i), question=PROMPT.format(i=i), choices=None)
-            yield Prompt(f"p{i:06d}", [{"role": "user", "content": text}], {"caption_id": f"c{i:06d}", "choices": None})
-
-    build, extracting = distil_rows(stage, template_hash, lake.run_id)
+    stage = DistilConfig(model="slot", backend="openai", sampling=Sampling(max_tokens=64),
+                         options=OpenAIConfig(model="slot", base_url=url, concurrency=slots))
+    distil = Distil(stage)
+    # (problem_id, question, choices, caption_id, caption), as the distil stage reads them: one distinct problem each
+    problems = [(f"p{i:06d}", PROMPT.format(i=i), None, f"c{i:06d}", CAPTION.format(i=i)) for i in range(n)]
 
     def backend_factory(clock=None):
         backend = make_backend_for(stage)
@@ -194,23 +164,23 @@ def run_product(url: str, n: int, slots: int, root: Path, profile: bool = False)
 
     # The timed run, its parts clocked by wrapping them (a few us per request in all).
     clock = Clock()
-    real = {"existing": lake.existing, "transaction": lake.transaction, "sha": generation.sha}
+    real = {"existing": lake.existing, "transaction": lake.transaction, "sha": generation.sha, "row": distil.row}
     lake.existing = clock.wrap("lake.existing (cache probe)", lake.existing)
     lake.transaction = clock.wrap_cm("DuckLake commit (insert + COMMIT)", lake.transaction)
     generation.sha = clock.wrap("sha256 keys", generation.sha)
+    distil.row = clock.wrap("the stage's rows (Distil.row)", distil.row)
     prof = cProfile.Profile() if profile else None
     try:
         if prof:
             prof.enable()  # cProfile follows the thread that enabled it: the caller's
         cpu0, t0 = time.process_time(), time.perf_counter()
-        stats = run_prompts(lake, "distil", "traces", stage, stage.model, template, prompts(),
-                            clock.wrap("build_rows (distil rows)", build),
-                            backend_factory=lambda: backend_factory(clock))
+        stats = distil.run(lake, problems, backend_factory=lambda: backend_factory(clock))
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         if prof:
             prof.disable()
     finally:
         lake.existing, lake.transaction, generation.sha = real["existing"], real["transaction"], real["sha"]
+        distil.row = real["row"]
 
     rows, keys, traces_ids, answers = lake.con.execute(
         "SELECT count(*), count(DISTINCT request_key), count(DISTINCT trace_id), count(answer) "
@@ -221,15 +191,13 @@ def run_product(url: str, n: int, slots: int, root: Path, profile: bool = False)
     assert rows == keys == traces_ids == n and rejected == 0, f"{rows} rows, {keys} keys, {rejected} rejected"
 
     t1 = time.perf_counter()
-    again = run_prompts(lake, "distil", "traces", stage, stage.model, template, prompts(), build,
-                        backend_factory=backend_factory)
+    again = distil.run(lake, problems, backend_factory=backend_factory)
     rerun = time.perf_counter() - t1
     assert again.requests == 0 and again.cached == n and lake.count("traces") == n, again.line()
     lake.close()
 
     lines = [f"  lake check: {rows} traces rows, {keys} distinct request keys, {rejected} rejected rows, "
-             f"{commits} catalog commits; {answers} answers extracted"
-             + ("" if extracting else " (no vlfactory.verify: rows built without answer extraction)"),
+             f"{commits} catalog commits; {answers} answers extracted",
              f"  rerun on the same lake: {again.cached} cached, {again.requests} requests sent, {rerun:.2f} s"]
     parts = dict(clock.parts)
     gen = parts.pop("backend.generate total", 0.0)
@@ -239,7 +207,7 @@ def run_product(url: str, n: int, slots: int, root: Path, profile: bool = False)
     parts["waiting for results (idle)"] = gen - pulled - parts.get("request bodies (json.dumps)", 0.0) - \
         parts.get("backend start (loop thread, session)", 0.0)
     parts["other: prompts, Arrow from_pylist, bookkeeping"] = elapsed - sum(parts.values())
-    lines.append(f"  caller thread, of the {elapsed:.2f} s run_prompts wall time:")
+    lines.append(f"  caller thread, of the {elapsed:.2f} s request loop wall time:")
     for part, sec in sorted(parts.items(), key=lambda kv: -kv[1]):
         lines.append(f"    {part:46s} {sec:7.3f} s {sec / n * 1e6:7.0f} us/request")
     if prof:
@@ -341,8 +309,8 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=5000)
     p.add_argument("--slots", type=int, default=64, help="server slots = client concurrency")
     p.add_argument("--latency", type=float, default=0.2, help="seconds of service per request")
-    p.add_argument("--profile", action="store_true", help="cProfile the caller's thread during run_prompts")
-    p.add_argument("--only", action="store_true", help="run_prompts alone, without the three baselines")
+    p.add_argument("--profile", action="store_true", help="cProfile the caller's thread during the request loop")
+    p.add_argument("--only", action="store_true", help="the request loop alone, without the three baselines")
     args = p.parse_args()
     import aiohttp  # noqa: F401  (imports outside the timed runs)
     import duckdb  # noqa: F401
@@ -355,7 +323,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-generation-"))
     proc, port = start_server(args.slots, args.latency)
     url = f"http://127.0.0.1:{port}/v1"
-    runs = {"run_prompts + DuckLake (distil)": lambda: run_product(url, args.requests, args.slots, tmp, args.profile)}
+    runs = {"request loop + DuckLake (distil)": lambda: run_product(url, args.requests, args.slots, tmp, args.profile)}
     if not args.only:
         runs |= {
             "openai backend + DuckDB writer": lambda: run_backend(url, args.requests, args.slots, tmp / "bench.duckdb"),

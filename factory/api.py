@@ -112,7 +112,7 @@ def diff(a: str | int, b: str | int = "latest", *, table: str | None = None,
          lake: Lake | str | os.PathLike | None = None, data_path: str | None = None, limit: int | None = None
          ) -> TableDiff | dict[str, dict[str, int]]:
     """Between versions A and B: with `table`, its rows added, removed and changed by key (a `TableDiff`, lists
-    cut at `limit` rows, counts whole); without, rows added and removed per table."""
+    cut at `limit` rows, counts whole); without, per table the rows added, removed and changed (by key)."""
     from vlfactory.stores.diffs import row_diff
 
     with opened(lake, data_path, read_only=True) as lk:

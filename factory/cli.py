@@ -44,6 +44,9 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except (RecipeError, LakeError, EndpointsUnreachable) as e:
             raise UserError(str(e)) from None
+        except OSError as e:  # a full disk, a folder one may not write: the lake's commits stay whole regardless
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            raise UserError(where + (e.strerror or str(e).strip().splitlines()[0] or type(e).__name__)) from None
     return wrapper
 
 
@@ -357,17 +360,18 @@ def _row_counts(lk, snapshots: list[dict]) -> list[dict[str, int]]:
 @click.argument("a")
 @click.argument("b", default="latest")
 @click.option("--table", default=None, help="List this table's rows added, removed and changed, by its key.")
-@click.option("--limit", type=int, default=20, show_default=True,
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
               help="With --table: rows listed per kind (added, removed, changed; 0: all). Counts are whole.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @lake_options
 @friendly
 def diff(a: str, b: str, table: str | None, limit: int, fmt: str, lake: str | None, data_path: str | None) -> None:
-    """Rows added and removed per table between versions A and B; with --table, the rows.
+    """Rows added, removed and changed per table between versions A and B; with --table, the rows.
 
-    With --table, rows are matched by the table's key (sft: problem_id + from_id, grades: the graded
-    sample, rl: problem_id, ...): a key on both sides with other content is a changed row, shown
-    with its changed columns before and after. run_id and created_at are not compared.
+    Rows are matched by the table's key (sft: problem_id + from_id, grades: the graded sample, rl:
+    problem_id, trainings: training_id, ...): a key on both sides with other content is a changed
+    row (an updated status, a recleaned completion), shown with --table with its changed columns
+    before and after. run_id and created_at are not compared.
 
     \b
     Example:
@@ -377,6 +381,7 @@ def diff(a: str, b: str, table: str | None, limit: int, fmt: str, lake: str | No
         vlfactory diff 12          # from snapshot 12 to the latest
     """
     from vlfactory import api
+    from vlfactory.sqlout import terminal
     from vlfactory.stores.diffs import around_change
 
     with open_lake(lake, data_path, read_only=True) as lk:
@@ -386,17 +391,18 @@ def diff(a: str, b: str, table: str | None, limit: int, fmt: str, lake: str | No
             if fmt == "json":
                 click.echo(json.dumps({"a": a, "b": b, "snapshot_a": sa, "snapshot_b": sb, "tables": counts}))
                 return
-            click.echo(f"{a} (snapshot {sa}) -> {b} (snapshot {sb})")
-            _print_table(["table", "added", "removed"], [(t, f"+{d['added']}", f"-{d['removed']}")
-                                                        for t, d in counts.items() if d["added"] or d["removed"]], 80)
+            click.echo(terminal(f"{a} (snapshot {sa}) -> {b} (snapshot {sb})"))
+            _print_table(["table", "added", "removed", "changed"],
+                         [(t, f"+{d['added']}", f"-{d['removed']}", f"~{d['changed']}")
+                          for t, d in counts.items() if any(d.values())], 80)
             return
         d = api.diff(a, b, table=table, lake=lk, limit=limit or None)
     if fmt == "json":
         import dataclasses
 
-        click.echo(json.dumps(dataclasses.asdict(d), default=str, ensure_ascii=False))
+        click.echo(json.dumps(dataclasses.asdict(d), default=str))  # ASCII: C1 controls escaped too
         return
-    click.echo(d.line())
+    click.echo(terminal(d.line()))
     others = [c for c in d.compared if c not in d.key]
     for kind, rows, n in (("added", d.added, d.n_added), ("removed", d.removed, d.n_removed)):
         if rows:
@@ -596,7 +602,10 @@ def export(version: str, table: str | None, to: str, fmt: str, shard_rows: int, 
     from vlfactory.hub.export import export as do_export
 
     if "@" in version:
-        table, version = version.split("@", 1)
+        named, version = version.split("@", 1)
+        if table and table != named:
+            raise UserError(f"two tables: {named}@{version} and --table {table}; give one")
+        table = named
     if not table:
         raise UserError("name the table: --table NAME, or VERSION as TABLE@VERSION (e.g. sft@iter1)")
     with open_lake(lake, data_path, read_only=True) as lk:
@@ -688,17 +697,20 @@ def train_grpo(dataset: str, model: str, output: str, config_path: str | None, o
 @click.option("--revision", default=None, help="Upload to this branch (created if missing) or refs/pr/N.")
 @click.option("--create-pr", is_flag=True, help="Open a pull request against main instead of committing to it.")
 @click.option("--commit-message", default=None, help="The commit's title (default: vlfactory publish VERSION ...).")
+@click.option("--replace", is_flag=True,
+              help="Drop the repo's other configs (those a publish wrote) instead of refusing to leave them out.")
 @lake_options
 @friendly
 def publish(version: str, repo: str, tables: tuple[str, ...], private: bool, dry_run: str | None,
             max_shard_size: str, revision: str | None, create_pr: bool, commit_message: str | None,
-            lake: str | None, data_path: str | None) -> None:
+            replace: bool, lake: str | None, data_path: str | None) -> None:
     """Publish a version to the Hugging Face Hub as push_to_hub lays it out: a config per table, real splits.
 
     Each table is a config NAME with files NAME/SPLIT-0000i-of-0000N.parquet, shards cut by
     size; the card holds dataset_info, sample rows and the commands that reproduce the version;
-    the recipes go along. The token comes from HF_TOKEN or `hf auth login`. Parquet files in
-    the repo that are not part of this version are deleted by the upload.
+    the recipes go along. The token comes from HF_TOKEN or `hf auth login`. The upload deletes
+    only what an earlier publish wrote and this one replaces; a repo with other configs, which
+    the new card would not describe, is refused unless --replace.
 
     \b
     Example:
@@ -712,7 +724,7 @@ def publish(version: str, repo: str, tables: tuple[str, ...], private: bool, dry
     with open_lake(lake, data_path, read_only=True) as lk:
         try:
             click.echo(do_publish(lk, version, repo, list(tables), private, dry_run, max_shard_size, revision,
-                                  create_pr, commit_message).line())
+                                  create_pr, commit_message, replace).line())
         except PublishError as e:
             raise UserError(str(e)) from None
 

@@ -6,15 +6,19 @@ The base model is evaluated first (iteration 0). Iteration 1 builds SFT data by
 distillation (caption -> reasoner -> verify -> sft set), fine-tunes the base
 model, measures pass rates with rollouts of that model to pick the RL set, runs
 GRPO from the SFT model (one run, or the recipe's `grpo_stages` in a row, each
-on its own pass-rate band, e.g. OpenVLThinker's "medium" then "hard"), and
-evaluates the SFT model and every GRPO model on every loop benchmark.
-Iteration k > 1 builds its SFT data from the verified answers of iteration
-k-1's RL model (its own sampling: OpenVLThinker takes one near-greedy sample,
-kept as written) and fine-tunes the *base* model again, as OpenVLThinker does,
-then RL (on a re-picked or a fixed set) and eval. `loop.schedule` says per
-iteration which sources, SFT cap and weights, how the next round is sampled
-and whether the RL set is fixed. Tags name every step's data: `iterK-sft`,
-`iterK-rl` (`iterK-rl-<stage>`), `iterK`. At the end a table gives each model's
+on its own pass-rate band or on every problem of a named source, e.g.
+OpenVLThinker's "medium" then "hard"), and evaluates the SFT model and every
+GRPO model on every loop benchmark. Iteration k > 1 builds its SFT data from
+the verified answers of iteration k-1's RL model, or of the checkpoint the plan
+names (`generator`; its own sampling: OpenVLThinker takes one near-greedy
+sample, kept as written) and fine-tunes the *base* model again, as
+OpenVLThinker does, then RL (on a re-picked or a fixed set) and eval.
+`loop.schedule` says per iteration which sources, SFT cap and weights, GRPO's
+weights per source, how the next round is sampled and by whom, and whether the
+RL set is fixed. Every training runs as the paper's did: `accelerate launch`
+of the trainer in a child process, with `loop.launch`'s process count and
+accelerate config (vlfactory.trainers.launch). Tags name every step's data:
+`iterK-sft`, `iterK-rl` (`iterK-rl-<stage>`), `iterK`. At the end a table gives each model's
 held-out accuracy with a 95% (Wilson) interval.
 
 Every step is resumable: generation stages skip what the lake holds, sets
@@ -35,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import time
 from pathlib import Path
 
@@ -45,12 +48,12 @@ from vlfactory.stages import Scope, StageResult, run_stage
 from vlfactory.stores.lake import Lake, LakeSpec
 
 
-class Loop:
+class Steps:
+    """The loop's steps, each resumable and said as it starts and ends: a stage, a set's tag, a training, an
+    evaluation. Each opens the lake for itself and closes it after: a local lake admits one process at a time,
+    and a training's child process opens it too."""
+
     def __init__(self, recipe: Recipe, spec: LakeSpec, say=print, limit: int | None = None, progress=None):
-        if recipe.loop is None:
-            raise RecipeError(f"{recipe.path or 'recipe'}: loop: missing (base_model, iterations, ...) for iterate")
-        if recipe.rollout is None or recipe.rl is None:
-            raise RecipeError(f"{recipe.path or 'recipe'}: iterate needs rollout: and rl: sections")
         self.recipe, self.spec, self.say = recipe, spec, say
         self.progress = progress          # progress(stage) -> a context manager yielding a Progress callback (the CLI's)
         self.k, self.t0 = 0, time.perf_counter()  # the iteration under way; when the loop started
@@ -59,14 +62,11 @@ class Loop:
         self.run_id: str | None = None
         self.out = Path(self.cfg.output_dir).resolve()  # relative to the working directory, like ./lake
         self.evals: list[dict] = []       # every evaluation of this run, for the closing table
-        self.base = self.cfg.base_model   # what every SFT starts from: the base model, or the pretrained one
 
     def lake(self) -> Lake:
         lake = Lake(self.spec)
         lake.run_id = self.run_id
         return lake
-
-    # ---- steps ---------------------------------------------------------------------
 
     def started(self, step: str) -> float:
         """Say a step is starting: its iteration and the loop's elapsed time (also where no terminal shows a bar)."""
@@ -86,52 +86,56 @@ class Loop:
         self.ended(name, since, reused=not (result.written or result.rejected or result.failed))
         return result
 
-    def tag_set(self, table: str, tag: str) -> int:
+    def tag_set(self, table: str, tag: str) -> None:
         """Tag the set's current content, unless the tag already names the same rows."""
         with self.lake() as lake:
-            tags = lake.tags()
-            if tag in tags and not lake.differs(table, f"lake.{table} AT (VERSION => {int(tags[tag])})"):
-                return tags[tag]
-            snap = lake.tag(tag, force=True)
-            rows = lake.count(table)
+            snap, moved = lake.tag_if_changed(tag, table)
+            rows = lake.count(table) if moved else None
+        if not moved:
+            return
         if rows == 0:
             raise RecipeError(f"{tag}: the {table} set is empty; see the verify funnel above "
                               f"(`vlfactory sql \"SELECT reason, count(*) FROM rejected GROUP BY ALL\"`)")
         self.say(f"tagged {tag} -> snapshot {snap} ({rows} {table} rows)")
-        return snap
 
     def keep_tag(self, old: str, new: str) -> None:
         """A fixed set: `new` names what `old` named."""
         with self.lake() as lake:
-            tags = lake.tags()
-            if old not in tags:
+            if old not in lake.tags():
                 raise RecipeError(f"rl_set: fixed keeps the set tagged {old}, which this lake lacks")
-            if tags.get(new) != tags[old]:
-                lake.tag(new, tags[old], note=f"the fixed rl set of {old}", force=True)
-        self.say(f"tagged {new} -> snapshot {tags[old]} (the fixed rl set of {old})")
+            snap = lake.tag(new, old, note=f"the fixed rl set of {old}", force=True)
+        self.say(f"tagged {new} -> snapshot {snap} (the fixed rl set of {old})")
 
-    def train(self, kind: str, dataset: str, model: str, iteration: int, config=None) -> str:
-        """Train into the folder addressed by (the set's content, base model identity, settings); a training
-        found finished there is skipped."""
-        from vlfactory.models import identity
-        from vlfactory.trainers.config import load_config, settings_digest
-        from vlfactory.trainers.run import address
+    def source_set(self, source: str, tag: str) -> None:
+        """A GRPO stage's rl set from a source's problems (`grpo_stages[i].source`), tagged."""
+        from vlfactory.stages import rl
 
-        config = config if config is not None else getattr(self.cfg, kind)
-        settings = settings_digest(*load_config(kind, config, self.out))
-        table, _, version = dataset.rpartition("@")
+        since = self.started(f"rl from {source}")
         with self.lake() as lake:
-            data = lake.digest(table, lake.resolve(version))
-        # No iteration in the path: the same training in a later iteration is the same checkpoint.
-        output = self.out / f"{kind}-{address(data, identity(model), settings)}"
-        trainer = importlib.import_module(f"vlfactory.trainers.{kind}")
+            result = rl.from_source(lake, self.recipe.stage_config("rl"), Scope((source,), self.scope.limit))
+        self.say(result.line())
+        self.tag_set("rl", tag)
+        self.ended(f"rl from {source}", since, reused=not result.written)
+
+    def train(self, kind: str, dataset: str, model: str, iteration: int, config=None,
+              weights: dict[str, int] | None = None) -> str:
+        """Train into the folder addressed by (the set's content, base model identity, settings), through
+        `accelerate launch` in a child process as `loop.launch` says; a training found finished there is
+        skipped without launching. `weights`: GRPO's copies per source (the plan's rl_weights)."""
+        from vlfactory.trainers.config import read_settings
+        from vlfactory.trainers.launch import launch_training
+
+        settings = read_settings(kind, config if config is not None else getattr(self.cfg, kind))
+        if weights:
+            settings["source_weights"] = weights
         since = self.started(f"train {kind}")
-        result = getattr(trainer, f"train_{kind}")(dataset, model, str(output), config=config,
-                                                   **self.spec_args(),
-                                                   run_id=self.run_id, iteration=iteration)
-        self.say(f"{kind} iter{iteration}: done before ({output}), skipped" if result.reused else result.line())
+        # No iteration in the path: the same training in a later iteration is the same checkpoint.
+        result = launch_training(kind, dataset, model, settings, self.out, self.spec, launch=self.cfg.launch,
+                                 lake_args=self.spec_args(), run_id=self.run_id, iteration=iteration)
+        self.say(f"{kind} iter{iteration}: done before ({result.output_dir}), skipped" if result.reused
+                 else result.line())
         self.ended(f"train {kind}", since, result.reused)
-        return str(output)
+        return result.output_dir
 
     def spec_args(self) -> dict:
         """This lake as a trainer opens it: a lake folder by its folder (a moved or copied folder's catalog
@@ -145,7 +149,8 @@ class Loop:
         from vlfactory.stages import eval as evaluate
 
         for name in self.cfg.benchmarks:
-            cfg = self.recipe.eval_config(name, model, limit=self.cfg.eval_limit, iteration=iteration, stage=stage)
+            cfg = self.recipe.eval_config(name, model, limit=self.cfg.eval_limit, iteration=iteration, stage=stage,
+                                          baseline=iteration == 0)   # eval.base_protocol (the paper's baseline)
             since = self.started(f"eval {name} {stage}")
             with self.lake() as lake:
                 result = evaluate.run(lake, cfg).value
@@ -158,6 +163,20 @@ class Loop:
             self.evals.append({"model": model, "identity": result.model, "iteration": iteration, "stage": stage,
                                "benchmark": name, "accuracy": result.accuracy, "problems": result.problems,
                                "samples": result.samples_per_problem})
+
+
+class Loop(Steps):
+    """The paper's steps in the paper's order: pretraining (optional), the base model's evaluation, then per
+    iteration SFT data, SFT, eval, rl sets, GRPO stages, eval, tag (`iteration`)."""
+
+    def __init__(self, recipe: Recipe, spec: LakeSpec, say=print, limit: int | None = None, progress=None):
+        if recipe.loop is None:
+            raise RecipeError(f"{recipe.path or 'recipe'}: loop: missing (base_model, iterations, ...) for iterate")
+        if recipe.rollout is None or recipe.rl is None:
+            raise RecipeError(f"{recipe.path or 'recipe'}: iterate needs rollout: and rl: sections")
+        super().__init__(recipe, spec, say, limit, progress)
+        self.base = self.cfg.base_model   # what every SFT starts from: the base model, or the pretrained one
+        self.made: dict[int, dict[str, str]] = {}  # per iteration, each GRPO stage's final model, in order
 
     def pretrain(self) -> str:
         """Teach the base model to see before the loop (`loop.pretrain`): SFT on the ground-truth captions of
@@ -174,9 +193,10 @@ class Loop:
         self.tag_set("sft", "pretrain")
         return self.train("sft", "sft@pretrain", self.cfg.base_model, 0, self.cfg.pretrain)
 
-    # ---- the loop ------------------------------------------------------------------
-
     def iteration(self, k: int, previous_policy: str | None) -> str:
+        """One round: SFT data (distilled in iteration 1, the previous RL model's verified answers after), the sft
+        set, SFT from the base model, eval; the SFT model's pass rates, the rl sets, GRPO stage by stage, eval; the
+        round's tag. Returns the round's final policy."""
         r, plan = self.recipe, self.cfg.plan(k)
         self.k = k
         tracking.note(iteration=k)
@@ -186,46 +206,42 @@ class Loop:
         sft = dataclasses.replace(sft, pick=plan.pick or sft.pick,
                                   max_examples=plan.sft_max_examples or sft.max_examples,
                                   weights=plan.sft_weights or sft.weights)
-        if k == 1:
-            self.stage("ingest", r.stage_config("ingest"))   # every source, whichever iteration uses it
+        if k == 1:  # SFT data by distillation: captions, the reasoner's traces, their verdicts
+            self.stage("ingest", self.ingest_config())   # every source an iteration uses, whichever it is
             captions = self.caption_config()
             self.stage("caption", captions, scope)
             if r.distil is not None:
                 self.stage("distil", dataclasses.replace(r.stage_config("distil"), captions=captions), scope)
-            self.stage("verify", r.stage_config("verify"), scope)
+            self.stage("verify", r.verify, scope)
             sft = dataclasses.replace(sft, candidates="traces",
                                       cleaned=sft.cleaned if plan.sft_cleaned is None else plan.sft_cleaned)
         else:
-            # The previous RL model answers from the images; its verified answers are this round's SFT data,
-            # kept as written unless the plan says otherwise.
-            self.stage("rollout", self.data_rollout_config(previous_policy, plan), scope)
+            # The previous RL model (or the checkpoint the plan names) answers from the images; its verified
+            # answers are this round's SFT data, kept as written unless the plan says otherwise.
+            writer = self.generator(k, plan) if k - 1 in self.made else previous_policy
+            self.stage("rollout", self.data_rollout_config(writer, plan), scope)
             self.stage("verify", r.verify, scope)
             sft = dataclasses.replace(sft, candidates="both" if self.cfg.keep_traces else "rollouts",
-                                      model=previous_policy, cleaned=bool(plan.sft_cleaned))
-        self.stage("sft", sft, scope)
+                                      model=writer, cleaned=bool(plan.sft_cleaned))
+        self.stage("sft", sft, scope)                    # the sft set, SFT from the base model, eval
         self.tag_set("sft", f"iter{k}-sft")
         sft_model = self.train("sft", f"sft@iter{k}-sft", self.base, k)
         self.evaluate(sft_model, k, "sft")
 
         stages = self.cfg.grpo_stages or [GRPOStage("", r.rl.band, self.cfg.grpo, r.rl.min_samples)]
         rl_scope = Scope(tuple(plan.rl_sources), self.scope.limit) if plan.rl_sources else scope
-        if plan.rl_set == "pick":
+        if plan.rl_set == "pick" and any(st.source is None for st in stages):
             # Pass rates of the SFT model (its rollouts, graded by the verifier) pick the RL sets.
             self.stage("rollout", self.rollout_config(sft_model), rl_scope)
             self.stage("verify", r.verify, rl_scope)
-        policy = sft_model
-        for i, st in enumerate(stages):
-            tag = f"iter{k}-rl" + (f"-{st.name}" if st.name else "")
-            if plan.rl_set == "fixed":
-                self.keep_tag(f"iter{k - 1}-rl" + (f"-{st.name}" if st.name else ""), tag)
-            else:
-                rl = dataclasses.replace(r.stage_config("rl"), model=sft_model, band=st.band,
-                                         min_samples=st.min_samples or r.rl.min_samples)
-                self.stage("rl", rl, rl_scope)
-                self.tag_set("rl", tag)
-            policy = self.train("grpo", f"rl@{tag}", policy, k, st.config if st.config is not None else self.cfg.grpo)
+        policy, self.made[k] = sft_model, {}
+        for i, st in enumerate(stages):  # GRPO stage by stage, each from the one before's model, then eval
+            tag = self.rl_set(k, st, plan, sft_model, rl_scope)
+            policy = self.train("grpo", f"rl@{tag}", policy, k, st.config if st.config is not None else self.cfg.grpo,
+                                weights=plan.rl_weights)
+            self.made[k][st.name] = policy
             self.evaluate(policy, k, "grpo" if i == len(stages) - 1 else f"grpo-{st.name}")
-        with self.lake() as lake:
+        with self.lake() as lake:  # the round's tag
             if f"iter{k}" not in lake.tags():
                 self.say(f"tagged iter{k} -> snapshot {lake.tag(f'iter{k}')}")
         return policy
@@ -237,6 +253,62 @@ class Loop:
         if cfg is not None and self.cfg.captioner == "pretrained":
             cfg = dataclasses.replace(cfg, model=self.base, model_id=None, revision=None)
         return cfg
+
+    def rl_set(self, k: int, st: GRPOStage, plan: IterationPlan, sft_model: str, scope: Scope) -> str:
+        """GRPO stage `st`'s set, tagged (the tag returned): the set of the iteration before (`rl_set: fixed`), a
+        named source's problems, or the problems whose pass rate by the SFT model lies in the stage's band."""
+        r, tag = self.recipe, f"iter{k}-rl" + (f"-{st.name}" if st.name else "")
+        if plan.rl_set == "fixed":
+            self.keep_tag(f"iter{k - 1}-rl" + (f"-{st.name}" if st.name else ""), tag)
+        elif st.source is not None:
+            self.source_set(st.source, tag)
+        else:
+            rl = dataclasses.replace(r.stage_config("rl"), model=sft_model, band=st.band,
+                                     min_samples=st.min_samples or r.rl.min_samples)
+            self.stage("rl", rl, scope)
+            self.tag_set("rl", tag)
+        return tag
+
+    def ingest_config(self):
+        """What the loop ingests: the sources its schedule and GRPO stages use (every source without a schedule),
+        so a recipe that extends another and runs other sources (released.yaml) does not read the ones it leaves."""
+        cfg, loop = self.recipe.stage_config("ingest"), self.cfg
+        if not loop.schedule:
+            return cfg
+        used = {s for plan in loop.schedule for s in (plan.sources or [src.name for src in cfg.sources])}
+        used |= {s for plan in loop.schedule for s in plan.rl_sources or []}
+        used |= {st.source for st in loop.grpo_stages if st.source} | set(loop.pretrain_sources or [])
+        return dataclasses.replace(cfg, sources=[src for src in cfg.sources if src.name in used])
+
+    def generator(self, k: int, plan: IterationPlan) -> str:
+        """The model that writes iteration k's data: iteration k-1's final RL model (`final`, the default), or
+        the plan's `{stage, step}`: that GRPO stage's checkpoint-<step>, else (a shorter run, or rotated out
+        by save_total_limit) the stage's final model. The step checkpoint is named in `models` with the
+        training that made it, so the data's `model` identity leads back to it."""
+        made, gen = self.made[k - 1], plan.generator
+        if gen is None or gen == "final":
+            return list(made.values())[-1]
+        stage = gen.stage if gen.stage is not None else list(made)[-1]
+        final = made[stage]
+        label = f"the {stage} stage" if stage else "the GRPO model"
+        if gen.step is None:
+            self.say(f"iter{k} generator: {label}'s final model {final}")
+            return final
+        checkpoint = Path(final) / f"checkpoint-{gen.step}"
+        if not (checkpoint / "config.json").is_file():
+            self.say(f"iter{k} generator: no step-{gen.step} checkpoint of {label} ({checkpoint}: a run shorter "
+                     f"than {gen.step} steps, or save_steps/save_total_limit left none); its final model {final} "
+                     "instead")
+            return final
+        from vlfactory.models import identity
+        from vlfactory.trainers.run import name_model, read_record
+
+        model_id, made_by = identity(str(checkpoint)), (read_record(final) or {}).get("training_id")
+        with self.lake() as lake, lake.transaction(f"model {model_id}: step {gen.step} of training {made_by}"):
+            name_model(lake, model_id, str(checkpoint), made_by, self.run_id)
+        self.say(f"iter{k} generator: {label}'s step-{gen.step} checkpoint {checkpoint} ({model_id}, made by "
+                 f"training {made_by})")
+        return str(checkpoint)
 
     def rollout_config(self, model: str) -> GenerationConfig:
         return dataclasses.replace(self.recipe.rollout, model=model, model_id=None, revision=None)

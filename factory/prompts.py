@@ -5,6 +5,12 @@ a recipe may name any other file by path. A template's hash is stored with
 every row it produced, and is part of every request's cache key, so editing
 a template regenerates exactly what it affects.
 
+Fields: `{caption}`, `{question}`, and a problem's choices two ways, each
+empty for a problem without choices: `{choices}` lists them lettered
+("(A) 3"), `{options}` lists their texts and asks for one as written, for
+graders that pay an option's text and not its letter (the official
+OpenVLThinker generation grader and GRPO reward; recipes/prompts/README.md).
+
     from vlfactory.prompts import load_template
     t = load_template("reason")
     print(t.hash, t.render(caption="...", question="What is x?", choices=None))
@@ -40,6 +46,8 @@ class Template:
         choices = values.get("choices")
         if "choices" in self.fields:
             values["choices"] = format_choices(choices) if choices else ""
+        if "options" in self.fields:
+            values["options"] = format_options(choices) if choices else ""
         return self.text.format_map(values).strip()
 
 
@@ -47,7 +55,21 @@ def format_choices(choices: list[str]) -> str:
     return "\nChoices:\n" + "\n".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(choices))
 
 
-FIELDS = frozenset({"caption", "question", "choices"})
+def format_options(choices: list[str]) -> str:
+    """The choices by their texts alone, and the request to answer with one of them as written.
+
+    >>> print("Which is larger?" + format_options(["3", "5"]))
+    Which is larger?
+    Options:
+    - 3
+    - 5
+    Answer with the text of one option, exactly as written.
+    """
+    listed = "\n".join(f"- {c}" for c in choices)
+    return f"\nOptions:\n{listed}\nAnswer with the text of one option, exactly as written."
+
+
+FIELDS = frozenset({"caption", "question", "choices", "options"})
 
 
 def load_template(ref: str, base: Path | None = None, needs: set[str] = frozenset(),

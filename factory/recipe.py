@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,14 +29,57 @@ import yaml
 
 from vlfactory.backends import Sampling, backend_config_class
 from vlfactory.redact import find_secret, redact
+from vlfactory.verify.protocols import PROTOCOLS
 
 FORMATS = ("hf", "parquet", "jsonl", "json", "imagefolder", "synthetic")
-COLUMN_KEYS = ("question", "answer", "image", "choices", "caption", "id", "split")
+COLUMN_KEYS = ("question", "answer", "image", "choices", "caption", "id", "split", "completion")
+PICKS = ("most_common",)          # columns.KEY.pick: how one gold is chosen from a list of answers
 MAX_IMAGE_BYTES = 64 * 2**20
+# Names that become file and folder names (recipe copies, tracking folders, tags, synthetic copies): no
+# separators, no leading dot or dash, nothing a shell or SQL would read as code (issue 18).
+SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+MAX_RECIPE_BYTES = 2**20  # a recipe is settings, not data: PyYAML holds ~100x a file's size while parsing it
+MAX_TOKENS = 2**20        # new tokens per request: more than any model's context
+
+
+def slug(text: str, default: str = "") -> str:
+    """`text` made a SLUG, runs of other characters a '-': a recipe's default name from its file's name, a name an
+    older lake stored as part of a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).lstrip("-_.").rstrip("-")[:100] or default
 
 
 class RecipeError(ValueError):
     """A recipe that cannot run; the message names the key and the fix."""
+
+
+@dataclass
+class Column:
+    """A schema column read from one source column through rules (`columns.KEY` written as a mapping).
+
+    A plain string stays what it was: a column name or a "{template}". The rules apply in this order,
+    each to what the one before gave (vlfactory.sources.columns.read_column):
+
+        question: {column: messages, turn: user}       # the content of a chat's one turn of that role
+        image: {column: images, index: 0}              # an element of a list (negative counts from the end)
+        answer: {column: answers, pick: most_common}   # one gold from a list of annotators' answers
+        answer: {column: answer, option_of: options}   # an option's index (0, "0", or a letter "A") -> its text
+        answer: {column: solution, tag: answer}        # the text inside the last <answer> ... </answer>
+        choices: {column: choices, split: ","}         # a joined string -> a list, items stripped
+        question: {column: problem, strip: "<image>"}  # literal markers removed (one, or a list)
+
+    A column missing from the data, or holding the wrong type for a rule, fails at preflight naming
+    the key path (columns.answer.option_of); a row whose value breaks a rule (an index out of range,
+    an empty list, no tag) is a `rejected` row with the reason.
+    """
+
+    column: str
+    turn: str | None = None
+    index: int | None = None
+    pick: str | None = None
+    option_of: str | None = None
+    tag: str | None = None
+    split: str | None = None
+    strip: list[str] | str | None = None
 
 
 @dataclass
@@ -45,7 +89,19 @@ class Source:
     name: str
     format: str
     path: str | None = None           # file, folder, glob, or `datasets` path (hf)
-    columns: dict[str, str | None] = field(default_factory=dict)  # schema column -> source column or "{template}"
+    # schema column -> a source column, a "{template}", or a Column mapping ({column: images, index: 0})
+    columns: dict[str, Column | str | None] = field(default_factory=dict)
+    # Row-level rules, applied as rows are read, before `limit`: `explode: qa` makes one row per element of
+    # the list-of-objects column `qa` (its keys become columns), then `where: {ques_type: [choose_txt]}`
+    # keeps the rows whose value is listed and `where_not: {source: [ai2d]}` drops those whose value is
+    # (the others are not part of the source, as another split is not).
+    explode: str | None = None
+    where: dict[str, list[str | int | bool]] = field(default_factory=dict)
+    where_not: dict[str, list[str | int | bool]] = field(default_factory=dict)
+    # A source with a `completion` column carries finished chains: each row is also a `traces` row written
+    # by this identity (default: vlfactory.sources.readers.source_identity: a hub id and revision, or a local
+    # copy's content digest), graded and picked like distilled ones.
+    model: str | None = None
     images_root: str | None = None    # base for relative image paths (default: the data file's folder)
     split: str = "train"              # stored split; for hf also the split loaded
     limit: int | None = None          # read at most this many rows
@@ -102,7 +158,8 @@ class DistilConfig(GenerationConfig):
     captions: CaptionConfig | None = field(default=None, metadata={"internal": True})
 
 
-# OpenVLThinker's reflection keywords, exactly (paper v1, section 3: the chain is cut at the first one).
+# OpenVLThinker's reflection keywords: the ones paper v1 names as examples ("e.g.", section 4.2, Table 3: the
+# chain is cut at the first one); its complete list is unpublished.
 REFLECTION_KEYWORDS = ["Wait", "But wait", "But the question"]
 # The words whose frequency the paper follows across iterations (its figure on reflective behaviour).
 TRACKED_KEYWORDS = ["identify", "recall", "given", "provided", "first", "wait", "check", "maybe"]
@@ -127,7 +184,9 @@ class VerifyConfig:
     clean_max_words: int | None = None  # opt-in: the paper's "chains under 500 words" variant (not adopted)
     clean_reverify: bool = False      # opt-in: an answer the kept reasoning states must be correct too
     rel_tol: float = 1e-4
-    protocol: str = "vlfactory"       # the verdicts: vlfactory's grader, or openvlthinker (the official judge)
+    # The verdicts, any of vlfactory.verify.PROTOCOLS but judge: vlfactory's grader, openvlthinker-data (the official
+    # grader of training data), openvlthinker (the official evaluation judge), qwen-boxed
+    protocol: str = "vlfactory"
 
 
 @dataclass
@@ -182,7 +241,6 @@ class IngestConfig:
     max_image_bytes: int = MAX_IMAGE_BYTES
 
 
-PROTOCOLS = ("vlfactory", "openvlthinker", "judge")
 # The official prompt formatting per benchmark (OpenVLThinker's evaluation/eval_openvlthinker.py):
 # query = the benchmark's text as is (MathVista `query`, MathVerse `query_cot`); hint = format_instruction
 # with the options (MathVision, EMMA, MMMU-Pro standard); yes_no (HallusionBench); vision (MMMU-Pro vision).
@@ -195,12 +253,15 @@ class EvalSettings:
     evaluation of the loop. Without the block: the rollout stage's template, greedy, one sample,
     vlfactory's own grader."""
 
-    protocol: str = "vlfactory"       # vlfactory | openvlthinker (the official judge) | judge (an LLM judge)
+    protocol: str = "vlfactory"       # one of vlfactory.verify.PROTOCOLS, e.g. openvlthinker, judge (an LLM judge)
     protocols: dict[str, str] = field(default_factory=dict)  # per benchmark, e.g. {mathverse: judge}
     formats: dict[str, str] = field(default_factory=dict)    # per benchmark: query | hint | yes_no | vision
     prompt: str | None = None         # the template of benchmarks without a format (default: the rollout stage's)
     sampling: Sampling | None = None  # decoding; n samples per problem give pass@1..n (default: greedy, n 1)
     judge: GenerationConfig | None = None  # the LLM judge for protocol judge (any backend; openai for a hosted one)
+    # The base model's protocol (iteration 0 of the loop), for every benchmark: e.g. qwen-boxed, the official Qwen
+    # baseline that the paper's base-model numbers come from (default: the same as the other models')
+    base_protocol: str | None = None
 
 
 @dataclass
@@ -240,6 +301,8 @@ class LoopConfig:
     grpo_stages: list[GRPOStage] = field(default_factory=list)  # several GRPO runs in a row (medium, hard)
     schedule: list[IterationPlan] = field(default_factory=list)  # per iteration; the last one repeats
     track_keywords: list[str] = field(default_factory=lambda: list(TRACKED_KEYWORDS))  # the report's curves
+    # How each training starts: `accelerate launch` as a child process (default: one process, no config)
+    launch: LaunchConfig = field(default_factory=lambda: LaunchConfig())
 
     def plan(self, k: int) -> IterationPlan:
         """Iteration k's plan (1-based): its entry in `schedule`, else the last entry, else the defaults."""
@@ -252,9 +315,28 @@ class GRPOStage:
     (OpenVLThinker: 5 epochs on a "medium" set with the vision tower frozen, then 15 on a "hard" set)."""
 
     name: str
-    band: list[float]                 # the rl set of this stage: pass rates of the SFT model in [lo, hi]
+    band: list[float] | None = None   # the rl set of this stage: pass rates of the SFT model in [lo, hi]; or
     config: dict[str, Any] | str | None = None  # GRPOConfig fields or a trainers YAML (default: loop.grpo)
     min_samples: int | None = None    # default: the rl block's
+    source: str | None = None         # ... every problem of this source (e.g. the released ydeng9/medium_grpo_only)
+
+
+@dataclass
+class Generator:
+    """Which checkpoint writes the next round's data (`loop.schedule[k].generator`, k > 1): a GRPO stage's model
+    of the iteration before, at a step checkpoint (OpenVLThinker's generation script: the hard stage's EasyR1
+    step 30 = TRL step 120) or its final model; missing (a shorter run), the stage's final model."""
+
+    stage: str | None = None          # a grpo_stages name (default: the last stage)
+    step: int | None = None           # TRL optimizer steps: its checkpoint-<step> folder (default: the final model)
+
+
+@dataclass
+class LaunchConfig:
+    """How the loop starts each training: `accelerate launch -m vlfactory.trainers.KIND`, a child process."""
+
+    num_processes: int = 1            # OpenVLThinker: 8 GPUs
+    config_file: str | None = None    # an accelerate config (DeepSpeed ZeRO-3, FSDP), relative to the recipe
 
 
 @dataclass
@@ -265,7 +347,10 @@ class IterationPlan:
     rl_sources: list[str] | None = None  # the RL set's sources (default: the iteration's; OpenVLThinker: Geometry3K,
                                       # GEOS, FigureQA, CLEVR, SuperCLEVR)
     sft_max_examples: int | None = None   # cap of the SFT set (OpenVLThinker iterations 2-3: 5k)
-    sft_weights: dict[str, float] | None = None  # per source (OpenVLThinker iteration 3: more Geometry3K, SuperCLEVR)
+    sft_weights: dict[str, float] | None = None  # per source: the SFT set's mix
+    rl_weights: dict[str, int] | None = None  # copies of each problem of a source in GRPO's data (default 1; paper
+                                      # Table 2: iteration 3's GRPO data has more Geometry3K and SuperCLEVR)
+    generator: Generator | str | None = None  # who writes this round's data: final (default) or {stage, step}
     sft_cleaned: bool | None = None   # cut reflections (default: the sft block for iteration 1, no later:
                                       # the RL model's own answers are kept as they are)
     samples: int | None = None        # k > 1: the previous RL model's samples per problem (default: the rollout block's)
@@ -345,10 +430,11 @@ class Recipe:
         raise RecipeError(f"unknown stage {name!r}")
 
     def eval_config(self, benchmark: str, model: str, limit: int | None = None,
-                    iteration: int | None = None, stage: str | None = None) -> EvalConfig:
+                    iteration: int | None = None, stage: str | None = None, baseline: bool = False) -> EvalConfig:
         """How `model` is evaluated on the source or benchmark named `benchmark`: the rollout stage's
         backend, the `eval:` block's prompt, decoding and protocol (default: the rollout template,
-        greedy, one sample, graded with the recipe's verify settings)."""
+        greedy, one sample, graded with the recipe's verify settings). `baseline`: `model` is the base
+        model (the loop's iteration 0), graded with `eval.base_protocol` when the block sets one."""
         src = next((s for s in self.benchmarks + self.sources if s.name == benchmark), None)
         if src is None:
             known = ", ".join(s.name for s in self.benchmarks + self.sources)
@@ -359,8 +445,10 @@ class Recipe:
         sampling = settings.sampling or dataclasses.replace(base.sampling, temperature=0.0, top_p=1.0, n=1)
         gen = dataclasses.replace(base, model=model, model_id=None, revision=None, sampling=sampling,
                                   prompt=settings.prompt or base.prompt)
-        return EvalConfig(src, gen, self.verify, limit, iteration, stage,
-                          settings.protocols.get(benchmark, settings.protocol), settings.formats.get(benchmark),
+        protocol = settings.protocols.get(benchmark, settings.protocol)
+        if baseline and settings.base_protocol:
+            protocol = settings.base_protocol
+        return EvalConfig(src, gen, self.verify, limit, iteration, stage, protocol, settings.formats.get(benchmark),
                           settings.judge)
 
 
@@ -399,12 +487,15 @@ def load_recipe(ref: str | Path) -> Recipe:
 def _read_yaml(path: Path) -> tuple[str, Any]:
     if not path.is_file():
         raise RecipeError(f"{path}: not a regular file (a recipe is a YAML file)")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: {path.stat().st_size:,} bytes, over the {MAX_RECIPE_BYTES:,} a recipe may have "
+                          "(a recipe holds settings; put data in files its sources name)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise RecipeError(f"{path}: not UTF-8 text (byte {e.start})") from None
     try:
-        return text, yaml.safe_load(text)
+        return text, _yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -416,9 +507,10 @@ def _read_yaml(path: Path) -> tuple[str, Any]:
 def _extended(raw: dict, path: Path, chain: list[Path]) -> dict:
     """A recipe with `extends: OTHER.yaml` is OTHER with this recipe's keys merged over it.
 
-    Mappings merge key by key; a list of named items (sources, benchmarks, grpo_stages) merges item
-    by item on `name` (an item that names no existing one is added); any other value replaces the
-    base's. Relative paths in both files resolve against the extending recipe's folder, so keep them
+    Mappings merge key by key, except a generation block that names another backend, which replaces
+    the base's (its options belong to that backend); a list of named items (sources, benchmarks,
+    grpo_stages) merges item by item on `name` (an item that names no existing one is added); any
+    other value replaces the base's. Relative paths in both files resolve against the extending recipe's folder, so keep them
     side by side. `extends` names a file relative to this recipe, or a shipped recipe.
     """
     raw = dict(raw)
@@ -444,6 +536,8 @@ def _named(value: Any) -> bool:
 
 def _merged(base: Any, over: Any) -> Any:
     if isinstance(base, dict) and isinstance(over, dict):
+        if "backend" in over and over["backend"] != base.get("backend"):
+            return over  # another backend: the block's options are that backend's, none of the base's apply
         return {**base, **{k: _merged(base[k], v) if k in base else v for k, v in over.items()}}
     if _named(base) and _named(over):
         out = {i["name"]: i for i in base}
@@ -459,10 +553,12 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
         raise RecipeError(f"{where}: a recipe is a YAML mapping with at least `sources:`")
     _no_secrets(raw, where)
     raw = dict(raw)
-    raw.setdefault("name", Path(path).stem if path else "recipe")
+    # A name taken from the file's own name is made a slug; a `name:` the recipe gives must be one.
+    raw.setdefault("name", slug(Path(path).stem if path else "", "recipe"))
     if isinstance(raw.get("lake"), str):
         raw["lake"] = {"catalog": raw["lake"]}
     recipe = _build(Recipe, raw, where)
+    _check_slug(recipe.name, f"{where}: name")
     # The text is stored in the catalog and published: credentials inside values (a URL's
     # user:password@, password= in a lake URI) are masked there; the parsed values keep them.
     recipe.text, recipe.path = redact(text), path
@@ -470,6 +566,7 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
     names = set()
     for group, sources in (("sources", recipe.sources), ("benchmarks", recipe.benchmarks)):
         for i, src in enumerate(sources):
+            _check_slug(src.name, f"{where}: {group}[{i}].name")
             _check_source(src, f"{where}: {group}[{i}] ({src.name})", base)
             if src.name in names:
                 raise RecipeError(f"{where}: {group}[{i}]: source name {src.name!r} is used twice; names must be unique")
@@ -524,22 +621,33 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
             raise RecipeError(f"{where}: loop.captioner: {recipe.loop.captioner!r}: only `pretrained` (with "
                               "loop.pretrain and a caption: block) names a captioner; leave it out for the caption "
                               "block's model")
-    if recipe.verify.protocol not in ("vlfactory", "openvlthinker"):
-        raise RecipeError(f"{where}: verify.protocol: {recipe.verify.protocol!r} is not vlfactory or openvlthinker")
+    if recipe.verify.protocol not in PROTOCOLS or recipe.verify.protocol == "judge":
+        graders = ", ".join(p for p in PROTOCOLS if p != "judge")
+        raise RecipeError(f"{where}: verify.protocol: {recipe.verify.protocol!r} is not one of {graders} "
+                          "(judge, an LLM's verdict, is for evaluation only)")
     if recipe.eval is not None:
         _check_eval(recipe.eval, {src.name for src in recipe.sources + recipe.benchmarks}, f"{where}: eval", base)
+    if recipe.tracking is not None and recipe.tracking.project is not None:
+        _check_slug(recipe.tracking.project, f"{where}: tracking.project")
     if recipe.tracking is not None and recipe.tracking.backend not in ("wandb", "trackio", "tensorboard"):
         raise RecipeError(f"{where}: tracking.backend: {recipe.tracking.backend!r} is not wandb, trackio or "
                           "tensorboard (leave the block out for no tracking)")
     if recipe.lake.catalog and not recipe.lake.catalog.startswith("ducklake:"):
-        recipe.lake.catalog = str((base / recipe.lake.catalog).resolve())
+        recipe.lake.catalog = str(_local(recipe.lake.catalog, base, f"{where}: lake", resolve=True))
     return recipe
 
 
 def _check_loop(loop: LoopConfig, names: set[str], sources: set[str], where: str, base: Path) -> None:
     for i, stage in enumerate(loop.grpo_stages):
+        _check_slug(stage.name, f"{where}.grpo_stages[{i}].name")
         lo_hi = stage.band
-        if len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1] <= 1:
+        if (lo_hi is None) == (stage.source is None):
+            raise RecipeError(f"{where}.grpo_stages[{i}]: give its rl set as band: [lo, hi] (pass rates of the SFT "
+                              "model) or source: NAME (every problem of that source), one of the two")
+        if stage.source is not None and stage.source not in sources:
+            raise RecipeError(f"{where}.grpo_stages[{i}].source: {stage.source!r} is not one of the recipe's "
+                              f"sources ({', '.join(sorted(sources))})")
+        if lo_hi is not None and (len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1] <= 1):
             raise RecipeError(f"{where}.grpo_stages[{i}].band: {lo_hi} must be [lo, hi] with 0 <= lo <= hi <= 1")
         if isinstance(stage.config, str):
             path = base / stage.config
@@ -560,9 +668,13 @@ def _check_loop(loop: LoopConfig, names: set[str], sources: set[str], where: str
                 if name not in sources:
                     raise RecipeError(f"{at}.{key}: {name!r} is not one of the recipe's sources "
                                       f"({', '.join(sorted(sources))})")
-        for name in plan.sft_weights or {}:
-            if name not in sources:
-                raise RecipeError(f"{at}.sft_weights: {name!r} is not one of the recipe's sources")
+        for key in ("sft_weights", "rl_weights"):
+            for name, weight in (getattr(plan, key) or {}).items():
+                if name not in sources:
+                    raise RecipeError(f"{at}.{key}: {name!r} is not one of the recipe's sources")
+                if weight < 0:
+                    raise RecipeError(f"{at}.{key}.{name}: must be >= 0")
+        _check_generator(plan.generator, i, loop, at)
         if plan.rl_set not in ("pick", "fixed"):
             raise RecipeError(f"{at}.rl_set: {plan.rl_set!r} is not pick or fixed")
         if plan.pick is not None and plan.pick not in ("shortest", "random", "all"):
@@ -571,13 +683,36 @@ def _check_loop(loop: LoopConfig, names: set[str], sources: set[str], where: str
             raise RecipeError(f"{at}.samples: must be at least 1")
     if loop.schedule and loop.schedule[0].rl_set == "fixed":
         raise RecipeError(f"{where}.schedule[0].rl_set: iteration 1 has no earlier rl set to keep; use pick")
+    if loop.launch.num_processes < 1:
+        raise RecipeError(f"{where}.launch.num_processes: must be at least 1")
+    if loop.launch.config_file is not None:
+        path = _local(loop.launch.config_file, base)
+        if not path.is_file():
+            raise RecipeError(f"{where}.launch.config_file: {path} does not exist (an accelerate config file)")
+        loop.launch.config_file = str(path)
+
+
+def _check_generator(gen: Generator | str | None, i: int, loop: LoopConfig, at: str) -> None:
+    if gen is None or gen == "final":
+        return
+    if isinstance(gen, str):
+        raise RecipeError(f"{at}.generator: {gen!r}; write final or {{stage: NAME, step: STEPS}}")
+    if i == 0:
+        raise RecipeError(f"{at}.generator: iteration 1's data comes from distillation; a generator applies from "
+                          "iteration 2 on")
+    names = [s.name for s in loop.grpo_stages]
+    if gen.stage is not None and gen.stage not in names:
+        raise RecipeError(f"{at}.generator.stage: {gen.stage!r} is not one of loop.grpo_stages "
+                          f"({', '.join(names) or 'none: leave stage out'})")
+    if gen.step is not None and gen.step < 1:
+        raise RecipeError(f"{at}.generator.step: must be at least 1 (a TRL optimizer step with a checkpoint)")
 
 
 def _check_eval(ev: EvalSettings, names: set[str], where: str, base: Path) -> None:
-    for bench, protocol in [("", ev.protocol), *ev.protocols.items()]:
+    for key, protocol in [("protocol", ev.protocol), ("base_protocol", ev.base_protocol or "vlfactory"),
+                          *((f"protocols.{bench}", p) for bench, p in ev.protocols.items())]:
         if protocol not in PROTOCOLS:
-            raise RecipeError(f"{where}: protocol{'s.' + bench if bench else ''}: {protocol!r} is not one of "
-                              f"{', '.join(PROTOCOLS)}")
+            raise RecipeError(f"{where}: {key}: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     for key, table in (("protocols", ev.protocols), ("formats", ev.formats)):
         for bench in table:
             if bench not in names:
@@ -585,7 +720,7 @@ def _check_eval(ev: EvalSettings, names: set[str], where: str, base: Path) -> No
     for bench, fmt in ev.formats.items():
         if fmt not in PROMPT_FORMATS:
             raise RecipeError(f"{where}: formats.{bench}: {fmt!r} is not one of {', '.join(PROMPT_FORMATS)}")
-    if "judge" in [ev.protocol, *ev.protocols.values()] and ev.judge is None:
+    if "judge" in [ev.protocol, ev.base_protocol, *ev.protocols.values()] and ev.judge is None:
         raise RecipeError(f"{where}: judge: missing; protocol judge needs a judge model (backend, model, prompt)")
     if ev.prompt:
         ev.prompt = _template_ref(ev.prompt, base)
@@ -605,10 +740,21 @@ def _check_source(src: Source, where: str, base: Path) -> None:
         raise RecipeError(f"{where}: columns.{key}: unknown schema column{_hint(key, COLUMN_KEYS)} "
                           f"(map any of {', '.join(COLUMN_KEYS)})")
     for key, col in src.columns.items():
-        if col is not None and not isinstance(col, str):
-            raise RecipeError(f"{where}: columns.{key}: expected a column name or a \"{{template}}\", got {col!r}")
-        if col and ("{" in col or "}" in col):
+        if isinstance(col, Column):
+            _check_column(col, key, f"{where}: columns.{key}")
+        elif col is not None and not isinstance(col, str):
+            raise RecipeError(f"{where}: columns.{key}: expected a column name, a \"{{template}}\" or a mapping "
+                              f"{{column: NAME, ...}}, got {col!r}")
+        elif col and ("{" in col or "}" in col):
             _check_template(col, f"{where}: columns.{key}")
+    if src.explode is not None and not src.explode:
+        raise RecipeError(f"{where}: explode: name the list column whose elements become rows (e.g. explode: qa)")
+    for name, values in src.where.items():
+        if not values:
+            raise RecipeError(f"{where}: where.{name}: an empty list keeps no row; list the values to keep")
+    for name, values in src.where_not.items():
+        if not values:
+            raise RecipeError(f"{where}: where_not.{name}: an empty list drops no row; list the values to drop")
     if src.format == "synthetic":
         if src.n < 1:
             raise RecipeError(f"{where}: n: must be at least 1")
@@ -617,7 +763,7 @@ def _check_source(src: Source, where: str, base: Path) -> None:
         raise RecipeError(f"{where}: path: missing (the {src.format} data to read)")
     if src.limit is not None and src.limit < 0:
         raise RecipeError(f"{where}: limit: must be >= 0")
-    local = _local(src.path, base)
+    local = _local(src.path, base, f"{where}: path")
     if src.format == "hf":
         # A hub id (org/name) is not a local path; a local folder or file is.
         if local.exists():
@@ -629,10 +775,36 @@ def _check_source(src: Source, where: str, base: Path) -> None:
             raise RecipeError(f"{where}: path: {local} is not a regular file or a folder")
         src.path = str(local)
     if src.images_root:
-        root = _local(src.images_root, base)
+        root = _local(src.images_root, base, f"{where}: images_root")
         if not root.is_dir():
             raise RecipeError(f"{where}: images_root: {root} is not a folder")
         src.images_root = str(root)
+
+
+def _check_column(col: Column, key: str, where: str) -> None:
+    """A Column mapping's rules fit the schema column they fill (the data is checked at preflight)."""
+    import re
+
+    checks = [
+        (bool(col.column), ".column: name the source column to read"),
+        (col.pick is None or col.pick in PICKS, f".pick: {col.pick!r} is not one of {', '.join(PICKS)}"),
+        (col.tag is None or re.fullmatch(r"[A-Za-z][\w-]*", col.tag) is not None,
+         f".tag: {col.tag!r} is not a tag name (answer, for <answer> ... </answer>)"),
+        (col.split is None or col.split != "", ".split: the separator is empty"),
+        (col.split is None or key == "choices", ".split: makes a list, which only choices holds"),
+        (col.turn is None or col.turn != "", ".turn: name the role (user, assistant, human, gpt)"),
+        (not (col.pick and col.index is not None), ": pick and index both choose one element of a list; keep one"),
+        (key != "image" or not (col.option_of or col.tag or col.split or col.strip or col.pick),
+         ": only column, turn and index apply to an image"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RecipeError(f"{where}{message}")
+    markers = [col.strip] if isinstance(col.strip, str) else col.strip or []
+    if any(not m for m in markers):
+        raise RecipeError(f"{where}.strip: an empty marker removes nothing; list the literal text to remove")
+    if isinstance(col.strip, str):
+        col.strip = [col.strip]
 
 
 def _check_template(template: str, where: str) -> None:
@@ -660,7 +832,8 @@ def _template_ref(ref: str, base: Path) -> str:
 
 def _check_stage(stage: GenerationConfig, where: str) -> None:
     s, o = stage.sampling, stage.options
-    checks = [(s.n >= 1, "sampling.n: must be at least 1"), (s.max_tokens >= 1, "sampling.max_tokens: must be at least 1"),
+    checks = [(s.n >= 1, "sampling.n: must be at least 1"),
+              (1 <= s.max_tokens <= MAX_TOKENS, f"sampling.max_tokens: must be 1 to {MAX_TOKENS:,} (new tokens per answer)"),
               (s.temperature >= 0, "sampling.temperature: must be >= 0"), (0 < s.top_p <= 1, "sampling.top_p: must be in (0, 1]"),
               (getattr(o, "concurrency", 1) >= 1, "concurrency: must be at least 1"),
               (getattr(o, "timeout_s", 1) > 0, "timeout_s: must be > 0"),
@@ -669,11 +842,34 @@ def _check_stage(stage: GenerationConfig, where: str) -> None:
     for ok, message in checks:
         if not ok:
             raise RecipeError(f"{where}.{message}")
+    from urllib.parse import urlsplit
+
+    urls = getattr(o, "base_url", None) or []
+    for url in [urls] if isinstance(urls, str) else urls:
+        try:
+            parts = urlsplit(url) if isinstance(url, str) else None
+            ok = parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # a malformed port or IPv6 address
+            ok = False
+        if not ok:
+            raise RecipeError(f"{where}.base_url: {redact(str(url))!r} is not an http:// or https:// URL of a server, "
+                              "e.g. http://127.0.0.1:8000/v1")
 
 
-def _local(p: str, base: Path) -> Path:
+def _check_slug(name: str, where: str) -> None:
+    if not SLUG.fullmatch(name):
+        raise RecipeError(f"{where}: {name!r} cannot name a file: use letters, digits, '_', '-' and '.', starting "
+                          "with a letter or digit (at most 100)")
+
+
+def _local(p: str, base: Path, where: str = "path", resolve: bool = False) -> Path:
     path = Path(p).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
+    if path.is_absolute() and not resolve:
+        return path
+    try:
+        return (base / path).resolve()
+    except (RuntimeError, OSError) as e:  # a symbolic link loop: Python 3.11 raises RuntimeError
+        raise RecipeError(f"{where}: {p}: cannot be resolved ({e})") from None
 
 
 def _no_secrets(raw: Any, where: str) -> None:
@@ -688,9 +884,29 @@ def _no_secrets(raw: Any, where: str) -> None:
                           "published); put it in an environment variable and name that variable instead")
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader)
+
+
 def _yaml_file(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"{path}: {path.stat().st_size:,} bytes, over the {MAX_RECIPE_BYTES:,} a settings "
+                              "file may have")
+        return _yaml(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise RecipeError(f"{path}: {str(e).splitlines()[0]}") from None
 

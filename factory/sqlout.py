@@ -14,6 +14,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import IO, Iterator
@@ -33,6 +34,23 @@ def format_for(fmt: str | None, output: str | None) -> str:
     return SUFFIXES.get(Path(output).suffix.lower(), "table") if output else "table"
 
 
+# C0 controls but tab and newline, DEL, C1 controls (0x9b is a CSI on its own), and the bidirectional overrides
+# that make text read in another order than it runs.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal(text: str) -> str:
+    r"""Text for a terminal, its control characters spelled out (ESC as `\x1b`): a row or a model's output cannot
+    clear the screen, move the cursor, retitle the window or write the clipboard (OSC 52). The one filter for
+    what `show`, `sql` and `diff` print; tabs and newlines stay.
+
+    >>> terminal("ok\x1b]52;c;aGk=\x07 \x9b2J")
+    'ok\\x1b]52;c;aGk=\\x07 \\x9b2J'
+    """
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}",
+                        text)
+
+
 def plain(v):
     """A value as text formats show it: bytes (an image) by their size, not their content."""
     if isinstance(v, (bytes, bytearray, memoryview)):
@@ -46,21 +64,24 @@ def write(rel, fmt: str, output: str | None, header: bool = True, max_width: int
         with _destination(output, binary=True) as out:
             _parquet(rel, out)
         return
+    # Files and pipes get the data as it is; a terminal gets it with its control characters spelled out.
+    tty = output is None and sys.stdout.isatty()
     with _destination(output) as out:
         if fmt in ("csv", "tsv"):
             writer = csv.writer(out, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+            cell = (lambda v: terminal(v) if isinstance(v, str) else plain(v)) if tty else plain  # noqa: E731
             if header:
-                writer.writerow(rel.columns)
+                writer.writerow([cell(c) for c in rel.columns])
             for rows in _batches(rel):
-                writer.writerows([[plain(v) for v in row] for row in rows])
+                writer.writerows([[cell(v) for v in row] for row in rows])
         elif fmt == "jsonl":
             for rows in _batches(rel):
-                out.write("".join(_json(rel.columns, row) + "\n" for row in rows))
+                out.write("".join(_json(rel.columns, row, tty) + "\n" for row in rows))
         elif fmt == "json":
             sep = "["
             for rows in _batches(rel):
                 for row in rows:
-                    out.write(sep + _json(rel.columns, row))
+                    out.write(sep + _json(rel.columns, row, tty))
                     sep = ",\n"
             out.write("[]\n" if sep == "[" else "]\n")
         elif fmt == "markdown":
@@ -74,13 +95,14 @@ def table(columns, rows, out: IO[str] | None = None, header: bool = True, max_wi
     stays on one line, whatever the width, so the layout never depends on where it was run."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     out = out or sys.stdout
     t = Table(show_header=header, header_style="bold")
     for c in columns:
-        t.add_column(str(c), overflow="fold")
+        t.add_column(Text(terminal(str(c))), overflow="fold")
     for row in rows:
-        t.add_row(*(_cell(v, max_width) for v in row))
+        t.add_row(*(Text(_cell(v, max_width)) for v in row))  # Text: a cell's [brackets] are not rich markup
     console = Console(file=out, width=None if out.isatty() else 1 << 20)
     console.print(t)
     console.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}", style="dim")
@@ -89,7 +111,7 @@ def table(columns, rows, out: IO[str] | None = None, header: bool = True, max_wi
 def markdown(columns, rows, out: IO[str], header: bool = True, max_width: int = 60) -> None:
     """A GitHub-flavoured Markdown table, columns padded to line up."""
     cells = [[_cell(v, max_width).replace("|", "\\|").replace("\n", "<br>") for v in row] for row in rows]
-    names = [str(c).replace("|", "\\|") for c in columns]
+    names = [terminal(str(c)).replace("|", "\\|") for c in columns]
     widths = [max([3, len(n), *(len(r[i]) for r in cells)]) for i, n in enumerate(names)]
 
     def line(values) -> str:
@@ -100,12 +122,13 @@ def markdown(columns, rows, out: IO[str], header: bool = True, max_width: int = 
 
 
 def _cell(v, max_width: int) -> str:
-    s = "NULL" if v is None else str(plain(v))
+    s = "NULL" if v is None else terminal(str(plain(v)))
     return s[: max_width - 1] + "…" if 0 < max_width < len(s) else s
 
 
-def _json(columns, row) -> str:
-    return json.dumps(dict(zip(columns, map(plain, row))), ensure_ascii=False, default=str)
+def _json(columns, row, ascii: bool = False) -> str:
+    # json escapes C0 controls; on a terminal, ensure_ascii escapes C1's too
+    return json.dumps(dict(zip(columns, map(plain, row))), ensure_ascii=ascii, default=str)
 
 
 def _batches(rel) -> Iterator[list[tuple]]:

@@ -33,6 +33,7 @@ import io
 import os
 from pathlib import Path
 
+from vlfactory.recipe import slug
 from vlfactory.redact import redact
 
 BACKENDS = ("wandb", "trackio", "tensorboard")
@@ -68,7 +69,8 @@ class Tracker:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 from tensorboardX import SummaryWriter
-            self.run = SummaryWriter(log_dir=str(self.folder / name))
+            # the run's name as one folder inside the log folder, whatever a recipe or caller named it
+            self.run = SummaryWriter(log_dir=str(self.folder / slug(name, "run")))
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Log numbers; `step` is TensorBoard's x value (default: this run's count of logs)."""
@@ -215,4 +217,4 @@ def configure_trainer(args, name: str) -> None:
     args.report_to = [t.backend] + [r for r in named if r not in ("none", t.backend)]
     args.run_name, args.project = f"{t.name}-{name}", t.project
     if t.backend == "tensorboard":  # transformers' callback reads its folder from the environment
-        t._setenv("TENSORBOARD_LOGGING_DIR", str(t.folder / args.run_name))
+        t._setenv("TENSORBOARD_LOGGING_DIR", str(t.folder / slug(args.run_name, "run")))

@@ -7,6 +7,9 @@ DatasetInfosDict and MetadataConfigs. The text says what this repository holds (
 a few sample rows, which sources, models (by identity, never a local path), prompt templates,
 sampling and verify settings made the version, the funnel and the rejection reasons, completion
 lengths, how to load it and the commands that reproduce it from the published recipe copies.
+Text from the data is text there: table cells are HTML-escaped with their line breaks folded, fences are longer
+than any backtick run inside, inline names are code spans that contain them, a local file is shown by its
+name only, and the reproduce block quotes every word it embeds (shlex.quote) and keeps comments on one line.
 Everything comes from the catalog at that version (`reports/stats.py`, `model_labels`); nothing
 from the environment, and credentials inside stored values are masked (vlfactory.redact), so no
 secret can reach a card.
@@ -17,9 +20,11 @@ secret can reach a card.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+import html
+import re
 import shlex
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 import yaml
 
@@ -134,7 +139,7 @@ def model_cell(model: str | None, labels: dict[str, str]) -> str:
     if str(model).startswith(PATH_PREFIXES):
         return "a local folder (identity not recorded)"
     label = labels.get(model)
-    return f"`{model}`" + (f" ({label})" if label and label != model else "")
+    return _code(model) + (f" ({label})" if label and label != model else "")
 
 
 def size_category(n: int) -> str:
@@ -151,7 +156,7 @@ def body(st: VersionStats, repo: str, configs: list[Config], models: dict[str, s
              else "images with questions and their answers, without reasoning traces or model answers")
     out = [f"# {name}", "",
            f"A visual reasoning dataset in the [OpenVLThinker](https://arxiv.org/abs/2503.17352) style, built by "
-           f"vlfactory: {holds}. This is version `{st.version}` of the factory's catalog (DuckLake snapshot "
+           f"vlfactory: {holds}. This is version {_code(st.version)} of the factory's catalog (DuckLake snapshot "
            f"{st.snapshot}); this repository holds {_names([c.name for c in configs])} of it.", "",
            _table(["config", "rows", "what", "columns"],
                   [[f"`{c.name}`", ", ".join(f"{s.name}: {s.rows:,}" for s in c.splits),
@@ -186,15 +191,16 @@ def body(st: VersionStats, repo: str, configs: list[Config], models: dict[str, s
     if st.prompts:
         out += ["### Prompt templates", ""]
         for p in st.prompts:
-            out += [f"`{p['stage']}`: template `{p['name'] or '?'}` (hash `{p['prompt_hash']}`)", "",
-                    _fence(p["text"] or "(text not recorded)"), ""]
+            out += [f"{_code(p['stage'])}: template {_code(public(p['name'] or '?'))} (hash "
+                    f"{_code(p['prompt_hash'])})", "", _fence(p["text"] or "(text not recorded)"), ""]
     out += ["### Filters", "", "The verify stage's settings (a sample is accepted when its answer is correct and no "
             "filter rejects it), and the rules that pick the sets:", ""]
     for key, settings in st.settings.items():
-        out += [f"`{key}`:", "", _fence(yaml.safe_dump(settings, sort_keys=False).strip(), "yaml"), ""]
+        out += [f"{_code(key)}:", "", _fence(yaml.safe_dump(public(settings), sort_keys=False).strip(), "yaml"), ""]
     out += ["### Lineage", "",
-            f"- Snapshot: {st.snapshot} (version `{st.version}`)",
-            *[f"- Recipe `{r['name']}`: hash `{r['hash']}`, in `recipes/{recipe_file(r)}`" for r in st.recipes],
+            f"- Snapshot: {st.snapshot} (version {_code(st.version)})",
+            *[f"- Recipe {_code(r['name'])}: hash {_code(r['hash'])}, in {_code('recipes/' + recipe_file(r))}"
+              for r in st.recipes],
             *[f"- vlfactory {v}" for v in sorted({(r['versions'] or {}).get('vlfactory') for r in st.runs} - {None})],
             ""]
     out += ["## Funnel", "", "Per source, from problems to accepted samples and the sets:", ""]
@@ -228,26 +234,47 @@ def body(st: VersionStats, repo: str, configs: list[Config], models: dict[str, s
 
 def reproduce(st: VersionStats, repo: str, configs: list[Config], models: dict[str, str]) -> list[str]:
     """Runnable commands: fetch the recipe copies, rerun each run that wrote the version on its copy (the
-    recipe hash is in the file name), name the models whose rows it holds, then tag and publish."""
-    lines = [f"hf download {repo} --repo-type dataset --include 'recipes/*' --local-dir {repo.split('/')[-1]}",
-             f"cd {repo.split('/')[-1]}"]
+    recipe hash is in the file name), name the models whose rows it holds, then tag and publish. Every word
+    from the lake is quoted (shlex.quote) and every comment kept on its line: the block runs as written."""
+    folder = repo.split("/")[-1]
+    q = shlex.quote
+    lines = [f"hf download {q(repo)} --repo-type dataset --include 'recipes/*' --local-dir {q(folder)}",
+             f"cd {q(folder)}"]
     files = {r["hash"]: f"recipes/{recipe_file(r)}" for r in st.recipes}
-    said = None
+    said, tagged = None, False
     for r in st.runs:
         command = rerun(r, files.get(r["recipe_hash"]))
         if command and command not in lines:
             if r["recipe_hash"] != said:
-                lines.append(f"# recipe {r['recipe_name']}, hash {r['recipe_hash']}")
+                lines.append(_comment(f"recipe {r['recipe_name']}, hash {r['recipe_hash']}"))
                 said = r["recipe_hash"]
             lines.append(command)
+            tagged = tagged or makes_tag(r, st.version)
     if st.usage:
         lines.append("# the models whose rows this version holds (the `model` column), by identity:")
         for stage, model in dict.fromkeys((u["stage"], u["model"]) for u in st.usage):
-            lines.append(f"#   {stage}: {model_cell(model, models).replace('`', '')}")
-    if not st.version.isdigit() and st.version != "latest":
-        lines.append(f"vlfactory tag {st.version}")
-    lines.append(f"vlfactory publish {st.version} --repo {repo} " + " ".join(f"--table {c.name}" for c in configs))
+            lines.append(_comment(f"  {stage}: {model_cell(model, models).replace('`', '')}"))
+    if not st.version.isdigit() and st.version != "latest" and not tagged:
+        lines.append(f"vlfactory tag {q(st.version)}")
+    tables = " ".join(f"--table {q(c.name)}" for c in configs)
+    lines.append(f"vlfactory publish {q(st.version)} --repo {q(repo)} {tables}")
     return lines
+
+
+ITERATE_TAGS = re.compile(r"iter\d+(-sft|-rl(-[\w.-]+)?)?")  # what `vlfactory iterate` tags (loop.py)
+
+
+def makes_tag(run: dict, version: str) -> bool:
+    """Whether rerunning `run` tags `version` itself: `--tag VERSION`, or an iterate and an iteration's tag (a
+    `vlfactory tag` of it afterwards would then name another snapshot and fail)."""
+    try:
+        argv = shlex.split(run["argv"] or "")
+    except ValueError:
+        argv = []
+    if any(a == f"--tag={version}" or (a == "--tag" and argv[i + 1:i + 2] == [version]) for i, a in enumerate(argv)):
+        return True
+    iterate = argv[:1] == ["iterate"] or (run["command"] or "").split()[:1] == ["iterate"]
+    return iterate and bool(ITERATE_TAGS.fullmatch(version))
 
 
 RERUN_OPTIONS = ("--stage", "--limit", "--iterations", "--tag")  # kept with their values
@@ -283,11 +310,50 @@ def rerun(run: dict, recipe: str | None) -> str | None:
             i += 1 + len(value)
     elif verb == "run" and len(command) > 1:
         keep = [x for stage in command[1].split(",") for x in ("--stage", stage)]
-    return " ".join(["vlfactory", verb, recipe, *map(shlex.quote, keep)])
+    return " ".join(["vlfactory", verb, *map(shlex.quote, [recipe, *keep])])
 
 
 def recipe_file(recipe: dict) -> str:
-    return f"{recipe['name'] or 'recipe'}-{recipe['hash']}.yaml"
+    """The recipe copy's file name: its name as a slug (a lake written before names were checked may hold any
+    text) and its hash."""
+    from vlfactory.recipe import slug
+
+    return f"{slug(str(recipe['name'] or ''), 'recipe')}-{slug(str(recipe['hash'] or ''), 'nohash')}.yaml"
+
+
+def public(value):
+    """A value as the card may show it: a local file path (a template, a recipe's folder) by its file name only,
+    in nested settings too."""
+    if isinstance(value, str):
+        return PurePosixPath(value).name if value.startswith(("/", "~")) else value
+    if isinstance(value, dict):
+        return {k: public(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [public(v) for v in value]
+    return value
+
+
+LINE_BREAKS = re.compile(r"\r\n|[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]")
+
+
+def _one_line(text: str) -> str:
+    """Text on one line: every line break (CR, LF, the Unicode ones) a space, other controls spelled out."""
+    from vlfactory.sqlout import terminal
+
+    return terminal(LINE_BREAKS.sub(" ", text))
+
+
+def _comment(text: str) -> str:
+    """A shell comment that stays a comment: nothing in `text` can start a new line."""
+    return "# " + _one_line(text)
+
+
+def _code(text: str) -> str:
+    """An inline code span holding `text` whatever backticks it has (CommonMark: a longer backtick run)."""
+    text = _one_line(str(text))
+    ticks = "`" * (max(map(len, re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
 
 
 def _names(names: list[str]) -> str:
@@ -313,13 +379,16 @@ def _num(v) -> str:
 
 
 def _fence(text: str, lang: str = "text") -> str:
-    ticks = "```" if "```" not in text else "````"
+    """A fenced block that holds `text` whole: its fence is longer than any backtick run inside (CommonMark)."""
+    text = re.sub(r"\r\n?", "\n", text)
+    ticks = "`" * max(3, max(map(len, re.findall(r"`+", text)), default=0) + 1)
     return f"{ticks}{lang}\n{text}\n{ticks}"
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
     def cell(v) -> str:
-        return "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")
+        # HTML from the data is text; a CR or LF would end the row (and could start a heading); a pipe a cell.
+        return "" if v is None else html.escape(_one_line(str(v)), quote=False).replace("|", "\\|")
 
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]

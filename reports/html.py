@@ -141,7 +141,8 @@ def version_sections(lake: Lake, st: VersionStats, compare_to: tuple[str, int] |
 # ---- pieces ----------------------------------------------------------------------------
 
 def _overview(st: VersionStats) -> str:
-    recipes = ", ".join(f"{html.escape(r['name'] or '?')} <code>{r['hash']}</code>" for r in st.recipes) or "none"
+    recipes = ", ".join(f"{html.escape(r['name'] or '?')} <code>{html.escape(str(r['hash']))}</code>"
+                        for r in st.recipes) or "none"
     return (f'<p class="meta">version <b>{html.escape(st.version)}</b> = snapshot {st.snapshot}; '
             f"recipes: {recipes}; sources: {html.escape(', '.join(st.sources)) or 'none'}</p>")
 
@@ -280,10 +281,11 @@ def _diff(lake: Lake, st: VersionStats, before: tuple[str, int] | None) -> tuple
     name, snap = before
     changes = lake.diff(snap, st.snapshot)
     label = f"{name} (snapshot {snap})"
-    rows = [[t, d["added"], d["removed"]] for t, d in changes.items() if d["added"] or d["removed"]]
-    return (f'<p class="meta">compared with {html.escape(label)}</p>',
+    rows = [[t, d["added"], d["removed"], d["changed"]] for t, d in changes.items() if any(d.values())]
+    return (f'<p class="meta">compared with {html.escape(label)}; a row whose key is in both with other '
+            'content (an updated status) is changed</p>',
             _figure(plots.diff(changes, name, st.version), f"Changes since {label}"),
-            _table(["table", "rows added", "rows removed"], rows) if rows else "")
+            _table(["table", "rows added", "rows removed", "rows changed"], rows) if rows else "")
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:

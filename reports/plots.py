@@ -18,7 +18,8 @@ from __future__ import annotations
 import io
 import re
 
-COLORS = {"accepted": "#2a9d8f", "rejected": "#e76f51", "sft": "#264653", "added": "#2a9d8f", "removed": "#e76f51"}
+COLORS = {"accepted": "#2a9d8f", "rejected": "#e76f51", "sft": "#264653", "added": "#2a9d8f", "removed": "#e76f51",
+          "changed": "#e9c46a"}
 
 
 def _figure(rows: int = 1, cols: int = 1, width: float = 8.0, height: float = 3.6):
@@ -29,12 +30,18 @@ def _figure(rows: int = 1, cols: int = 1, width: float = 8.0, height: float = 3.
 
 
 def _svg(fig) -> str:
-    """The figure as an inline <svg>: text as text, the marked parts as classes, only the ids it refers to."""
-    from matplotlib import rc_context
+    """The figure as an inline <svg>: text as text, the marked parts as classes, only the ids it refers to.
 
-    _fit_labels(fig)
+    Labels come from the data (gold answers such as `$\\frac12$`): they are text, never mathtext, so every text
+    of the figure, and the tick labels drawn from here on, has math parsing off (issue 18 item 6)."""
+    from matplotlib import rc_context
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
     buf = io.StringIO()
-    with rc_context({"svg.fonttype": "none"}):
+    with rc_context({"svg.fonttype": "none", "text.parse_math": False}):
+        _fit_labels(fig)
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     text = buf.getvalue()
     text = text[text.index("<svg"):]
@@ -375,13 +382,14 @@ def evals(rows: list[dict]) -> str | None:
 
 
 def diff(changes: dict[str, dict[str, int]], a: str, b: str) -> str | None:
-    """Rows added and removed per table between two versions."""
-    changed = {t: d for t, d in changes.items() if d["added"] or d["removed"]}
-    if not changed:
+    """Rows added, removed and changed (by key: updated in place) per table between two versions."""
+    kinds = ("added", "removed", "changed")
+    touched = {t: d for t, d in changes.items() if any(d.get(k) for k in kinds)}
+    if not touched:
         return None
-    tables = sorted(changed)
-    return _grouped(tables, [{"label": key, "values": [changed[t][key] for t in tables], "color": COLORS[key]}
-                             for key in ("added", "removed")], "rows", f"Rows added and removed per table: {a} -> {b}")
+    tables = sorted(touched)
+    return _grouped(tables, [{"label": key, "values": [touched[t].get(key, 0) for t in tables], "color": COLORS[key]}
+                             for key in kinds], "rows", f"Rows added, removed and changed per table: {a} -> {b}")
 
 
 def iterations(names: list[str], series: dict[str, list[int]]) -> str | None:

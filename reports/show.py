@@ -11,6 +11,7 @@ row's id, so the same command shows the same rows.
 
 from __future__ import annotations
 
+from vlfactory.sqlout import terminal
 from vlfactory.stores.lake import Lake, LakeError
 
 TEXT = {"traces": "completion", "rollouts": "completion", "sft": "completion", "captions": "caption", "rl": "prompt",
@@ -46,7 +47,8 @@ def samples(lake: Lake, version: str | int, table: str, n: int = 5, seed: int = 
 
 
 def render(rows: list[dict], table: str, console=None, max_chars: int = 2000) -> None:
-    """Print samples as rich panels (text is shown literally: no markup is interpreted)."""
+    """Print samples as rich panels: text is shown literally (no markup is interpreted) and its control
+    characters spelled out (`vlfactory.sqlout.terminal`), so a model's output cannot drive the terminal."""
     from rich.console import Console
     from rich.panel import Panel
     from rich.table import Table
@@ -54,17 +56,27 @@ def render(rows: list[dict], table: str, console=None, max_chars: int = 2000) ->
 
     console = console or Console()
     if not rows:
-        console.print(f"no rows in {table} at this version")
+        console.print(Text(terminal(f"no rows in {table} at this version")))
         return
     for i, r in enumerate(rows, 1):
+        r = {k: _safe(v) for k, v in r.items()}
         grid = Table.grid(padding=(0, 1))
         grid.add_column(style="bold", no_wrap=True)
         grid.add_column()
         for name, value in fields(r, table, max_chars):
             if value not in (None, "", []):
                 grid.add_row(name, value if isinstance(value, Text) else Text(str(value)))
-        title = f"{table} {i}/{len(rows)}: {next(iter(r.values()))}"
+        title = terminal(f"{table} {i}/{len(rows)}: {next(iter(r.values()))}")
         console.print(Panel(grid, title=Text(title), title_align="left"))
+
+
+def _safe(v):
+    """A value with its text (in lists too) fit for a terminal."""
+    if isinstance(v, str):
+        return terminal(v)
+    if isinstance(v, (list, tuple)):
+        return [_safe(x) for x in v]
+    return v
 
 
 def fields(r: dict, table: str, max_chars: int) -> list[tuple[str, object]]:

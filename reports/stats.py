@@ -23,6 +23,7 @@ import yaml
 
 from vlfactory.recipe import TRACKED_KEYWORDS, RLSetConfig, SFTSetConfig, VerifyConfig
 from vlfactory.stores.lake import Lake, LakeError
+from vlfactory.stores.sqltext import literal
 
 # Per source, in funnel order: label -> SQL giving (source, count) at snapshot {s}.
 FUNNEL = {
@@ -325,20 +326,20 @@ def tracked_keywords(st: VersionStats) -> list[str]:
     for recipe in reversed(st.recipes):
         loop = (yaml.safe_load(recipe["text"]) or {}).get("loop") or {}
         if loop.get("track_keywords"):
-            return [str(k) for k in loop["track_keywords"]]
+            return [str(k) for k in loop["track_keywords"] if "\x00" not in str(k)]  # no NUL in SQL text
     return list(TRACKED_KEYWORDS)
 
 
 def _keyword_sql(keywords: list[str]) -> str:
     """Words and per-keyword counts (whole words, any case) of `completion`, summed over the rows."""
-    counts = ", ".join(f"sum(len(regexp_extract_all(lower(completion), '{_word(k)}'))) AS \"{i}\""
+    counts = ", ".join(f"sum(len(regexp_extract_all(lower(completion), {literal(_word(k))}))) AS \"{i}\""
                        for i, k in enumerate(keywords))
     words = "sum(CASE WHEN trim(completion) = '' THEN 0 ELSE len(string_split_regex(trim(completion), '\\s+')) END)"
     return f"count(*) AS samples, coalesce({words}, 0) AS words, {counts}"
 
 
 def _word(keyword: str) -> str:
-    return r"\b" + re.escape(keyword.lower()).replace("'", "''").replace(r"\ ", r"\s+") + r"\b"
+    return r"\b" + re.escape(keyword.lower()).replace(r"\ ", r"\s+") + r"\b"
 
 
 def keyword_rates(lake: Lake, keywords: list[str]) -> list[dict]:
@@ -370,7 +371,7 @@ def keyword_rates(lake: Lake, keywords: list[str]) -> list[dict]:
                                 WHERE iteration IS NOT NULL AND stage IS NOT NULL""")
         for m in models:
             add("eval samples", eval_label(m), eval_order(m), f"""SELECT {select} FROM eval_samples@{s}
-                                                  WHERE eval_key = '{m['eval_key']}'""")
+                                                  WHERE eval_key = {literal(m['eval_key'])}""")
     # one point per (series, label): evals of several benchmarks add up
     merged: dict[tuple, dict] = {}
     for r in out:

@@ -12,6 +12,7 @@ from pathlib import Path
 import duckdb
 
 from vlfactory.redact import redact
+from vlfactory.stores.sqltext import literal
 
 DEFAULT_LAKE = "./lake"
 
@@ -29,6 +30,11 @@ class LakeSpec:
     def resolve(cls, spec: str | os.PathLike | None = None, data_path: str | None = None) -> "LakeSpec":
         spec = str(spec or os.environ.get("VLFACTORY_LAKE") or DEFAULT_LAKE)
         data_path = data_path or os.environ.get("VLFACTORY_DATA_PATH")
+        for what, value in (("lake", spec), ("data path", data_path)):
+            if "\x00" in (value or ""):  # no file name holds one, and DuckDB strings cannot
+                from vlfactory.stores.lake import LakeError
+
+                raise LakeError(f"the {what} {redact(value)!r} holds a NUL character: give the path of a folder")
         if spec.startswith("ducklake:"):
             if data_path and "://" not in data_path:
                 data_path = str(Path(data_path).resolve()) + "/"
@@ -70,7 +76,7 @@ def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
     if spec and spec.submodule_search_locations:
         pkg = list(spec.submodule_search_locations)[0]
         files = glob.glob(f"{pkg}/extensions/v{duckdb.__version__}/{name}.duckdb_extension")
-    con.execute(f"INSTALL '{files[0]}'" if files else f"INSTALL {name}")
+    con.execute(f"INSTALL {literal(files[0])}" if files else f"INSTALL {name}")
     con.execute(f"LOAD {name}")
 
 
@@ -86,6 +92,6 @@ def _s3_secret(con: duckdb.DuckDBPyConnection) -> None:
     if endpoint:
         scheme, _, host = endpoint.partition("://")
         opts |= {"ENDPOINT": host.rstrip("/") or scheme, "URL_STYLE": "path", "USE_SSL": str(scheme == "https").lower()}
-    body = ", ".join(f"{k} {v}" if k in ("TYPE", "USE_SSL") else f"{k} '{v}'" for k, v in opts.items())
+    body = ", ".join(f"{k} {v}" if k in ("TYPE", "USE_SSL") else f"{k} {literal(v)}" for k, v in opts.items())
     con.execute(f"CREATE OR REPLACE SECRET vlfactory_s3 ({body})")
 

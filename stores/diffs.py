@@ -2,6 +2,7 @@
 
     vlfactory diff iter1 iter2 --table sft
     vlfactory.diff("iter1", "iter2", table="rl").changed[0].after   # the changed columns' new values
+    vlfactory.diff("iter1", "iter2")                                 # per table: rows added, removed, changed
 
 Rows compare as a whole (multisets, as `Lake.differs` compares sets): a row in
 both versions is unchanged. Of the rest, a key found once on each side is a
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 import duckdb
 
 from vlfactory.stores.lake import DB, Lake, LakeError
+from vlfactory.stores.sqltext import ident, literal
 
 # Each table's natural key: what stays the same when a row's content changes.
 KEYS = {
@@ -159,7 +161,9 @@ def _sides(lake: Lake, table: str, sa: int, sb: int, cols_a: dict | None, cols_b
     both (DuckLake keeps a row's rowid until the row is deleted; an update keeps it too), so only the rows that
     `table_changes` lists need comparing: each touched row as it was at the older version (its first change a
     delete or an update's preimage) and as it is at the newer (its last change an insert or a postimage). Where
-    that cannot tell (the table or its columns changed in between), both versions whole."""
+    that cannot tell (the table or its columns changed in between), and for a table that has rows inlined in the
+    catalog (small inserts: `trainings`, `runs`, `tags`, ...), both versions whole: DuckLake 1.5's table_changes
+    lists inlined rows with a wrong or missing snapshot id, and a fresh insert as an update (issue 18 item 16)."""
     def whole(snapshot: int, cols: dict | None) -> str:
         if cols is None:  # the table did not exist at that version
             return f"SELECT {sel} FROM {DB}.{table} WHERE false"
@@ -172,7 +176,11 @@ def _sides(lake: Lake, table: str, sa: int, sb: int, cols_a: dict | None, cols_b
         if cols_a != cols_b:
             raise LakeError("the columns changed in between")
         lake.con.execute(f"CREATE OR REPLACE TEMP TABLE _changes AS "
-                         f"SELECT * FROM {DB}.table_changes('{table}', {lo + 1}, {hi})")
+                         f"SELECT * FROM {DB}.table_changes({literal(table)}, {lo + 1}, {hi})")
+        if _inlined(lake, table) or lake.con.execute(
+                f"SELECT count(*) FROM _changes WHERE snapshot_id IS NULL OR snapshot_id NOT BETWEEN {lo + 1} AND {hi}"
+        ).fetchone()[0]:
+            raise LakeError("changes DuckLake cannot place")
     except (duckdb.Error, LakeError):
         return whole(sa, cols_a), whole(sb, cols_b)
     gone = "change_type IN ('delete', 'update_preimage')"
@@ -181,6 +189,39 @@ def _sides(lake: Lake, table: str, sa: int, sb: int, cols_a: dict | None, cols_b
     newer = (f"SELECT {sel} FROM _changes QUALIFY row_number() OVER (PARTITION BY rowid "
              f"ORDER BY snapshot_id DESC, {gone}) = 1 AND NOT ({gone})")
     return (older, newer) if sa < sb else (newer, older)
+
+
+def _inlined(lake: Lake, table: str) -> bool:
+    """Whether the table has rows (now or in its history) inlined in the catalog rather than in Parquet files."""
+    meta = f"__ducklake_metadata_{DB}"
+    names = lake.con.execute(f"""SELECT DISTINCT i.table_name FROM {meta}.ducklake_inlined_data_tables i
+                                 JOIN {meta}.ducklake_table t USING (table_id) WHERE t.table_name = ?""",
+                             [table]).fetchall()
+    return any(lake.con.execute(f"SELECT count(*) > 0 FROM {meta}.{ident(n)}").fetchone()[0] for (n,) in names)
+
+
+def counts(lake: Lake, a: str | int, b: str | int) -> dict[str, dict[str, int]]:
+    """Per table, rows added, removed and changed (by key, as `row_diff` counts them) from version A to B. A table
+    that no snapshot in between touched is not compared."""
+    sa, sb = lake.resolve(a), lake.resolve(b)
+    lo, hi = sorted((sa, sb))
+    out = {}
+    for table in lake.tables():
+        if sa == sb:
+            touched = False
+        else:
+            try:
+                touched = lake.con.execute(f"SELECT count(*) > 0 FROM {DB}.table_changes({literal(table)}, "
+                                           f"{lo + 1}, {hi})").fetchone()[0]
+            except duckdb.Error:  # created or dropped in between: compare what each version has
+                touched = True
+        try:
+            d = row_diff(lake, table, sa, sb, limit=0) if touched else None
+        except LakeError:  # at neither version
+            d = None
+        out[table] = ({"added": d.n_added, "removed": d.n_removed, "changed": d.n_changed} if d
+                      else {"added": 0, "removed": 0, "changed": 0})
+    return out
 
 
 def _dicts(rel: duckdb.DuckDBPyRelation) -> list[dict]:

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from vlfactory.stores import schema
 from vlfactory.stores.connect import LakeSpec, _s3_secret, load_extension
-from vlfactory.stores.sqltext import _code_spans, _first_line, _keywords, _statement_kind, error_line
+from vlfactory.stores.sqltext import _code_spans, _first_line, _keywords, _statement_kind, error_line, literal
 
 DB = "lake"
 TAG_COMMIT = "tag "  # commit-message prefix of snapshots that only record a tag
@@ -119,6 +119,9 @@ class Lake:
                             f"{pending[0][0]} of {schema.MIGRATIONS[-1][0]} missing): run any write command on it "
                             "(e.g. `vlfactory gc --dry-run`) once to upgrade it, then read it")
         snapshot = self.resolve(at) if at is not None else self.current_snapshot()
+        from vlfactory.stores import maintenance
+
+        self._lease = maintenance.lease(self, snapshot)  # gc keeps what an open reader reads
         files = self._data_files()
         self.con.execute("USE memory")
         self.con.execute(f"DETACH {DB}")
@@ -132,9 +135,11 @@ class Lake:
         self.con.execute("SET lock_configuration = true")
 
     def _attach(self, snapshot: int | None) -> None:
+        """ATTACH takes no parameters: the catalog and the data path go in as literals (`literal`), so a
+        path holding a quote is that path, never SQL (tests/store/test_quoting.py)."""
         opts = ["READ_ONLY"] if self.read_only else []
         if self.spec.data_path:
-            opts.append(f"DATA_PATH '{self.spec.data_path}'")
+            opts.append(f"DATA_PATH {literal(self.spec.data_path)}")
         if self.spec.root is not None:
             # A lake folder reads its own data/ wherever it was copied or moved to, never the
             # folder it was created in (the catalog keeps the absolute path it was made with).
@@ -143,7 +148,7 @@ class Lake:
             opts.append(f"SNAPSHOT_VERSION {int(snapshot)}")
         catalog = getattr(self, "_catalog", self.spec.catalog)
         try:
-            self.con.execute(f"ATTACH '{catalog}' AS {DB} ({', '.join(opts)})" if opts else f"ATTACH '{catalog}' AS {DB}")
+            self.con.execute(f"ATTACH {literal(catalog)} AS {DB}" + (f" ({', '.join(opts)})" if opts else ""))
         except duckdb.Error as e:
             raise LakeError(f"cannot open the lake at {self.spec.display}: {_first_line(e)}") from None
         self.con.execute(f"USE {DB}")
@@ -184,6 +189,11 @@ class Lake:
             self._heartbeat.stop()
         with contextlib.suppress(Exception):
             self.con.close()
+        if getattr(self, "_lease", None):
+            from vlfactory.stores import maintenance
+
+            maintenance.release(self._lease)
+            self._lease = None
         if getattr(self, "_copy", None):
             self._copy.cleanup()
 
@@ -296,7 +306,7 @@ class Lake:
         v = str(version).strip()
         if v == "latest":
             return self.current_snapshot()
-        if v.isdigit():
+        if v.isascii() and v.isdigit():  # not '²', which isdigit() but int() refuses
             snap = int(v)
             known = self.con.execute(f"SELECT count(*) FROM {DB}.snapshots() WHERE snapshot_id = ?", [snap]).fetchone()[0]
             if not known:
@@ -321,6 +331,15 @@ class Lake:
                 self.con.execute(f"INSERT INTO {DB}.tags (name, snapshot_id, run_id, note) VALUES (?, ?, ?, ?)",
                                  [name, snap, self.run_id, note])
         return snap
+
+    def tag_if_changed(self, name: str, table: str) -> tuple[int, bool]:
+        """Tag the current snapshot `name` unless the tag already names the same rows of `table` (`differs`):
+        (the snapshot it names, whether it moved). A set rewritten with the same rows keeps its tag where it
+        was: a rerun of the loop moves no tag."""
+        old = self.tags().get(name)
+        if old is not None and not self.differs(table, f"{DB}.{table} AT (VERSION => {int(old)})"):
+            return old, False
+        return self.tag(name, force=True), True
 
     # ---- reading -----------------------------------------------------------
 
@@ -375,23 +394,10 @@ class Lake:
         return [dict(zip(rel.columns, r)) for r in rel.fetchall()]
 
     def diff(self, a: int | str, b: int | str) -> dict[str, dict[str, int]]:
-        """Rows inserted and deleted per table between two versions."""
-        sa, sb = self.resolve(a), self.resolve(b)
-        lo, hi = min(sa, sb), max(sa, sb)
-        out = {}
-        for table in self.tables():
-            try:
-                rows = self.con.execute(
-                    f"SELECT change_type, count(*) FROM {DB}.table_changes('{table}', {lo + 1}, {hi}) GROUP BY 1").fetchall()
-            except duckdb.Error:
-                rows = []  # the table did not exist in that range
-            counts = dict(rows)
-            added = counts.get("insert", 0) + counts.get("update_postimage", 0)
-            removed = counts.get("delete", 0) + counts.get("update_preimage", 0)
-            if sa > sb:
-                added, removed = removed, added
-            out[table] = {"added": added, "removed": removed}
-        return out
+        """Rows added, removed and changed (by key: an updated row is changed) per table between two versions."""
+        from vlfactory.stores import diffs
+
+        return diffs.counts(self, a, b)
 
     # ---- writing -----------------------------------------------------------
 

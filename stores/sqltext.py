@@ -1,11 +1,41 @@
-"""SQL text: which statement a query runs, DuckDB errors on one line, and the spans of a query that are
-code (not strings, quoted names or comments)."""
+"""SQL text: quoting (the one place text from outside becomes SQL where DuckDB takes no parameter), which
+statement a query runs, DuckDB errors on one line, and the spans of a query that are code (not strings,
+quoted names or comments)."""
 
 from __future__ import annotations
 
 from typing import Iterator
 
 import duckdb
+
+
+def literal(text: str) -> str:
+    """`text` as a DuckDB string literal, for the places a parameter cannot go (ATTACH, DATA_PATH, INSTALL,
+    a secret's options, a table function's name argument). Every quote is doubled, so whatever a path or a
+    name holds (quotes, `;`, newlines, comments) stays one string; DuckDB's standard strings treat no other
+    character specially. A NUL cannot be in a DuckDB string: refused.
+
+    >>> literal("/data/o'brien/lake")
+    "'/data/o''brien/lake'"
+    >>> literal("x'); COPY (SELECT 1) TO 'y") == "'x''); COPY (SELECT 1) TO ''y'"
+    True
+    """
+    text = str(text)
+    if "\x00" in text:
+        raise ValueError(f"a NUL character cannot be part of a path or a name: {text!r}")
+    return "'" + text.replace("'", "''") + "'"
+
+
+def ident(name: str) -> str:
+    """`name` as a DuckDB quoted identifier (a table or column), every double quote doubled.
+
+    >>> ident('a"b')
+    '"a""b"'
+    """
+    name = str(name)
+    if "\x00" in name:
+        raise ValueError(f"a NUL character cannot be part of a name: {name!r}")
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _statement_kind(sql: str, kind) -> "duckdb.StatementType":

@@ -13,6 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 # Shared test helpers (servers, tiny models, the workbench lake) live in tests/support/; test files in
 # every folder import them by module name.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+# A few test modules share builders with another folder's (test_reports' lakes, test_trainers' sets): every
+# folder is importable whichever subset runs (pytest adds only the folders of the files it collects).
+sys.path[1:1] = [str(Path(__file__).resolve().parent / d) for d in ("unit", "stages", "store", "cli", "e2e")]
 SHARED = REPO.parent / "shared" / "data"
 
 
@@ -21,6 +24,16 @@ def pytest_configure(config):
     import tempfile
 
     os.environ.setdefault("VLFACTORY_CACHE", tempfile.mkdtemp(prefix="vlfactory-cache-"))
+
+
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/e2e/ is end to end: marked slow, so `bash tests/run.sh --fast` leaves it out."""
+    for item in items:
+        if E2E in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

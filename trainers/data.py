@@ -11,11 +11,18 @@ feature).
     with Lake("./lake", read_only=True) as lake:
         ref, rows = read_set(lake, "sft@iter1", "sft")
     ds = sft_dataset(rows)   # columns: example_id, images, messages
+
+Before a set becomes a dataset, `prepare` applies the trainer settings that
+shape the data: images resized as the official trainers resize them
+(`resize_image`), and problems repeated per source (`source_weights`).
 """
 
 from __future__ import annotations
 
+import io
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -44,6 +51,63 @@ def read_set(lake: Lake, dataset: str, table: str) -> tuple[SetVersion, pa.Table
     if rows.num_rows == 0:
         raise LakeError(f"{dataset}: {table} held no rows at snapshot {ref.snapshot_id}")
     return ref, rows
+
+
+def resize_image(image, min_pixels: int | None = None, max_pixels: int | None = None):
+    """The image as the official trainers hand it to the processor: scaled down to at most `max_pixels`,
+    then up to at least `min_pixels` (both by one factor, sides truncated), then RGB. Verbatim from EasyR1's
+    `ImageProcessMixin.process_image` (train/easyr1/verl/utils/dataset.py L57-76 in yihedeng9/OpenVLThinker
+    @6997b47, GRPO: min = max = 262144, so every image lands on about that area) and LLaMA-Factory's
+    `MMPluginMixin._preprocess_image` (train/llama-factory/src/llamafactory/data/mm_plugin.py L119-138, SFT:
+    max 262144, min its default 32 x 32, so in effect only large images shrink). Not copied: the Qwen2-VL
+    plugin's floor of 28 pixels a side (L1042-1056), which the processor's own rounding to 28 covers.
+
+    >>> from PIL import Image
+    >>> resize_image(Image.new("L", (1000, 500)), 262144, 262144).size   # down to about 512 x 512's area
+    (724, 362)
+    >>> resize_image(Image.new("RGB", (100, 50)), 262144, 262144).size   # and up
+    (724, 362)
+    >>> resize_image(Image.new("RGB", (100, 50)), None, 262144).size     # SFT: only down
+    (100, 50)
+    """
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        factor = math.sqrt(max_pixels / (image.width * image.height))
+        image = image.resize((int(image.width * factor), int(image.height * factor)))
+    if min_pixels is not None and image.width * image.height < min_pixels:
+        factor = math.sqrt(min_pixels / (image.width * image.height))
+        image = image.resize((int(image.width * factor), int(image.height * factor)))
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def prepare(rows: pa.Table, extras: dict) -> pa.Table:
+    """The set's rows as the trainer learns from them: each problem repeated per its source's weight
+    (`source_weights`, default 1), and every image resized by `resize_image` to the settings'
+    [min_pixels, max_pixels] (stored again as PNG, lossless, so the trainer and a colocated vLLM decode the
+    same pixels). Without those settings the rows are returned as they are."""
+    weights = extras.get("source_weights")
+    if weights:
+        rows = rows.take(pa.array([i for i, source in enumerate(rows.column("source").to_pylist())
+                                   for _ in range(weights.get(source, 1))], pa.int64()))
+    lo, hi = extras.get("min_pixels"), extras.get("max_pixels")
+    if lo is None and hi is None:
+        return rows
+    from PIL import Image
+
+    resized = []
+    for cell in rows.column("image").to_pylist():
+        if cell is None or cell.get("bytes") is None:
+            resized.append(cell)
+            continue
+        image = Image.open(io.BytesIO(cell["bytes"]))
+        out = resize_image(image, lo, hi)
+        if out is image:  # nothing to do: the original bytes
+            resized.append(cell)
+            continue
+        buffer = io.BytesIO()
+        out.save(buffer, format="PNG")
+        resized.append({"bytes": buffer.getvalue(), "path": f"{Path(cell.get('path') or 'image').stem}.png"})
+    index = rows.column_names.index("image")
+    return rows.set_column(index, "image", pa.array(resized, rows.schema.field("image").type))
 
 
 def _images(rows: pa.Table) -> pa.Array:

@@ -14,15 +14,20 @@ colocate` or `server`) in the trainers YAML on GPU machines; otherwise
 transformers' generate. The default is off: vLLM's CPU build cannot load a
 vision-language model (its multimodal code imports torchvision).
 
+Images: with `min_pixels`/`max_pixels` in the trainers YAML the trainer
+resizes every image itself, as EasyR1 does (min = max: every image scaled to
+that area), and keeps the base model's processor; the checkpoint carries that
+processor, so its evaluations and next-round data run at native resolution.
+
     vlfactory train grpo --dataset rl@iter1 --model runs/sft-iter1 --output runs/grpo-iter1
     python -m vlfactory.trainers.grpo --dataset rl@iter1 --model runs/sft-iter1 --output runs/grpo-iter1 --lake ./lake
 
 One GPU, and eight (the same entry point; only the main process writes the catalog):
 
     accelerate launch --num_processes 1 -m vlfactory.trainers.grpo --dataset rl@iter1 \\
-        --model runs/sft-iter1 --output runs/grpo-iter1 --config recipes/openvlthinker/grpo.yaml
+        --model runs/sft-iter1 --output runs/grpo-iter1 --config recipes/openvlthinker/grpo_hard.yaml
     accelerate launch --num_processes 8 -m vlfactory.trainers.grpo --dataset rl@iter1 \\
-        --model runs/sft-iter1 --output runs/grpo-iter1 --config recipes/openvlthinker/grpo.yaml
+        --model runs/sft-iter1 --output runs/grpo-iter1 --config recipes/openvlthinker/grpo_hard.yaml
     # with use_vllm: true and vllm_mode: colocate, each process also runs its own vLLM engine
 
 Python:
@@ -33,27 +38,26 @@ Python:
 
 from __future__ import annotations
 
-from vlfactory.trainers.run import Training, main, model_for, processor_kwargs, train
+from vlfactory.trainers.run import Training, main, model_for, train
 
 
 def train_grpo(dataset: str, model: str, output_dir: str, **kwargs) -> Training | None:
-    """GRPO of `model` on the rl set version `dataset`; kwargs: config, lake, data_path, run_id, iteration."""
+    """GRPO of `model` on the rl set version `dataset`; kwargs: config, lake, data_path, run_id, iteration,
+    overwrite, flags (TRL config fields as command-line flags)."""
+    return train("grpo", grpo_trainer, dataset, model, output_dir, **kwargs)
 
-    def make_trainer(model_path, extras, args, train_dataset):
-        from transformers import AutoProcessor
-        from trl import GRPOTrainer
 
-        from vlfactory.verify import accuracy_reward, format_reward, openvlthinker_reward
+def grpo_trainer(model_path: str, extras: dict, args, train_dataset):
+    """TRL's GRPOTrainer as it is: it loads the model's own processor (the base model's settings; left padding
+    and truncation), which a colocated vLLM also loads from the model's folder, so both see the dataset's
+    pre-resized images (vlfactory.trainers.data.prepare) on the same image grid."""
+    from trl import GRPOTrainer
 
-        rewards = ([openvlthinker_reward] if extras.get("reward") == "openvlthinker"
-                   else [accuracy_reward, format_reward])
-        # left padding and truncation, as GRPOTrainer loads its own processor for generation
-        processor = AutoProcessor.from_pretrained(model_path, padding_side="left", truncation_side="left",
-                                                  **processor_kwargs(extras))
-        return GRPOTrainer(model=model_for(model_path, args, extras), processing_class=processor,
-                           reward_funcs=rewards, args=args, train_dataset=train_dataset)
+    from vlfactory.verify import accuracy_reward, format_reward, openvlthinker_reward
 
-    return train("grpo", make_trainer, dataset, model, output_dir, **kwargs)
+    rewards = [openvlthinker_reward] if extras.get("reward") == "openvlthinker" else [accuracy_reward, format_reward]
+    return GRPOTrainer(model=model_for(model_path, args, extras), reward_funcs=rewards, args=args,
+                       train_dataset=train_dataset)
 
 
 if __name__ == "__main__":

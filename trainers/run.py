@@ -13,13 +13,22 @@ checkpoint" is one query, and retraining it one command:
 The lake is open only while reading the set and writing the row, never during
 training: a local lake admits one process at a time. Under `accelerate launch`
 every process reads the set, in turn, and only the main process writes.
+
+The entry point (`main`) reads its own arguments with TRL's TrlParser, and the
+trainers YAML (`--config FILE`) plus any TRL config field given as a flag
+(`--learning_rate 1e-5`) through vlfactory.trainers.config.load_config, also a
+TrlParser:
+
+    python -m vlfactory.trainers.sft --dataset sft@iter1 --model tiny-qwen2.5-vl --output runs/sft1 \\
+        --config sft.yaml --num_train_epochs 2
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import re
+import sys
 import time
 import uuid
 import hashlib
@@ -36,8 +45,8 @@ from vlfactory.recipe import RecipeError
 from vlfactory.stores.lake import DB, Lake, LakeError, LakeSpec
 from vlfactory.stores.runs import package_versions
 from vlfactory.stores.schema import TRAINING_LOGS
-from vlfactory.trainers.config import PROCESSOR_KEYS, load_config, settings_digest
-from vlfactory.trainers.data import read_set, rl_dataset, sft_dataset
+from vlfactory.trainers.config import load_config, settings_digest
+from vlfactory.trainers.data import prepare, read_set, rl_dataset, sft_dataset
 
 TABLES = {"sft": "sft", "grpo": "rl"}          # trainer kind -> the set table it reads
 BUILDERS = {"sft": sft_dataset, "grpo": rl_dataset}
@@ -107,9 +116,7 @@ def finished(output_dir: Path, kind: str, table: str, data_digest: str, base_mod
     same = (done.get("kind"), done.get("dataset_table"), done.get("data_digest"), done.get("base_model_id"),
             done.get("config_hash")) == (kind, table, data_digest, base_model_id, config_hash)
     if same:
-        known = {f.name for f in fields(Training)}
-        return Training(**{k: v for k, v in done.items() if k in known} | {
-            "config": json.dumps(done.get("config")), "reused": True})
+        return from_record(done, reused=True)
     if overwrite:
         return None
     raise LakeError(f"{output_dir} holds a finished {done.get('kind')} training of {done.get('dataset')} "
@@ -119,29 +126,37 @@ def finished(output_dir: Path, kind: str, table: str, data_digest: str, base_mod
 
 def train(kind: str, make_trainer: Callable, dataset: str, model: str, output_dir: str | Path,
           config=None, lake: str | None = None, data_path: str | None = None, run_id: str | None = None,
-          iteration: int | None = None, overwrite: bool = False) -> Training | None:
+          iteration: int | None = None, overwrite: bool = False, flags: list[str] | tuple = (),
+          report: dict | None = None) -> Training | None:
     """Train `model` on the set version `dataset` with the trainer
     `make_trainer(model_path, extras, args, train_dataset)` builds (extras: the trainers YAML's keys
-    beyond TRL's, vlfactory.trainers.config.EXTRA_KEYS).
+    beyond TRL's, vlfactory.trainers.config.FactoryArguments; `flags`: TRL config fields as command-line
+    flags, over the YAML's). The dataset's images are already resized as the settings say
+    (vlfactory.trainers.data.prepare): the trainer keeps the base model's processor, so the checkpoint does.
 
     A finished training of the same (data snapshot, base model identity, settings) in `output_dir`
     is not run again (its record comes back with `reused`); a different finished one there is
-    refused unless `overwrite`. Returns the record (None on the other processes of a distributed run).
+    refused unless `overwrite`. `report` ({report_to, run_name, project}) is where a tracked run in
+    another process (the loop's) wants the numbers; like tracking, it is not part of the settings.
+    Returns the record (None on the other processes of a distributed run).
     """
     from accelerate import PartialState
 
     from vlfactory.models import identity, register_processors, resolve_model
 
     output_dir = Path(output_dir).resolve()
-    args, extras = load_config(kind, config, output_dir)
-    config_hash = settings_digest(args, extras)
+    args, extras = load_config(kind, config, output_dir, flags=flags)
+    config_hash = settings_digest(args, extras, int(os.environ.get("WORLD_SIZE", "1")))
     # After the digest: where the numbers go is not what is trained, so a tracked rerun reuses the checkpoint.
     tracking.configure_trainer(args, kind + (f"-iter{iteration}" if iteration is not None else ""))
+    for key, value in (report or {}).items():
+        setattr(args, key, value)
     base_model_id = identity(model)
     state = PartialState()
     spec = LakeSpec.resolve(lake, data_path)
     versions = package_versions() | {"accelerate": metadata.version("accelerate")}
-    full_config = json.dumps(json.loads(args.to_json_string()) | extras)
+    # the settings as resolved, and how many processes trained (the global batch without global_batch_size)
+    full_config = json.dumps(json.loads(args.to_json_string()) | extras | {"processes": state.num_processes})
     record, version, reused = None, dataset, None  # only the main process records
     for turn in range(state.num_processes):
         if turn == state.process_index and reused is None:
@@ -169,7 +184,7 @@ def train(kind: str, make_trainer: Callable, dataset: str, model: str, output_di
         _write_record(record)
     try:
         register_processors()  # before AutoProcessor.from_pretrained (no-torchvision Qwen2.5-VL folders)
-        trainer = make_trainer(resolve_model(model), extras, args, BUILDERS[kind](rows))
+        trainer = make_trainer(resolve_model(model), extras, args, BUILDERS[kind](prepare(rows, extras)))
         result = trainer.train()
         trainer.save_model(str(output_dir))
     except BaseException as e:
@@ -182,11 +197,6 @@ def train(kind: str, make_trainer: Callable, dataset: str, model: str, output_di
         record.model_id = identity(str(output_dir))
         _finish(spec, record, log_rows(record.training_id, trainer.state.log_history, record.run_id))
     return record
-
-
-def processor_kwargs(extras: dict) -> dict:
-    """The extra keys that go to AutoProcessor.from_pretrained."""
-    return {k: v for k, v in extras.items() if k in PROCESSOR_KEYS}
 
 
 def model_for(model_path: str, args, extras: dict):
@@ -271,16 +281,46 @@ def _finish(spec: LakeSpec, record: Training, logs: list[dict] | None = None) ->
                 if logs:  # the loss and reward curves, committed with the status
                     lk.insert("training_logs", pa.Table.from_pylist(logs, schema=TRAINING_LOGS))
                 if record.model_id:  # name the checkpoint's identity, and say which training made it
-                    lk.con.execute(f"""INSERT INTO {DB}.models (model_key, model_id, name, path, kind, training_id,
-                                       run_id) VALUES (?, ?, ?, ?, 'folder', ?, ?)""",
-                                   [hashlib.sha256(json.dumps(["model", record.model_id, record.output_dir])
-                                                   .encode()).hexdigest()[:16], record.model_id,
-                                    record.output_dir, record.output_dir, record.training_id, record.run_id])
+                    name_model(lk, record.model_id, record.output_dir, record.training_id, record.run_id)
             return
         except LakeError:
             if attempt == 59:
                 raise
             time.sleep(2)
+
+
+def name_model(lake: Lake, model_id: str, path: str, training_id: str | None, run_id: str | None) -> None:
+    """A `models` row: the checkpoint folder `path` has identity `model_id` and was made by `training_id` (a
+    training's final model, or one of its step checkpoints); once per (identity, path), in the open transaction."""
+    key = hashlib.sha256(json.dumps(["model", model_id, path]).encode()).hexdigest()[:16]
+    if not lake.existing("models", "model_key", [key]):
+        lake.con.execute(f"""INSERT INTO {DB}.models (model_key, model_id, name, path, kind, training_id, run_id)
+                             VALUES (?, ?, ?, ?, 'folder', ?, ?)""", [key, model_id, path, path, training_id, run_id])
+
+
+def read_record(output_dir: str | Path) -> dict | None:
+    """The training record in a checkpoint folder (`vlfactory_training.json`), if any."""
+    try:
+        return json.loads((Path(output_dir) / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def from_record(done: dict, **changes) -> Training:
+    known = {f.name for f in fields(Training)}
+    return Training(**{k: v for k, v in done.items() if k in known} | {"config": json.dumps(done.get("config"))}
+                    | changes)
+
+
+def record_failure(spec: LakeSpec, record: Training, error: str) -> Training:
+    """Set a training that ended without recording its end (a child process that died) to `failed` with
+    `error`; a record never inserted (it died before) is inserted first."""
+    with Lake(spec, create=False) as lk:
+        if not lk.query("SELECT 1 FROM trainings WHERE training_id = ?", [record.training_id]).fetchone():
+            _insert(lk, record)
+    record.status, record.error = "failed", error
+    _finish(spec, record)
+    return record
 
 
 def _write_record(record: Training) -> None:
@@ -290,24 +330,47 @@ def _write_record(record: Training) -> None:
     path.write_text(json.dumps(row, indent=2, default=str) + "\n")
 
 
+@dataclass
+class TrainArguments:
+    """The entry point's own arguments (TrlParser); `--config FILE` and TRL config fields as flags go to
+    vlfactory.trainers.config.load_config."""
+
+    dataset: str = field(metadata={"help": "a set version: TABLE@iter1, TABLE@42 (a snapshot), or iter1"})
+    model: str = field(metadata={"help": "base model: a folder, a hub id, or tiny-qwen2.5-vl"})
+    output: str = field(metadata={"help": "output folder for the checkpoint"})
+    lake: str | None = field(default=None, metadata={"help": "lake folder or ducklake: URI [env VLFACTORY_LAKE; ./lake]"})
+    data_path: str | None = field(default=None, metadata={"help": "data path of a ducklake: URI lake "
+                                                                  "[env VLFACTORY_DATA_PATH]"})
+    overwrite: bool = field(default=False, metadata={"help": "train into --output even when it holds a different "
+                                                             "finished training"})
+    run_id: str | None = field(default=None, metadata={"help": "the run this training belongs to (set by iterate)"})
+    iteration: int | None = field(default=None, metadata={"help": "the loop's iteration (set by iterate)"})
+    report: str | None = field(default=None, metadata={
+        "help": "JSON {report_to, run_name, project}: where a tracked run's numbers go (set by iterate); not a "
+                "setting of the training"})
+
+
 def main(kind: str, train_fn: Callable, argv: list[str] | None = None) -> None:
     """The module entry point: `python -m vlfactory.trainers.KIND ...`, also under `accelerate launch -m`."""
-    parser = argparse.ArgumentParser(prog=f"python -m vlfactory.trainers.{kind}")
-    parser.add_argument("--dataset", required=True, help=f"a {TABLES[kind]} version: {TABLES[kind]}@iter1, "
-                        f"{TABLES[kind]}@42 (a snapshot), or iter1")
-    parser.add_argument("--model", required=True, help="base model: a folder, a hub id, or tiny-qwen2.5-vl")
-    parser.add_argument("--output", required=True, help="output folder for the checkpoint")
-    parser.add_argument("--config", default=None,
-                        help="trainers YAML: TRL config fields and max_pixels (default: a few tiny CPU steps)")
-    parser.add_argument("--lake", default=None, help="lake folder or ducklake: URI [env VLFACTORY_LAKE; ./lake]")
-    parser.add_argument("--data-path", default=None, help="data path of a ducklake: URI lake [env VLFACTORY_DATA_PATH]")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="train into --output even when it holds a different finished training")
-    a = parser.parse_args(argv)
+    from trl import TrlParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config = None
+    if "--config" in argv[:-1]:  # TrlParser's own convention: --config FILE names the settings YAML
+        at = argv.index("--config")
+        config = argv[at + 1]
+        del argv[at:at + 2]
+    parser = TrlParser([TrainArguments], prog=f"python -m vlfactory.trainers.{kind}", allow_abbrev=False,
+                       description=f"{TABLES[kind].upper()} set version -> {kind} checkpoint, recorded in the "
+                                   "catalog. Also: --config FILE (the trainers YAML: TRL config fields and "
+                                   "vlfactory's extra keys; default: a few tiny CPU steps) and any TRL config "
+                                   "field as a flag over the file's (--learning_rate 1e-5).")
+    a, flags = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     try:
-        record = train_fn(a.dataset, a.model, a.output, config=a.config, lake=a.lake, data_path=a.data_path,
-                          overwrite=a.overwrite)
+        record = train_fn(a.dataset, a.model, a.output, config=config, lake=a.lake, data_path=a.data_path,
+                          overwrite=a.overwrite, run_id=a.run_id, iteration=a.iteration, flags=flags,
+                          report=json.loads(a.report) if a.report else None)
     except (LakeError, RecipeError) as e:
         parser.exit(2, f"error: {e}\n")
     if record:
-        print(record.line())
+        print(record.line(), flush=True)

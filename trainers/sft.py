@@ -3,7 +3,9 @@
 Each `sft` row becomes one chat: the user turn is the image then the prompt
 text, the assistant turn the completion (vlfactory.trainers.data). The
 trainers YAML holds SFTConfig fields (vlfactory.trainers.config); without one,
-a few tiny steps run on any CPU.
+a few tiny steps run on any CPU. Images over the YAML's `max_pixels` are shrunk
+by the trainer, as LLaMA-Factory does; TRL loads the base model's own processor,
+and the checkpoint keeps it (native resolution for whatever runs it next).
 
     vlfactory train sft --dataset sft@iter1 --model tiny-qwen2.5-vl --output runs/sft-iter1
     python -m vlfactory.trainers.sft --dataset sft@iter1 --model tiny-qwen2.5-vl --output runs/sft-iter1 --lake ./lake
@@ -24,21 +26,21 @@ Python:
 
 from __future__ import annotations
 
-from vlfactory.trainers.run import Training, main, model_for, processor_kwargs, train
+from vlfactory.trainers.run import Training, main, model_for, train
 
 
 def train_sft(dataset: str, model: str, output_dir: str, **kwargs) -> Training | None:
-    """Fine-tune `model` on the sft set version `dataset`; kwargs: config, lake, data_path, run_id, iteration."""
+    """Fine-tune `model` on the sft set version `dataset`; kwargs: config, lake, data_path, run_id, iteration,
+    overwrite, flags (TRL config fields as command-line flags)."""
 
-    def make_trainer(model_path, extras, args, train_dataset):
-        from transformers import AutoProcessor
-        from trl import SFTTrainer
+    return train("sft", sft_trainer, dataset, model, output_dir, **kwargs)
 
-        processor = AutoProcessor.from_pretrained(model_path, **processor_kwargs(extras))
-        return SFTTrainer(model=model_for(model_path, args, extras), processing_class=processor, args=args,
-                          train_dataset=train_dataset)
 
-    return train("sft", make_trainer, dataset, model, output_dir, **kwargs)
+def sft_trainer(model_path: str, extras: dict, args, train_dataset):
+    """TRL's SFTTrainer as it is: it loads the model's own processor (the base model's settings)."""
+    from trl import SFTTrainer
+
+    return SFTTrainer(model=model_for(model_path, args, extras), args=args, train_dataset=train_dataset)
 
 
 if __name__ == "__main__":

@@ -8,17 +8,28 @@ exact bytes that were ingested.
 
     vlfactory export sft@iter1 --to out/            # or: vlfactory export iter1 --table sft --to out/
     vlfactory export iter1 --table sft --to out/ --format hf   # Dataset.save_to_disk
+
+MAP columns (`runs.versions`, `trainings.metrics`) become lists of {key, value}, which `datasets` has a type
+for. An export writes only inside the folder named (checked after resolving links), never inside the lake,
+and deletes only the files it wrote: `DIR/TABLE/.vlfactory-export.json` lists them, so a re-export replaces
+its own shards and leaves anything else in the folder alone (a file of someone else's in a shard's place is
+refused, not overwritten).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import json
+import os
+
 import pyarrow as pa
 
 from vlfactory.stores.lake import Lake, LakeError
+from vlfactory.stores.sqltext import ident
 
 IMAGE_FEATURE = {"_type": "Image"}
+MANIFEST = ".vlfactory-export.json"  # the files an export wrote into DIR/TABLE/: the only ones it may delete
 
 
 def select(lake: Lake, table: str, version: str | int | None, where: str | None = None) -> str:
@@ -27,7 +38,11 @@ def select(lake: Lake, table: str, version: str | int | None, where: str | None 
     if table not in lake.tables():
         raise LakeError(f"unknown table {table!r}; tables: {', '.join(lake.tables())}")
     ref = f"{table}@{version}" if version is not None else table
-    cols = lake.query(f"SELECT * FROM {ref} LIMIT 0").columns
+    rel = lake.query(f"SELECT * FROM {ref} LIMIT 0")
+    cols = rel.columns
+    # `datasets` has no MAP type: a map is its entries, a list of {key, value}
+    star = ", ".join(f"map_entries(t.{ident(c)}) AS {ident(c)}" if str(kind).startswith("MAP(") else f"t.{ident(c)}"
+                     for c, kind in zip(cols, rel.types))
     # A total order (the row's own id last), so rebuilding an export gives byte-identical shards.
     ids = ("source", "source_id", "problem_id", "sample_index", "trace_id", "rollout_id", "example_id",
            "grade_id", "rejected_id", "caption_id", "image_id", "run_id")
@@ -35,9 +50,9 @@ def select(lake: Lake, table: str, version: str | int | None, where: str | None 
     where = f" WHERE {where}" if where else ""
     if "image_id" in cols and table != "images":
         images = f"images@{version}" if version is not None else "images"
-        return f"""SELECT t.*, {{'bytes': i.bytes, 'path': t.image_id || '.' || lower(i.format)}} AS image
+        return f"""SELECT {star}, {{'bytes': i.bytes, 'path': t.image_id || '.' || lower(i.format)}} AS image
                    FROM {ref} t LEFT JOIN {images} i USING (image_id){where} ORDER BY {order}"""
-    return f"SELECT * FROM {ref} t{where} ORDER BY {order}"
+    return f"SELECT {star} FROM {ref} t{where} ORDER BY {order}"
 
 
 def read_table(lake: Lake, table: str, version: str | int | None) -> pa.Table:
@@ -70,21 +85,62 @@ def dataset(lake: Lake, table: str, version: str | int | None):
     return datasets.Dataset(data).cast(features_for(data)) if "image" in data.column_names else datasets.Dataset(data)
 
 
+def outside_lake(lake: Lake, out: Path, option: str) -> None:
+    """Refuse a destination inside the lake's folder or data path: files there are the catalog's (a shard among
+    them is an orphan that gc deletes; deleting theirs breaks the lake)."""
+    data = lake.data_path()
+    target = Path(os.path.realpath(out))
+    for root in [lake.spec.root, *([] if "://" in data else [data])]:
+        real = Path(os.path.realpath(root)) if root is not None else None
+        if real is not None and (target == real or real in target.parents):
+            raise LakeError(f"{option} {out} is inside the lake at {root}: write it somewhere else")
+
+
+def inside(folder: Path, path: Path) -> Path:
+    """`path`, once it is certain to be under `folder` after resolving links (a linked subfolder may point
+    anywhere)."""
+    real, base = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    if real != base and base not in real.parents:
+        raise LakeError(f"{path} leads outside {folder} (to {real}): not written")
+    return path
+
+
 def export(lake: Lake, table: str, version: str | int | None, out: Path, fmt: str = "parquet",
            shard_rows: int = 5000) -> list[Path]:
-    ds = dataset(lake, table, version)
+    if table not in lake.tables():  # a name, before it becomes part of a path
+        raise LakeError(f"unknown table {table!r}; tables: {', '.join(lake.tables())}")
     out = Path(out)
+    outside_lake(lake, out, "--to")
+    folder = inside(out, out / table)
+    (out if fmt == "hf" else folder).mkdir(parents=True, exist_ok=True)  # an unwritable --to fails before the work
+    ds = dataset(lake, table, version)
     if fmt == "hf":
         ds.save_to_disk(str(out))
         return [out]
-    folder = out / table
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.parquet"):
-        old.unlink()
+    inside(out, folder)
+    manifest = folder / MANIFEST
+    try:
+        ours = set(json.loads(manifest.read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = set()
     n = max(1, -(-len(ds) // shard_rows))
+    names = [f"{table}-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
+    for name in names:
+        if (folder / name).exists() or (folder / name).is_symlink():
+            if name not in ours:
+                raise LakeError(f"{folder / name} exists and was not written by vlfactory export: move it, or "
+                                "export to another folder")
     paths = []
-    for i in range(n):
-        path = folder / f"{table}-{i:05d}-of-{n:05d}.parquet"
-        ds.shard(num_shards=n, index=i, contiguous=True).to_parquet(str(path))
-        paths.append(path)
+    for i, name in enumerate(names):  # each shard appears whole: written beside, then renamed into place
+        tmp = folder / f".{name}.{os.getpid()}.tmp"
+        try:
+            ds.shard(num_shards=n, index=i, contiguous=True).to_parquet(str(tmp))
+            os.replace(tmp, folder / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        paths.append(folder / name)
+    for stale in sorted(ours - set(names)):  # its own shards of an earlier export, nothing else
+        if "/" not in stale and stale != MANIFEST:
+            (folder / stale).unlink(missing_ok=True)
+    manifest.write_text(json.dumps({"table": table, "files": names}, indent=1) + "\n")
     return paths

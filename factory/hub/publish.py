@@ -7,8 +7,11 @@
 The folder is push_to_hub's layout, config by config: `NAME/SPLIT-0000i-of-0000N.parquet` (push_to_hub's
 data_dir is the config name), a README.md whose YAML holds `dataset_info` (features, num_bytes and
 num_examples per split, download_size, dataset_size) and `configs:` with each split's data files, written
-by `datasets`' own DatasetInfosDict and MetadataConfigs; and `recipes/NAME-HASH.yaml`, the recipe text
-of every run that wrote the version. The card's text is reports/card.py.
+by `datasets`' own DatasetInfosDict and MetadataConfigs; `recipes/NAME-HASH.yaml`, the recipe text of every
+run that wrote the version (less its `lake:` key: where to rebuild is the reader's choice); and
+`.vlfactory-manifest.json`, the files this publish wrote. The card's text is reports/card.py. An `sft` config
+holds only well-formed rows (`<think>...</think> ... <answer>...</answer>`, vlfactory.verify.format_reward):
+a set with others is refused, naming how many and the fix.
 
 Splits are the data's own: a problem's `split` (from its source) is the split of every row about that
 problem (sft, rl, traces, ...); benchmark rows (evals, eval_samples) are `test`; rows about no problem
@@ -20,9 +23,11 @@ and PLAIN), so the table, images included, is never held in memory.
 The upload is one `HfApi.upload_folder` call (`--revision` a branch, created if missing, or `refs/pr/N`;
 `--create-pr`; `--commit-message`). With hf_xet, which huggingface_hub installs on common platforms,
 that is huggingface_hub's streamed multi-commit pipeline: a large folder goes up in batches of commits
-and a rerun after an interruption skips what the Hub already holds. Parquet files of the repo that are
-not in the new folder are deleted in the same upload, so a config's `NAME/SPLIT-*` never picks up stale
-shards of an earlier version.
+and a rerun after an interruption skips what the Hub already holds. It deletes, in the same upload, only
+what a publish wrote: the files the repo's previous manifest lists, and (push_to_hub's rule) the shards of
+the published configs' splits (`NAME/SPLIT-*`, which would join a split) that the new folder does not
+have. A repo holding data of other configs, which the new card would no longer describe, is refused unless
+`--replace` says to drop them (those vlfactory wrote are deleted; anything else stays).
 
 The token is huggingface_hub's own: `HF_TOKEN`, else the login cache (`hf auth login`). It is
 checked before anything is built, sent only in the Authorization header, and written nowhere.
@@ -30,19 +35,21 @@ checked before anything is built, sent only in the Authorization header, and wri
 
 from __future__ import annotations
 
+import glob
+import json
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlfactory.hub.export import features_for, read_batches
+from vlfactory.hub.export import features_for, inside, outside_lake, read_batches
 from vlfactory.redact import redact
 from vlfactory.reports.card import Config, Split, dataset_card, model_labels, recipe_file
 from vlfactory.reports.stats import version_stats
 from vlfactory.stores.lake import Lake, LakeError
 
-DELETE_STALE = ["*.parquet", "recipes/*"]  # repo files an upload replaces (fnmatch: `*` spans folders)
+MANIFEST = ".vlfactory-manifest.json"        # the files a publish wrote: the only ones a later one deletes
 MAX_SHARD_SIZE = "500MB"                    # push_to_hub's default (datasets.config.MAX_SHARD_SIZE)
 BENCHMARK_TABLES = ("evals", "eval_samples")  # rows about benchmarks: the test split
 SPLIT_ORDER = ("train", "validation", "test")  # then any other split, by name
@@ -78,7 +85,8 @@ class Published:
 
 def publish(lake: Lake, version: str | int, repo: str, tables: list[str], private: bool = False,
             dry_run: str | Path | None = None, max_shard_size: str | int = MAX_SHARD_SIZE,
-            revision: str | None = None, create_pr: bool = False, commit_message: str | None = None) -> Published:
+            revision: str | None = None, create_pr: bool = False, commit_message: str | None = None,
+            replace: bool = False) -> Published:
     """Build the folder for `tables` at `version`; upload it to the dataset repo unless `dry_run` names a folder."""
     check_repo(repo)
     max_bytes = shard_size(max_shard_size)
@@ -90,7 +98,8 @@ def publish(lake: Lake, version: str | int, repo: str, tables: list[str], privat
     with tempfile.TemporaryDirectory(prefix="vlfactory-publish-") as tmp:
         done = build(lake, version, repo, tables, Path(tmp) / "set", max_bytes)
         message = commit_message or f"vlfactory publish {version} (snapshot {done.snapshot})"
-        done.url, done.commit, done.pr_url = upload(api, done.folder, repo, private, message, revision, create_pr)
+        done.url, done.commit, done.pr_url = upload(api, done.folder, repo, private, message, revision, create_pr,
+                                                    replace)
     done.folder = None
     return done
 
@@ -113,6 +122,7 @@ def build(lake: Lake, version: str | int, repo: str, tables: list[str], out: Pat
     """Write the exact folder that `publish` uploads."""
     if out.exists() and any(out.iterdir()):
         raise PublishError(f"{out} is not empty: give a new or empty folder")
+    outside_lake(lake, out, "--dry-run")
     snapshot = lake.resolve(version)
     tables = list(dict.fromkeys(tables))
     for table in tables:
@@ -120,6 +130,8 @@ def build(lake: Lake, version: str | int, repo: str, tables: list[str], out: Pat
             raise LakeError(f"unknown table {table!r}; tables: {', '.join(lake.tables())}")
         if lake.count(table, snapshot) == 0:
             raise PublishError(f"--table {table}: no rows at {version} (snapshot {snapshot}); nothing to publish")
+    if "sft" in tables:
+        well_formed(lake, version, snapshot)
     # Built in a hidden folder beside `out` and renamed into place once complete: a killed
     # build leaves no half-written `out` for the rerun to refuse, and the rerun clears its debris.
     for stale in out.parent.glob(f".{out.name}.partial-*"):
@@ -145,12 +157,51 @@ def _write(lake: Lake, version: str | int, repo: str, tables: list[str], snapsho
         done.configs.append(write_config(lake, table, snapshot, out, max_bytes))
     stats = version_stats(lake, version)
     for recipe in stats.recipes:
-        path = out / "recipes" / recipe_file(recipe)
+        path = inside(out, out / "recipes" / recipe_file(recipe))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(redact(recipe["text"]))  # masked when stored; again for runs recorded before that
+        path.write_text(without_lake(redact(recipe["text"])))  # masked when stored; again for older runs
         done.recipes.append(str(path.relative_to(out)))
     (out / "README.md").write_text(dataset_card(stats, repo, done.configs, model_labels(lake, snapshot)))
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    (out / MANIFEST).write_text(json.dumps({"repo": repo, "snapshot": snapshot, "files": written}, indent=1) + "\n")
     return done
+
+
+def without_lake(text: str) -> str:
+    """A recipe's text less its top-level `lake:` key (and the lines under it): a published copy must not choose
+    the reader's lake (a `lake:` can name any path or catalog), and `--lake` picks it when rebuilding."""
+    out, skipping = [], False
+    for line in text.splitlines(keepends=True):
+        if re.match(r"lake\s*:", line):
+            skipping = True
+            out.append("# lake: left out by vlfactory publish (rebuild with --lake, or $VLFACTORY_LAKE)\n")
+            continue
+        if skipping and (not line.strip() or line[:1] in " \t#"):
+            continue
+        skipping = False
+        out.append(line)
+    return "".join(out)
+
+
+def well_formed(lake: Lake, version: str | int, snapshot: int) -> None:
+    """Refuse an sft set holding completions that are not `<think>...</think> ... <answer>...</answer>`: trained on,
+    they teach a model to skip its reasoning or its answer tags (the quickstart's iteration 2 held 41 of 563)."""
+    from vlfactory.verify.rewards import format_reward
+
+    rel = lake.query(f"SELECT problem_id, completion FROM sft@{int(snapshot)} ORDER BY example_id")
+    total, bad, first = 0, 0, None
+    while rows := rel.fetchmany(4096):
+        marks = format_reward([r[1] or "" for r in rows])
+        total += len(rows)
+        for r, ok in zip(rows, marks):
+            if not ok:
+                bad += 1
+                first = first or r
+    if bad:
+        sample = first[1] if len(first[1] or "") <= 60 else first[1][:59] + "…"
+        raise PublishError(f"--table sft: {bad:,} of {total:,} rows at {version} are not <think>...</think> "
+                           f"<answer>...</answer> (problem {first[0]}: {sample!r}); rebuild the set with "
+                           "verify: {require_format: true} so only well-formed answers are accepted")
 
 
 def split_of(lake: Lake, table: str, snapshot: int) -> str:
@@ -287,9 +338,9 @@ def login():
 
 
 def upload(api, folder: Path, repo: str, private: bool, message: str, revision: str | None = None,
-           create_pr: bool = False) -> tuple[str, str | None, str | None]:
+           create_pr: bool = False, replace: bool = False) -> tuple[str, str | None, str | None]:
     """Create the dataset repo (and the branch `revision`) if needed and upload the folder as one commit (or a
-    pull request); the repo's URL, the commit's URL and the pull request's URL."""
+    pull request), deleting only what `stale` allows; the repo's URL, the commit's URL and the pull request's."""
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
@@ -297,11 +348,41 @@ def upload(api, folder: Path, repo: str, private: bool, message: str, revision: 
         url = api.create_repo(repo, repo_type="dataset", private=True if private else None, exist_ok=True)
         if revision is not None and not revision.startswith("refs/pr/"):  # as push_to_hub: a PR ref is not a branch
             api.create_branch(repo, branch=revision, repo_type="dataset", exist_ok=True)
+        gone = stale(api, folder, repo, revision, replace)
         info = api.upload_folder(repo_id=repo, repo_type="dataset", folder_path=folder, commit_message=message,
-                                 delete_patterns=DELETE_STALE, revision=revision, create_pr=create_pr or None)
+                                 delete_patterns=[glob.escape(p) for p in gone] or None, revision=revision,
+                                 create_pr=create_pr or None)
     except HfHubHTTPError as e:
         raise PublishError(hub_error(e, repo)) from None
     return str(url), getattr(info, "commit_url", None), getattr(info, "pr_url", None)
+
+
+def stale(api, folder: Path, repo: str, revision: str | None, replace: bool) -> list[str]:
+    """The repo files this upload deletes: those the previous publish's manifest lists, and the shards of the
+    published configs' splits (`NAME/SPLIT-*`), that the new folder does not have. Other data in the repo (a config
+    this publish leaves out) is refused unless `replace`."""
+    import fnmatch
+
+    from huggingface_hub.errors import EntryNotFoundError
+
+    new = json.loads((folder / MANIFEST).read_text())["files"] + [MANIFEST]
+    configs = {f.split("/")[0] for f in new if f.endswith(".parquet")}
+    have = api.list_repo_files(repo, repo_type="dataset", revision=revision)
+    before: list[str] = []
+    if MANIFEST in have:
+        try:
+            path = api.hf_hub_download(repo, MANIFEST, repo_type="dataset", revision=revision,
+                                       local_dir=folder.parent / ".previous")
+            before = json.loads(Path(path).read_text()).get("files") or []
+        except (EntryNotFoundError, OSError, ValueError):
+            before = []
+    others = sorted({f.split("/")[0] for f in have if f.endswith(".parquet") and f.split("/")[0] not in configs})
+    if others and not replace:
+        raise PublishError(f"{repo} holds data this publish leaves out ({', '.join(others)}), which its new card "
+                           f"would not describe: publish it too (--table {others[0]} ...), or pass --replace to "
+                           "drop it (files vlfactory wrote are deleted, anything else stays)")
+    splits = [f"{f.split('/')[0]}/{f.split('/')[1].split('-')[0]}-*" for f in new if f.endswith(".parquet")]
+    return sorted(f for f in have if f not in new and (f in before or any(fnmatch.fnmatch(f, s) for s in splits)))
 
 
 def hub_error(e, repo: str | None = None) -> str:

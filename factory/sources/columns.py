@@ -1,16 +1,26 @@
-"""Column mapping: a source row onto the schema (question, answer, choices, caption, image, id, split),
-with a reason for every row that cannot be mapped (`Reject`)."""
+"""Column mapping: a source row onto the schema (question, answer, choices, caption, image, id, split,
+completion), with a reason for every row that cannot be mapped (`Reject`).
+
+A schema column comes from a source column of the same name, a named column, a "{template}", or a
+`Column` mapping whose rules (`read_column`) reach into what the Hub's schemas hold: an element of a
+list, an option's text from its index, the text inside answer tags, one gold from annotators'
+answers, a chat turn, a joined string split, literal markers removed. Preflight (`check_columns`)
+runs those rules on the first row and fails on a missing column or a wrong type before anything is
+written; a later row whose value breaks a rule is rejected with the reason.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import string
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from vlfactory.recipe import IngestConfig, RecipeError, Source
-from vlfactory.sources.readers import read_source
+from vlfactory.recipe import Column, IngestConfig, RecipeError, Source
+from vlfactory.sources.readers import kind, read_source
 
 
 @dataclass
@@ -27,6 +37,7 @@ class Row:
     split: str
     image: Any                        # bytes, path, HF image dict, or None
     raw: dict
+    completion: str | None = None     # a finished chain the source carries (a `traces` row)
 
 
 class Reject(Exception):
@@ -35,12 +46,148 @@ class Reject(Exception):
         self.reason, self.detail = reason, detail
 
 
+class WrongType(Reject):
+    """A column holds another type than a rule reads: a recipe error at preflight, a rejected row later."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__("wrong_type", f"{path}: {message}")
+        self.path, self.message = path, message
+
+
+# ---- Column rules -------------------------------------------------------------
+
+
+def read_column(col: Column, raw: dict, key: str) -> Any:
+    """The value of schema column `key` from a raw row, through the Column's rules in order
+    (turn, index, pick, option_of, tag, split, strip). None when the source value is null.
+
+    >>> read_column(Column("solution", tag="answer"), {"solution": "<answer> 3 </answer>"}, "answer")
+    '3'
+    >>> read_column(Column("answer", option_of="options"), {"answer": "1", "options": ["No", "Yes"]}, "answer")
+    'Yes'
+    >>> read_column(Column("answers", pick="most_common"), {"answers": ["no", "Yes", "yes."]}, "answer")
+    'Yes'
+    >>> read_column(Column("choices", split=","), {"choices": "2, 3,4"}, "choices")
+    ['2', '3', '4']
+    """
+    at = f"columns.{key}"
+    if col.column not in raw:
+        raise Reject("unmappable_column", f"{at}.column: column {col.column!r} missing from this row")
+    value = raw[col.column]
+    if value is not None and col.turn is not None:
+        value = _turn(value, col, f"{at}.turn")
+    if value is not None and col.index is not None:
+        if not isinstance(value, (list, tuple)):
+            raise WrongType(f"{at}.index", f"column {col.column!r} is {kind(value)}, not a list")
+        if not -len(value) <= col.index < len(value):
+            raise Reject("index_out_of_range", f"{at}.index: {col.column!r} has {len(value)} element"
+                         f"{'' if len(value) == 1 else 's'}, no index {col.index}")
+        value = value[col.index]
+    if value is not None and col.pick is not None:
+        value = _most_common(value, col.column, f"{at}.pick")
+    if value is not None and col.option_of is not None:
+        value = _option(value, raw, col, f"{at}.option_of")
+    if value is not None and col.tag is not None:
+        value = _tagged(value, col, f"{at}.tag")
+    if value is not None and col.split is not None:
+        if not isinstance(value, str):
+            raise WrongType(f"{at}.split", f"column {col.column!r} is {kind(value)}, not a string to split")
+        value = [item.strip() for item in value.split(col.split)] if value.strip() else None
+    if value is not None and col.strip:
+        if not isinstance(value, str):
+            raise WrongType(f"{at}.strip", f"column {col.column!r} is {kind(value)}, not a string")
+        for marker in col.strip:
+            value = value.replace(marker, "")
+        value = value.strip()
+    return value
+
+
+def _turn(value: Any, col: Column, at: str) -> Any:
+    """The content of the chat's one turn with role `col.turn`: turns as {role, content} (OpenAI,
+    LLaMA-Factory's sharegpt) or {from, value} (ShareGPT, LLaVA); a content of parts joins its texts."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(t, dict) for t in value):
+        raise WrongType(at, f"column {col.column!r} is {kind(value)}, not a list of chat turns "
+                            "({role, content} or {from, value})")
+    found = [t for t in value if t.get("role", t.get("from")) == col.turn]
+    if len(found) != 1:
+        roles = ", ".join(str(t.get("role", t.get("from"))) for t in value)
+        raise Reject("no_turn" if not found else "ambiguous_turn",
+                     f"{at}: {len(found)} turns with role {col.turn!r} (roles: {roles}); turn: reads a chat with one")
+    content = found[0].get("content", found[0].get("value"))
+    if isinstance(content, list):  # [{"type": "image"}, {"type": "text", "text": ...}]
+        content = "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return content
+
+
+_LIGHT = re.compile(r"^[\s.,!?;:'\"]+|[\s.,!?;:'\"]+$")
+
+
+def _most_common(value: Any, column: str, at: str) -> str:
+    """The most common answer of a list, compared after light normalisation (case, surrounding
+    spaces and punctuation, runs of spaces); a tie goes to the answer given first, and the gold is
+    that answer's first spelling. This is the consensus answer of the VQA convention (Antol et al.
+    2015, "VQA: Visual Question Answering": an answer scores min(#annotators who gave it / 3, 1); VizWiz
+    and lmms-eval's lmms_eval/tasks/vizwiz_vqa/utils.py @75571cf score so), under which the most common
+    answer scores highest. The full EvalAI normalisation (number words, articles, contractions) is not
+    applied: "two" and "2" stay two answers."""
+    if not isinstance(value, (list, tuple)):
+        raise WrongType(at, f"column {column!r} is {kind(value)}, not a list of answers")
+    spelled: dict[str, str] = {}
+    counts: Counter = Counter()
+    for answer in value:
+        if answer is None or isinstance(answer, (list, dict)):
+            continue
+        text = " ".join(str(answer).split())
+        norm = _LIGHT.sub("", text).lower()
+        if norm:
+            spelled.setdefault(norm, _LIGHT.sub("", text))
+            counts[norm] += 1
+    if not counts:
+        raise Reject("empty_list", f"{at}: {column!r} holds no answer")
+    best = max(counts.values())
+    return spelled[next(n for n in spelled if counts[n] == best)]  # dicts keep first-occurrence order
+
+
+def _option(value: Any, raw: dict, col: Column, at: str) -> str:
+    """The text of the option `value` points at: an int, a digit string, or a letter (A = 0)."""
+    if col.option_of not in raw:
+        raise Reject("unmappable_column", f"{at}: column {col.option_of!r} missing from this row")
+    options = raw[col.option_of]
+    if options is not None and not isinstance(options, (list, tuple)):
+        raise WrongType(at, f"column {col.option_of!r} is {kind(options)}, not a list of options")
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise WrongType(at, f"column {col.column!r} is {kind(value)}, not an option index (an int or a digit string)")
+    text = str(value).strip()
+    if re.fullmatch(r"-?\d+", text):
+        index = int(text)
+    elif re.fullmatch(r"[A-Za-z]", text):
+        index = ord(text.upper()) - ord("A")
+    else:
+        raise Reject("bad_option_index", f"{at}: {text[:40]!r} is not an option index (0, 1, ... or A, B, ...)")
+    if not options or not 0 <= index < len(options):
+        n = len(options or [])
+        raise Reject("option_out_of_range", f"{at}: index {text!r} but {col.option_of!r} has {n} option"
+                                            f"{'' if n == 1 else 's'}")
+    return options[index]
+
+
+def _tagged(value: Any, col: Column, at: str) -> str:
+    """The text inside the last <tag> ... </tag> (case aside), stripped."""
+    if not isinstance(value, str):
+        raise WrongType(at, f"column {col.column!r} is {kind(value)}, not a string")
+    found = re.findall(rf"<{col.tag}>(.*?)</{col.tag}>", value, flags=re.S | re.I)
+    if not found:
+        raise Reject("no_tag", f"{at}: no <{col.tag}> ... </{col.tag}> in {_printable(value[:60])!r}")
+    return found[-1].strip()
+
+
 # ---- mapping rows onto the schema -------------------------------------------
 
 
-def column_map(src: Source) -> dict[str, str | None]:
+def column_map(src: Source) -> dict[str, Column | str | None]:
     """The schema column -> source column mapping, defaults filled in (same name)."""
-    mapping: dict[str, str | None] = {k: k for k in ("question", "answer", "image", "choices", "caption", "id")}
+    mapping: dict[str, Column | str | None] = {k: k for k in ("question", "answer", "image", "choices", "caption",
+                                                              "id")}
     mapping.update(src.columns)
     return mapping
 
@@ -50,18 +197,33 @@ def _fields(template: str) -> list[str]:
 
 
 def check_columns(src: Source, first: dict) -> None:
-    """Fail before any write when the mapping names a column the data lacks."""
+    """Fail before any write when the mapping names a column the data lacks, or a Column rule meets
+    a value of the wrong type in the first row (a null value is checked on the rows that hold one)."""
     if "_bad" in first:  # an unreadable row says nothing about the columns; it is rejected on its own
         return
-    mapping = column_map(src)
-    for key, col in mapping.items():
+    cols = ", ".join(k for k in first if not k.startswith("_"))
+
+    def need(name: str, at: str) -> None:
+        if name not in first:
+            raise RecipeError(f"source {src.name}: {at}: {name!r} is not a column of the data "
+                              f"(columns: {cols}); map it under `columns:`")
+
+    for key, col in column_map(src).items():
         if col is None or (key not in src.columns and key not in ("question", "answer")):
             continue  # optional columns that merely default to their own name
+        if isinstance(col, Column):
+            need(col.column, f"columns.{key}.column")
+            if col.option_of:
+                need(col.option_of, f"columns.{key}.option_of")
+            try:
+                read_column(col, first, key)
+            except WrongType as e:
+                raise RecipeError(f"source {src.name}: {e.path}: {e.message}") from None
+            except Reject:
+                pass  # a value that breaks a rule is this row's problem, not the mapping's
+            continue
         for name in (_fields(col) if "{" in col else [col]):
-            if name not in first:
-                cols = ", ".join(k for k in first if not k.startswith("_"))
-                raise RecipeError(f"source {src.name}: columns.{key}: {name!r} is not a column of the data "
-                                  f"(columns: {cols}); map it under `columns:`")
+            need(name, f"columns.{key}")
 
 
 def preflight(recipe: IngestConfig) -> None:
@@ -73,14 +235,16 @@ def preflight(recipe: IngestConfig) -> None:
             check_columns(src, first)
 
 
-def map_row(src: Source, mapping: dict[str, str | None], raw: dict, index: int) -> Row:
+def map_row(src: Source, mapping: dict[str, Column | str | None], raw: dict, index: int) -> Row:
     if "_bad" in raw:
-        raise Reject("bad_row", raw["_bad"])
+        raise Reject(raw.get("_reason", "bad_row"), raw["_bad"])
 
     def get(key: str) -> Any:
         col = mapping.get(key)
         if col is None:
             return None
+        if isinstance(col, Column):
+            return read_column(col, raw, key)
         if "{" in col:
             try:
                 return col.format_map(raw)
@@ -112,10 +276,18 @@ def map_row(src: Source, mapping: dict[str, str | None], raw: dict, index: int) 
         choices = [_text(c, "choices", scalar=True, missing="bad_choices") for c in choices]
         if None in choices:
             raise Reject("bad_choices", "choices holds an empty (null) option")
+        if len(choices) > 26:  # options are lettered A-Z in prompts, answers and grading
+            raise Reject("bad_choices", f"{len(choices)} choices; at most 26 can be lettered A-Z")
     caption = _text(get("caption"), "caption", scalar=True)
     split = _text(get("split"), "split", scalar=True) if "split" in mapping else None
+    completion = None
+    if "completion" in mapping:
+        completion = _text(get("completion"), "completion")
+        if completion is None or not completion.strip():
+            raise Reject("missing_completion", "the completion is missing or empty")
     return Row(source_id=source_id, question=question.strip(), answer=answer, choices=choices or None,
-               caption=caption, split=split if split is not None else src.split, image=get("image"), raw=raw)
+               caption=caption, split=split if split is not None else src.split, image=get("image"), raw=raw,
+               completion=completion)
 
 
 def _text(value: Any, what: str, scalar: bool = False, missing: str | None = None) -> str | None:
@@ -166,9 +338,10 @@ def _answer(value: Any) -> str:
     return answer.strip()
 
 
-def _source_ref(source: str, mapping: dict[str, str | None], raw: dict, index: int) -> str:
+def _source_ref(source: str, mapping: dict[str, Column | str | None], raw: dict, index: int) -> str:
     """SOURCE:ID of a row that could not be mapped: its id column when it has one, else its key or position."""
     col = mapping.get("id")
+    col = col.column if isinstance(col, Column) else col
     value = raw.get(col) if col and "{" not in col else None
     return _printable(f"{source}:{raw.get('_key', index) if value is None else value}")
 

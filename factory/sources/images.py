@@ -28,11 +28,12 @@ class CheckedImage:
 def _check_image(data: bytes, full_decode: bool) -> tuple[int, int, str]:
     """Prove the bytes are one whole image; return its size and format.
 
-    Every byte is checked, but pixels are inflated only where that is the
-    check: a PNG's chunks are verified against their CRCs through IEND
-    (truncation or a flipped bit fails), a JPEG's entropy-coded data is fully
-    decoded at 1/8 scale, other formats are decoded in full. `full_decode`
-    inflates every pixel of every format (about 50x slower on PNG).
+    Every byte is checked and every image decoded: a PNG's chunks are verified
+    against their CRCs through IEND (truncation or a flipped bit fails) and its
+    pixel stream inflated to the last row its header promises (`_png_rows`), a
+    JPEG's entropy-coded data is fully decoded at 1/8 scale, other formats are
+    decoded in full. `full_decode` also unfilters every PNG pixel (about 50x
+    slower on PNG).
     """
     from PIL import Image
 
@@ -45,7 +46,49 @@ def _check_image(data: bytes, full_decode: bool) -> tuple[int, int, str]:
         else:
             im.draft(im.mode, (max(1, width // 8), max(1, height // 8)))
             im.load()
+    if fmt == "PNG":
+        _png_rows(data)
     return width, height, fmt
+
+
+# Adam7's seven passes: (dx, dy, x0, y0), every dx-th pixel of every dy-th row from (x0, y0)
+ADAM7 = ((8, 8, 0, 0), (8, 8, 4, 0), (4, 8, 0, 4), (4, 4, 2, 0), (2, 4, 0, 2), (2, 2, 1, 0), (1, 2, 0, 1))
+
+
+def _png_rows(data: bytes) -> None:
+    """Raise unless the PNG's IDAT stream inflates to every row its header promises.
+
+    A PNG cut and re-wrapped with valid CRCs and a clean zlib end passes PIL's verify(), and PIL's load()
+    zero-fills some of those without a word: they reached sft, report, vlfactory.load and training, and broke
+    there (issue 18 item 8). Inflating costs what decoding costs, without unfiltering; memory holds 1 MiB.
+    """
+    import struct
+    import zlib
+
+    pos, header, stream = 8, None, []
+    while pos + 8 <= len(data):
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", data[pos + 8:pos + 21])
+        elif kind == b"IDAT":
+            stream.append(data[pos + 8:pos + 8 + n])
+        elif kind == b"IEND":
+            break
+        pos += 12 + n
+    width, height, depth, color, _, _, interlace = header
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[color]
+
+    def size(w: int, h: int) -> int:  # a filter byte, then the row's packed samples
+        return h * (1 + (w * channels * depth + 7) // 8) if w > 0 and h > 0 else 0
+
+    passes = ADAM7 if interlace else ((1, 1, 0, 0),)
+    want = sum(size(-(-(width - x0) // dx), -(-(height - y0) // dy)) for dx, dy, x0, y0 in passes)
+    inflate, got, rest = zlib.decompressobj(), 0, b"".join(stream)
+    while rest and got < want:
+        got += len(inflate.decompress(rest, 1 << 20))
+        rest = inflate.unconsumed_tail
+    if got < want:
+        raise ValueError(f"the pixel data ends early: {got:,} of {want:,} bytes of rows")
 
 
 def load_image(value: Any, root: Path, full_decode: bool = False, max_bytes: int = MAX_IMAGE_BYTES) -> CheckedImage:

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from vlfactory.stages.generation import Prompt, common_row, hydrate_images, image_part, run_prompts, sha
-from vlfactory.prompts import load_template
+from vlfactory.stages.generation import Generation, Prompt, image_part, sha
 from vlfactory.recipe import CaptionConfig
 from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema
@@ -28,6 +27,22 @@ def problems(lake: Lake, scope: Scope) -> list[tuple]:
     return lake.con.execute(f"""SELECT p.problem_id, p.image_id, p.caption, p.source, i.format
         FROM {scope.problems()} p LEFT JOIN lake.images i USING (image_id)
         ORDER BY p.source, p.source_id, p.problem_id""").fetchall()
+
+
+class Caption(Generation):
+    """The caption model sees the image and the captioning prompt; each sample is a `captions` row."""
+
+    name, table, template_name = "caption", "captions", "caption"
+
+    def prompt(self, problem: tuple) -> Prompt:
+        problem_id, image_id, _, _, fmt = problem
+        return Prompt(problem_id, [{"role": "user", "content": [image_part(image_id, None, fmt),
+                                                               {"type": "text", "text": self.template.render()}]}],
+                      {"image_id": image_id})
+
+    def row(self, prompt: Prompt, key: str, text: str) -> dict:
+        return {"caption_id": key[:16], "image_id": prompt.context["image_id"], "caption": text.strip(),
+                "origin": "model"}
 
 
 def run(lake: Lake, cfg: CaptionConfig | None, scope: Scope, progress=None) -> StageResult:
@@ -61,28 +76,7 @@ def run(lake: Lake, cfg: CaptionConfig | None, scope: Scope, progress=None) -> S
         result.skipped["no caption model in the recipe"] += len(todo)
         return result
 
-    template = load_template(cfg.prompt or "caption")
-    text = template.render()
-    identity = cfg.identity
-
-    def prompts():
-        for problem_id, image_id, _, _, fmt in todo:
-            yield Prompt(problem_id, [{"role": "user", "content": [image_part(image_id, None, fmt),
-                                                                   {"type": "text", "text": text}]}],
-                         {"image_id": image_id})
-
-    def build(prompt: Prompt, res, indices: list[int], keys: list[str]) -> list[dict]:
-        out = []
-        for j, (i, key) in enumerate(zip(indices, keys)):
-            row = common_row(prompt, res, j, key, identity, template.hash, lake.run_id)
-            out.append({k: row[k] for k in ("model", "prompt_hash", "prompt_tokens", "completion_tokens",
-                                             "finish_reason", "latency_s", "request_key", "run_id")}
-                       | {"caption_id": key[:16], "problem_id": prompt.ref, "image_id": prompt.context["image_id"],
-                          "caption": res.completions[j].text.strip(), "origin": "model"})
-        return out
-
-    model = run_prompts(lake, "caption", "captions", cfg, identity, template, prompts(), build, progress,
-                        hydrate=lambda ps: hydrate_images(lake, ps))
+    model = Caption(cfg).run(lake, todo, progress)
     for name in ("wanted", "cached", "written", "failed", "requests", "prompt_tokens", "completion_tokens",
                  "seconds"):
         setattr(result, name, getattr(result, name) + getattr(model, name))

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import re
 
-from vlfactory.stages.generation import Prompt, common_row, run_prompts
-from vlfactory.prompts import load_template
+from vlfactory.stages.generation import Generation, Prompt
 from vlfactory.recipe import DistilConfig
 from vlfactory.stages import Scope, StageResult
 from vlfactory.stores.lake import Lake
@@ -55,27 +54,24 @@ def problems_with_captions(lake: Lake, cfg: DistilConfig, scope: Scope) -> tuple
     return [r for r in rows if r[4] is not None], sum(r[4] is None for r in rows)
 
 
+class Distil(Generation):
+    """The reasoner reads the caption and the question in the reasoning template; each sample is a `traces` row."""
+
+    name, table, template_name, needs = "distil", "traces", "reason", frozenset({"caption", "question"})
+
+    def prompt(self, problem: tuple) -> Prompt:
+        problem_id, question, choices, caption_id, caption = problem
+        text = self.template.render(caption=caption, question=question, choices=choices)
+        return Prompt(problem_id, [{"role": "user", "content": text}], {"caption_id": caption_id})
+
+    def row(self, prompt: Prompt, key: str, text: str) -> dict:
+        return {"trace_id": key[:16], "reasoning": split_reasoning(text), "answer": extract_answer(text),
+                "caption_id": prompt.context["caption_id"]}
+
+
 def run(lake: Lake, cfg: DistilConfig, scope: Scope, progress=None) -> StageResult:
     rows, uncaptioned = problems_with_captions(lake, cfg, scope)
-    template = load_template(cfg.prompt or "reason", needs={"caption", "question"})
-    identity = cfg.identity
-
-    def prompts():
-        for problem_id, question, choices, caption_id, caption in rows:
-            text = template.render(caption=caption, question=question, choices=choices)
-            yield Prompt(problem_id, [{"role": "user", "content": text}], {"caption_id": caption_id})
-
-    def build(prompt: Prompt, result, indices: list[int], keys: list[str]) -> list[dict]:
-        out = []
-        for j, (i, key) in enumerate(zip(indices, keys)):
-            text = result.completions[j].text
-            out.append(common_row(prompt, result, j, key, identity, template.hash, lake.run_id) | {
-                "trace_id": key[:16], "problem_id": prompt.ref, "sample_index": i, "completion": text,
-                "reasoning": split_reasoning(text), "answer": extract_answer(text),
-                "caption_id": prompt.context["caption_id"], "backend": cfg.backend})
-        return out
-
-    result = run_prompts(lake, "distil", "traces", cfg, identity, template, prompts(), build, progress)
+    result = Distil(cfg).run(lake, rows, progress)
     if uncaptioned:
         result.skipped["no caption yet: run the caption stage"] += uncaptioned
     return result

@@ -9,17 +9,21 @@ says how (vlfactory.recipe.EvalSettings):
   official formatting of OpenVLThinker's evaluation/eval_openvlthinker.py
   (`query`: the benchmark's text as is, MathVista's `query`; `hint`:
   `format_instruction`, a hint line and lettered options, for MathVision, EMMA
-  and MMMU-Pro; `yes_no`; `vision`), with nothing appended;
+  and MMMU-Pro; `yes_no`; `vision`); the protocol's own suffix is appended
+  (qwen-boxed: "Your final answer MUST BE put in \\boxed{}"), nothing else;
 - the decoding: default greedy (the official near-greedy temperature 0.01,
   top_p 0.001, top_k 1 keeps the most likely token: greedy), n samples per
   problem;
-- the protocol: `vlfactory` (the factory's verifier, with the recipe's verify
-  settings), `openvlthinker` (the official judge: vlfactory.verify,
-  protocol="openvlthinker"), or `judge` (an LLM judge, as the official
-  MathVerse script evaluation/verify_mathverse_gpt4.py: the judge model gets the
-  instruction, the gold and the extracted answer through its template, and
-  "Yes" after "Judgement: " is correct), through any backend (an
-  OpenAI-compatible server for a hosted judge).
+- the protocol, one of vlfactory.verify.PROTOCOLS: `vlfactory` (the factory's
+  verifier, with the recipe's verify settings), `openvlthinker` (the official
+  evaluation judge), `qwen-boxed` (the official Qwen baseline: boxed answers,
+  the paper's base-model numbers), `openvlthinker-data` (the official grader of
+  training data), or `judge` (an LLM judge, as the official MathVerse script
+  evaluation/verify_mathverse_gpt4.py: vlfactory.verify.judge_prompt renders
+  what the judge model reads, judge_verdict reads "Yes" after "Judgement: "),
+  through any backend (an OpenAI-compatible server for a hosted judge). The
+  base model (iteration 0 of the loop) may have its own, `eval.base_protocol`
+  (OpenVLThinker: qwen-boxed), for every benchmark.
 
 Every answer lands in `eval_samples` (model identity, benchmark, row, sample
 index, prompt, completion, extracted answer, verdict, the judge's text), and
@@ -46,7 +50,6 @@ import pyarrow as pa
 
 from vlfactory.backends import Request
 from vlfactory.stages.generation import image_part, make_backend_for, record_model, sha
-from vlfactory.stages.verify import settings_hash, verifier
 from vlfactory.sources.columns import Reject, column_map, map_row
 from vlfactory.sources.images import images_root, load_image
 from vlfactory.sources.readers import read_source
@@ -55,9 +58,7 @@ from vlfactory.recipe import EvalConfig
 from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
-
-JUDGE_FIELDS = frozenset({"instruction", "groundtruth", "prediction"})
-NO_ANSWER = "Failed to extract."   # what the official script hands the judge when there is no </answer>
+from vlfactory.verify import JUDGE_FIELDS, PROMPT_SUFFIXES, verdict_identity
 
 
 @dataclass
@@ -157,21 +158,16 @@ def official_prompt(fmt: str, question: str, options: list[str] | None) -> str:
     return f"Hint: Please answer the question requiring an answer.\nQuestion: {question}"
 
 
-def judge_says_correct(text: str) -> bool:
-    """The official MathVerse verdict: "Yes" after "Judgement: ", or the whole reply "Yes" without it."""
-    found = text.find("Judgement: ")
-    return text == "Yes" if found == -1 else "Yes" in text[found + len("Judgement: "):]
-
-
 def grading_id(cfg: EvalConfig) -> list:
     """What decides the verdicts: part of the eval key."""
     if cfg.protocol == "vlfactory":   # as before protocols existed, so earlier evaluations keep their keys
-        return [verifier(), settings_hash(cfg.verify)]
-    if cfg.protocol == "openvlthinker":
-        return ["openvlthinker", metadata.version("mathruler")]
+        return list(verdict_identity(cfg.verify))
+    if cfg.protocol != "judge":   # the official protocols, each with its prompt suffix
+        return [cfg.protocol, metadata.version("mathruler")]
     judge = cfg.judge
     template = load_template(judge.prompt or "mathverse_judge", fields=JUDGE_FIELDS)
-    return ["judge", judge.identity, template.hash, dataclasses.asdict(judge.sampling)]
+    # the answer shown to the judge as a one-element list, as the official script does (judge_prompt)
+    return ["judge", judge.identity, template.hash, dataclasses.asdict(judge.sampling), "prediction as a list"]
 
 
 def run(lake: Lake, cfg: EvalConfig, scope: Scope | None = None, progress=None) -> StageResult:
@@ -189,8 +185,9 @@ def run(lake: Lake, cfg: EvalConfig, scope: Scope | None = None, progress=None) 
     if done:
         return _done_before(lake, cfg, done, skipped)
 
-    texts = [official_prompt(cfg.format, row.question, row.choices) if cfg.format
-             else template.render(question=row.question, choices=row.choices) for row, _ in rows]
+    suffix = PROMPT_SUFFIXES.get(cfg.protocol, "")
+    texts = [(official_prompt(cfg.format, row.question, row.choices) if cfg.format
+              else template.render(question=row.question, choices=row.choices)) + suffix for row, _ in rows]
     requests = [Request(str(i), [{"role": "user", "content": [image_part(image.image_id, image.data, image.format),
                                                               {"type": "text", "text": text}]}], gen.sampling)
                 for i, ((row, image), text) in enumerate(zip(rows, texts))]
@@ -236,7 +233,7 @@ def run(lake: Lake, cfg: EvalConfig, scope: Scope | None = None, progress=None) 
 
 def _grade(cfg: EvalConfig, samples: list[dict]) -> None:
     """Fill extracted, correct, reason (and judge) of each sample, by the evaluation's protocol."""
-    from vlfactory.verify import grade_many, official_answer
+    from vlfactory.verify import grade_many, judge_prompt, judge_verdict
 
     if cfg.protocol != "judge":
         grades = grade_many([{"completion": s["completion"], "answer": s["answer"], "choices": s["choices"],
@@ -246,23 +243,19 @@ def _grade(cfg: EvalConfig, samples: list[dict]) -> None:
             s.update(extracted=g.extracted, correct=g.correct, reason=g.reason, judge=None)
         return
     # The official MathVerse judging: the instruction as the benchmark has it, the gold, and the answer the
-    # official extraction read ("Failed to extract." without </answer>).
+    # official extraction read; the judge model's call is a generation like any other.
     judge = cfg.judge
     template = load_template(judge.prompt or "mathverse_judge", fields=JUDGE_FIELDS)
-    requests = []
-    for i, s in enumerate(samples):
-        s["extracted"] = official_answer(s["completion"])
-        text = template.render(instruction=s["question"], groundtruth=s["answer"],
-                               prediction=s["extracted"] if s["extracted"] is not None else NO_ANSWER)
-        requests.append(Request(str(i), [{"role": "user", "content": text}], judge.sampling))
+    requests = [Request(str(i), [{"role": "user", "content": judge_prompt(template, s["question"], s["answer"],
+                                                                          s["completion"])}], judge.sampling)
+                for i, s in enumerate(samples)]
     backend = make_backend_for(judge)
     try:
         for r in backend.generate(requests):
             s = samples[int(r.request.key)]
             s["judge"] = r.completions[0].text if r.ok else None
-            s["correct"] = bool(r.ok and judge_says_correct(s["judge"]))
-            s["reason"] = ("judge_failed" if not r.ok else "correct" if s["correct"] else
-                           "no_answer" if s["extracted"] is None else "incorrect")
+            g = judge_verdict(s["judge"], s["completion"])
+            s.update(extracted=g.extracted, correct=g.correct, reason=g.reason)
     finally:
         backend.close()
 

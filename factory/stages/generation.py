@@ -1,9 +1,11 @@
 """The cached, resumable request loop shared by the generation stages.
 
-A stage describes its work as `Prompt`s (messages, sampling, how many
-samples); this module gives every sample a request key, skips the keys the
-lake already holds, sends the rest through a backend, and commits the rows a
-stage builds from each answer in batches (by count and by time). So:
+A generation stage (caption, distil, rollout) is declared as a `Generation`: its
+model call (the recipe block), its template, what to prompt for each problem
+(`prompt`) and what to store from each sample (`row`, into `table`). The
+`RequestLoop` does the rest: it gives every sample a request key, skips the
+keys the lake already holds, sends the rest through a backend, and commits the
+rows in batches (by count and by time). So:
 
 - rerunning a finished stage sends zero requests;
 - changing one sampling setting, the template, the model or an image
@@ -12,23 +14,28 @@ stage builds from each answer in batches (by count and by time). So:
   the missing requests (keys are unique in the table: no duplicates);
 - a request that fails after its retries becomes a `rejected` row with the
   error, and a rerun tries it again.
+
+tests/stages/test_stages.py proves each (and that keys are the hash of their JSON text, and that
+another writer's rows committed between a probe and a commit are not inserted twice);
+bench/generation.py measures the loop against a server with a known ceiling.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import json
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 
 from vlfactory.backends import Backend, Request, Result, Sampling
-from vlfactory.prompts import Template
+from vlfactory.prompts import Template, load_template
 from vlfactory.recipe import GenerationConfig
-from vlfactory.stages import StageResult
+from vlfactory.stages import Progress, StageResult
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
 
@@ -36,6 +43,7 @@ from vlfactory.stores.lake import Lake
 PROBE_SLICE = 8192                    # prompts per cache probe, at least (one read of the table's key column each)
 PROBE_SCANS = 4                       # a probe slice grows with the table: about this many reads of it per pass
 HYDRATE_CHUNK = 256                   # prompts whose image bytes are fetched at once
+SCHEMAS = {"captions": schema.CAPTIONS, "traces": schema.TRACES, "rollouts": schema.ROLLOUTS}
 
 
 _KEY_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)  # json.dumps's, built once
@@ -85,7 +93,7 @@ def _key_messages(messages: list[dict]) -> list:
 class Prompt:
     """One rendered prompt and the samples wanted from it."""
 
-    ref: str                          # what it is about (a problem id)
+    ref: str                          # what it is about: the problem id its rows carry
     messages: list[dict]
     context: dict = field(default_factory=dict)  # whatever the stage needs to build its rows
 
@@ -119,7 +127,185 @@ def sample_key(prompt_key_: str, index: int) -> str:
     return hashlib.sha256(f'["sample", "{prompt_key_}", {int(index)}]'.encode()).hexdigest()
 
 
-RowBuilder = Callable[[Prompt, Result, list[int], list[str]], list[dict]]
+class Generation:
+    """A generation stage, declared: these prompts, these rows.
+
+    A stage sets `name` (in commit messages and rejected rows), `table` (where its rows go), its
+    default template (`template_name`, the recipe's `prompt:` overrides it) and the fields that
+    template must have (`needs`), and says what to send for one problem (`prompt`) and which of
+    its own columns a sample's row has (`row`); `run` sends through the RequestLoop.
+    """
+
+    name: str
+    table: str
+    template_name: str
+    needs: frozenset[str] = frozenset()
+
+    def __init__(self, config: GenerationConfig):
+        self.config = config
+        self.identity = config.identity  # in every key and row: computed once (a local model's is a hash of it)
+        self.template = load_template(config.prompt or self.template_name, needs=self.needs)
+
+    def prompt(self, problem: tuple) -> Prompt:
+        raise NotImplementedError
+
+    def row(self, prompt: Prompt, key: str, text: str) -> dict:
+        """The stage's own columns of the row for one sample (`key` its request key, `text` its completion);
+        RequestLoop.rows adds those every generated row shares."""
+        raise NotImplementedError
+
+    def run(self, lake: Lake, problems: Iterable[tuple], progress: Progress | None = None,
+            backend_factory: Callable[[], Backend] | None = None) -> StageResult:
+        return RequestLoop(lake, self, progress, backend_factory).run(map(self.prompt, problems))
+
+
+class RequestLoop:
+    """One pass of a generation stage over its prompts: probe the cache, hydrate images, send, commit.
+
+    What a commit inserts was missing at the oldest probe of its rows; while no other writer has
+    inserted keys into the table since (its write guard moved by this loop's own commits only),
+    the insert skips its key check, and otherwise checks every key (another writer's rows are
+    not inserted twice).
+    """
+
+    def __init__(self, lake: Lake, stage: Generation, progress: Progress | None = None,
+                 backend_factory: Callable[[], Backend] | None = None):
+        self.lake, self.stage, self.progress = lake, stage, progress
+        self.backend_factory = backend_factory or (lambda: make_backend_for(stage.config))
+        self.sampling = stage.config.sampling
+        self.stats = StageResult(stage.name)
+        self.sent: dict[str, tuple[Prompt, list[int], list[str], int]] = {}  # key -> prompt, samples, keys, probe
+        self.rows: list[dict] = []                            # received, not committed
+        self.failures: list[tuple[str, str, str]] = []        # (request key, detail, payload), not committed
+        self.last_commit = time.monotonic()
+        self.probes: list[tuple[int, int | None]] = []        # per probe: this loop's commits so far, the guard
+        self.own_writes = 0
+        self.oldest: int | None = None                        # the oldest probe of the uncommitted rows
+
+    def run(self, prompts: Iterable[Prompt]) -> StageResult:
+        """Send what the lake lacks, commit what comes back."""
+        cfg, t0, backend = self.stage.config, time.perf_counter(), None
+        try:
+            requests = self.requests(prompts)
+            record_template(self.lake, self.stage.template)
+            record_model(self.lake, cfg, self.stage.identity)
+            first = next(requests, None)
+            if first is not None:  # only start a model when there is work for it
+                backend = self.backend_factory()
+                for result in backend.generate(itertools.chain([first], requests)):
+                    self.receive(result)
+                    if len(self.rows) >= cfg.commit_rows or time.monotonic() - self.last_commit >= cfg.commit_seconds:
+                        self.commit()
+        finally:
+            # Whatever happens (Ctrl-C, a bug, a dead backend), keep every answer already received.
+            self.commit()
+            if backend is not None:
+                backend.close()
+            self.stats.seconds = time.perf_counter() - t0
+        return self.stats
+
+    def requests(self, prompts: Iterable[Prompt]) -> Iterator[Request]:
+        """Requests for the samples the lake lacks. Keys are probed in large slices (a probe reads the
+        table's key column once, so its cost is per slice, not per prompt), and a slice grows with the
+        table (about PROBE_SCANS probes per pass over it), so a pass reads the table a bounded number
+        of times however large it is."""
+        n, stats = self.sampling.n, self.stats
+        key_of = prompt_keyer(self.stage.identity, self.sampling, self.stage.template.hash)
+        held = self.lake.count(self.stage.table)  # rows in the table; with stats.written, what it holds now
+        seen: set[str] = set()
+        slice_: list[tuple[Prompt, str, list[str]]] = []
+        for prompt in prompts:
+            pkey = key_of(prompt.messages)
+            if pkey in seen:  # the same request as another problem's (same text, same image): its rows are the first's
+                stats.skipped["same request as another problem"] += 1
+                continue
+            seen.add(pkey)
+            slice_.append((prompt, pkey, [sample_key(pkey, i) for i in range(n)]))
+            stats.wanted += n
+            if len(slice_) >= max(PROBE_SLICE, (held + stats.written) // (PROBE_SCANS * n)):
+                yield from self.probe(slice_)
+                slice_ = []
+        yield from self.probe(slice_)
+
+    def probe(self, slice_: list[tuple[Prompt, str, list[str]]]) -> Iterator[Request]:
+        """This slice's requests for what the table lacks; image bytes are fetched in small chunks, only
+        for the prompts that will be sent, so memory stays flat."""
+        self.probes.append((self.own_writes, self.lake.guard_value(self.stage.table)))  # first: a write after shows
+        lacking = self.lake.missing(self.stage.table, "request_key", [k for *_, keys in slice_ for k in keys])
+        todo = []
+        for prompt, pkey, keys in slice_:
+            missing = [i for i, k in enumerate(keys) if k in lacking]
+            self.stats.cached += len(keys) - len(missing)
+            if missing:
+                todo.append((prompt, pkey, keys, missing))
+        for start in range(0, len(todo), HYDRATE_CHUNK):
+            chunk = todo[start:start + HYDRATE_CHUNK]
+            hydrate_images(self.lake, [prompt for prompt, *_ in chunk])
+            for prompt, pkey, keys, missing in chunk:
+                self.sent[pkey] = (prompt, missing, [keys[i] for i in missing], len(self.probes) - 1)
+                self.stats.requests += 1
+                yield Request(key=pkey, messages=prompt.messages, sampling=self.partial(missing))
+
+    def partial(self, missing: list[int]) -> Sampling:
+        """A prompt with some samples stored asks only for the missing ones; the seed moves with them."""
+        base = self.sampling
+        if len(missing) == base.n:
+            return base
+        return dataclasses.replace(base, n=len(missing), seed=None if base.seed is None else base.seed + missing[0])
+
+    def receive(self, result: Result) -> None:
+        """An answer: its rows, or a failure, wait for the next commit."""
+        prompt, indices, keys, probe = self.sent.pop(result.request.key)
+        if result.ok:
+            self.oldest = probe if self.oldest is None else min(self.oldest, probe)
+            for c in result.completions:  # a lone surrogate from a JSON reply would not store
+                c.text = c.text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+            self.stats.prompt_tokens += result.prompt_tokens
+            self.stats.completion_tokens += sum(c.completion_tokens for c in result.completions)
+            self.rows.extend(self.build(prompt, result, indices, keys))
+        else:
+            self.stats.failed += 1
+            self.stats.rejected["request_failed"] += 1
+            payload = json.dumps({"ref": prompt.ref, "attempts": result.attempts, "endpoint": result.endpoint,
+                                  "samples": indices})
+            self.failures.append((result.request.key, f"{prompt.ref}: {result.error}", payload))
+        if self.progress:
+            self.progress(self.stats, len(indices))
+
+    def build(self, prompt: Prompt, result: Result, indices: list[int], keys: list[str]) -> list[dict]:
+        """A row per sample: the columns generated rows share (a table keeps those in its schema), then the
+        stage's own."""
+        s, stage = result.request.sampling, self.stage
+        shared = {"problem_id": prompt.ref, "model": stage.identity, "prompt_hash": stage.template.hash,
+                  "prompt_tokens": result.prompt_tokens, "latency_s": result.latency_s, "run_id": self.lake.run_id,
+                  "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed,
+                  "backend": stage.config.backend}
+        return [shared | {"sample_index": i, "request_key": key, "completion": c.text,
+                          "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason}
+                | stage.row(prompt, key, c.text) for i, key, c in zip(indices, keys, result.completions)]
+
+    def commit(self) -> None:
+        """The received rows and failures in one snapshot; run again from the start if another run's commit of
+        these keys wins (Lake.write)."""
+        if self.rows or self.failures:
+            stage, lake = self.stage, self.lake
+            mine, guard = self.probes[self.oldest] if self.oldest is not None else (0, None)
+            guard_at = None if guard is None else guard + self.own_writes - mine
+            rows = pa.Table.from_pylist(self.rows, schema=SCHEMAS[stage.table])
+            rejected = pa.Table.from_pylist([
+                {"rejected_id": sha("rejected", stage.name, "request_failed", key)[:16], "stage": stage.name,
+                 "reason": "request_failed", "reasons": ["request_failed"], "detail": detail, "ref_id": key,
+                 "payload": payload, "run_id": lake.run_id} for key, detail, payload in self.failures],
+                schema=schema.REJECTED)
+
+            def write() -> int:
+                lake.insert("rejected", rejected, key="rejected_id")
+                return lake.insert(stage.table, rows, key="request_key", guard_at=guard_at)
+            n = lake.write(f"{stage.name}: {len(self.rows)} rows, {len(self.failures)} failed", write)
+            self.stats.written += n
+            self.own_writes += n > 0
+            self.rows, self.failures, self.oldest = [], [], None
+        self.last_commit = time.monotonic()
 
 
 def record_template(lake: Lake, template: Template) -> None:
@@ -129,159 +315,6 @@ def record_template(lake: Lake, template: Template) -> None:
     if not lake.existing("prompts", "prompt_hash", [template.hash]):
         lake.write(f"prompt template {template.name} ({template.hash})",
                    lambda: lake.insert("prompts", row, key="prompt_hash"))
-
-
-def run_prompts(lake: Lake, stage_name: str, table: str, stage: GenerationConfig, identity: str, template: Template,
-                prompts: Iterable[Prompt], build_rows: RowBuilder, progress=None,
-                hydrate: Callable[[list[Prompt]], None] | None = None,
-                backend_factory: Callable[[], Backend] | None = None) -> StageResult:
-    """Send what the lake lacks, commit what comes back. See the module docstring.
-
-    `identity` is the model's (GenerationConfig.identity, computed once by the stage): it is in
-    every request key and every row, so another model, or the same folder with new weights,
-    never reads these rows as its own.
-    """
-    stats = StageResult(stage_name)
-    arrow_schema = {"captions": schema.CAPTIONS, "traces": schema.TRACES, "rollouts": schema.ROLLOUTS}[table]
-    base = stage.sampling
-    backend_factory = backend_factory or (lambda: make_backend_for(stage))
-    t0 = time.perf_counter()
-
-    def pending() -> Iterator[Request]:
-        """Requests for the samples the lake lacks. Keys are probed in large slices (a probe reads the
-        table's key column once, so its cost is per slice, not per prompt), and a slice grows with the
-        table (about PROBE_SCANS probes per pass over it), so a pass reads the table a bounded number
-        of times however large it is; image bytes are fetched in small chunks, only for the prompts
-        that will be sent, so memory stays flat."""
-        slice_: list[tuple[Prompt, str, list[str]]] = []
-        held = lake.count(table)  # rows in the table, kept up to date with what this run commits
-
-        def flush_slice():
-            probes.append((own_writes, lake.guard_value(table)))  # before the read: a write in between shows
-            lacking = lake.missing(table, "request_key", [k for _, _, ks in slice_ for k in ks])
-            todo = []
-            for prompt, pkey, ks in slice_:
-                missing = [i for i, k in enumerate(ks) if k in lacking]
-                stats.cached += len(ks) - len(missing)
-                if missing:
-                    todo.append((prompt, pkey, ks, missing))
-            for k in range(0, len(todo), HYDRATE_CHUNK):
-                chunk = todo[k:k + HYDRATE_CHUNK]
-                if hydrate:
-                    hydrate([prompt for prompt, *_ in chunk])
-                for prompt, pkey, ks, missing in chunk:
-                    # Partial prompts ask only for the missing samples; the seed moves with them.
-                    sampling = base if len(missing) == base.n else Sampling(
-                        **{**base.__dict__, "n": len(missing),
-                           "seed": None if base.seed is None else base.seed + missing[0]})
-                    prompt.context["_samples"] = (missing, [ks[i] for i in missing])
-                    prompt.context["_probe"] = len(probes) - 1
-                    stats.requests += 1
-                    yield Request(key=pkey, messages=prompt.messages, sampling=sampling), prompt
-
-        seen: set[str] = set()
-        key_of = prompt_keyer(identity, base, template.hash)
-        for prompt in prompts:
-            pkey = key_of(prompt.messages)
-            if pkey in seen:  # the same request as another problem's (same text, same image): its rows are the first's
-                stats.skipped["same request as another problem"] += 1
-                continue
-            seen.add(pkey)
-            ks = [sample_key(pkey, i) for i in range(base.n)]
-            stats.wanted += base.n
-            slice_.append((prompt, pkey, ks))
-            if len(slice_) >= max(PROBE_SLICE, (held + stats.written) // (PROBE_SCANS * base.n)):
-                yield from flush_slice()
-                slice_ = []
-        yield from flush_slice()
-
-    by_key: dict[str, Prompt] = {}
-
-    def requests() -> Iterator[Request]:
-        for request, prompt in pending():
-            by_key[request.key] = prompt
-            yield request
-
-    buffer: list[dict] = []
-    failures: list[tuple[str, str, str]] = []
-    last_commit = time.monotonic()
-    # The buffer's keys were all missing at the oldest probe of its rows; while no other keyed write
-    # has happened since (the table's guard moved by our own commits only), the insert skips its check.
-    probes: list[tuple[int, int | None]] = []   # per probe: our commits so far, the table's guard
-    own_writes, oldest = 0, None
-
-    def commit() -> None:
-        nonlocal buffer, failures, last_commit, own_writes, oldest
-        if buffer or failures:
-            mine, guard = probes[oldest] if oldest is not None else (0, None)
-            guard_at = None if guard is None else guard + own_writes - mine
-            rows = pa.Table.from_pylist(buffer, schema=arrow_schema)
-            rejected = pa.Table.from_pylist([
-                {"rejected_id": sha("rejected", stage_name, "request_failed", key)[:16], "stage": stage_name,
-                 "reason": "request_failed", "reasons": ["request_failed"], "detail": detail, "ref_id": key,
-                 "payload": payload, "run_id": lake.run_id} for key, detail, payload in failures],
-                schema=schema.REJECTED)
-            def write() -> int:  # run again from the start if another run's commit of these keys wins
-                lake.insert("rejected", rejected, key="rejected_id")
-                return lake.insert(table, rows, key="request_key", guard_at=guard_at)
-            n = lake.write(f"{stage_name}: {len(buffer)} rows, {len(failures)} failed", write)
-            stats.written += n
-            own_writes += n > 0
-            buffer, failures, oldest = [], [], None
-        last_commit = time.monotonic()
-
-    backend = None
-    try:
-        stream = requests()
-        record_template(lake, template)
-        record_model(lake, stage, identity)
-        first = next(stream, None)
-        if first is not None:  # only start a model when there is work for it
-            backend = backend_factory()
-
-            def all_requests():
-                yield first
-                yield from stream
-
-            for result in backend.generate(all_requests()):
-                prompt = by_key.pop(result.request.key)
-                indices, keys = prompt.context.pop("_samples")
-                probe = prompt.context.pop("_probe")
-                if result.ok:
-                    oldest = probe if oldest is None else min(oldest, probe)
-                    for c in result.completions:  # a lone surrogate from a JSON reply would not store
-                        c.text = c.text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-                    stats.prompt_tokens += result.prompt_tokens
-                    stats.completion_tokens += sum(c.completion_tokens for c in result.completions)
-                    buffer.extend(build_rows(prompt, result, indices, keys))
-                else:
-                    stats.failed += 1
-                    stats.rejected["request_failed"] += 1
-                    payload = json.dumps({"ref": prompt.ref, "attempts": result.attempts,
-                                          "endpoint": result.endpoint, "samples": indices})
-                    failures.append((result.request.key, f"{prompt.ref}: {result.error}", payload))
-                if progress:
-                    progress(stats, len(indices))
-                if len(buffer) >= stage.commit_rows or time.monotonic() - last_commit >= stage.commit_seconds:
-                    commit()
-    finally:
-        # Whatever happens (Ctrl-C, a bug, a dead backend), keep every answer already received.
-        commit()
-        if backend is not None:
-            backend.close()
-        stats.seconds = time.perf_counter() - t0
-    return stats
-
-
-def common_row(prompt: Prompt, result: Result, index: int, key: str, identity: str,
-               template_hash: str, run_id: str | None) -> dict:
-    """The columns every generated row shares."""
-    c = result.completions[index]
-    s = result.request.sampling
-    return {"model": identity, "prompt_hash": template_hash, "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason,
-            "latency_s": result.latency_s, "request_key": key, "run_id": run_id,
-            "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed}
 
 
 def record_model(lake: Lake, stage: GenerationConfig, identity: str) -> None:

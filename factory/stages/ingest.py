@@ -8,6 +8,13 @@ source adds nothing. Writes go in batches, one snapshot each (a batch's images
 as one Parquet file the lake adopts), so a crash loses at most the batch in
 flight and a rerun picks up the rest.
 
+A source that maps a `completion` column (a released SFT set's assistant turns)
+also writes each row's chain as a `traces` row of its problem, by the source's
+identity (`Source.model`, e.g. "hf:ydeng9/OpenVLThinker-sft-iter3@REV"), with the
+distil stage's columns (reasoning, extracted answer) and no generation settings;
+keyed by (identity, problem, completion), so a rerun adds none. The verify stage
+grades them and the sft stage picks them like distilled traces.
+
     vlfactory ingest recipes/tabmwp.yaml
 """
 
@@ -22,6 +29,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
@@ -30,8 +38,10 @@ from vlfactory.recipe import IngestConfig, Source
 from vlfactory.sources.columns import Reject, _printable, _source_ref, check_columns, column_map, map_row, preflight
 from vlfactory.sources.decontam import Fingerprints, benchmark_fingerprints
 from vlfactory.sources.images import CheckedImage, images_root, load_image
-from vlfactory.sources.readers import read_source
+from vlfactory.sources.readers import read_source, source_identity
 from vlfactory.stages import Scope, StageResult
+from vlfactory.stages.distil import split_reasoning
+from vlfactory.stages.generation import sha
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake, WriteConflict
 
@@ -45,6 +55,8 @@ class Tally:
     ingested: int = 0
     present: int = 0                  # already in the lake
     new_images: int = 0
+    traces: int = 0                   # new `traces` rows (a source with a completion column)
+    left_out: Counter = field(default_factory=Counter)  # rows the source's `where` did not keep
     rejected: Counter = field(default_factory=Counter)
 
     @property
@@ -54,11 +66,18 @@ class Tally:
     def line(self) -> str:
         why = ", ".join(f"{k} {v}" for k, v in self.rejected.most_common())
         return (f"{self.source}: read {self.read} = ingested {self.ingested} + already in lake {self.present}"
-                f" + rejected {self.n_rejected}" + (f" ({why})" if why else ""))
+                f" + rejected {self.n_rejected}" + (f" ({why})" if why else "")
+                + (f"; {self.traces} new traces" if self.traces else "")
+                + (f"; {self.left_out['where']} rows left out by where" if self.left_out["where"] else ""))
 
 
 def problem_id(image_id: str | None, question: str, answer: str) -> str:
     return hashlib.sha256("\x1f".join((image_id or "", question, answer)).encode()).hexdigest()[:16]
+
+
+def trace_key(model: str, problem_id_: str, completion: str) -> str:
+    """A source trace's request_key: its writer's identity, its problem and its text."""
+    return sha("source-trace", model, problem_id_, completion)
 
 
 def rejected_id(source: str, position: int, reason: str, payload: str) -> str:
@@ -130,12 +149,15 @@ class LakeKeys:
     snapshot: int = -1
     problems: set[str] = field(default_factory=set)
     images: set[str] = field(default_factory=set)
+    model: str | None = None          # a source with completions: also the request keys of its traces
+    traces: set[str] = field(default_factory=set)
 
     def read(self, lake: Lake) -> "LakeKeys":
         # One statement, so one snapshot for the ids and its number.
-        self.snapshot, problems, images = lake.con.execute("""SELECT (SELECT id FROM lake.current_snapshot()),
-            (SELECT list(problem_id) FROM lake.problems), (SELECT list(image_id) FROM lake.images)""").fetchone()
-        self.problems, self.images = set(problems or ()), set(images or ())
+        self.snapshot, problems, images, traces = lake.con.execute("""SELECT (SELECT id FROM lake.current_snapshot()),
+            (SELECT list(problem_id) FROM lake.problems), (SELECT list(image_id) FROM lake.images),
+            (SELECT list(request_key) FROM lake.traces WHERE model = ?)""", [self.model]).fetchone()
+        self.problems, self.images, self.traces = set(problems or ()), set(images or ()), set(traces or ())
         return self
 
 
@@ -143,14 +165,19 @@ def ingest_source(lake: Lake, src: Source, recipe: IngestConfig, fingerprints: F
                   pool: ThreadPoolExecutor, writer: ThreadPoolExecutor,
                   progress: Callable[[int, Counter], None] | None = None) -> Tally:
     tally = Tally(src.name)
-    loading = writer.submit(LakeKeys().read, lake)  # read while the first batch is prepared
+    chains = "completion" in src.columns
+    if chains and src.model is None:
+        src = dataclasses.replace(src, model=source_identity(src))
+    loading = writer.submit(LakeKeys(model=src.model if chains else None).read, lake)  # while the first batch is prepared
     mapping, root = column_map(src), images_root(src)
-    rows = read_source(src)
+    rows = read_source(src, tally.left_out)
     first = next(rows, None)
     if first is None:
         return tally
     check_columns(src, first)
     seen: dict[str, str] = {}  # problem_id -> source_id, within this run
+    seen_traces: dict[str, str] = {}  # trace key -> source_id; and chains per problem, for sample_index
+    per_problem: Counter = Counter()
 
     # A source has images when its mapping says so or its rows carry an image column.
     wants_image = mapping["image"] is not None and ("image" in src.columns or "image" in first)
@@ -172,7 +199,7 @@ def ingest_source(lake: Lake, src: Source, recipe: IngestConfig, fingerprints: F
     pending = None  # the batch being written while the next one is prepared
     for chunk in _batches(enumerate(itertools.chain([first], rows)), recipe.batch_rows):
         images: dict[str, CheckedImage] = {}
-        problems, rejected = [], []
+        problems, rejected, traces = [], [], []
         for i, row, image, rej in itertools.chain.from_iterable(mapper(prepare, _chunks(chunk, 64))):
             tally.read += 1
             if rej is not None:
@@ -186,7 +213,18 @@ def ingest_source(lake: Lake, src: Source, recipe: IngestConfig, fingerprints: F
             if why:
                 rejected.append(("contaminated", f"{ref}: {why}", ref, _payload(row.raw), i))
                 continue
-            if pid in seen:
+            if row.completion is not None:  # a chain: a duplicate only when its problem and text both repeat
+                key = trace_key(src.model, pid, row.completion)
+                if key in seen_traces:
+                    rejected.append(("duplicate", f"{ref}: same problem and completion as {seen_traces[key]}",
+                                     ref, _payload(row.raw), i))
+                    continue
+                seen_traces[key] = ref
+                traces.append(_trace_row(src.model, pid, per_problem[pid], row.completion, key, lake.run_id))
+                per_problem[pid] += 1
+                if pid in seen:
+                    continue  # another chain for a problem this batch already holds
+            elif pid in seen:
                 rejected.append(("duplicate", f"{ref}: same image, question and answer as {seen[pid]}",
                                  ref, _payload(row.raw), i))
                 continue
@@ -198,7 +236,7 @@ def ingest_source(lake: Lake, src: Source, recipe: IngestConfig, fingerprints: F
         tally.rejected.update(reasons)
         if pending is not None:
             pending.result()
-        pending = writer.submit(_write_batch, lake, src, loading.result(), images, problems, rejected, tally)
+        pending = writer.submit(_write_batch, lake, src, loading.result(), images, problems, rejected, tally, traces)
         if progress:
             progress(len(chunk), reasons)
     if pending is not None:
@@ -206,20 +244,40 @@ def ingest_source(lake: Lake, src: Source, recipe: IngestConfig, fingerprints: F
     return tally
 
 
+def _trace_row(model: str, pid: str, index: int, completion: str, key: str, run_id: str | None) -> dict:
+    """A `traces` row for a chain a source carries: the distil stage's columns, no generation settings."""
+    from vlfactory.verify import extract_answer
+
+    return {"trace_id": key[:16], "problem_id": pid, "sample_index": index, "model": model, "completion": completion,
+            "reasoning": split_reasoning(completion), "answer": extract_answer(completion), "request_key": key,
+            "run_id": run_id, "backend": "dataset"}
+
+
+def _model_row(src: Source, run_id: str | None) -> pa.Table:
+    """The `models` row naming a source that wrote traces (kind dataset), as generation.record_model names models."""
+    local = Path(src.path).exists()
+    return pa.table({"model_key": [sha("model", src.model, src.path)[:16]], "model_id": [src.model],
+                     "name": [Path(src.path).name if local else src.path], "revision": [src.revision],
+                     "path": [src.path if local else None], "kind": ["dataset"],
+                     "training_id": [None], "run_id": [run_id]}, schema=schema.MODELS)
+
+
 class _Stale(Exception):
     """Another writer committed since the keys were read."""
 
 
 def _write_batch(lake: Lake, src: Source, keys: LakeKeys, images: dict[str, CheckedImage], problems: list,
-                 rejected: list, tally: Tally) -> None:
+                 rejected: list, tally: Tally, traces: list | None = None) -> None:
     run = lake.run_id
+    traces = traces or []
     rejected_table = pa.Table.from_pylist([
         {"rejected_id": rejected_id(src.name, r[4], r[0], r[3]), "stage": "ingest", "reason": r[0], "reasons": [r[0]],
          "detail": r[1], "ref_id": r[2], "source": src.name, "payload": r[3], "run_id": run} for r in rejected],
         schema=schema.REJECTED)
     while True:
         new = [p for p in problems if p[0] not in keys.problems]
-        if not new and not rejected:
+        chains = [t for t in traces if t["request_key"] not in keys.traces]
+        if not new and not rejected and not chains:
             break  # the keys lag the lake but never lead it: what they hold is there
         imgs = [images[i] for i in sorted({p[2] for p in new if p[2]} - keys.images)]
         image_table = pa.table({
@@ -242,6 +300,10 @@ def _write_batch(lake: Lake, src: Source, keys: LakeKeys, images: dict[str, Chec
                     lake.guard("images", "problems")
                 # Rejected rows are few: an anti-join costs less than reading their ids up front.
                 written += lake.insert("rejected", rejected_table, key="rejected_id")
+                if chains:
+                    n_traces = lake.insert("traces", pa.Table.from_pylist(chains, schema=schema.TRACES),
+                                           key="request_key")
+                    written += n_traces + lake.insert("models", _model_row(src, run), key="model_key")
         except (_Stale, WriteConflict):
             keys.read(lake)
             continue
@@ -249,6 +311,8 @@ def _write_batch(lake: Lake, src: Source, keys: LakeKeys, images: dict[str, Chec
             keys.snapshot += 1  # ours; had DuckLake retried it after another writer's, the next batch sees a mismatch
         keys.problems.update(p[0] for p in new)
         keys.images.update(i.image_id for i in imgs)
+        keys.traces.update(t["request_key"] for t in chains)
+        tally.traces += n_traces if chains else 0
         tally.new_images += len(imgs)
         tally.ingested += len(new)
         break
@@ -302,8 +366,12 @@ def run(lake: Lake, cfg: IngestConfig, scope: Scope, progress=None) -> StageResu
         result.rejected.update(t.rejected)
         result.extra |= {f"{t.source}.read": t.read, f"{t.source}.ingested": t.ingested,
                          f"{t.source}.present": t.present, f"{t.source}.rejected": t.n_rejected}
+        if t.traces:
+            result.extra[f"{t.source}.traces"] = t.traces
+        if t.left_out["where"]:
+            result.extra[f"{t.source}.left_out"] = t.left_out["where"]
     result.seconds = time.perf_counter() - t0
-    nothing = tallies and not result.written and not result.rejected
+    nothing = tallies and not result.written and not result.rejected and not any(t.traces for t in tallies)
     result.summary = "\n".join(t.line() for t in tallies) + (
         "\nnothing new: every row is already in the lake" if nothing else "")
     return result

@@ -13,7 +13,9 @@ by.
 
 The set is a table rewritten in one transaction, so a tag names exactly one
 iteration's set (`rl@iter1`) while later iterations rewrite it; a rebuild that
-would change nothing writes nothing.
+would change nothing writes nothing. A GRPO stage of the loop may instead train
+on every problem of a named source (`from_source`: `loop.grpo_stages[i].source`,
+e.g. a released GRPO set ingested as a source), with no pass rates.
 
     vlfactory run RECIPE --stage rollout --stage verify --stage rl --tag iter1
     vlfactory sql "SELECT source, count(*), avg(pass_rate) FROM rl@iter1 GROUP BY source"
@@ -26,12 +28,12 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from vlfactory.stages.verify import settings_hash, verifier
 from vlfactory.prompts import load_template
 from vlfactory.recipe import RecipeError, RLSetConfig
 from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
+from vlfactory.verify import verdict_identity
 
 
 @dataclass
@@ -87,7 +89,7 @@ def run(lake: Lake, cfg: RLSetConfig, scope: Scope, progress=None) -> StageResul
     model = cfg.identity
     if model is None:
         raise RecipeError("rl.model: missing; name the policy whose rollouts count, or add a rollout: block")
-    current = (verifier(), settings_hash(cfg.verify))
+    current = verdict_identity(cfg.verify)
     stats = RLStats(model, tuple(cfg.band), cfg.min_samples)
     stats.ungraded = ungraded(lake, model, current, scope)
     if stats.ungraded:  # pass rates from stale or missing verdicts would pick the wrong problems
@@ -112,3 +114,16 @@ def run(lake: Lake, cfg: RLSetConfig, scope: Scope, progress=None) -> StageResul
     stats.by_source.update(table.column("source").to_pylist())
     stats.written = lake.replace("rl", table, f"rl set: {stats.kept} problems, pass rate in [{lo}, {hi}] by {model}")
     return stats.result()
+
+
+def from_source(lake: Lake, cfg: RLSetConfig, scope: Scope) -> StageResult:
+    """The rl set of every problem in scope (a named source's), rendered with the rl block's prompt; no pass rates."""
+    template = load_template(cfg.prompt or "rollout", needs={"question"})
+    rows = lake.query(f"""SELECT problem_id, source, source_id, image_id, question, choices, answer
+                          FROM {scope.problems()} p""").to_arrow_table()
+    rows = [r | {"prompt": template.render(question=r["question"], choices=r["choices"]),
+                 "policy_model": None, "pass_rate": None, "run_id": lake.run_id} for r in rows.to_pylist()]
+    of = f"the {len(rows)} problems of {', '.join(scope.sources)}"
+    written = lake.replace("rl", pa.Table.from_pylist(rows, schema=schema.RL), f"rl set: {of}")
+    return StageResult("rl", wanted=len(rows), written=len(rows) if written else 0, cached=0 if written else len(rows),
+                       summary=f"rl: {of}; {'written' if written else 'unchanged, nothing written'}")

@@ -19,8 +19,7 @@ loses at most one uncommitted batch. Problems without an image are skipped.
 from __future__ import annotations
 
 from vlfactory.stages.distil import split_reasoning
-from vlfactory.stages.generation import Prompt, common_row, hydrate_images, image_part, run_prompts
-from vlfactory.prompts import load_template
+from vlfactory.stages.generation import Generation, Prompt, image_part
 from vlfactory.recipe import GenerationConfig
 from vlfactory.stages import Scope, StageResult
 from vlfactory.stores.lake import Lake
@@ -34,27 +33,25 @@ def problems(lake: Lake, scope: Scope) -> list[tuple]:
         ORDER BY p.source, p.source_id, p.problem_id""").fetchall()
 
 
+class Rollout(Generation):
+    """The policy sees the image, then the question in the rollout template; each sample is a `rollouts` row."""
+
+    name, table, template_name, needs = "rollout", "rollouts", "rollout", frozenset({"question"})
+
+    def prompt(self, problem: tuple) -> Prompt:
+        problem_id, question, choices, image_id, fmt = problem
+        text = self.template.render(question=question, choices=choices)
+        return Prompt(problem_id, [{"role": "user", "content": [image_part(image_id, None, fmt),
+                                                               {"type": "text", "text": text}]}])
+
+    def row(self, prompt: Prompt, key: str, text: str) -> dict:
+        return {"rollout_id": key[:16], "reasoning": split_reasoning(text), "answer": extract_answer(text)}
+
+
 def run(lake: Lake, cfg: GenerationConfig, scope: Scope, progress=None) -> StageResult:
     rows = problems(lake, scope)
-    template = load_template(cfg.prompt or "rollout", needs={"question"})
     with_image = [r for r in rows if r[3] is not None]
-    identity = cfg.identity
-
-    def prompts():
-        for problem_id, question, choices, image_id, fmt in with_image:
-            text = template.render(question=question, choices=choices)
-            yield Prompt(problem_id, [{"role": "user", "content": [image_part(image_id, None, fmt),
-                                                                   {"type": "text", "text": text}]}])
-
-    def build(prompt: Prompt, result, indices: list[int], keys: list[str]) -> list[dict]:
-        texts = [c.text for c in result.completions]
-        return [common_row(prompt, result, j, key, identity, template.hash, lake.run_id) | {
-            "rollout_id": key[:16], "problem_id": prompt.ref, "sample_index": i, "completion": texts[j],
-            "reasoning": split_reasoning(texts[j]), "answer": extract_answer(texts[j]), "backend": cfg.backend}
-            for j, (i, key) in enumerate(zip(indices, keys))]
-
-    result = run_prompts(lake, "rollout", "rollouts", cfg, identity, template, prompts(), build, progress,
-                         hydrate=lambda ps: hydrate_images(lake, ps))
+    result = Rollout(cfg).run(lake, with_image, progress)
     if len(with_image) < len(rows):
         result.skipped["no image"] += len(rows) - len(with_image)
     return result

@@ -23,18 +23,17 @@ one iteration's set: `sft@iter1`.
 from __future__ import annotations
 
 import hashlib
-import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from vlfactory.stages.verify import settings_hash, verifier
 from vlfactory.prompts import load_template
 from vlfactory.recipe import SFTSetConfig
 from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
+from vlfactory.verify import verdict_identity
 
 
 @dataclass
@@ -91,7 +90,7 @@ def candidates(lake: Lake, cfg: SFTSetConfig, scope: Scope) -> list[dict]:
     for table in tables:
         id_col = "trace_id" if table == "traces" else "rollout_id"
         where = ["g.accepted", "g.ref_table = ?", "g.verifier = ?", "g.settings_hash = ?"]
-        params = [table, verifier(), settings_hash(cfg.verify)]
+        params = [table, *verdict_identity(cfg.verify)]
         if model and (table == "rollouts" or cfg.candidates != "both"):
             where.append("s.model = ?")  # with `both`, the model names whose rollouts join the traces
             params.append(model)

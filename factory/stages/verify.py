@@ -34,13 +34,17 @@ adopt) and with `clean_reverify` an answer the kept reasoning states itself (a \
 answer is") grades correct too (a chain only the reflection fixed). The sft set picks the
 shortest correct chain by its *original* length, then uses its cleaned text, as the paper does.
 
-With `protocol: openvlthinker` the verdicts are the official judge's (vlfactory.verify): an answer
-needs `</answer>`, and only equality or mathruler decide; `extracted` stays the factory's one
-extraction (the `answer` of traces and rollouts).
+With another `protocol` (vlfactory.verify.PROTOCOLS) the verdicts are that protocol's:
+`openvlthinker-data` is the official grader of training data (OpenVLThinker's
+generate_reasoning_thinker.py: the `<answer>` after clean_answer(), equality or mathruler, the gold as
+the dataset writes it, so an option's text and not its letter), `openvlthinker` the official
+evaluation judge (the gold mapped to its option letter); either needs `</answer>`. `extracted`
+stays the factory's one extraction (the `answer` of traces and rollouts). The rl stage's pass rates
+count these grades (the same verify block), so they agree with the verify stage by construction.
 
 Versioned and resumable: a grade is keyed by (ref_table, ref_id, verifier, settings_hash), the
-verifier being "vlfactory.verify VERSION / math-verify VERSION" and the settings the hash of
-the recipe's `verify:` block. Samples whose grade is current are skipped; the others are graded
+verdict's identity (`vlfactory.verify.verdict_identity`: "vlfactory.verify VERSION / math-verify
+VERSION" and the hash of the recipe's `verify:` block). Samples whose grade is current are skipped; the others are graded
 in batches of `BATCH`, each one transaction that deletes their older grades and verify
 rejections and inserts the new ones, so the latest snapshot holds only current grades, older
 ones stay readable by time travel (`grades@iter1`), and a crash loses at most one batch.
@@ -51,7 +55,6 @@ ones stay readable by time travel (`grades@iter1`), and a crash loses at most on
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
@@ -59,7 +62,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import metadata
 from typing import Iterator
 
 import pyarrow as pa
@@ -75,15 +77,6 @@ BATCH = 16384                         # samples per transaction: each batch read
 TABLES = {"traces": "trace_id", "rollouts": "rollout_id"}
 REASONS = ("problem_missing", "invalid_text", "unparsable_gold", "truncated", "repetition", "too_long",
            "no_answer", "incorrect", "timeout", "error", "format_error", "mentions_caption", "duplicate")
-
-
-def verifier() -> str:
-    return f"vlfactory.verify {verify.VERSION} / math-verify {metadata.version('math-verify')}"
-
-
-def settings_hash(cfg: VerifyConfig) -> str:
-    text = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _id(*parts) -> str:
@@ -379,7 +372,7 @@ def funnels(lake: Lake, current: tuple[str, str], scope: Scope) -> dict[tuple[st
 
 
 def run(lake: Lake, cfg: VerifyConfig, scope: Scope, progress=None) -> StageResult:
-    current = (verifier(), settings_hash(cfg))
+    current = verify.verdict_identity(cfg)
     result = StageResult("verify")
     t0 = time.perf_counter()
     todo, before, regraded = {}, {}, 0

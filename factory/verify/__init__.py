@@ -45,28 +45,62 @@ timeout; `grade` is safe to call from threads and from many processes.
 Reasons: "correct", "incorrect", "no_answer", "unparsable_gold" (math-verify cannot read the
 gold), "timeout", "error" (a worker died, or a bug: logged).
 
-Protocols. The rules above are `protocol="vlfactory"`, the default. `protocol="openvlthinker"` is
-the judge of the official evaluation script (OpenVLThinker's evaluation/eval_openvlthinker.py),
-verdict for verdict: a completion without "</answer>" is wrong; the answer is the text after the
-last "<answer>" up to the "</answer>" after it, stripped; a gold answer that is one of the
-`choices` becomes its option letter (`process_response`); correct iff gold and answer are equal
-ignoring case, or `mathruler.grader.grade_answer(gold, answer)` agrees (the argument order of the
-script). The only difference: mathruler runs in the worker processes with `timeout_s` (the script
-has no limit; sympy can hang), so a pathological answer is "timeout", not a hung evaluation.
+Protocols (`protocol=`, vlfactory.verify.protocols; `PROTOCOLS` is the one list of their names). The rules
+above are "vlfactory", the default. The official OpenVLThinker code (github.com/yihedeng9/OpenVLThinker @ 6997b47)
+has three more, reproduced verdict for verdict; mathruler runs in the worker processes with `timeout_s` (the
+scripts have no limit; sympy can hang), so a pathological answer is "timeout", not a hung evaluation:
 
-    grade("<think>x</think> <answer>B</answer>", "5", ["3", "5"], protocol="openvlthinker").correct   # True
+- "openvlthinker-data", the grader of training data (generation/generate_reasoning_thinker.py): no "</answer>" is
+  wrong; the text after the last "<answer>" up to "</answer>", stripped, then `clean_answer` (lower case, yes/no
+  prefixes, parentheses, " or ", " is ", " = ", units); a gold with "-" and at least 5 characters needs an exact
+  match ignoring case; any other gold is equal ignoring case or `mathruler.grader.grade_answer(gold, answer)`. The
+  gold is never cleaned nor mapped to a letter: for a multiple-choice problem the option's text is right and its
+  letter wrong, as in the GRPO reward (`openvlthinker_reward`, r1v.py).
+- "openvlthinker", the evaluation judge (evaluation/eval_openvlthinker.py): the same extraction without cleaning;
+  a gold that is one of the `choices` becomes its option letter (`process_response`); correct iff equal ignoring
+  case or grade_answer(gold, answer).
+- "qwen-boxed", the Qwen baseline (evaluation/run_evaluation.py --model qwen): the prompt ends with
+  `PROMPT_SUFFIXES["qwen-boxed"]`; the last \\boxed{} (mathruler's extraction) and the text after the last
+  "answer:" are candidates; the gold becomes its option letter; correct iff a candidate equals it ignoring case or
+  grade_answer says so.
+- "judge", an LLM's verdict (evaluation/verify_mathverse_gpt4.py): `judge_prompt` and `judge_verdict`; the eval
+  stage asks the judge model, so `grade` does not take it.
+
+    grade("<think>x</think> <answer>B</answer>", "5", ["3", "5"], protocol="openvlthinker").correct        # True
+    grade("<think>x</think> <answer>B</answer>", "5", ["3", "5"], protocol="openvlthinker-data").correct   # False
+    python -m vlfactory.verify --protocol openvlthinker-data '<answer>Yes, it is.</answer>' yes
 """
 
 from __future__ import annotations
 
 from vlfactory.verify.extraction import extract_answer, stated_answer
 from vlfactory.verify.pool import TIMEOUT_S
-from vlfactory.verify.protocols import OPTION_LETTERS, PROTOCOLS, grade, grade_many, official_answer, official_gold
+from vlfactory.verify.protocols import (JUDGE_FIELDS, OPTION_LETTERS, PROMPT_SUFFIXES, PROTOCOLS, clean_answer, grade,
+                                       grade_many, judge_prompt, judge_verdict, official_answer, official_gold)
 from vlfactory.verify.rewards import accuracy_reward, format_reward, openvlthinker_reward
 from vlfactory.verify.rules import MAX_ANSWER_CHARS, REL_TOL, Grade
 
 VERSION = "1"               # bump when a verdict can change: the verify stage regrades on a new version
 
 __all__ = ["Grade", "grade", "grade_many", "extract_answer", "stated_answer", "official_answer", "official_gold",
+           "clean_answer", "judge_prompt", "judge_verdict", "JUDGE_FIELDS", "PROMPT_SUFFIXES",
            "accuracy_reward", "format_reward", "openvlthinker_reward", "PROTOCOLS", "OPTION_LETTERS", "VERSION",
-           "REL_TOL", "TIMEOUT_S", "MAX_ANSWER_CHARS"]
+           "REL_TOL", "TIMEOUT_S", "MAX_ANSWER_CHARS", "verdict_identity"]
+
+
+def verdict_identity(settings) -> tuple[str, str]:
+    """What a grade's verdict depends on, as (verifier, settings hash): this verifier's VERSION with
+    math-verify's, and the recipe's `verify:` settings (a VerifyConfig: protocol, tolerances, thresholds).
+
+    Every grade carries both; a grade is current while both match, so a new verifier, a new math-verify
+    or a changed setting regrades (the verify stage), and the sets, pass rates and evals read only
+    current grades. The values are those lakes already hold (tests/stages/test_grading.py pins them).
+    """
+    import dataclasses
+    import hashlib
+    import json
+    from importlib import metadata
+
+    verifier = f"vlfactory.verify {VERSION} / math-verify {metadata.version('math-verify')}"
+    text = json.dumps(dataclasses.asdict(settings), sort_keys=True)
+    return verifier, hashlib.sha256(text.encode()).hexdigest()[:16]

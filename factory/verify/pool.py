@@ -55,6 +55,15 @@ def _mathruler_grade(given: str, truth: str) -> tuple[bool, str]:
     return ok, "correct" if ok else "incorrect"
 
 
+def _mathruler_any(gold: str, candidates: list[str], wrong: str) -> tuple[bool, str]:
+    """grade_answer(gold, c) for any candidate c (the Qwen baseline's check_correctness); `wrong` is the reason
+    when none is."""
+    from mathruler.grader import grade_answer
+
+    ok = any(grade_answer(gold, c) for c in candidates)
+    return ok, "correct" if ok else wrong
+
+
 # ---- math-verify, in worker processes --------------------------------------------------------
 
 
@@ -114,6 +123,7 @@ def _serve(fd: int) -> None:
     # math-verify warns that its signal timeout is off; the parent enforces the limit instead.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     import math_verify  # noqa: F401  (imported before "ready": the first job's time is its own)
+    import mathruler.grader  # noqa: F401
 
     conn = Connection(fd)
     conn.send("ready")
@@ -200,6 +210,7 @@ class _Workers:
         return proc, ours
 
 
-_WORK = {"math_verify": _sympy_grade, "mathruler": _mathruler_grade}   # what a worker runs, by name
+_WORK = {"math_verify": _sympy_grade, "mathruler": _mathruler_grade,   # what a worker runs, by name
+         "mathruler_any": _mathruler_any}
 _WORKERS = _Workers()
 os.register_at_fork(after_in_child=_WORKERS.forget)

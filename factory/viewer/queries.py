@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from dataclasses import dataclass
 
 from vlfactory.stores.lake import DB, Lake, LakeError
@@ -49,7 +48,8 @@ GENERATED = ("captions", "traces", "rollouts", "sft", "rl")  # a problem's rows,
 
 
 class Viewer:
-    """The queries behind the page, over one lake opened read-only (one query at a time).
+    """The queries behind the page, over one lake opened read-only (the server gives each request a copy of it
+    on a cursor of its own, so requests run side by side).
 
     A read-only Lake is pinned to the snapshot it opened at, and a snapshot never changes, so what
     the page asks again (tables and columns per snapshot, tags, filter values, row counts) is kept.
@@ -57,7 +57,6 @@ class Viewer:
 
     def __init__(self, lake: Lake, version: str | int | None = None):
         self.lake, self.version = lake, version
-        self.lock = threading.Lock()
         self.tags = dict(sorted(lake.tags().items(), key=lambda kv: (kv[1], kv[0])))  # in snapshot order
         self.counts: dict[tuple, int] = {}  # (table, snapshot, filters) -> rows: paging does not recount
         self._tables: dict[int, dict[str, list[str]]] = {}       # snapshot -> table -> columns
@@ -195,7 +194,10 @@ class Viewer:
         select = ", ".join(f'left(v."{c}", {CUT}) AS "{c}"' if types[c] == "VARCHAR" and c != spec.key else f'v."{c}"'
                            for c in shown)
         select += "".join(f', v."{c}"' for c in ("problem_id", "image_id") if c in types and c not in shown)
-        limit = min(int(q.get("limit") or PAGE_ROWS), 500)
+        limit = str(q.get("limit") or PAGE_ROWS)
+        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= 500):
+            raise LakeError(f"limit: expected a whole number of rows from 1 to 500, got {limit!r}")
+        limit = int(limit)
         page, page_params = list(where), list(params)
         if q.get("after"):
             page.append(f"v.{spec.key} > ?")

@@ -7,6 +7,7 @@ token is one line."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -183,8 +184,11 @@ def test_upload_reaches_the_hub_api_with_the_token_only_in_headers(small_lake, t
         public = [c for c in hub.calls if c.path.startswith("/lfs/") or c.path == "/api/agent-harnesses"]
         assert public and all(c.authorization is None for c in public)  # the token goes only where it is needed
         assert all(c.authorization == f"Bearer {TOKEN}" for c in hub.calls if c not in public)
-        # a later publish of fewer tables leaves no stale shards behind
-        assert publish(small_lake, home, "--table", "sft", **env).returncode == 0
+        # a later publish of fewer tables would leave rl out of its card: refused, unless --replace drops it
+        commits = len(hub.commits)
+        fewer = publish(small_lake, home, "--table", "sft", **env)
+        assert fewer.returncode == 2 and "--replace" in fewer.stderr and len(hub.commits) == commits, fewer.stderr
+        assert publish(small_lake, home, "--table", "sft", "--replace", **env).returncode == 0
         assert {p.split("/")[0] for p in hub.files if p.endswith(".parquet")} == {"sft"}
         assert any(op["key"] == "deletedFile" for op in hub.commits[-1].ops)
     # the token is in no file and no output
@@ -207,13 +211,13 @@ def test_revision_pull_request_and_commit_message_reach_the_hub(small_lake, tmp_
         main = dict(hub.files)
         assert {p for p in main if p.endswith(".parquet")} == {"sft/train-00000-of-00001.parquet",
                                                                "sft/test-00000-of-00001.parquet"}
-        branch = publish(small_lake, home, "--table", "rl", "--revision", "dev", **env)
+        branch = publish(small_lake, home, "--table", "rl", "--revision", "dev", "--replace", **env)
         assert branch.returncode == 0, branch.stderr
         assert ("POST", "/api/datasets/org/vl-set/branch/dev") in {(c.method, c.path) for c in hub.calls}
         assert hub.files == main  # main untouched
         assert {p.split("/")[0] for p in hub.refs["dev"] if p.endswith(".parquet")} == {"rl"}  # stale sft gone
         assert hub.commits[-1].revision == "dev" and hub.commits[-1].summary.startswith("vlfactory publish iter2")
-        pr = publish(small_lake, home, "--table", "problems", "--create-pr", **env)
+        pr = publish(small_lake, home, "--table", "problems", "--create-pr", "--replace", **env)
         assert pr.returncode == 0, pr.stderr
         assert f"opened pull request {hub.url}/datasets/org/vl-set/discussions/1" in pr.stdout
         assert hub.commits[-1].create_pr and hub.commits[-1].revision == "refs/pr/1" and hub.files == main
@@ -242,3 +246,97 @@ def test_missing_or_rejected_token_is_one_line(small_lake, tmp_path):
     assert rejected.returncode == 2 and rejected.stdout == ""
     (line,) = rejected.stderr.strip().splitlines()
     assert line.startswith("error: the Hub rejected the Hugging Face token (401 Unauthorized)") and wrong not in line
+
+
+def test_publish_keeps_what_it_did_not_write_and_asks_before_dropping_a_config(small_lake, tmp_path):
+    """Issue 18 item 18: publish deleted every Parquet file of the repo and rewrote its configs; the README's own
+    `publish iter2 --table sft` would have dropped a published rl config. It now deletes only what a publish
+    wrote (its manifest) and the stale shards of the splits it publishes, and refuses to drop a config unless
+    --replace."""
+    home = tmp_path / "hf-home"
+    with HubStub(TOKEN) as hub:
+        env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN}
+        assert publish(small_lake, home, "--table", "sft", "--table", "rl", **env).returncode == 0
+        manifest = json.loads(hub.files[".vlfactory-manifest.json"])
+        assert set(manifest["files"]) == set(hub.files) - {".vlfactory-manifest.json"}
+        # someone else's files in the repo: a note, a licence, a file in sft's folder, a stale shard of a split
+        hub.refs["main"] |= {"LICENSE": b"mine", "sft/notes.txt": b"mine",
+                             "sft/train-00007-of-00009.parquet": b"an old shard that would join the split"}
+        res = publish(small_lake, home, "--table", "sft", **env)
+        assert res.returncode == 2 and "rl" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        again = publish(small_lake, home, "--table", "sft", "--table", "rl", **env)  # the same configs: fine
+        assert again.returncode == 0, again.stderr
+        deleted = {op["value"]["path"] for op in hub.commits[-1].ops if op["key"] == "deletedFile"}
+        assert deleted == {"sft/train-00007-of-00009.parquet"}
+        assert hub.files["LICENSE"] == hub.files["sft/notes.txt"] == b"mine"
+        hub.refs["main"]["extra/data.parquet"] = b"someone's config"
+        dropped = publish(small_lake, home, "--table", "sft", "--replace", **env)
+        assert dropped.returncode == 0, dropped.stderr
+        assert not [p for p in hub.files if p.startswith("rl/")]  # a publish wrote those: dropped
+        assert hub.files["extra/data.parquet"] == b"someone's config" and hub.files["LICENSE"] == b"mine"
+
+
+def test_published_recipe_copies_leave_the_lake_out(tmp_path):
+    from vlfactory.hub.publish import without_lake
+
+    text = "name: x\nlake:\n  catalog: ducklake:sqlite:/tmp/x' ; evil\n  data_path: /tmp/d\nsources: []\n"
+    assert without_lake(text) == ("name: x\n# lake: left out by vlfactory publish (rebuild with --lake, or "
+                                  "$VLFACTORY_LAKE)\nsources: []\n")
+    assert without_lake("lake: ./lake\nname: y\n").endswith("name: y\n") and "./lake" not in without_lake(
+        "lake: ./lake\nname: y\n")
+
+
+def test_an_sft_set_with_rows_that_are_not_well_formed_is_not_published(small_lake, tmp_path):
+    """Issue 18 item 19: the quickstart's sft@iter2 held 41 of 563 rows without </think> or <answer> (its verify
+    ran with require_format: false), one of them the card's first sample."""
+    import shutil
+
+    lake = tmp_path / "lake"
+    shutil.copytree(small_lake, lake)
+    with Lake(lake) as lk:
+        n = lk.count("sft")
+        with lk.transaction("an sft row without its tags"):
+            lk.con.execute("UPDATE lake.sft SET completion = 'The answer is 4.' WHERE example_id = "
+                           "(SELECT min(example_id) FROM lake.sft)")
+        lk.tag("broken")
+    res = vlf("publish", "broken", "--repo", "org/x", "--table", "sft", "--dry-run", tmp_path / "out", "--lake", lake,
+              ok=False)
+    assert res.exit_code == 2 and f"1 of {n} rows" in res.output and "require_format: true" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    vlf("publish", "broken", "--repo", "org/x", "--table", "rl", "--dry-run", tmp_path / "rl", "--lake", lake)
+    vlf("publish", "iter2", "--repo", "org/x", "--table", "sft", "--dry-run", tmp_path / "ok", "--lake", lake)
+
+
+def test_the_cards_reproduce_block_runs_as_written_on_a_fresh_lake(tmp_path):
+    """Issue 18 item 17: the block is run by bash as a reader would paste it, against the stand-in Hub: it downloads
+    the recipe copies, rebuilds the version in a new lake, tags and publishes it."""
+    recipe = tmp_path / "made.yaml"
+    recipe.write_text("name: made\nlake: /somewhere/else\n"
+                      "sources:\n  - {name: syn, format: synthetic, n: 6, seed: 3}\n")
+    lake = tmp_path / "lake"
+    vlf("ingest", recipe, "--lake", lake)
+    vlf("tag", "v1", "--lake", lake)
+    home = tmp_path / "hf-home"
+    with HubStub(TOKEN) as hub:
+        env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN}
+        done = subprocess.run([sys.executable, "-m", "vlfactory.cli", "publish", "v1", "--repo", "org/made", "--table",
+                               "problems", "--lake", str(lake)], capture_output=True, text=True, timeout=600,
+                              env=os.environ | {"HF_HOME": str(home), "HF_HUB_DISABLE_XET": "1", **env})
+        assert done.returncode == 0, done.stderr
+        card = hub.files["README.md"].decode()
+        block = card.split("## Reproduce it")[1].split("```bash\n")[1].split("\n```")[0]
+        assert "vlfactory run recipes/made-" in block and "/somewhere/else" not in hub.files[
+            next(p for p in hub.files if p.startswith("recipes/"))].decode()
+        work = tmp_path / "reader"
+        work.mkdir()
+        fresh = tmp_path / "fresh-lake"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "VLFACTORY_"))}
+        bindir = str(Path(sys.executable).parent)
+        ran = subprocess.run(["bash", "-e", "-c", block], cwd=work, capture_output=True, text=True, timeout=600,
+                             env=clean | {"PATH": f"{bindir}:{clean['PATH']}", "HF_HOME": str(tmp_path / "reader-hf"),
+                                          "HF_HUB_DISABLE_XET": "1", "VLFACTORY_LAKE": str(fresh), **env})
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert len(hub.commits) == 2 and hub.commits[-1].summary.startswith("vlfactory publish v1")
+    with Lake(lake, read_only=True) as a, Lake(fresh, read_only=True) as b:
+        rows = "SELECT problem_id, question, answer, image_id FROM problems@v1 ORDER BY 1"
+        assert a.query(rows).fetchall() == b.query(rows).fetchall() and b.count("problems") == 6

@@ -20,11 +20,11 @@ import yaml
 from click.testing import CliRunner
 
 from vlfactory.cli import main
-from vlfactory.stages.verify import settings_hash, verifier
 from vlfactory.recipe import parse_recipe
 from vlfactory.stages import Scope
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
+from vlfactory.verify import verdict_identity
 
 from browser import Browser
 
@@ -96,7 +96,8 @@ def build_lake(root: Path, trainings: bool = False) -> Path:
                     ok, rid = i < (n + it - 1) % 5, f"{policy}-{n}-{i}"
                     rows["rollouts"].append({
                         "rollout_id": rid, "problem_id": pid, "sample_index": i, "model": policy,
-                        "prompt_hash": "rollout", "completion": f"<answer>{gold if ok else 'no'}</answer>",
+                        "prompt_hash": "rollout",  # well-formed: iteration 2's sft set is made of these
+                        "completion": f"<think>I look.</think><answer>{gold if ok else 'no'}</answer>",
                         "answer": gold if ok else "no", "prompt_tokens": 30, "completion_tokens": 12,
                         "temperature": 1.0, "top_p": 0.99, "max_tokens": 24, "seed": 0, "request_key": rid,
                         "latency_s": 0.2, "finish_reason": "stop", "run_id": run})
@@ -124,8 +125,9 @@ def build_lake(root: Path, trainings: bool = False) -> Path:
 
 
 def grade(ref: str, table: str, pid: str, source: str, ok: bool, said: str, reasons: list[str], words: int) -> dict:
+    verifier, settings = verdict_identity(parse_recipe(yaml.safe_load(RECIPE)).verify)
     return {"grade_id": f"g-{ref}", "ref_table": table, "ref_id": ref, "problem_id": pid, "source": source,
-            "verifier": verifier(), "settings_hash": settings_hash(parse_recipe(yaml.safe_load(RECIPE)).verify),
+            "verifier": verifier, "settings_hash": settings,
             "correct": ok, "extracted": said,
             "grade_reason": "correct" if ok else "incorrect", "reasons": reasons, "accepted": ok, "words": words + 1,
             "cleaned": None, "cleaned_words": None, "cleaned_ok": ok}

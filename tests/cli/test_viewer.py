@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,7 +16,7 @@ import pytest
 import vlfactory
 from browser import Browser
 from vlfactory.stores.lake import Lake
-from workbench import build, planned
+from workbench import build, planned, viewer
 
 
 @pytest.fixture(scope="module")
@@ -32,20 +31,26 @@ def wb(tmp_path_factory):
 @pytest.fixture(scope="module")
 def url(wb):
     """`vlfactory view` in its own process, on a free port; yields its base URL."""
-    proc = subprocess.Popen([sys.executable, "-m", "vlfactory.cli", "view", "--lake", str(wb.lake), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("viewing "), line + proc.stderr.read()
-        yield line.split(" at ")[1].split()[0].rstrip("/")
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    with viewer(wb.lake) as base:
+        yield base
     with Lake(wb.lake, read_only=True) as lake:  # the viewer wrote nothing
         assert [s["snapshot_id"] for s in lake.snapshots()] == wb.snapshots
 
 
+TOKENS: dict[str, str] = {}
+
+
+def token(url: str) -> str:
+    """The session token the viewer writes into its page (tests/cli/test_viewer_cross_site.py: required)."""
+    if url not in TOKENS:
+        with urllib.request.urlopen(f"{url}/", timeout=30) as r:
+            TOKENS[url] = re.search(rb'name="vlfactory-token" content="([^"]+)"', r.read()).group(1).decode()
+    return TOKENS[url]
+
+
 def get(url: str, path: str, headers: dict | None = None, **q) -> tuple[int, bytes, str]:
+    if path.startswith(("/api/", "/image/")):
+        headers = {"X-Vlfactory-Token": token(url)} | (headers or {})
     req = urllib.request.Request(f"{url}{path}" + (f"?{urllib.parse.urlencode(q)}" if q else ""), headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -228,7 +233,7 @@ def test_in_chromium_filter_open_a_sample_and_its_image_renders(url, wb):
         assert dom["fields"]["finish_reason"] == "stop" and dom["fields"]["completion_tokens"] == str(
             row["completion_tokens"])
         assert dom["width"] == Image.open(io.BytesIO(wb.images[p["image_id"]])).width
-        assert dom["src"] == f"/image/{p['image_id']}"
+        assert dom["src"] == f"/image/{p['image_id']}?token={token(url)}"  # this session's token
         # the image's pixels are on screen: the shot of its box looks like the stored image, not like another one
         b.eval("document.querySelector('#sample-image').scrollIntoView()")
         box = b.eval("(() => { const r = document.querySelector('#sample-image').getBoundingClientRect();"

@@ -53,3 +53,46 @@ def test_grpo_with_the_official_reward(sets_lake, lake_dir, tiny_vlm_dir, tmp_pa
                                                                           "freeze_vision_tower": True}
     record = train_grpo("rl@iter1", str(tiny_vlm_dir), str(tmp_path / "grpo"), config=config, lake=str(lake_dir))
     assert record.status == "ok" and "rewards/openvlthinker_reward/mean" in record.metrics
+
+
+def test_grpo_yamls_hold_easyr1s_settings_in_trl_terms():
+    """grpo_medium.yaml and grpo_hard.yaml as stock GRPOConfigs: EasyR1's constant learning rate, no vLLM
+    importance-sampling correction, the dual clip (delta), its loss aggregation (bnpo over micro-batches of 2),
+    its KL as it is, checkpoints every 10 rollout batches, and the hard stage's vision tower trained."""
+    from pathlib import Path
+
+    import yaml
+
+    folder = Path(__file__).resolve().parents[2] / "recipes" / "openvlthinker"
+    cpu = {"bf16": False, "use_cpu": True, "model_init_kwargs": None, "use_vllm": False}
+    stages = {}
+    for name in ("medium", "hard"):
+        stages[name] = load_config("grpo", yaml.safe_load((folder / f"grpo_{name}.yaml").read_text()) | cpu, "o",
+                                   processes=8)
+    for args, extras in stages.values():
+        assert args.lr_scheduler_type == "constant" and args.warmup_steps == 0 and args.learning_rate == 1e-6
+        assert args.vllm_importance_sampling_correction is False and args.use_bias_correction_kl is False
+        assert (args.delta, args.epsilon, args.epsilon_high, args.beta) == (3.0, 0.2, 0.3, 0.01)
+        assert args.loss_type == "bnpo" and args.per_device_train_batch_size == 2
+        assert args.gradient_accumulation_steps == 40            # 640 completions = 2 x 8 GPUs x 40
+        assert args.generation_batch_size // (640 // 5) // 5 == 4  # 4 optimizer steps per rollout batch of 512
+        assert (args.save_strategy, args.save_steps, args.save_total_limit) == ("steps", 40, 10)  # save_freq 10
+        assert (extras["min_pixels"], extras["max_pixels"]) == (262144, 262144)
+    assert stages["medium"][1]["freeze_vision_tower"] and stages["medium"][1]["freeze_multi_modal_projector"]
+    assert not stages["hard"][1].get("freeze_vision_tower") and not stages["hard"][1].get("freeze_multi_modal_projector")
+    assert (stages["medium"][0].num_train_epochs, stages["hard"][0].num_train_epochs) == (5, 15)
+
+
+def test_source_weights_repeat_a_sources_problems(sets_lake, lake_dir):
+    from vlfactory.stores.lake import Lake
+    from vlfactory.trainers.data import prepare, read_set
+
+    with Lake(lake_dir, read_only=True) as lake:
+        _, rows = read_set(lake, "rl@iter1", "rl")
+    assert prepare(rows, {"source_weights": {"syn": 2}}).num_rows == 2 * rows.num_rows
+    assert prepare(rows, {"source_weights": {"syn": 0}}).num_rows == 0
+    assert prepare(rows, {"source_weights": {"other": 3}}).num_rows == rows.num_rows  # default 1
+    with pytest.raises(RecipeError, match="source_weights"):
+        load_config("grpo", CPU | {"source_weights": {"syn": 1.5}}, "o")
+    with pytest.raises(RecipeError, match="source_weights"):
+        load_config("sft", CPU | {"source_weights": {"syn": 2}}, "o")

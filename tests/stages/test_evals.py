@@ -1,7 +1,8 @@
 """Evaluation against a planned OpenAI-compatible server on a real catalog: n samples per problem give
 pass@1..n by the unbiased estimator, every answer lands in `eval_samples`, the official prompt formatting
-and judge, the MathVerse LLM-judge protocol through the openai backend, and an evaluation done before is
-recorded for a new iteration and stage without generating."""
+and judge, the MathVerse LLM-judge protocol through the openai backend, the loop's base model graded by the
+official Qwen baseline (its suffix after each benchmark's formatting) and the trained ones by the official
+judge, and an evaluation done before is recorded for a new iteration and stage without generating."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import pytest
 from PIL import Image
 
 from answer_server import AnswerServer
+from vlfactory.loop import Loop
 from vlfactory.stages import eval as evaluate
 from vlfactory.prompts import load_template
 from vlfactory.recipe import parse_recipe
-from vlfactory.stores.lake import Lake
+from vlfactory.stores.lake import Lake, LakeSpec
+from vlfactory.verify import JUDGE_FIELDS
 
 N = 4
 # (question, gold, choices, correct samples of N)
@@ -110,14 +113,15 @@ def test_done_before_is_recorded_for_a_new_iteration_and_stage_without_generatin
 
 
 def test_mathverse_judge_protocol_through_the_openai_backend(lake_dir, bench):
-    judge_template = load_template("mathverse_judge", fields=evaluate.JUDGE_FIELDS)
+    judge_template = load_template("mathverse_judge", fields=JUDGE_FIELDS)
     policy = {q: ["<think>I count.</think> So <answer>" + gold + "</answer>" if i % 3 == 0 else
                   "<think>I count.</think> So <answer>7</answer>" if i % 3 == 1 else "It is " + gold]
               for i, (q, gold, _, _) in enumerate(PROBLEMS)}
     verdicts = {}
     for i, (q, gold, _, _) in enumerate(PROBLEMS):
         prediction = gold if i % 3 == 0 else "7" if i % 3 == 1 else "Failed to extract."
-        text = judge_template.render(instruction=q, groundtruth=gold, prediction=prediction)
+        # verify_mathverse_gpt4.py wraps each extracted answer in a list: the judge reads ['7']
+        text = judge_template.render(instruction=q, groundtruth=gold, prediction=str([prediction]))
         # step by step, then the verdict; one judge answers a bare "Yes"; the no-tag one is judged "No"
         verdicts[text] = ["Yes" if i == 3 else f"The prediction {prediction} vs {gold}.\nJudgement: "
                           + ("Yes" if prediction == gold else "No")]
@@ -136,3 +140,48 @@ def test_mathverse_judge_protocol_through_the_openai_backend(lake_dir, bench):
     assert [ok for _, _, ok, _, _ in rows] == want and result.correct == sum(want)
     assert rows[2][1] is None and rows[2][3] == "no_answer" and "Judgement: No" in rows[2][4]
     assert rows[3][4] == "Yes" and rows[3][2]
+
+
+QWEN_SUFFIX = "\n\nYour final answer MUST BE put in \\boxed{}"   # run_evaluation.py / eval_qwen.py at 6997b47
+
+
+def test_the_base_model_is_graded_as_the_official_qwen_baseline_the_trained_as_openvlthinker(lake_dir, bench):
+    """The loop's iteration 0 evaluates with `eval.base_protocol` (qwen-boxed: the suffix after each benchmark's
+    official formatting, boxed answers, the gold as its letter); iteration 1 with the recipe's protocol."""
+    answers = {}
+    for prompt_of in (format_instruction, lambda q, ch: q):   # the hint and query formattings
+        for i, (question, gold, choices, _) in enumerate(PROBLEMS):
+            right = "B" if choices else gold
+            # the base model boxes its answer or ends with "Answer: x"; `<answer>` tags would be no answer here
+            answers[prompt_of(question, choices) + QWEN_SUFFIX] = [
+                f"I count them, so \\boxed{{{right}}}." if i % 2 else f"Counting them. Final Answer: {right}"]
+            answers[prompt_of(question, choices)] = [f"<think>count</think> so <answer>{right}</answer>"]
+    with AnswerServer(answers) as server:
+        r = parse_recipe({
+            "sources": [{"name": "synthetic", "format": "synthetic", "n": 2}],
+            "benchmarks": [{"name": "bench", "format": "json", "path": str(bench)},
+                           {"name": "bench-q", "format": "json", "path": str(bench)}],
+            "rollout": {"backend": "openai", "model": "ignored", "base_url": server.url, "max_retries": 0,
+                        "sampling": {"max_tokens": 64}},
+            "rl": {"band": [0.0, 1.0]},
+            "loop": {"base_model": "base-v1", "benchmarks": ["bench", "bench-q"]},
+            "eval": {"protocol": "openvlthinker", "base_protocol": "qwen-boxed",
+                     "formats": {"bench": "hint", "bench-q": "query"}}})
+        loop = Loop(r, LakeSpec.resolve(lake_dir), say=lambda *a: None)
+        loop.evaluate("base-v1", 0, "base")
+        base_hits = list(server.hits)
+        loop.evaluate("sft-v1", 1, "sft")
+        trained_hits = server.hits[len(base_hits):]
+        with Lake(lake_dir) as lake:
+            evals = lake.query("SELECT iteration, stage, benchmark, protocol, problems, correct FROM evals "
+                               "ORDER BY iteration, benchmark").fetchall()
+            extracted = lake.query("SELECT extracted, reason FROM eval_samples WHERE protocol = 'qwen-boxed' "
+                                   "ORDER BY benchmark, source_id").fetchall()
+    # the suffix reached every prompt of both formattings, with the image; the trained model's prompts have none
+    assert sorted(p for p, _ in base_hits) == sorted(k for k in answers if k.endswith(QWEN_SUFFIX))
+    assert len(base_hits) == 14 and all(image for _, image in base_hits)
+    assert len(trained_hits) == 14 and not any(p.endswith(QWEN_SUFFIX) for p, _ in trained_hits)
+    assert evals == [(0, "base", "bench", "qwen-boxed", 7, 7), (0, "base", "bench-q", "qwen-boxed", 7, 7),
+                     (1, "sft", "bench", "openvlthinker", 7, 7), (1, "sft", "bench-q", "openvlthinker", 7, 7)]
+    assert {reason for _, reason in extracted} == {"correct"}
+    assert [e for e, _ in extracted[:7]] == ["10", "11", "12", "13", "14", "15", "b"]   # boxed, or after "answer:"

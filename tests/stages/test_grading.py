@@ -7,13 +7,14 @@ from __future__ import annotations
 import doctest
 import json
 from dataclasses import dataclass
+from importlib import metadata
 
 import pyarrow as pa
 import pytest
 
 from vlfactory import verify
 from vlfactory.stages import verify as grading
-from vlfactory.recipe import load_recipe
+from vlfactory.recipe import VerifyConfig, load_recipe
 from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
@@ -191,7 +192,7 @@ def test_rerun_grades_nothing_and_a_new_verifier_regrades_with_time_travel(lake,
     with Lake(lake_dir) as lk:
         now = lk.query("SELECT DISTINCT verifier FROM grades").fetchall()
         then = lk.query(f"SELECT DISTINCT verifier FROM grades@{before}").fetchall()
-        assert now == [(grading.verifier(),)] and "2-test" in now[0][0]
+        assert now == [(verify.verdict_identity(recipe.verify)[0],)] and "2-test" in now[0][0]
         assert len(then) == 1 and then[0][0].startswith("vlfactory.verify 1 ")
         assert lk.count("grades") == lk.count("grades", before) == first.samples
         assert lk.count("rejected") == old_rejected    # the old verify rejections were replaced, not added to
@@ -204,6 +205,15 @@ def test_rerun_grades_nothing_and_a_new_verifier_regrades_with_time_travel(lake,
     assert looser.graded == first.samples and looser.settings_hash != new.settings_hash
     assert looser.funnels[("traces", "s")].applies["too_long"] == 1    # only the megabyte now
     assert looser.funnels[("traces", "s")].accepted == 5
+
+
+def test_verdict_identity_is_what_lakes_hold():
+    """A verdict's identity moved into vlfactory.verify with the values lakes already hold, so their grades stay
+    current: the default settings' hash, another settings' hash, and the verifier's name."""
+    verifier, settings = verify.verdict_identity(VerifyConfig())
+    assert verifier == f"vlfactory.verify {verify.VERSION} / math-verify {metadata.version('math-verify')}"
+    assert verify.VERSION == "1" and settings == "2fb6eafdc984b8b6"
+    assert verify.verdict_identity(VerifyConfig(rel_tol=1e-3, protocol="openvlthinker-data"))[1] == "dcbc28c968fb42e3"
 
 
 def test_limit_then_the_rest_and_a_crash_loses_one_batch(lake, monkeypatch):

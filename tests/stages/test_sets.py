@@ -8,11 +8,11 @@ import json
 import pyarrow as pa
 import pytest
 
-from vlfactory.stages.verify import settings_hash, verifier
 from vlfactory.recipe import VerifyConfig, parse_recipe
 from vlfactory.stages import Scope
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
+from vlfactory.verify import verdict_identity
 
 
 @pytest.fixture()
@@ -23,6 +23,7 @@ def graded_lake(cli, lake_dir, tmp_path):
                       "  - {name: small, format: synthetic, n: 4, seed: 2}\n")
     cli("ingest", recipe)
     traces, grades = [], []
+    verifier, settings = verdict_identity(VerifyConfig())
     with Lake(lake_dir) as lake:
         problems = lake.query("SELECT problem_id, source, answer FROM problems ORDER BY source, source_id").fetchall()
         for n, (pid, source, gold) in enumerate(problems):
@@ -37,7 +38,7 @@ def graded_lake(cli, lake_dir, tmp_path):
                                "source": source, "correct": True, "accepted": accepted, "words": words + 1,
                                "cleaned": f"<think>{'s ' * words}</think>\n<answer>{gold}</answer>",
                                "cleaned_words": words + 1, "cleaned_ok": i != 1, "reasons": [],
-                               "verifier": verifier(), "settings_hash": settings_hash(VerifyConfig())})
+                               "verifier": verifier, "settings_hash": settings})
         with lake.transaction("test traces"):
             lake.insert("traces", pa.Table.from_pylist(traces, schema=schema.TRACES))
             lake.insert("grades", pa.Table.from_pylist(grades, schema=schema.GRADES))
@@ -83,6 +84,24 @@ def test_weights_balance_sources_and_tags_survive_rewrites(graded_lake, lake_dir
     # all, with a cap on examples
     stats = build(lake_dir, pick="all", max_examples=5, cleaned=False)
     assert stats.examples == 5 and stats.dropped["over max_examples"] == 12 * 3 - 1 - 5
+
+
+def test_a_set_tag_moves_only_when_the_sets_rows_change(graded_lake, lake_dir):
+    """The loop tags its sets through Lake.tag_if_changed: a set rebuilt with the rows its tag names (in a later
+    snapshot) keeps the tag where it was; other rows move it to the current snapshot."""
+    build(lake_dir, per_problem=1)
+    with Lake(lake_dir) as lake:
+        first, moved = lake.tag_if_changed("iter1-sft", "sft")
+        assert moved and first == lake.data_snapshot()
+    build(lake_dir, per_problem=2)
+    assert build(lake_dir, per_problem=1).written   # the same rows as tagged, written again
+    with Lake(lake_dir) as lake:
+        assert lake.data_snapshot() > first and lake.tag_if_changed("iter1-sft", "sft") == (first, False)
+    build(lake_dir, per_problem=2)
+    with Lake(lake_dir) as lake:
+        now = lake.data_snapshot()
+        assert lake.tag_if_changed("iter1-sft", "sft") == (now, True) and lake.tags()["iter1-sft"] == now
+        assert lake.query("SELECT count(*) FROM sft@iter1-sft").fetchone()[0] == lake.count("sft") > 12
 
 
 def test_export_loads_with_plain_datasets_byte_exact(graded_lake, lake_dir, cli, tmp_path):

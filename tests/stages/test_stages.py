@@ -88,6 +88,36 @@ def test_caption_then_distil_is_cached_and_keyed(cli, lake_dir, tmp_path):
             assert lake.query("SELECT count(*) - count(DISTINCT request_key) FROM traces").fetchone()[0] == 0
 
 
+def test_model_captions_are_rows_of_their_request(cli, lake_dir, tmp_path):
+    """The caption stage's declaration through the request loop: each sample of the image and the captioning
+    prompt is a captions row of its problem and image, keyed by its request; a rerun sends nothing."""
+    caption = """caption:
+  backend: openai
+  model: captioner
+  base_url: {url}
+  overwrite: true
+  sampling: {{max_tokens: 32, n: 2}}"""
+    with FaultServer() as server:
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(recipe_text(server.url, n_problems=3, caption=caption.format(url=server.url)))
+        cli("run", recipe, "--stage", "ingest")
+        out = cli("run", recipe, "--stage", "caption").output
+        assert "caption: 6 samples = 0 cached + 6 generated" in out, out
+        text = load_template("caption").render()
+        assert len(server.hits) == 3 and all(h.prompt == text for h in server.hits)
+        assert all(h.body["messages"][0]["content"][0]["type"] == "image_url" for h in server.hits)
+        with Lake(lake_dir) as lake:
+            rows = lake.query("""SELECT c.caption_id, c.request_key, c.image_id = p.image_id, c.model, c.origin,
+                                        c.caption, c.prompt_hash, c.prompt_tokens, c.completion_tokens, c.finish_reason
+                                 FROM captions c JOIN problems p USING (problem_id)
+                                 WHERE c.origin = 'model'""").fetchall()
+        assert len(rows) == 6 and len({r[1] for r in rows}) == 6
+        assert all(r[0] == r[1][:16] and r[2] and r[3] == "captioner" and r[6] == load_template("caption").hash
+                   and r[7] > 0 and r[8] > 0 and r[9] == "stop" for r in rows)
+        assert sorted(r[5] for r in rows) == sorted(f"echo {i}: {text}" for i in (0, 1) for _ in range(3))
+        assert "6 cached + 0 generated" in cli("run", recipe, "--stage", "caption").output and len(server.hits) == 3
+
+
 def test_failed_requests_become_rejected_rows_and_are_retried(cli, lake_dir, tmp_path):
     with FaultServer() as server:
         recipe = tmp_path / "r.yaml"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -99,7 +100,8 @@ def test_cli_diff_table_and_json(wb, cli):
     summary = cli("diff", "iter1", "iter2", "--lake", wb.lake).output
     assert "traces" in summary and "+14" in summary
     counts = json.loads(cli("diff", "iter1", "iter2", "--format", "json", "--lake", wb.lake).output)
-    assert counts["tables"]["traces"] == {"added": 14, "removed": 0}
+    assert counts["tables"]["traces"] == {"added": 14, "removed": 0, "changed": 0}
+    assert counts["tables"]["sft"] == {"added": 7, "removed": 7, "changed": 7}  # the same as by --table
     bad = cli("diff", "iter1", "iter9", "--table", "sft", "--lake", wb.lake, ok=False)
     assert bad.exit_code == 2 and "unknown version 'iter9'" in bad.output
 
@@ -124,3 +126,104 @@ def test_only_touched_rows_are_read_and_the_answer_is_the_same(wb, monkeypatch):
     runs = narrowed[("runs", "iter1", "iter2")]
     assert runs.n_added == 1 and runs.n_changed == 0  # started and ended (updated) between the tags
     assert narrowed[("sft", "iter2", "iter2")].unchanged == 14
+
+
+def _train(lake: Lake, tid: str, out: Path, finish: bool = True) -> None:
+    """A training row written as trainers/run.py writes it: inserted `running`, then updated with its status."""
+    from datetime import datetime, timezone
+
+    from vlfactory.trainers.run import Training, _finish, _insert
+
+    record = Training(tid, "sft", "sft@iter1", "sft", 1, 8, "base", str(out / tid), "{}", {},
+                      datetime.now(timezone.utc), iteration=1)
+    _insert(lake, record)
+    if finish:
+        record.status = "ok"
+        _finish(lake.spec, record)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """iter1: trainings a, b done and c still running; iter2: c done, d and e started and finished."""
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "rows.jsonl"
+    data.write_text("".join(json.dumps({"id": str(i), "question": f"{i}?", "answer": str(i)}) + "\n" for i in range(3)))
+    (root / "r.yaml").write_text(f"sources:\n  - {{name: s, format: jsonl, path: {data}}}\n")
+    vlfactory.run(root / "r.yaml", ["ingest"], lake=root / "lake", say=None)
+    with Lake(root / "lake") as lake:
+        for tid in ("a", "b"):
+            _train(lake, tid, root)
+        _train(lake, "c", root, finish=False)
+        lake.tag("iter1")
+    with Lake(root / "lake") as lake:
+        lake.run_id = None
+        with lake.transaction("c finished"):
+            lake.con.execute("UPDATE lake.trainings SET status = 'ok', ended_at = now() WHERE training_id = 'c'")
+        for tid in ("d", "e"):
+            _train(lake, tid, root)
+        lake.tag("iter2")
+    return root / "lake"
+
+
+def test_updated_rows_are_changed_not_added_and_removed(trained, cli):
+    """Issue 18 item 16: trainings inserted `running` then updated were "+0 added, 5 unchanged" by key and
+    "+N/-N" per table; an update is a changed row, with its columns before and after."""
+    d = vlfactory.diff("iter1", "iter2", table="trainings", lake=trained)
+    assert (d.n_added, d.n_removed, d.n_changed, d.unchanged) == (2, 0, 1, 2), d.line()
+    assert sorted(r["training_id"] for r in d.added) == ["d", "e"]
+    (c,) = d.changed
+    assert c.key == {"training_id": "c"} and (c.before["status"], c.after["status"]) == ("running", "ok")
+    assert c.before["ended_at"] is None and c.after["ended_at"] is not None
+    back = vlfactory.diff("iter2", "iter1", table="trainings", lake=trained)
+    assert (back.n_added, back.n_removed, back.n_changed) == (0, 2, 1)
+    counts = vlfactory.diff("iter1", "iter2", lake=trained)
+    assert counts["trainings"] == {"added": 2, "removed": 0, "changed": 1}
+    out = json.loads(cli("diff", "iter1", "iter2", "--format", "json", "--lake", trained).output)
+    assert out["tables"]["trainings"] == {"added": 2, "removed": 0, "changed": 1}
+    table = cli("diff", "iter1", "iter2", "--lake", trained).output
+    assert "changed" in table and "~1" in table and "+2" in table
+    line = cli("diff", "iter1", "iter2", "--table", "trainings", "--lake", trained).output
+    assert "+2 added, -0 removed, ~1 changed (ended_at 1, status 1), 2 unchanged" in line
+
+
+def test_the_reports_changes_section_counts_updates_as_changed(trained, tmp_path):
+    from html.parser import HTMLParser
+
+    from vlfactory.reports.html import report
+
+    with Lake(trained, read_only=True) as lake:
+        page = report(lake, "iter2")
+
+    class Rows(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.section, self.cells, self.rows = None, None, []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "section":
+                self.section = dict(attrs).get("id")
+            elif tag == "tr" and self.section == "diff":
+                self.cells = []
+
+        def handle_endtag(self, tag):
+            if tag == "tr" and self.cells is not None:
+                self.rows.append(self.cells)
+                self.cells = None
+
+        def handle_data(self, data):
+            if self.cells is not None:
+                self.cells.append(data.strip())
+
+    parsed = Rows()
+    parsed.feed(page)
+    assert ["table", "rows added", "rows removed", "rows changed"] in parsed.rows
+    assert ["trainings", "2", "0", "1"] in parsed.rows, parsed.rows
+
+
+@pytest.mark.parametrize("args", [("²",), ("iter1", "²"), ("iter1", "iter2", "--limit", "-1", "--table", "sft")])
+def test_bad_diff_arguments_are_one_line(trained, cli, args):
+    """Issue 18 item 15: `diff ²` and `diff --limit -1` were tracebacks."""
+    res = cli("diff", *args, "--lake", trained, ok=False)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert res.output.strip().splitlines()[-1].startswith(("error: unknown version '²'",
+                                                           "Error: Invalid value for '--limit'"))

@@ -25,7 +25,9 @@ Endpoints (what huggingface_hub 2.x calls, read from its hf_api.py, _commit_api.
     PUT  /lfs/OID                                     public: the object's bytes (like a signed storage URL)
     POST /api/datasets/ORG/NAME/commit/REV            ndjson: header, file (base64), lfsFile (oid), deletedFile;
                                                       `?create_pr=1` opens refs/pr/N from REV and commits there
-REV is URL-quoted by huggingface_hub (`refs%2Fpr%2F1`).
+    GET  /api/datasets/ORG/NAME[/revision/REV]        repo info: its commit sha and files (`hf download`)
+    HEAD, GET /datasets/ORG/NAME/resolve/REV/PATH     a file's bytes, with X-Repo-Commit and ETag (hf_hub_download)
+REV is URL-quoted by huggingface_hub (`refs%2Fpr%2F1`), or a ref's commit sha (what `hf download` resolves to).
 Every request but those two public ones must carry `Authorization: Bearer <token>`, else 401 as the Hub does.
 """
 
@@ -89,6 +91,17 @@ class HubStub:
 
     # ---- the API ---------------------------------------------------------------------
 
+    def sha(self, ref: str) -> str:
+        """A ref's commit id: a digest of its files."""
+        return hashlib.sha1(json.dumps(sorted((p, hashlib.sha1(b).hexdigest()) for p, b in self.refs[ref].items()))
+                            .encode()).hexdigest()
+
+    def ref(self, revision: str) -> str | None:
+        """The ref a revision names: a ref name, or the sha of one."""
+        if revision in self.refs:
+            return revision
+        return next((r for r in self.refs if self.sha(r) == revision), None)
+
     def answer(self, method: str, path: str, auth: str | None, body: bytes,
                query: dict[str, list[str]] | None = None) -> tuple[int, object]:
         if path.startswith("/lfs/"):
@@ -121,10 +134,22 @@ class HubStub:
             start = (json.loads(body or b"{}") or {}).get("startingPoint") or "main"
             self.refs[branch] = dict(self.refs[start])
             return 200, {}
+        if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
+            ref = self.ref(unquote(m.group(2) or "main"))
+            if ref is None:
+                return 404, {"error": "Invalid rev id"}
+            return 200, {"id": m.group(1), "sha": self.sha(ref), "private": False,
+                         "siblings": [{"rfilename": p} for p in sorted(self.refs[ref])]}
+        if m := re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
+            ref = self.ref(unquote(m.group(2)))
+            data = self.refs[ref].get(unquote(m.group(3))) if ref else None
+            if data is None:
+                return 404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"}
+            return 200, data, {"X-Repo-Commit": self.sha(ref), "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
         if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/(tree|preupload|commit)/([^/]+)", path):
-            revision = unquote(m.group(3))
-            if revision not in self.refs:
-                return 404, {"error": f"Invalid rev id: {revision}"}
+            revision = self.ref(unquote(m.group(3)))
+            if revision is None:
+                return 404, {"error": f"Invalid rev id: {unquote(m.group(3))}"}
             if m.group(2) == "tree":
                 return 200, [{"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
                              for p, b in sorted(self.refs[revision].items())]
@@ -175,13 +200,17 @@ class _Handler(BaseHTTPRequestHandler):
         path, auth = url.path, self.headers.get("Authorization")
         with hub._lock:
             hub.calls.append(Call(self.command, path, auth, body))
-            status, payload = hub.answer(self.command, path, auth, body, parse_qs(url.query))
-        data = json.dumps(payload).encode()
+            status, payload, *extra = hub.answer(self.command, path, auth, body, parse_qs(url.query))
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        binary = isinstance(payload, bytes)
+        self.send_header("Content-Type", "application/octet-stream" if binary else "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for key, value in (extra[0] if extra else {}).items():
+            self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -193,7 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
             return b"".join(chunks)
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    do_GET = do_POST = do_PUT = _serve
+    do_GET = do_POST = do_PUT = do_HEAD = _serve
 
     def log_message(self, *args) -> None:
         pass

@@ -10,9 +10,14 @@ reflection keywords (a regrade: odd problems keep their sft example with a recle
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import vlfactory
 from answer_server import AnswerServer
@@ -94,3 +99,18 @@ def build(root: Path) -> Workbench:
                           + ROLLOUT.format(url=server.url))
         vlfactory.run(recipe, ["distil", "rollout", "verify", "sft", "rl"], lake=lake, tag="iter2", say=None)
     return Workbench(lake, recipe, problems)
+
+
+@contextlib.contextmanager
+def viewer(lake: Path, **env: str) -> Iterator[str]:
+    """`vlfactory view` over the lake in its own process, on a free port (with these environment variables);
+    yields its base URL."""
+    proc = subprocess.Popen([sys.executable, "-m", "vlfactory.cli", "view", "--lake", str(lake), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ | env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("viewing "), line + proc.stderr.read()
+        yield line.split(" at ")[1].split()[0].rstrip("/")
+    finally:
+        proc.terminate()
+        proc.wait(20)

@@ -31,8 +31,9 @@ def hashed(monkeypatch):
 
 @pytest.fixture()
 def qwen2(tmp_path, tiny_qwen2_dir):
-    """A private copy of the session's tiny Qwen2 (identity() writes its record into the folder)."""
-    return Path(shutil.copytree(tiny_qwen2_dir, tmp_path / "qwen2"))
+    """A private copy of the session's tiny Qwen2 (identity() writes its record into the folder), without the record
+    an earlier test may have left in the shared build: each test starts from weights no one has hashed."""
+    return Path(shutil.copytree(tiny_qwen2_dir, tmp_path / "qwen2", ignore=shutil.ignore_patterns(models.IDENTITY_RECORD)))
 
 
 @pytest.fixture()

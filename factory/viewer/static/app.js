@@ -22,8 +22,12 @@ function link(path, q) {
   const clean = Object.fromEntries(Object.entries(q).filter(([, v]) => v !== '' && v !== null && v !== undefined));
   return '#' + path + '?' + new URLSearchParams(clean).toString();
 }
+// This session's token (the server writes it into the page): the API and images answer only requests that
+// carry it, which no other site's page can read.
+const TOKEN = document.querySelector('meta[name="vlfactory-token"]').content;
 async function api(path, q) {
-  const res = await fetch('/api/' + path + '?' + new URLSearchParams(q).toString());
+  const res = await fetch('/api/' + path + '?' + new URLSearchParams(q).toString(),
+                          { headers: { 'X-Vlfactory-Token': TOKEN } });
   const body = await res.json();
   if (!res.ok) throw new Error(body.error || res.statusText);
   return body;
@@ -112,7 +116,7 @@ function problemBlock(r, at) {
   field(dl, 'choices', r.choices);
   field(dl, 'gold answer', r.gold !== undefined ? r.gold : r.answer);
   if (r.problem_id) field(dl, 'problem', el('a', { href: link('/problem', { id: r.problem_id, at }), id: 'problem-link', text: r.problem_id }));
-  const image = r.image_id ? el('img', { src: '/image/' + r.image_id, id: 'sample-image', alt: 'image ' + r.image_id }) : null;
+  const image = r.image_id ? el('img', { src: '/image/' + r.image_id + '?token=' + encodeURIComponent(TOKEN), id: 'sample-image', alt: 'image ' + r.image_id }) : null;
   return el('div', {}, image, dl);
 }
 
