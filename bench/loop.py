@@ -4,10 +4,14 @@ and does it fit in 10 minutes?
     python bench/loop.py                      # the shipped quickstart, in a fresh folder with a fresh model cache
     python bench/loop.py --keep DIR           # ... in DIR, kept
     python bench/loop.py --keep DIR --measure-only   # read a finished run again (no wall time)
+    python bench/loop.py --held-out synthetic-val    # report on the validation set instead (recipe choices)
 
 Runs `vlfactory iterate RECIPE` as the README does (a new lake, a new runs folder and, unless
---warm-cache, a new model cache, so the wall time includes building the tiny base model), then reads
-every number from the lake and prints:
+--warm-cache, a new model cache, so the wall time includes building the tiny base model; its log goes to
+DIR/iterate.log as it runs), then evaluates every model the loop made (the pretrained base, each SFT and
+GRPO model) on the held-out benchmark (`--held-out`, default `synthetic-eval`: the quickstart's reported
+set, which no recipe choice looked at; the loop itself evaluates the validation set, `loop.benchmarks`,
+where choices are made), reads every number from the lake and prints:
 
 - the held-out set: its size, and what it shares with every training problem (pretraining captions
   included): images, and (question, shape set) combinations;
@@ -36,7 +40,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
+from itertools import pairwise
 from math import comb
 from pathlib import Path
 
@@ -64,6 +69,8 @@ def mcnemar(b: int, c: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="quickstart")
+    parser.add_argument("--held-out", default="synthetic-eval",
+                        help="the benchmark the table reports (default: the quickstart's held-out set)")
     parser.add_argument("--keep", default=None, help="run in this folder and keep it (default: a temporary one)")
     parser.add_argument("--measure-only", action="store_true",
                         help="read the finished run in --keep instead of running the loop (no wall time)")
@@ -84,28 +91,31 @@ def main() -> None:
         cmd = [sys.executable, "-m", "vlfactory.cli", "iterate", a.recipe, "--lake", str(work / "lake")]
         print(f"$ {' '.join(cmd)}   (in {work}, {os.cpu_count()} cores)", flush=True)
         started = time.monotonic()
-        res = subprocess.run(cmd, cwd=work, env=env, stderr=subprocess.PIPE, text=True)
+        with open(work / "iterate.log", "w") as log:
+            res = subprocess.run(cmd, cwd=work, env=env, stderr=log, text=True, check=False)
         wall = time.monotonic() - started
-        (work / "iterate.log").write_text(res.stderr)
         if res.returncode != 0:
-            sys.exit(f"iterate failed ({res.returncode}); the log is in {work / 'iterate.log'}:\n{res.stderr[-3000:]}")
+            tail = (work / "iterate.log").read_text()[-3000:]
+            sys.exit(f"iterate failed ({res.returncode}); the log is in {work / 'iterate.log'}:\n{tail}")
     os.environ.update({k: v for k, v in env.items() if k == "VLFACTORY_CACHE"})
-    print(report(recipe, work, wall))
+    print(report(recipe, work, wall, a.held_out))
 
 
-def report(recipe, work: Path, wall: float | None) -> str:
+def report(recipe, work: Path, wall: float | None, bench: str) -> str:
     from vlfactory import verify
     from vlfactory.sources.readers import read_source
     from vlfactory.sources.synthetic import blank_copy, shape_set
-    from vlfactory.stages.eval import run as evaluate, wilson_interval
+    from vlfactory.stages.eval import run as evaluate
+    from vlfactory.stages.eval import wilson_interval
     from vlfactory.stores.lake import Lake
 
-    bench = recipe.loop.benchmarks[0]
+    val = recipe.loop.benchmarks[0]
     src = next(s for s in recipe.benchmarks if s.name == bench)
     held = list(read_source(src))
     with Lake(work / "lake", read_only=True) as lake:
         evals = lake.query("""SELECT iteration, stage, model, eval_key, accuracy, problems FROM evals
-                              WHERE benchmark = ? ORDER BY iteration, created_at""", [bench]).fetchall()
+                              WHERE benchmark = ? AND iteration IS NOT NULL ORDER BY iteration, created_at""",
+                           [val]).fetchall()
         train = lake.query("SELECT image_id, question, caption FROM problems").fetchall()
         captions = lake.query("""SELECT p.caption, c.caption FROM captions c JOIN problems p USING (problem_id)
                                  WHERE c.origin = 'model'""").fetchall()
@@ -125,24 +135,32 @@ def report(recipe, work: Path, wall: float | None) -> str:
             return dict(lake.query("SELECT source_id, correct FROM eval_samples WHERE eval_key = ? AND sample_index = 0",
                                    [eval_key]).fetchall())
 
-    models = []   # (label, iteration, stage, identity, {source_id: correct})
-    for it, stage, model, key, _, _ in evals:
+    folders = {_identity(p.parent): p.parent for p in (work / "runs").rglob("vlfactory_training.json")}
+
+    def held_out(model: str, benchmark=None) -> dict[str, bool]:
+        """The model's answers on the held-out set (or a copy of it): evaluated once, read back on a rerun."""
+        cfg = dataclasses.replace(recipe.eval_config(bench, str(folders[model])), iteration=None)
+        if benchmark is not None:
+            cfg = dataclasses.replace(cfg, benchmark=benchmark)
+        with Lake(work / "lake") as lake:
+            evaluate(lake, cfg)
+            key = lake.query("""SELECT eval_key FROM evals WHERE benchmark = ? AND model = ?
+                                ORDER BY created_at DESC LIMIT 1""",
+                             [bench if benchmark is None else f"{bench}-blank", model]).fetchone()[0]
+        return answers(key)
+
+    models = []   # (label, iteration, stage, identity, {source_id: correct}) on the held-out set
+    validation = []   # (label, accuracy, problems) as the loop measured them on the validation set
+    for it, stage, model, key, accuracy, problems in evals:
         label = "base (iteration 0)" if stage == "base" else f"{stage.upper()} {it}"
-        models.append((label, it, stage, model, answers(key)))
+        validation.append((label, accuracy, problems))
+        models.append((label, it, stage, model, answers(key) if bench == val else held_out(model)))
     last = max(m[1] for m in models)
     final = next(m for m in reversed(models) if m[1] == last and m[2] == "grpo")
     first_grpo = next(m for m in models if m[1] == 1 and m[2] == "grpo")
 
     # the blank-image ablation of the final model (recorded once; a rerun reads it back)
-    final_dir = next(p for p in (work / "runs").rglob("vlfactory_training.json")
-                     if _identity(p.parent) == final[3]).parent
-    cfg = dataclasses.replace(recipe.eval_config(bench, str(final_dir)), benchmark=blank_copy(src, work / "blank"),
-                              iteration=None)
-    with Lake(work / "lake") as lake:
-        evaluate(lake, cfg)
-        blank_key = lake.query("""SELECT eval_key FROM evals WHERE benchmark = ? AND model = ?
-                                  ORDER BY created_at DESC LIMIT 1""", [f"{bench}-blank", final[3]]).fetchone()[0]
-    blank = ("final, blank images", None, "blank", final[3], answers(blank_key))
+    blank = ("final, blank images", None, "blank", final[3], held_out(final[3], blank_copy(src, work / "blank")))
 
     # held out: images and (question, shape set) combinations never in training
     train_images = {r[0] for r in train}
@@ -163,9 +181,9 @@ def report(recipe, work: Path, wall: float | None) -> str:
     types = ("count", "colour", "bigger")
     per_type = {t: [i for i in kind if kind[i] == t] for t in types}
     common = {t: Counter(gold[i] for i in per_type[t]).most_common(1)[0] for t in types}
-    lines = [f"held-out: {n} problems ({bench}, split {src.split}; count {len(per_type['count'])}, colour "
-             f"{len(per_type['colour'])}, bigger {len(per_type['bigger'])}); shared with the {len(train)} training "
-             f"problems: {image_overlap} images, {combo_overlap} (question, shape set) combinations", ""]
+    lines = [(f"held-out: {n} problems ({bench}, split {src.split}; count {len(per_type['count'])}, colour "
+              f"{len(per_type['colour'])}, bigger {len(per_type['bigger'])}); shared with the {len(train)} training "
+              f"problems: {image_overlap} images, {combo_overlap} (question, shape set) combinations"), ""]
 
     # the caption model and the funnel it feeds
     exact = sum(shape_set(t) == shape_set(m) for t, m in captions)
@@ -198,6 +216,9 @@ def report(recipe, work: Path, wall: float | None) -> str:
         table.append(f"| {label}{' (final)' if got is final[4] else ''} | {cell([bool(got.get(i)) for i in kind])} | "
                     + " | ".join(cell([bool(got.get(i)) for i in per_type[t]]) for t in types) + " |")
     lines += table + [""]
+    if bench != val:
+        lines += [f"validation ({val}, where recipe choices are made; what `iterate` printed): " + "; ".join(
+            f"{label} {100 * acc:.1f}% of {n_}" for label, acc, n_ in validation), ""]
 
     def paired(name: str, new, old) -> tuple[str, float, float]:
         b = sum(bool(new[4].get(i)) and not old[4].get(i) for i in kind)
@@ -207,10 +228,10 @@ def report(recipe, work: Path, wall: float | None) -> str:
         lines.append(f"| {name} | {100 * delta:+.1f} | {b} | {c} | {p:.2g} |")
         return name, delta, p
 
-    lines += ["| paired test (same problems) | change (points) | right only in the first | right only in the "
-              "second | exact McNemar p |", "|---|---|---|---|---|"]
+    lines += [("| paired test (same problems) | change (points) | right only in the first | right only in the "
+               "second | exact McNemar p |"), "|---|---|---|---|---|"]
     tests = {}
-    for older, newer in zip(models, models[1:]):
+    for older, newer in pairwise(models):
         tests[(newer[1], newer[2])] = paired(f"{newer[0]} vs {older[0]}", newer, older)
     overall = paired(f"final (GRPO {last}) vs GRPO 1", final, first_grpo)
     ablation = paired("final, real vs blank images", final, blank)
@@ -228,12 +249,12 @@ def report(recipe, work: Path, wall: float | None) -> str:
          overall[1] > 0 and overall[2] < 0.05),
         *[(f"GRPO {it} vs SFT {it}", f"{100 * t[1]:+.1f} points, p = {t[2]:.2g}", "not significantly below",
            not (t[1] < 0 and t[2] < 0.05)) for it, t in grpo_ok],
-        *[(f"final, {t} questions vs chance", f"{cell([bool(final[4].get(i)) for i in per_type[t]])} vs "
-           f"{100 * CHANCE[t]:.0f}%", "95% interval above chance", type_ok[t]) for t in types],
-        ("final vs its blank-image score", f"{100 * (acc[final[0]] - acc[blank[0]]):+.1f} points "
-         f"(p = {ablation[2]:.2g})", "+20 points", acc[final[0]] - acc[blank[0]] >= 0.20),
-        ("verify rejects iteration 1's traces", f"{len(rejected)} of {len(trace_grades)} ({100 * share:.1f}%), "
-         f"{sum(bool(g[2]) for g in rejected)} with a reason", ">= 10%, each with a reason",
+        *[(f"final, {t} questions vs chance", (f"{cell([bool(final[4].get(i)) for i in per_type[t]])} vs "
+           f"{100 * CHANCE[t]:.0f}%"), "95% interval above chance", type_ok[t]) for t in types],
+        ("final vs its blank-image score", (f"{100 * (acc[final[0]] - acc[blank[0]]):+.1f} points "
+         f"(p = {ablation[2]:.2g})"), "+20 points", acc[final[0]] - acc[blank[0]] >= 0.20),
+        ("verify rejects iteration 1's traces", (f"{len(rejected)} of {len(trace_grades)} ({100 * share:.1f}%), "
+         f"{sum(bool(g[2]) for g in rejected)} with a reason"), ">= 10%, each with a reason",
          share >= 0.10 and all(g[2] for g in rejected)),
         ("held-out problems", f"{n}; {image_overlap} images, {combo_overlap} combinations shared with training",
          ">= 500, none shared", n >= 500 and image_overlap == combo_overlap == 0),
@@ -243,8 +264,8 @@ def report(recipe, work: Path, wall: float | None) -> str:
          and all(sum(verify.format_reward(r)) == len(r) for r in sets.values())),
     ]
     if wall is not None:
-        targets.append(("main job wall time (model setup included)", f"{wall:.0f} s ({wall / BUDGET_S:.2f} of "
-                        f"the budget, {os.cpu_count()} cores)", f"<= {BUDGET_S:.0f} s", wall <= BUDGET_S))
+        targets.append(("main job wall time (model setup included)", (f"{wall:.0f} s ({wall / BUDGET_S:.2f} of "
+                        f"the budget, {os.cpu_count()} cores)"), f"<= {BUDGET_S:.0f} s", wall <= BUDGET_S))
     width = max(len(t[0]) for t in targets)
     lines.append("target".ljust(width) + "  measured   (target: met?)")
     lines += [f"{name.ljust(width)}  {measured}   ({target}: {'met' if ok else 'NOT met'})"

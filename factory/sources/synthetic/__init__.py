@@ -103,8 +103,8 @@ def make(kind: str, seed: int, i: int, split: str | None = None) -> dict:
         raise AssertionError(f"{kind}-{seed}-{i}: answer {answer!r} not among choices {choices}")
     if not (MIN_SIDE <= img.width <= MAX_SIDE and MIN_SIDE <= img.height <= MAX_SIDE):  # pragma: no cover
         raise AssertionError(f"{kind}-{seed}-{i}: image size {img.size} out of range")
-    return {"id": f"{kind}-{seed}-{i}" if split is None else f"{kind}-{split}-{seed}-{i}", "kind": kind, "question": question, "answer": answer,
-            "choices": choices, "caption": caption, "image": _png(img)}
+    return {"id": f"{kind}-{seed}-{i}" if split is None else f"{kind}-{split}-{seed}-{i}", "kind": kind,
+            "question": question, "answer": answer, "choices": choices, "caption": caption, "image": _png(img)}
 
 
 _MAKERS: dict[str, Callable[[random.Random], Any]] = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from vlfactory.sources.synthetic.draw import COLORS, SHAPES, _canvas, _Retry, fmt
 
