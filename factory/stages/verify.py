@@ -72,6 +72,7 @@ from vlfactory.recipe import VerifyConfig
 from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema
 from vlfactory.stores.lake import DB, Lake
+from vlfactory.stores.sqltext import literal
 
 BATCH = 16384                         # samples per transaction: each batch reads the tables once, so few batches
 TABLES = {"traces": "trace_id", "rollouts": "rollout_id"}
@@ -309,7 +310,7 @@ def stream(lake: Lake, table: str, ids: list[str], batch: int) -> Iterator[list[
                        s.{id_col} IN (SELECT v FROM _ids) AS wanted
                 FROM {DB}.{table} s LEFT JOIN {DB}.problems p ON p.problem_id = s.problem_id
                 WHERE s.problem_id IN (SELECT problem_id FROM {DB}.{table} WHERE {id_col} IN (SELECT v FROM _ids))
-                ORDER BY s.problem_id, s.sample_index, s.{id_col}) TO '{path}' (FORMAT parquet)""")
+                ORDER BY s.problem_id, s.sample_index, s.{id_col}) TO {literal(path)} (FORMAT parquet)""")
         finally:
             lake.con.unregister("_ids")
         out: list[dict] = []
