@@ -1,24 +1,30 @@
-"""Experiment tracking, off by default: the factory's numbers to W&B, trackio or TensorBoard, through their own APIs.
+"""Experiment tracking, off by default: the factory's numbers to any of accelerate's trackers (TensorBoard, W&B,
+trackio, MLflow, Comet, Aim, ClearML, DVCLive, SwanLab), the same classes `Accelerator(log_with=...)` uses.
 
-A recipe's `tracking:` block turns it on, or `--report-to` on `vlfactory run` and `iterate` (TRL's `report_to`
-names; `--report-to none` turns a recipe's block off):
+A recipe's `tracking:` block turns it on, or `--report-to` on `vlfactory run` and `iterate` (`--report-to none`
+turns a recipe's block off):
 
     tracking:
-      backend: tensorboard   # wandb | trackio | tensorboard
-      project: shapes        # the W&B / trackio project (default: the recipe's name)
-      dir: runs/tracking     # local files: wandb's `dir`, TensorBoard's log folder, trackio's TRACKIO_DIR
+      backend: tensorboard   # tensorboard | wandb | trackio | mlflow | comet_ml | aim | clearml | dvclive | swanlab
+      project: shapes        # the project (W&B, trackio, MLflow experiment, Comet, ClearML, SwanLab; default: recipe)
+      dir: runs/tracking     # local files: TensorBoard's log folder, wandb's dir, TRACKIO_DIR, Aim's repo, ...
 
     vlfactory iterate quickstart --report-to tensorboard && tensorboard --logdir runs/tracking
 
-Logged: every stage's result under its name (vlfactory.stages.run_stage): `distil/requests_per_s`,
-`distil/tokens_per_s`, `distil/failed`, `distil/seconds`, `verify/rejected/wrong_answer`, the verify funnel by
-table and source (`verify/traces/shapes/accepted`), the sets' counts; the loop's evaluations as
-`eval/<benchmark>/<stage>/accuracy` over `iteration`. A training in a tracked run reports to the same library
-through TRL's own `report_to` (configure_trainer), so one setting covers all. Numbers and names only: the run's
-config holds the recipe's name and hash and the lake's run id, with credentials masked (vlfactory.redact).
+The metrics are ours, whatever the library: every stage's result under its name (vlfactory.stages.run_stage):
+`distil/requests_per_s`, `distil/tokens_per_s`, `distil/failed`, `distil/seconds`, `verify/rejected/wrong_answer`,
+the verify funnel by table and source (`verify/traces/shapes/accepted`), the sets' counts; the loop's evaluations
+as `eval/<benchmark>/<stage>/accuracy` over `iteration`. A training in a tracked run reports to the same library
+through TRL's own `report_to` (configure_trainer; transformers has no Aim callback, so an Aim run gets its
+trainings from `export`). Numbers and names only: the run's config holds the recipe's name and hash and the lake's
+run id, with credentials masked (vlfactory.redact).
 
-W&B reads its own environment (`WANDB_MODE=offline`, `WANDB_API_KEY`); trackio writes a local database
-unless its environment names a Space.
+After the fact, `export` (`vlfactory track export VERSION --to BACKEND`) replays a version's stored trainings
+(`training_logs`, under TRL's names: `train/loss`, ...) and the loop's evaluations (`evals`) into a tracker, each
+in the run live tracking would have made: turning tracking on after a run still shows its curves.
+
+Each library reads its own environment (`WANDB_MODE=offline`, `WANDB_API_KEY`, `MLFLOW_TRACKING_URI`, ...);
+accelerate (and so torch) is imported only when tracking is on.
 
     from vlfactory import tracking
     from vlfactory.recipe import TrackingConfig
@@ -33,85 +39,83 @@ import io
 import os
 from pathlib import Path
 
-from vlfactory.recipe import slug
 from vlfactory.redact import redact
 
-BACKENDS = ("wandb", "trackio", "tensorboard")
+# accelerate's trackers (accelerate.tracking.LOGGER_TYPE_TO_CLASS), by the names `report_to` and `log_with` take.
+BACKENDS = ("tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab")
+MODULES = {"comet_ml": "comet_ml"}  # the module each library imports as, where it is not the backend's name
+PACKAGES = {"comet_ml": "comet-ml"}  # what to pip install, where it is not the backend's name
+TRAINER_BACKENDS = tuple(b for b in BACKENDS if b != "aim")  # those transformers has a callback for
 
 _active: Tracker | None = None  # the tracked run of this process: one at a time, as wandb.run
 
 
 class Tracker:
-    """One run in the chosen library; `log` takes a flat mapping of numbers."""
+    """One run in the chosen library through accelerate's tracker class; `log` takes a flat mapping of numbers."""
 
     def __init__(self, backend: str, project: str, name: str, folder: str | None, config: dict):
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+        from vlfactory.recipe import slug
+
         self.backend, self.project, self.name = backend, project, name
         self.folder = Path(folder or "runs").resolve()
         self.config = {k: redact(v) if isinstance(v, str) else v for k, v in config.items()}
         self.context: dict[str, float] = {}  # merged into every log: the loop's iteration
         self.steps = 0
         self.env: dict[str, str | None] = {}  # variables set for the libraries, restored at close
+        if backend == "trackio" and folder:  # trackio reads it once, when first imported
+            self._setenv("TRACKIO_DIR", str(self.folder))
+        if folder or backend in ("tensorboard", "aim"):
+            self.folder.mkdir(parents=True, exist_ok=True)
+        # What accelerate's init_trackers(project_name, init_kwargs={backend: ...}) passes, naming the run `name`:
+        # TensorBoard and Aim take the run's name (a folder, a run), the others the project and the name beside it.
+        first, kwargs = {
+            "tensorboard": (slug(name, "run"), {"logging_dir": str(self.folder)}),
+            "wandb": (project, {"name": name, "config": self.config, **({"dir": str(self.folder)} if folder else {})}),
+            "trackio": (project, {"name": name, "config": self.config, "resume": "allow"}),
+            "mlflow": (project, {"run_name": name, **({"logging_dir": str(self.folder)} if folder else {})}),
+            "aim": (name, {"logging_dir": str(self.folder), "experiment": project}),
+            "clearml": (project, {"task_name": name}),
+            "dvclive": (name, {"dir": str(self.folder / slug(name, "run"))}),
+            "swanlab": (project, {"experiment_name": name, **({"logdir": str(self.folder)} if folder else {})}),
+            "comet_ml": (project, {}),
+        }[backend]
+        self.tracker = LOGGER_TYPE_TO_CLASS[backend](first, **kwargs)
+        with contextlib.redirect_stdout(io.StringIO()):  # banners (trackio's) would break the factory's own lines
+            self.tracker.start()
+            if backend not in ("wandb", "trackio"):  # those took the config at init
+                self.tracker.store_init_configuration(self.config)
         if backend == "wandb":
-            import wandb
-
-            if folder:
-                self.folder.mkdir(parents=True, exist_ok=True)
-            self.run = wandb.init(project=project, name=name, dir=str(self.folder) if folder else None,
-                                  config=self.config)
-            self.run.define_metric("iteration")
-            self.run.define_metric("eval/*", step_metric="iteration")
-        elif backend == "trackio":
-            if folder:  # trackio reads it once, when first imported
-                self._setenv("TRACKIO_DIR", str(self.folder))
-            self.run = self._trackio_init()
-        else:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                from tensorboardX import SummaryWriter
-            # the run's name as one folder inside the log folder, whatever a recipe or caller named it
-            self.run = SummaryWriter(log_dir=str(self.folder / slug(name, "run")))
+            self.tracker.tracker.define_metric("iteration")
+            self.tracker.tracker.define_metric("eval/*", step_metric="iteration")
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """Log numbers; `step` is TensorBoard's x value (default: this run's count of logs)."""
+        """Log numbers at `step` (default: this run's count of logs; W&B counts its own)."""
         metrics = self.context | metrics
         self.steps += 1
-        if self.backend == "wandb":
-            self.run.log(metrics)
-        elif self.backend == "trackio":
+        if self.backend == "trackio":
             import trackio
 
             # TRL's trackio callback starts a run of its own for a training, which finishes ours: resume it.
-            if trackio.context_vars.current_run.get() is not self.run:
-                self.run = self._trackio_init()
-            trackio.log(metrics)
-        else:
-            for key, value in metrics.items():
-                self.run.add_scalar(key, value, self.steps if step is None else step)
-            self.run.flush()
+            if trackio.context_vars.current_run.get() is not self.tracker.run:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    self.tracker.start()
+        self.tracker.log(metrics, step=None if self.backend == "wandb" else self.steps if step is None else step)
 
     def close(self, ok: bool) -> None:
-        if self.backend == "wandb":
-            self.run.finish(exit_code=0 if ok else 1)
-        elif self.backend == "trackio":
-            import trackio
-
-            if trackio.context_vars.current_run.get() is self.run:
-                with contextlib.redirect_stdout(io.StringIO()):
-                    trackio.finish()
-        else:
-            self.run.close()
-        for key, value in self.env.items():
-            if value is None:
-                os.environ.pop(key, None)
+        try:
+            if self.backend == "wandb":
+                self.tracker.tracker.finish(exit_code=0 if ok else 1)
             else:
-                os.environ[key] = value
-
-    def _trackio_init(self):
-        import trackio
-
-        with contextlib.redirect_stdout(io.StringIO()):  # its banner would break the factory's own lines
-            return trackio.init(project=self.project, name=self.name, config=self.config, resume="allow")
+                with contextlib.redirect_stdout(io.StringIO()):
+                    self.tracker.finish()
+        finally:
+            for key, value in self.env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
     def _setenv(self, key: str, value: str) -> None:
         self.env.setdefault(key, os.environ.get(key))
@@ -134,18 +138,27 @@ def choose(recipe, report_to: str | None):
         recipe = dataclasses.replace(recipe, tracking=dataclasses.replace(
             recipe.tracking or TrackingConfig(report_to), backend=report_to))
     if recipe.tracking is not None and not installed(recipe.tracking.backend):
-        package = "tensorboard" if recipe.tracking.backend == "tensorboard" else recipe.tracking.backend
-        raise RecipeError(f"tracking: {recipe.tracking.backend} is not installed; pip install {package} "
-                          "(or vlfactory[track]), or run with --report-to none")
+        raise RecipeError(f"tracking: {recipe.tracking.backend} {missing(recipe.tracking.backend)}, or run with "
+                          "--report-to none")
     return recipe
 
 
 def installed(backend: str) -> bool:
+    return not missing(backend)
+
+
+def missing(backend: str) -> str:
+    """What a tracker lacks, as the words after its name ("is not installed; pip install ..."), or ''."""
     from importlib.util import find_spec
 
+    package = PACKAGES.get(backend, backend)
+    if find_spec("accelerate") is None:
+        return f"needs accelerate, whose trackers vlfactory uses: pip install accelerate {package}"
     if backend == "tensorboard":  # torch's writer needs the tensorboard package; tensorboardX stands alone
-        return bool(find_spec("torch") and find_spec("tensorboard")) or bool(find_spec("tensorboardX"))
-    return find_spec(backend) is not None
+        found = bool(find_spec("torch") and find_spec("tensorboard")) or bool(find_spec("tensorboardX"))
+    else:
+        found = find_spec(MODULES.get(backend, backend)) is not None
+    return "" if found else f"is not installed; pip install {package} (or vlfactory[track])"
 
 
 @contextlib.contextmanager
@@ -210,8 +223,10 @@ def configure_trainer(args, name: str) -> None:
     name), its project, the run name `<run>-<name>`, TensorBoard's log folder beside the run's. W&B's callback
     logs into the open run; trackio's starts its own run of that name in the project. The trainers call this
     after the settings digest: where the numbers go is not what is trained, so tracking never retrains."""
+    from vlfactory.recipe import slug
+
     t = _active
-    if t is None:
+    if t is None or t.backend not in TRAINER_BACKENDS:  # Aim: no transformers callback; `export` replays them
         return
     named = [args.report_to] if isinstance(args.report_to, str) else list(args.report_to or [])
     args.report_to = [t.backend] + [r for r in named if r not in ("none", t.backend)]

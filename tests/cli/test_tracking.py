@@ -212,9 +212,11 @@ def test_report_to_reaches_the_trainer_and_not_its_address(tmp_path):
 def test_bad_choices_are_one_line(tmp_path):
     from vlfactory.recipe import RecipeError, load_recipe
 
-    recipe = write_recipe(tmp_path, "http://127.0.0.1:9/v1", "mlflow")
-    with pytest.raises(RecipeError, match=r"tracking.backend: 'mlflow' is not wandb, trackio or tensorboard"):
+    recipe = write_recipe(tmp_path, "http://127.0.0.1:9/v1", "neptune")  # accelerate has no tracker of that name
+    with pytest.raises(RecipeError, match=r"tracking\.backend.*'neptune' is not one of tensorboard, wandb, trackio, "
+                                          r"mlflow, comet_ml, aim, clearml, dvclive, swanlab"):
         load_recipe(recipe)
+    assert load_recipe(write_recipe(tmp_path, "http://127.0.0.1:9/v1", "mlflow")).tracking.backend == "mlflow"
     from vlfactory import tracking
 
     recipe = load_recipe(write_recipe(tmp_path, "http://127.0.0.1:9/v1", "tensorboard"))
