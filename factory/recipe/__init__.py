@@ -361,7 +361,7 @@ class IterationPlan:
 class TrackingConfig:
     """Experiment tracking (vlfactory.tracking): off without the block; `--report-to` overrides `backend`."""
 
-    backend: str                      # wandb | trackio | tensorboard (TRL's report_to names)
+    backend: str                      # one of vlfactory.tracking.BACKENDS (accelerate's trackers, report_to names)
     project: str | None = None        # the W&B / trackio project (default: the recipe's name)
     dir: str | None = None            # local files: wandb's dir, TensorBoard's log folder, TRACKIO_DIR (cwd-relative)
 
@@ -622,9 +622,12 @@ def parse_recipe(raw: Any, *, text: str = "", base: Path | None = None, path: st
         _check_eval(recipe.eval, {src.name for src in recipe.sources + recipe.benchmarks}, f"{where}: eval", base)
     if recipe.tracking is not None and recipe.tracking.project is not None:
         _check_slug(recipe.tracking.project, f"{where}: tracking.project")
-    if recipe.tracking is not None and recipe.tracking.backend not in ("wandb", "trackio", "tensorboard"):
-        raise RecipeError(f"{where}: tracking.backend: {recipe.tracking.backend!r} is not wandb, trackio or "
-                          "tensorboard (leave the block out for no tracking)")
+    if recipe.tracking is not None:
+        from vlfactory.tracking import BACKENDS  # accelerate's trackers
+
+        if recipe.tracking.backend not in BACKENDS:
+            raise RecipeError(f"{where}: tracking.backend: {recipe.tracking.backend!r} is not one of "
+                              f"{', '.join(BACKENDS)} (leave the block out for no tracking)")
     if recipe.lake.catalog and not recipe.lake.catalog.startswith("ducklake:"):
         recipe.lake.catalog = str(_local(recipe.lake.catalog, base, f"{where}: lake", resolve=True))
     return recipe
