@@ -593,7 +593,6 @@ def eval_(model: str, benchmarks: tuple[str, ...], recipe_ref: str, backend: str
     from vlfactory.stages import eval as evaluate
     from vlfactory.backends import backend_config_class
     from vlfactory.recipe import load_recipe
-    from vlfactory.stores import runs
 
     recipe = load_recipe(recipe_ref)
     configs = [recipe.eval_config(name, model, limit=limit) for name in benchmarks]
@@ -606,12 +605,11 @@ def eval_(model: str, benchmarks: tuple[str, ...], recipe_ref: str, backend: str
         if max_tokens:
             gen = dataclasses.replace(gen, sampling=dataclasses.replace(gen.sampling, max_tokens=max_tokens))
         configs[i] = dataclasses.replace(cfg, generation=gen)
-    with open_lake(lake, data_path, recipe) as lk, runs.recorded(lk, "eval", recipe.text, recipe.name,
-                                                                 " ".join(sys.argv[1:])) as run:
+    with open_lake(lake, data_path, recipe) as lk:
+        lk.start_run("eval", recipe.text, recipe.name, " ".join(sys.argv[1:]))
         for cfg in configs:
-            result = evaluate.run(lk, cfg)
-            click.echo(result.line(), err=True)
-            run.counts |= {f"eval.{cfg.benchmark.name}.{k}": v for k, v in result.counts().items()}
+            click.echo(evaluate.run(lk, cfg).line(), err=True)
+        lk.end_run("ok")
 
 
 @main.command()
@@ -806,30 +804,6 @@ def show(version: str, table: str, n: int, seed: int, max_chars: int, lake: str 
 
     with open_lake(lake, data_path, read_only=True) as lk:
         render(samples(lk, version, table, n, seed), table, max_chars=max_chars)
-
-
-@main.group()
-def recipe() -> None:
-    """Recipes as editors see them.
-
-    \b
-    Example:
-        vlfactory recipe schema > recipe.schema.json
-    """
-
-
-@recipe.command("schema")
-def recipe_schema() -> None:
-    """Print the JSON Schema of a recipe: editors complete and check recipe YAML against it.
-
-    \b
-    Example:
-        vlfactory recipe schema > recipe.schema.json
-        # and as a recipe's first line: # yaml-language-server: $schema=recipe.schema.json
-    """
-    from vlfactory.recipe import schema
-
-    click.echo(json.dumps(schema(), indent=2))
 
 
 if __name__ == "__main__":
