@@ -806,5 +806,40 @@ def show(version: str, table: str, n: int, seed: int, max_chars: int, lake: str 
         render(samples(lk, version, table, n, seed), table, max_chars=max_chars)
 
 
+
+@main.group()
+def track() -> None:
+    """Experiment tracking after the fact.
+
+    \b
+    Example:
+        vlfactory track export iter2 --to tensorboard --dir runs/tracking
+    """
+
+
+@track.command("export")
+@click.argument("version")
+@click.option("--to", "backend", required=True, help="The tracker: tensorboard, wandb, trackio, mlflow, comet_ml, "
+              "aim, clearml, dvclive or swanlab (accelerate's trackers).")
+@click.option("--project", default=None, help="The project (default: the recipe's name, as live tracking names it).")
+@click.option("--dir", "folder", default=None, help="Local files: TensorBoard's log folder, wandb's dir, ...")
+@lake_options
+@friendly
+def track_export(version: str, backend: str, project: str | None, folder: str | None, lake: str | None,
+                 data_path: str | None) -> None:
+    """Replay a version's trainings (training_logs) and the loop's evaluations (evals) into a tracker, each in
+    the run live tracking would have made: a run tracked after the fact shows its curves.
+
+    \b
+    Example:
+        vlfactory track export iter2 --to tensorboard --dir runs/tracking && tensorboard --logdir runs/tracking
+    """
+    from vlfactory import tracking
+
+    with open_lake(lake, data_path, read_only=True) as lk:
+        runs = tracking.export(lk, version, backend, project, folder, say=lambda line: click.echo(line, err=True))
+    click.echo(f"exported {len(runs)} runs to {backend}", err=True)
+
+
 if __name__ == "__main__":
     main()

@@ -233,3 +233,73 @@ def configure_trainer(args, name: str) -> None:
     args.run_name, args.project = f"{t.name}-{name}", t.project
     if t.backend == "tensorboard":  # transformers' callback reads its folder from the environment
         t._setenv("TENSORBOARD_LOGGING_DIR", str(t.folder / slug(args.run_name, "run")))
+
+
+def export(lake, version: str | int, backend: str, project: str | None = None, folder: str | None = None,
+           say=None) -> list[str]:
+    """Replay what a version of the lake holds into a tracker after the fact (`vlfactory track export`): each
+    training's logged steps (`training_logs`, as `train/<name>` over TRL's step, the names transformers' own
+    callbacks use) in the run live tracking gives it (`<recipe>-<run id>-<kind>-iter<k>`), and the loop's
+    evaluations (`evals`) as `eval/<benchmark>/<stage>/accuracy` over `iteration` in the run's own
+    (`<recipe>-<run id>`). Turning tracking on after a run still shows its curves. Returns the runs written.
+
+        vlfactory track export iter2 --to tensorboard --dir runs/tracking
+    """
+    from vlfactory.recipe import RecipeError, slug
+
+    if backend not in BACKENDS:
+        raise RecipeError(f"--to: {backend!r} is not one of {', '.join(BACKENDS)}")
+    if not installed(backend):
+        raise RecipeError(f"--to: {backend} {missing(backend)}")
+    say = say or (lambda line: None)
+    s = lake.resolve(version)
+    tables = set(lake.tables())
+    recipes = dict(lake.query(f"SELECT run_id, recipe_name FROM runs@{s}").fetchall()) if "runs" in tables else {}
+
+    def base(run_id: str | None) -> str:
+        return f"{recipes.get(run_id) or 'vlfactory'}-{run_id}" if run_id else f"vlfactory-{slug(str(version), 'v')}"
+
+    written: list[str] = []
+    if "training_logs" in tables:
+        trainings = lake.query(f"""SELECT t.training_id, t.kind, t.iteration, t.run_id, t.status
+                                   FROM trainings@{s} t WHERE t.training_id IN (SELECT training_id FROM training_logs@{s})
+                                   ORDER BY t.started_at NULLS LAST, t.training_id""").fetchall()
+        logged: dict[str, dict[int, dict[str, float]]] = {}
+        for training_id, step, metric, value in lake.query(
+                f"""SELECT training_id, step, name, value FROM training_logs@{s}
+                    WHERE step IS NOT NULL AND value IS NOT NULL ORDER BY training_id, step, name""").fetchall():
+            logged.setdefault(training_id, {}).setdefault(int(step), {})[f"train/{metric}"] = value
+        for training_id, kind, iteration, run_id, status in trainings:
+            name = f"{base(run_id)}-{kind}" + (f"-iter{iteration}" if iteration is not None else "")
+            if name in written:  # two trainings of one kind in one iteration: each its own run
+                name += f"-{training_id[:8]}"
+            steps = logged.get(training_id, {})
+            tracker = Tracker(backend, project or recipes.get(run_id) or "vlfactory", name, folder,
+                              {"training_id": training_id, "run_id": run_id, "kind": kind, "exported_from": str(version)})
+            try:
+                for step, metrics in steps.items():
+                    tracker.log(metrics | {"train/global_step": step}, step=step)
+            finally:
+                tracker.close(status == "ok")
+            written.append(name)
+            say(f"{name}: {len(steps)} steps of training {training_id}")
+    if "evals" in tables:
+        evals = lake.query(f"""SELECT run_id, iteration, benchmark, stage, accuracy, problems FROM evals@{s}
+                               WHERE iteration IS NOT NULL AND stage IS NOT NULL ORDER BY run_id, iteration""").fetchall()
+        by_run: dict[str | None, list] = {}
+        for run_id, *rest in evals:
+            by_run.setdefault(run_id, []).append(rest)
+        for run_id, rows in by_run.items():
+            name = base(run_id)
+            tracker = Tracker(backend, project or recipes.get(run_id) or "vlfactory", name, folder,
+                              {"run_id": run_id, "exported_from": str(version)})
+            try:
+                for iteration, benchmark, stage, accuracy, problems in rows:
+                    numbers = {f"eval/{benchmark}/{stage}/accuracy": accuracy,
+                               f"eval/{benchmark}/{stage}/problems": problems, "iteration": iteration}
+                    tracker.log({k: v for k, v in numbers.items() if v is not None}, step=iteration)
+            finally:
+                tracker.close(True)
+            written.append(name)
+            say(f"{name}: {len(rows)} evaluations")
+    return written
