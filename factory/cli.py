@@ -806,6 +806,29 @@ def show(version: str, table: str, n: int, seed: int, max_chars: int, lake: str 
         render(samples(lk, version, table, n, seed), table, max_chars=max_chars)
 
 
+@main.group()
+def recipe() -> None:
+    """Recipes as editors see them.
+
+    \b
+    Example:
+        vlfactory recipe schema > recipe.schema.json
+    """
+
+
+@recipe.command("schema")
+def recipe_schema() -> None:
+    """Print the JSON Schema of a recipe: editors complete and check recipe YAML against it.
+
+    \b
+    Example:
+        vlfactory recipe schema > recipe.schema.json
+        # and as a recipe's first line: # yaml-language-server: $schema=recipe.schema.json
+    """
+    from vlfactory.recipe import schema
+
+    click.echo(json.dumps(schema(), indent=2))
+
 
 @main.group()
 def track() -> None:

@@ -158,3 +158,52 @@ def test_a_recipe_that_extends_itself_is_one_error_line(tmp_path):
     (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
     with pytest.raises(RecipeError, match="recipe not found: missing.yaml"):
         load_recipe(tmp_path / "c.yaml")
+
+
+MALFORMED = {  # each alone makes a recipe both the schema and the loader refuse, at this key
+    "format": ("sources:\n  - {name: a, format: jsn, path: x.json}\n", ["sources", 0, "format"]),
+    "unknown key": ("sources:\n  - {name: a, format: synthetic}\nverify: {max_word: 300}\n", ["verify"]),
+    "another backend's option": ("sources:\n  - {name: a, format: synthetic}\n"
+                                 "distil: {model: m, base_url: 'http://127.0.0.1:8000/v1', dtype: float32}\n",
+                                 ["distil"]),
+    "a string for a number": ("sources:\n  - {name: a, format: synthetic}\n"
+                              "rollout: {backend: vllm, model: m, sampling: {max_tokens: many}}\n", ["rollout"]),
+    "a name that is a path": ("name: ../up\nsources:\n  - {name: a, format: synthetic}\n", ["name"]),
+}
+
+
+def test_the_json_schema_accepts_what_the_loader_accepts(tmp_path):
+    """`vlfactory recipe schema`, what editors check recipe YAML against: every YAML file under recipes/ passes it
+    exactly when load_recipe takes it (the trainers' and accelerate's files are not recipes; a recipe that
+    `extends:` another is), and a malformed recipe fails it at the key that is wrong."""
+    import json
+
+    jsonschema = pytest.importorskip("jsonschema")
+    from click.testing import CliRunner
+
+    from vlfactory.cli import main
+    from vlfactory.recipe import RecipeError
+
+    res = CliRunner().invoke(main, ["recipe", "schema"])
+    assert res.exit_code == 0, res.output
+    schema = json.loads(res.output)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    verdicts = {}
+    for path in sorted((REPO / "recipes").rglob("*.yaml")):
+        try:
+            loads = bool(load_recipe(path))
+        except RecipeError:
+            loads = False
+        verdicts[path.relative_to(REPO / "recipes").as_posix()] = (validator.is_valid(yaml.safe_load(path.read_text())),
+                                                                   loads)
+    assert all(valid == loads for valid, loads in verdicts.values()), verdicts
+    assert {name for name, (valid, _) in verdicts.items() if valid} == {
+        "quickstart.yaml", "tabmwp.yaml", "dynamath.yaml", "openvlthinker/iterate.yaml",
+        "openvlthinker/rehearsal.yaml", "openvlthinker/released.yaml"}
+    for case, (text, where) in MALFORMED.items():
+        errors = list(validator.iter_errors(yaml.safe_load(text)))
+        assert [e for e in errors if list(e.absolute_path)[:len(where)] == where], (case, errors)
+        (tmp_path / "bad.yaml").write_text(text)
+        with pytest.raises(RecipeError):
+            load_recipe(tmp_path / "bad.yaml")
