@@ -82,3 +82,37 @@ def update(lake: Lake, table: str, key: str, value: str, changes: dict) -> int:
     sets = ", ".join(f'"{c}" = ?' for c in changes)
     return lake.con.execute(f'UPDATE {DB}.{table} SET {sets} WHERE "{key}" = ?',
                             [*changes.values(), value]).fetchone()[0]
+
+
+def columns(lake: Lake, sql: str) -> dict[str, str]:
+    """The columns a query would return, by name, with their types (the query is planned, not run)."""
+    rel = lake.con.sql(f"SELECT * FROM ({sql}) LIMIT 0")
+    return dict(zip(rel.columns, (str(t) for t in rel.types)))
+
+
+def keep(lake: Lake, name: str, sql: str) -> str:
+    """A query's rows kept as the in-memory table `name` (`memory.main.x`: never in the lake), for paging and
+    counting without reading the lake again; returns `name`."""
+    lake.con.execute(f"CREATE TABLE {name} AS {sql}")
+    return name
+
+
+@contextlib.contextmanager
+def own_cursor(lake: Lake, timeout_s: float | None = None) -> Iterator[Lake]:
+    """This lake on a cursor of its own, closed after the block (DuckDB runs cursors side by side: one per
+    request thread); with `timeout_s`, a query still running that long after the block starts is interrupted."""
+    import copy
+    import threading
+
+    mine = copy.copy(lake)
+    mine.con = lake.con.cursor()
+    timer = threading.Timer(timeout_s, mine.con.interrupt) if timeout_s else None
+    try:
+        mine.con.execute(f"USE {DB}")
+        if timer:
+            timer.start()
+        yield mine
+    finally:
+        if timer:
+            timer.cancel()
+        mine.con.close()

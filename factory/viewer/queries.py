@@ -19,6 +19,7 @@ import re
 import threading
 from dataclasses import dataclass
 
+from vlfactory.stores import tables as store
 from vlfactory.stores.lake import DB, Lake, LakeError
 
 PAGE_ROWS = 50
@@ -98,7 +99,7 @@ class Viewer:
             out = {}
             for name in SPECS:
                 try:
-                    out[name] = self.lake.con.sql(f"SELECT * FROM {DB}.{name} AT (VERSION => {snap}) LIMIT 0").columns
+                    out[name] = list(store.columns(self.lake, f"SELECT * FROM {DB}.{name} AT (VERSION => {snap})"))
                 except Exception:
                     continue  # not there yet at this version
             self._tables[snap] = out
@@ -136,14 +137,15 @@ class Viewer:
 
     def types(self, table: str, snap: int) -> dict[str, str]:
         if (table, snap) not in self._types:
-            rel = self.lake.con.sql(f"SELECT * FROM ({self.view(table, snap)}) LIMIT 0")
-            self._types[table, snap] = dict(zip(rel.columns, (str(t) for t in rel.types)))
+            self._types[table, snap] = store.columns(self.lake, self.view(table, snap))
         return self._types[table, snap]
 
     def query(self, sql: str, params: list | dict | None = None, user: bool = False) -> list[dict]:
         """Rows as dicts. SQL holding a user's fragment (`user`) goes through `Lake.query`: one SELECT statement
         (else refused), TABLE@VERSION expanded; the viewer's own SQL runs as it is."""
-        rel = self.lake.query(sql, params or None) if user else self.lake.con.execute(sql, params or [])
+        if not user:
+            return store.dicts(self.lake, sql, params)
+        rel = self.lake.query(sql, params or None)
         names = [d[0] for d in rel.description]
         return [dict(zip(names, row)) for row in rel.fetchall()]
 
@@ -196,9 +198,8 @@ class Viewer:
                 joins = f" LEFT JOIN (SELECT k, min(it) AS it FROM ({union}) GROUP BY k) f ON f.k = v.{spec.key}"
                 first = "f.it"
         # in the table's order: its zone maps then skip what lies before a page of the default order
-        self.lake.con.execute(f"CREATE TABLE {name} AS SELECT {', '.join(cols)}, {first} AS first_iteration "
-                              f"FROM ({self.view(table, snap)}) v{joins} ORDER BY v._row")
-        return name
+        return store.keep(self.lake, name, f"SELECT {', '.join(cols)}, {first} AS first_iteration "
+                                           f"FROM ({self.view(table, snap)}) v{joins} ORDER BY v._row")
 
     def where_keys(self, index: str, table: str, snap: int, where: str) -> str:
         """The keys of the rows a WHERE over the whole table matches (one that names columns the index lacks),
@@ -209,11 +210,8 @@ class Viewer:
                 found = self.lake.query(f"SELECT v.{key} AS k FROM ({self.view(table, snap)}) v WHERE (\n{where}\n)"
                                         ).to_arrow_table()
                 name = f"memory.main.vlf_where_{next(self._ids)}"
-                self.lake.con.register("_vlf_keys", found)
-                try:
-                    self.lake.con.execute(f"CREATE TABLE {name} AS SELECT k FROM _vlf_keys")
-                finally:
-                    self.lake.con.unregister("_vlf_keys")
+                with store.registered(self.lake, "_vlf_keys", found):
+                    store.keep(self.lake, name, "SELECT k FROM _vlf_keys")
                 self._wheres[index, where] = name
         return self._wheres[index, where]
 
@@ -317,15 +315,15 @@ class Viewer:
         tables, values = self.tables(snap), {}
         for field, sql in (("source", "SELECT DISTINCT source FROM {} WHERE source IS NOT NULL"),
                            ("reason", "SELECT DISTINCT unnest(reasons) FROM {} WHERE reasons IS NOT NULL")):
-            values[field] = sorted(r[0] for r in self.lake.con.execute(sql.format(
-                f"{DB}.{'problems' if field == 'source' else 'rejected'} AT (VERSION => {snap})")).fetchall())
-        values["reason"] = sorted(set(values["reason"]) | {r[0] for r in self.lake.con.execute(
-            f"SELECT DISTINCT reason FROM {DB}.rejected AT (VERSION => {snap})").fetchall()})
+            values[field] = sorted(r[0] for r in store.rows(self.lake, sql.format(
+                f"{DB}.{'problems' if field == 'source' else 'rejected'} AT (VERSION => {snap})")))
+        values["reason"] = sorted(set(values["reason"]) | {r[0] for r in store.rows(
+            self.lake, f"SELECT DISTINCT reason FROM {DB}.rejected AT (VERSION => {snap})")})
         models = set()
         for name, col in (("captions", "model"), ("traces", "model"), ("rollouts", "model"), ("rl", "policy_model")):
             if name in tables:
-                models |= {r[0] for r in self.lake.con.execute(
-                    f"SELECT DISTINCT {col} FROM {DB}.{name} AT (VERSION => {snap})").fetchall()}
+                models |= {r[0] for r in store.rows(
+                    self.lake, f"SELECT DISTINCT {col} FROM {DB}.{name} AT (VERSION => {snap})")}
         values["model"] = sorted(m for m in models if m)
         values["model_names"] = {m: self.model_name(m, snap) for m in values["model"]}
         values["iteration"] = sorted({int(m.group(1)) for t in self.tags if (m := ITERATION.fullmatch(t))})
@@ -412,8 +410,8 @@ class Viewer:
                         if v is not None:
                             out[f][str(v)] = out[f].get(str(v), 0) + n
         if spec.is_set:  # a set's iteration is the set as it stood at that tag
-            out["iteration"] = {m.group(1): self.lake.con.execute(
-                f"SELECT count(*) FROM {DB}.{table} AT (VERSION => {s})").fetchone()[0]
+            out["iteration"] = {m.group(1): store.one(
+                self.lake, f"SELECT count(*) FROM {DB}.{table} AT (VERSION => {s})")[0]
                 for t, s in self.tags.items() if (m := ITERATION.fullmatch(t)) and table in self.tables(s)}
         return {"table": table, "snapshot": snap, "facets": out}
 
@@ -491,7 +489,7 @@ class Viewer:
                      if ref and "grades" in have else "NULL")
             parts.append(f"SELECT {i} AS i, {present} AS present, {grade} AS grade")
         sql = " UNION ALL ".join(parts) + " ORDER BY i"
-        rows = self.lake.con.execute(sql, {"key": key} | ({"ref": ref} if "$ref" in sql else {})).fetchall()
+        rows = store.rows(self.lake, sql, {"key": key} | ({"ref": ref} if "$ref" in sql else {}))
         return [{"at": name, "snapshot": snap, "present": present, **(grade or {})}
                 for (name, snap), (_, present, grade) in zip(points, rows)]
 
@@ -517,14 +515,13 @@ class Viewer:
         for table in (*GENERATED, "grades"):
             if table in have:
                 accepted = " AND accepted" if table == "grades" else ""
-                out["accepted" if table == "grades" else table] = self.lake.con.execute(
-                    f"SELECT count(*) FROM {DB}.{table} AT (VERSION => {snap}) WHERE problem_id = ?{accepted}", [pid]
-                ).fetchone()[0]
+                sql = f"SELECT count(*) FROM {DB}.{table} AT (VERSION => {snap}) WHERE problem_id = ?{accepted}"
+                out["accepted" if table == "grades" else table] = store.one(self.lake, sql, [pid])[0]
         return out
 
     def image(self, image_id: str, thumb: int | None = None) -> tuple[bytes, str] | None:
         """An image's stored bytes, or a PNG thumbnail at most `thumb` pixels wide and high (for lists)."""
-        row = self.lake.con.execute(f"SELECT bytes, format FROM {DB}.images WHERE image_id = ?", [image_id]).fetchone()
+        row = store.one(self.lake, f"SELECT bytes, format FROM {DB}.images WHERE image_id = ?", [image_id])
         if row is None:
             return None
         if not thumb:

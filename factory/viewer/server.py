@@ -47,7 +47,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from vlfactory.stores.lake import DB, Lake, LakeError
+from vlfactory.stores import tables as store
+from vlfactory.stores.lake import Lake, LakeError
 from vlfactory.viewer.queries import Viewer
 
 QUERY_TIMEOUT_S = 30.0
@@ -134,21 +135,14 @@ class Handler(BaseHTTPRequestHandler):
     def run(self, endpoint, *args):
         """An endpoint on a cursor of its own (DuckDB runs cursors side by side), interrupted after timeout_s."""
         viewer = copy.copy(self.viewer)  # its caches are shared; its lake is this request's
-        viewer.lake = copy.copy(self.viewer.lake)
-        viewer.lake.con = self.viewer.lake.con.cursor()
-        timer = threading.Timer(self.timeout_s, viewer.lake.con.interrupt)
         try:
-            viewer.lake.con.execute(f"USE {DB}")
-            timer.start()
-            return endpoint(viewer, *args)
+            with store.own_cursor(self.viewer.lake, self.timeout_s) as viewer.lake:
+                return endpoint(viewer, *args)
         except Exception as e:
             if type(e).__name__ == "InterruptException" or "Interrupted" in str(e):
                 raise LakeError(f"the query ran longer than {self.timeout_s:g} s and was stopped "
                                 "(VLFACTORY_QUERY_TIMEOUT_S); narrow the WHERE") from None
             raise
-        finally:
-            timer.cancel()
-            viewer.lake.con.close()
 
     def send(self, status: HTTPStatus, body: bytes, kind: str, cache: str = "no-store") -> None:
         self.send_response(status)
@@ -176,18 +170,14 @@ def _warm(viewer: Viewer) -> None:
     up before anyone asks, on a cursor of its own; a request for the index meanwhile waits for this build rather
     than starting another."""
     mine = copy.copy(viewer)
-    mine.lake = copy.copy(viewer.lake)
-    mine.lake.con = viewer.lake.con.cursor()
     try:
-        mine.lake.con.execute(f"USE {DB}")
-        snap = mine.snapshot(None)
-        mine.names(snap)  # the models' short names, which every list shows
-        if "traces" in mine.tables(snap):
-            mine.index("traces", snap)
+        with store.own_cursor(viewer.lake) as mine.lake:
+            snap = mine.snapshot(None)
+            mine.names(snap)  # the models' short names, which every list shows
+            if "traces" in mine.tables(snap):
+                mine.index("traces", snap)
     except Exception:  # noqa: BLE001, S110 (a closed lake at shutdown: the page builds it when asked, or says why)
         pass
-    finally:
-        mine.lake.con.close()
 
 
 def server(lake: Lake, version: str | int | None = None, host: str = "127.0.0.1", port: int = 8765,
