@@ -49,11 +49,11 @@ class GenerationConfig:
 def _with_options(cls: type, raw: Any) -> Any:
     """A generation block's own keys, and the chosen backend's options (written flat beside them) as its typed
     config in `options`."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("model"), str):
-        return raw  # not a mapping, or no model: pydantic says so
-    from vlfactory.recipe.load import adapter, problem
+    if not isinstance(raw, dict):
+        return raw  # pydantic says what a block is
+    from vlfactory.recipe.load import adapter, known_keys, problem
 
-    own = {f.name for f in dataclasses.fields(cls)} - {"options"}
+    own = set(known_keys(cls))
     backend = raw.get("backend", "openai")
     if backend not in BACKENDS:
         fail(f"{backend!r} is not one of {', '.join(BACKENDS)}", "backend")
@@ -61,11 +61,14 @@ def _with_options(cls: type, raw: Any) -> Any:
     allowed = {f.name for f in dataclasses.fields(options_cls)} - {"model"}
     for key in [k for k in raw if k not in own | allowed]:
         other = [b for b in BACKENDS if key in {f.name for f in dataclasses.fields(backend_config_class(b))}]
-        if other and key != "options":
+        if other:
             fail(f"an option of the {other[0]} backend; this stage's backend is {backend} (its options: "
                  f"{', '.join(sorted(allowed))})", key)
         raise PydanticCustomError("unexpected_keyword_argument", "unknown key", {"at": key, "known": sorted(
             own | allowed)})
+    block = {k: v for k, v in raw.items() if k in own}
+    if not isinstance(raw.get("model"), str):
+        return block  # pydantic says the model is missing
     options = {k: v for k, v in raw.items() if k in allowed}
     if backend == "openai" and not options.get("base_url"):
         fail("missing (the OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1)", "base_url")
@@ -80,7 +83,7 @@ def _with_options(cls: type, raw: Any) -> Any:
     urls = getattr(built, "base_url", None) or []
     for url in [urls] if isinstance(urls, str) else urls:
         _url(url)
-    return {k: v for k, v in raw.items() if k in own} | {"options": built}
+    return block | {"options": built}
 
 
 def _url(url: str) -> None:

@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import operator
 import types
 import typing
 from pathlib import Path
@@ -128,7 +129,7 @@ def problem(failed: tuple[type, list[dict]]) -> tuple[str, str]:
     if kind == "recipe":
         return ctx["message"], _dotted(path)
     if kind in UNKNOWN:
-        known = ctx.get("known") or _keys(owner)
+        known = ctx.get("known") or known_keys(owner)
         close = difflib.get_close_matches(str(path[-1]), known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         if owner is Columns:
@@ -153,7 +154,8 @@ def problem(failed: tuple[type, list[dict]]) -> tuple[str, str]:
         message = "must not be empty"
     else:
         message = err["msg"]
-    fix = fld.metadata.get("fix") if fld else None
+    # the field's fix, for a wrong value of the right type (a type error says what it expected)
+    fix = fld.metadata.get("fix") if fld and (kind not in NAMES or kind == "literal_error") else None
     return (f"{message} ({fix})" if fix else message), _dotted(path)
 
 
@@ -165,7 +167,7 @@ def _bare(tp: Any) -> Any:
         elif get_origin(tp) in (typing.Union, types.UnionType) and type(None) in get_args(tp):
             rest = [a for a in get_args(tp) if a is not type(None)]
             if len(rest) > 1:
-                return typing.Union[tuple(rest)]
+                return functools.reduce(operator.or_, rest)
             tp = rest[0]
         else:
             return tp
@@ -215,7 +217,7 @@ def _dotted(path: tuple) -> str:
     return out
 
 
-def _keys(owner: Any) -> list[str]:
+def known_keys(owner: Any) -> list[str]:
     """The keys a recipe may write in a block: its fields but those the code sets (vlfactory.recipe.Internal)."""
     from pydantic.json_schema import SkipJsonSchema
 

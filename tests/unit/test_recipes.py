@@ -164,10 +164,10 @@ MALFORMED = {  # each alone makes a recipe both the schema and the loader refuse
     "format": ("sources:\n  - {name: a, format: jsn, path: x.json}\n", ["sources", 0, "format"]),
     "unknown key": ("sources:\n  - {name: a, format: synthetic}\nverify: {max_word: 300}\n", ["verify"]),
     "another backend's option": ("sources:\n  - {name: a, format: synthetic}\n"
-                                 "distil: {model: m, base_url: 'http://127.0.0.1:8000/v1', dtype: float32}\n",
+                                 + "distil: {model: m, base_url: 'http://127.0.0.1:8000/v1', dtype: float32}\n",
                                  ["distil"]),
     "a string for a number": ("sources:\n  - {name: a, format: synthetic}\n"
-                              "rollout: {backend: vllm, model: m, sampling: {max_tokens: many}}\n", ["rollout"]),
+                              + "rollout: {backend: vllm, model: m, sampling: {max_tokens: many}}\n", ["rollout"]),
     "a name that is a path": ("name: ../up\nsources:\n  - {name: a, format: synthetic}\n", ["name"]),
 }
 
@@ -207,3 +207,41 @@ def test_the_json_schema_accepts_what_the_loader_accepts(tmp_path):
         (tmp_path / "bad.yaml").write_text(text)
         with pytest.raises(RecipeError):
             load_recipe(tmp_path / "bad.yaml")
+
+
+SYN = [{"name": "s", "format": "synthetic"}]
+URL = "http://127.0.0.1:8000/v1"
+ERRORS = [  # a recipe (without `sources:`, the one above) -> its one line
+    ({"distil": {"model": "m", "base_url": URL, "dtype": "float32"}},
+     "distil.dtype: an option of the vllm backend; this stage's backend is openai (its options: api_key_env,"),
+    ({"distil": {"model": "m"}}, "distil.base_url: missing (the OpenAI-compatible server, e.g. http://"),
+    ({"distil": {"model": "m", "base_url": URL, "concurency": 3}},
+     "distil.concurency: unknown key (did you mean 'concurrency'?); known keys: api_key_env, "),
+    ({"distil": {"model": "m", "base_url": URL, "captions": {}}}, "distil.captions: unknown key;"),  # set by code
+    ({"distil": {"base_url": URL}}, "distil.model: missing"),
+    ({"rollout": {"backend": "vllm", "model": "m", "sampling": {"top_p": 0}}},
+     "rollout.sampling.top_p: must be in (0, 1]"),
+    ({"sources": [{"name": "s", "format": "synthetic", "columns": {"answer": 5}}]},
+     "sources[0].columns.answer: expected a mapping or str, got 5"),
+    ({"sources": [{"name": "s", "format": "synthetic", "where": {"kind": [1.5]}}]},
+     "sources[0].where.kind[0]: expected str, int or bool, got 1.5"),
+    ({"sources": [{"name": "s", "format": "synthetic", "where": {"kind": []}}]},
+     "sources[0].where.kind: must not be empty (an empty list keeps no row; list the values to keep)"),
+    ({"sources": [{"name": "s", "format": "synthetic", "n": "3"}]}, "sources[0].n: expected int, got '3'"),
+    ({"verify": {"require_format": 1}}, "verify.require_format: expected bool, got 1"),
+    ({"sourcs": SYN}, "sourcs: unknown key (did you mean 'sources'?)"),  # the typo, not the key then missing
+    ({"text": "name: x"}, "text: unknown key; known keys: name, sources,"),  # set by the loader
+    ({"loop": {"base_model": "m", "schedule": [{}, {"generator": {"step": 0}}]}},
+     "loop.schedule[1].generator.step: must be at least 1 (a TRL optimizer step with a checkpoint)"),
+]
+
+
+@pytest.mark.parametrize("raw, line", ERRORS, ids=[line.split(":")[0] for _, line in ERRORS])
+def test_errors_name_the_key_path_and_the_fix(raw, line):
+    """pydantic's location made the path a recipe's author reads: list items as [i], the alternatives pydantic
+    tried for a value left out, a generation block's backend options flat beside its own keys."""
+    from vlfactory.recipe import RecipeError, parse_recipe
+
+    with pytest.raises(RecipeError) as e:
+        parse_recipe({"sources": SYN} | raw, path="r.yaml")
+    assert str(e.value).startswith(f"r.yaml: {line}") and "\n" not in str(e.value), str(e.value)
