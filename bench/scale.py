@@ -12,6 +12,14 @@ distil (nothing to send). The figure: per-row cost at the end of distil over
 its cost at the start (flat = 1.0; target <= 1.5), and each stage's time at the
 large size over its time at the small one (target <= 12x for 10x the rows).
 
+What the server writes: bench/slot_server.py answers every request with the same
+one-line completion, "The answer is 42.", so distil stores and verify grades that
+line, not a reasoning chain. The absolute costs (seconds, ms per 1,000 rows) are
+for that completion: a real chain of a few hundred tokens makes every row dearer
+to store and to grade (bench/verify.py measures grading on real-shaped pairs).
+What this bench is for are its ratios within one run (end over start, large size
+over small), which measure how cost grows with the number of rows.
+
     python bench/scale.py                      # 25k and 250k problems, n=4 (1M traces; ~15-20 min on 2 cores)
     python bench/scale.py --sizes 5000 25000   # quicker
     python bench/scale.py --keep /tmp/scale    # keep the lakes (then profile a rerun on /tmp/scale/n250000/lake)

@@ -1,7 +1,9 @@
 """The Python API: what the `vlfactory` command does, callable from a notebook.
 
     import vlfactory
-    ds = vlfactory.load("sft@iter1", lake="./lake")      # a datasets.Dataset, images as the Image feature
+    dd = vlfactory.load("sft@iter1", lake="./lake")      # a DatasetDict by split, images as the Image feature
+    ds = vlfactory.load("sft@iter1", split="train", columns=["question", "completion", "image"])
+    it = vlfactory.load("traces", split="train", streaming=True)   # an IterableDataset read in batches
     t = vlfactory.table("traces@iter1")                 # a pyarrow.Table (latest: "traces")
     df = vlfactory.frame("grades")                      # a polars.DataFrame
     run = vlfactory.run("quickstart", stages=["ingest", "verify"], limit=20)
@@ -23,7 +25,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from vlfactory.stages import OPTIONAL, STAGES, Scope, StageResult, run_stage
 from vlfactory.stores.lake import Lake, LakeError, LakeSpec
 
 if TYPE_CHECKING:
@@ -31,8 +32,9 @@ if TYPE_CHECKING:
     import polars
     import pyarrow as pa
 
-    from vlfactory.stores.diffs import TableDiff
     from vlfactory.recipe import Recipe
+    from vlfactory.stages import StageResult
+    from vlfactory.stores.diffs import TableDiff
 
 Say = Callable[[str], None]
 
@@ -69,43 +71,54 @@ def parse_ref(ref: str, table: str | None = None) -> tuple[str, str | None]:
 # ---- reading -------------------------------------------------------------------------
 
 def table(ref: str, lake: Lake | str | os.PathLike | None = None, *, table: str | None = None,
-          data_path: str | None = None) -> pa.Table:
+          columns: list[str] | None = None, data_path: str | None = None) -> pa.Table:
     """A table at a version as Arrow, rows in a total order, with an `image` column (bytes and a file name, the
-    layout of `datasets`' Image feature) where the table names an image_id.
+    layout of `datasets`' Image feature) where the table names an image_id; `columns`: only those.
 
         vlfactory.table("sft@iter1")   vlfactory.table("traces")   vlfactory.table("iter1", table="rl")
     """
-    return _arrow(ref, lake, table, data_path)
+    return _arrow(ref, lake, table, columns, data_path)
 
 
 def frame(ref: str, lake: Lake | str | os.PathLike | None = None, *, table: str | None = None,
-          data_path: str | None = None) -> polars.DataFrame:
-    """`table(...)` as a polars DataFrame."""
-    import polars as pl
+          columns: list[str] | None = None, data_path: str | None = None) -> polars.DataFrame:
+    """`table(...)` as a polars DataFrame (polars is an extra: `pip install 'vlfactory[polars]'`)."""
+    try:
+        import polars as pl
+    except ImportError:
+        raise ModuleNotFoundError("vlfactory.frame needs polars, which the core install leaves out: pip install "
+                                  "'vlfactory[polars]' (or vlfactory.table for the same rows as Arrow)") from None
+    return pl.from_arrow(_arrow(ref, lake, table, columns, data_path))
 
-    return pl.from_arrow(_arrow(ref, lake, table, data_path))
 
-
-def _arrow(ref, lake, table, data_path) -> pa.Table:
-    from vlfactory.hub.export import read_table
+def _arrow(ref, lake, table, columns, data_path) -> pa.Table:
+    from vlfactory.hub.export import select
 
     name, version = parse_ref(ref, table)
     with opened(lake, data_path, read_only=True) as lk:
-        return read_table(lk, name, version)
+        return lk.query(select(lk, name, version, columns=columns)).to_arrow_table()
 
 
 def load(ref: str, lake: Lake | str | os.PathLike | None = None, *, table: str | None = None,
-         data_path: str | None = None) -> datasets.Dataset:
-    """A table at a version as a `datasets.Dataset`, images decoded by the `Image` feature from their exact bytes:
-    what `vlfactory export` writes and `datasets.load_dataset("parquet", ...)` reads back.
+         split: str | None = None, columns: list[str] | None = None, streaming: bool = False,
+         progress: bool = False, data_path: str | None = None
+         ) -> datasets.DatasetDict | datasets.Dataset | datasets.IterableDatasetDict | datasets.IterableDataset:
+    """A table at a version as `datasets.load_dataset` gives a dataset from the Hub: a `DatasetDict` by split, or
+    with `split=` that split's `Dataset`. Splits are publish's: a problem's split (from its source) is the split
+    of every row about it, benchmark rows (evals) are test, the rest train. `columns=` keeps only those (`image`
+    is the Image column of a table naming an image_id, decoded from the exact stored bytes). `streaming=True`
+    gives an `IterableDataset` (`IterableDatasetDict`) that reads the lake, pinned at the version's snapshot, a
+    record batch at a time as it is iterated. Nothing is printed unless `progress=True` (a bar of rows read).
 
-        ds = vlfactory.load("sft@iter1", lake="./lake"); ds[0]["image"]   # a PIL image
+        dd = vlfactory.load("sft@iter1", lake="./lake"); dd["train"][0]["image"]   # a PIL image
+        ds = vlfactory.load("sft@iter1", split="train", columns=["question", "completion", "image"])
+        for row in vlfactory.load("traces", split="train", streaming=True): ...
     """
-    from vlfactory.hub.export import dataset
+    from vlfactory.hub.export import load as load_splits
 
     name, version = parse_ref(ref, table)
     with opened(lake, data_path, read_only=True) as lk:
-        return dataset(lk, name, version)
+        return load_splits(lk, name, version, split, columns, streaming, progress)
 
 
 def diff(a: str | int, b: str | int = "latest", *, table: str | None = None,
@@ -146,6 +159,8 @@ class RunResult:
 
 def stage_list(recipe: Recipe, stages: str | list[str] | tuple[str, ...] | None) -> list[str]:
     """The stages to run, in order: those named, or every stage the recipe configures."""
+    from vlfactory.stages import OPTIONAL, STAGES
+
     if stages is None:
         return [s for s in STAGES if s not in OPTIONAL or recipe.stage_config(s) is not None]
     named = [stages] if isinstance(stages, str) else list(stages)
@@ -167,6 +182,7 @@ def run(recipe: Recipe | str | os.PathLike, stages: str | list[str] | None = Non
     """
     from vlfactory import tracking
     from vlfactory.recipe import Recipe, load_recipe
+    from vlfactory.stages import Scope, run_stage
 
     say = say or (lambda line: None)
     recipe = tracking.choose(recipe if isinstance(recipe, Recipe) else load_recipe(recipe), report_to)

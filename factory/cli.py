@@ -22,31 +22,42 @@ LAKE_HELP = "Lake folder or ducklake: URI [env VLFACTORY_LAKE; default ./lake]."
 
 
 class UserError(click.ClickException):
-    """One clear line for the user, exit code 2."""
+    """One clear line for the user, exit code 2; a query's error then shows where, as DuckDB's shell does
+    (`LINE 1: ...` over a caret)."""
 
     exit_code = 2
+
+    def __init__(self, message: str, pointer: str = ""):
+        super().__init__(message)
+        self.pointer = pointer
 
     def show(self, file=None) -> None:
         from vlfactory.redact import redact
 
         click.secho(f"error: {redact(self.message)}", err=True, fg="red")  # a base_url's password, say
+        if self.pointer:
+            click.echo(f"\n{self.pointer}", err=True)
 
 
 def friendly(fn):
     """Turn the errors a user can fix into one line instead of a traceback."""
-    from vlfactory.backends import EndpointsUnreachable
-    from vlfactory.recipe import RecipeError
-    from vlfactory.stores.lake import LakeError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (RecipeError, LakeError, EndpointsUnreachable) as e:
-            raise UserError(str(e)) from None
-        except OSError as e:  # a full disk, a folder one may not write: the lake's commits stay whole regardless
-            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-            raise UserError(where + (e.strerror or str(e).strip().splitlines()[0] or type(e).__name__)) from None
+        except Exception as e:  # the classes are imported here: `vlfactory sql` starts without recipes and backends
+            from vlfactory.backends import EndpointsUnreachable
+            from vlfactory.recipe import RecipeError
+            from vlfactory.stores.lake import LakeError
+
+            if isinstance(e, (RecipeError, LakeError, EndpointsUnreachable)):
+                raise UserError(str(e), sqlout.pointer(e.sql, e.position) if isinstance(e, LakeError) else ""
+                                ) from None
+            if isinstance(e, OSError):  # a full disk, a folder one may not write: the lake's commits stay whole
+                where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+                raise UserError(where + (e.strerror or str(e).strip().splitlines()[0] or type(e).__name__)) from None
+            raise
     return wrapper
 
 
@@ -252,17 +263,18 @@ def _clock(seconds: float) -> str:
 @db_errors
 def sql(query: str | None, lake: str | None, data_path: str | None, file: str | None, at: str | None,
         fmt: str | None, output: str | None, no_header: bool, max_width: int) -> None:
-    """Run a read-only SQL query against the lake: QUERY, or - to read it from stdin, or --file FILE.
+    """Run a read-only SQL query against the lake: QUERY, or --file FILE, or piped in (or -: stdin).
 
     A table at a version is written TABLE@VERSION (a tag or a snapshot id). json is one
-    array, jsonl one object per line (DuckDB's -json and -jsonlines).
+    array, jsonl one object per line (DuckDB's -json and -jsonlines); lists and maps are
+    JSON in every format.
 
     \b
     Examples:
         vlfactory sql "SELECT source, count(*) FROM problems GROUP BY source"
         vlfactory sql "SELECT count(*) FROM problems@iter1"
         vlfactory sql -f funnel.sql --format markdown
-        echo "SELECT * FROM rl" | vlfactory sql - --format jsonl
+        echo "SELECT * FROM rl" | vlfactory sql --format jsonl
         vlfactory sql "SELECT * FROM traces@iter1" -o traces.parquet    # streamed, any size
     """
     text = _sql_text(query, file)
@@ -271,20 +283,31 @@ def sql(query: str | None, lake: str | None, data_path: str | None, file: str | 
         raise UserError("--format parquet needs --output FILE")
     if no_header and fmt not in sqlout.HEADED:
         raise UserError(f"--no-header applies to {', '.join(sqlout.HEADED)}; {fmt} has no header row")
+    import duckdb
+
     with open_lake(lake, data_path, read_only=True, at=at) as lk:
-        sqlout.write(lk.query(text), fmt, output, header=not no_header, max_width=max_width)
+        rel = lk.query(text)
+        try:
+            sqlout.write(rel, fmt, output, header=not no_header, max_width=max_width)
+        except duckdb.Error as e:  # while reading the rows (a cast that fails on row 15,000): where, in the SQL given
+            raise lk.error(e, text) from None
     if output:
         click.echo(f"wrote {output}", err=True)
 
 
 def _sql_text(query: str | None, file: str | None) -> str:
-    """The SQL: the argument, or stdin (`-`), or a file."""
-    if (query is None) == (file is None):
-        raise UserError("give the SQL as QUERY, as - (read from stdin) or as --file FILE: one of them")
+    """The SQL: the argument, or a file, or stdin (`-`, or neither when stdin is not a terminal, as `duckdb`)."""
+    if query is not None and file is not None:
+        raise UserError("give the SQL as QUERY, as --file FILE or on stdin: one of them")
     if query is not None and query != "-":
         return query
-    if (file or query) == "-":
-        return sys.stdin.read()
+    if (file or query) == "-" or (file is None and not sys.stdin.isatty()):
+        text = sys.stdin.read()
+        if not text.strip():
+            raise UserError("no SQL: give it as QUERY, as --file FILE or on stdin (one of them)")
+        return text
+    if file is None:
+        raise UserError("give the SQL as QUERY, as --file FILE or on stdin: one of them")
     try:
         return Path(file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -298,13 +321,16 @@ def _print_table(columns, rows, max_width: int) -> None:
 @main.command()
 @lake_options
 @click.option("--last", type=int, default=20, show_default=True, help="Show the last N snapshots.")
+@click.option("--format", "fmt", type=click.Choice([f for f in sqlout.FORMATS if f != "parquet"]), default="table",
+              show_default=True, help="As `sql` writes it: tags a list and rows a map in json, JSON text in csv.")
 @friendly
-def versions(lake: str | None, data_path: str | None, last: int) -> None:
+def versions(lake: str | None, data_path: str | None, last: int, fmt: str) -> None:
     """List snapshots with tags, the run that wrote them, and the rows in every table.
 
     \b
     Example:
         vlfactory versions --last 10
+        vlfactory versions --format jsonl | jq -c '{snapshot, rows}'
     """
     with open_lake(lake, data_path, read_only=True) as lk:
         tags: dict[int, list[str]] = {}
@@ -317,11 +343,15 @@ def versions(lake: str | None, data_path: str | None, last: int) -> None:
         for s, counts in zip(snapshots, _row_counts(lk, snapshots)):
             extra = json.loads(s["commit_extra_info"]) if s["commit_extra_info"] else {}
             run_id = extra.get("run_id")
-            rows.append((s["snapshot_id"], ",".join(tags.get(s["snapshot_id"], [])),
-                         s["snapshot_time"].strftime("%m-%d %H:%M:%S"),
-                         f"{commands.get(run_id, '')} {(run_id or '')[:8]}".strip(), s["commit_message"] or "",
-                         " ".join(f"{t}={n}" for t, n in sorted(counts.items()) if n)))
-        _print_table(["snapshot", "tags", "time (UTC)", "run", "message", "rows"], rows, 0)
+            rows.append((s["snapshot_id"], tags.get(s["snapshot_id"], []), s["snapshot_time"], commands.get(run_id),
+                         run_id, s["commit_message"] or "", {t: n for t, n in sorted(counts.items()) if n}))
+    if fmt != "table":
+        sqlout.write(sqlout.Rows(["snapshot", "tags", "time", "command", "run_id", "message", "rows"], rows), fmt, None)
+        return
+    _print_table(["snapshot", "tags", "time (UTC)", "run", "message", "rows"],
+                 [(snap, ",".join(names), at.strftime("%m-%d %H:%M:%S"), f"{command or ''} {(run_id or '')[:8]}".strip(),
+                   message, " ".join(f"{t}={n}" for t, n in counts.items())) for snap, names, at, command, run_id,
+                  message, counts in rows], 0)
 
 
 def _row_counts(lk, snapshots: list[dict]) -> list[dict[str, int]]:
@@ -331,6 +361,7 @@ def _row_counts(lk, snapshots: list[dict]) -> list[dict[str, int]]:
     the tables a snapshot changed (its `changes` name them); the others keep their count.
     """
     from vlfactory.stores.lake import DB, INTERNAL
+    from vlfactory.stores.sqltext import ident, literal
 
     catalog = lk.con.execute(f"""SELECT table_id::VARCHAR, table_name, begin_snapshot, end_snapshot
                                  FROM __ducklake_metadata_{DB}.ducklake_table""").fetchall()
@@ -342,7 +373,8 @@ def _row_counts(lk, snapshots: list[dict]) -> list[dict[str, int]]:
             if name in INTERNAL or not (begin <= snap and (end is None or snap < end)):
                 continue
             if previous != snap - 1 or named & {table_id, name, f"main.{name}"}:
-                parts.append(f"SELECT {snap}, '{name}', count(*) FROM {DB}.{name} AT (VERSION => {snap})")
+                parts.append(f"SELECT {int(snap)}, {literal(name)}, count(*) FROM {DB}.{ident(name)} "
+                             f"AT (VERSION => {int(snap)})")
         previous = snap
     counted: dict[int, dict[str, int]] = {}
     for snap, name, n in lk.con.execute(" UNION ALL ".join(parts)).fetchall() if parts else []:
@@ -772,6 +804,64 @@ def show(version: str, table: str, n: int, seed: int, max_chars: int, lake: str 
 
     with open_lake(lake, data_path, read_only=True) as lk:
         render(samples(lk, version, table, n, seed), table, max_chars=max_chars)
+
+
+@main.group()
+def recipe() -> None:
+    """Recipes as editors see them.
+
+    \b
+    Example:
+        vlfactory recipe schema > recipe.schema.json
+    """
+
+
+@recipe.command("schema")
+def recipe_schema() -> None:
+    """Print the JSON Schema of a recipe: editors complete and check recipe YAML against it.
+
+    \b
+    Example:
+        vlfactory recipe schema > recipe.schema.json
+        # and as a recipe's first line: # yaml-language-server: $schema=recipe.schema.json
+    """
+    from vlfactory.recipe import schema
+
+    click.echo(json.dumps(schema(), indent=2))
+
+
+@main.group()
+def track() -> None:
+    """Experiment tracking after the fact.
+
+    \b
+    Example:
+        vlfactory track export iter2 --to tensorboard --dir runs/tracking
+    """
+
+
+@track.command("export")
+@click.argument("version")
+@click.option("--to", "backend", required=True, help="The tracker: tensorboard, wandb, trackio, mlflow, comet_ml, "
+              "aim, clearml, dvclive or swanlab (accelerate's trackers).")
+@click.option("--project", default=None, help="The project (default: the recipe's name, as live tracking names it).")
+@click.option("--dir", "folder", default=None, help="Local files: TensorBoard's log folder, wandb's dir, ...")
+@lake_options
+@friendly
+def track_export(version: str, backend: str, project: str | None, folder: str | None, lake: str | None,
+                 data_path: str | None) -> None:
+    """Replay a version's trainings (training_logs) and the loop's evaluations (evals) into a tracker, each in
+    the run live tracking would have made: a run tracked after the fact shows its curves.
+
+    \b
+    Example:
+        vlfactory track export iter2 --to tensorboard --dir runs/tracking && tensorboard --logdir runs/tracking
+    """
+    from vlfactory import tracking
+
+    with open_lake(lake, data_path, read_only=True) as lk:
+        runs = tracking.export(lk, version, backend, project, folder, say=lambda line: click.echo(line, err=True))
+    click.echo(f"exported {len(runs)} runs to {backend}", err=True)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from pathlib import Path
 from vlfactory import tracking
 from vlfactory.recipe import GenerationConfig, GRPOStage, IterationPlan, Recipe, RecipeError, SFTSetConfig
 from vlfactory.stages import Scope, StageResult, run_stage
+from vlfactory.stores import runs
 from vlfactory.stores.lake import Lake, LakeSpec
 
 
@@ -323,25 +324,18 @@ class Loop(Steps):
         return dataclasses.replace(cfg, sampling=sampling)
 
     def run(self, iterations: int | None = None) -> list[str]:
-        with self.lake() as lake:
-            self.run_id = lake.start_run("iterate", self.recipe.text, self.recipe.name)
-        policies, status, error = [], "failed", None
-        try:
+        policies: list[str] = []
+        with runs.recorded(self.lake, "iterate", self.recipe.text, self.recipe.name) as run:
+            self.run_id, run.counts["iterations"] = run.run_id, 0
             with tracking.for_run(self.recipe, self.run_id, "iterate"):
                 if self.cfg.pretrain is not None:
                     self.base = self.pretrain()
                 self.evaluate(self.base, 0, "base")
                 for k in range(1, (iterations or self.cfg.iterations) + 1):
                     policies.append(self.iteration(k, policies[-1] if policies else None))
-            status = "ok"
+                    run.counts["iterations"] = len(policies)
             if self.evals:
                 self.say(evals_table(self.evals))
-        except BaseException as e:
-            error = f"{type(e).__name__}: {e}"
-            raise
-        finally:
-            with self.lake() as lake:
-                lake.end_run(status, {"iterations": len(policies)}, error=error)
         return policies
 
 

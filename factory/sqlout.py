@@ -27,6 +27,21 @@ ROWS = 2048  # rows per fetch (DuckDB's vector size)
 ROW_GROUP_BYTES = 64 << 20  # a Parquet row group is written once this much is buffered
 
 
+class Rows:
+    """Rows made in Python, written as a query's are (`write`): `vlfactory versions --format json`."""
+
+    def __init__(self, columns: list[str], rows):
+        self.columns, self._rows = list(columns), iter(rows)
+
+    def fetchmany(self, n: int) -> list[tuple]:
+        import itertools
+
+        return list(itertools.islice(self._rows, n))
+
+    def fetchall(self) -> list[tuple]:
+        return list(self._rows)
+
+
 def format_for(fmt: str | None, output: str | None) -> str:
     """The format asked for, else the one the output file's suffix names, else table."""
     if fmt:
@@ -52,9 +67,32 @@ def terminal(text: str) -> str:
 
 
 def plain(v):
-    """A value as text formats show it: bytes (an image) by their size, not their content."""
+    """A value as text formats (table, csv, tsv, markdown) show it: bytes (an image) by their size, not their
+    content; lists, structs and maps as JSON, as a program reading the output parses them (not Python's repr).
+
+    >>> plain(["red", None]), plain({"loss": 0.5}), plain(b"PNG"), plain(3)
+    ('["red", null]', '{"loss": 0.5}', '<3 bytes>', 3)
+    """
     if isinstance(v, (bytes, bytearray, memoryview)):
         return f"<{len(v)} bytes>"
+    if isinstance(v, (list, tuple, dict)):
+        return json.dumps(jsonable(v), ensure_ascii=False, default=str)
+    return v
+
+
+def jsonable(v):
+    """A value as JSON holds it: nested lists and maps kept, bytes by their size, decimals as numbers, times
+    and other scalars as text."""
+    import decimal
+
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return f"<{len(v)} bytes>"
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, decimal.Decimal):
+        return float(v)
     return v
 
 
@@ -128,7 +166,32 @@ def _cell(v, max_width: int) -> str:
 
 def _json(columns, row, ascii: bool = False) -> str:
     # json escapes C0 controls; on a terminal, ensure_ascii escapes C1's too
-    return json.dumps(dict(zip(columns, map(plain, row))), ensure_ascii=ascii, default=str)
+    return json.dumps(dict(zip(columns, map(jsonable, row))), ensure_ascii=ascii, default=str)
+
+
+def pointer(sql: str | None, position: int | None) -> str:
+    r"""Where in `sql` an error is, drawn as DuckDB's shell draws it: the line, `LINE n: ` before it (a window
+    with `...` when it is long), and a caret under the character (wide characters count two columns).
+
+    >>> print(pointer("SELECT x\nFROM problemz", 14))
+    LINE 2: FROM problemz
+                 ^
+    """
+    import unicodedata
+
+    if sql is None or position is None:
+        return ""
+    n = sql.count("\n", 0, position)
+    start = sql.rfind("\n", 0, position) + 1
+    end = sql.find("\n", position)
+    line, column = sql[start:end if end != -1 else len(sql)], position - start
+    head = f"LINE {n + 1}: "
+    if len(line) > 100:  # a window around the position, as DuckDB shows it
+        lo = max(0, column - 50)
+        before, after = ("..." if lo else ""), ("..." if lo + 100 < len(line) else "")
+        line, column = before + line[lo:lo + 100] + after, column - lo + len(before)
+    width = sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line[:column])
+    return terminal(head + line) + "\n" + " " * (len(head) + width) + "^"
 
 
 def _batches(rel) -> Iterator[list[tuple]]:

@@ -28,6 +28,7 @@ from pathlib import PurePosixPath
 
 import yaml
 
+from vlfactory.models import RULES
 from vlfactory.redact import redact
 from vlfactory.reports.stats import FUNNEL, VersionStats, rows, summary
 
@@ -152,8 +153,19 @@ def size_category(n: int) -> str:
 def body(st: VersionStats, repo: str, configs: list[Config], models: dict[str, str]) -> list[str]:
     name = repo.split("/")[-1]
     written = [c.name for c in configs if c.name in REASONING]
-    holds = ("images with questions and verified answers, and the reasoning that reached them" if written
-             else "images with questions and their answers, without reasoning traces or model answers")
+    # Say who wrote the text, by stage and identity: models, or the rules teacher, whose chains are templates.
+    writers: dict[str, list[str]] = {}
+    for u in st.usage:
+        if u["stage"] != "caption" and u["model"]:
+            writers.setdefault(u["stage"], []).append(model_cell(u["model"], models))
+    by = "; ".join(f"{stage}: {', '.join(dict.fromkeys(cells))}" for stage, cells in writers.items())
+    rules = [u["model"] for u in st.usage if str(u["model"]).startswith(f"vlfactory/{RULES}@")]
+    holds = (f"images with questions and verified answers, and the completions written for them ({by or 'by models'})"
+             if written else "images with questions and their answers, without reasoning traces or model answers")
+    if written and rules:
+        holds += (f". {_code(rules[0])} is not a model but rules (vlfactory.backends.rules) that parse the "
+                  "synthetic shapes' captions and fill a one-line chain template: its chains show the answer format, "
+                  "not reasoning")
     out = [f"# {name}", "",
            f"A visual reasoning dataset in the [OpenVLThinker](https://arxiv.org/abs/2503.17352) style, built by "
            f"vlfactory: {holds}. This is version {_code(st.version)} of the factory's catalog (DuckLake snapshot "

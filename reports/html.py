@@ -29,12 +29,32 @@ from datetime import datetime
 
 from vlfactory.reports import plots
 from vlfactory.stages.eval import wilson_interval
-from vlfactory.reports.stats import (FUNNEL, PROBLEM_STAGES, VersionStats, eval_examples, eval_label, funnel,
-                                     iteration_tags, keyword_rates, previous_tag, short_name, summary,
-                                     tracked_keywords, version_stats)
+from vlfactory.reports.stats import (FUNNEL, PROBLEM_STAGES, VersionStats, by_question_type, eval_examples,
+                                     eval_label, funnel, iteration_tags, keyword_rates, paired, previous_tag,
+                                     short_name, summary, tracked_keywords, version_stats)
 from vlfactory.stores.lake import Lake
 
 EMPTY = '<p class="empty">no data yet</p>'
+# What a section lacks, said plainly (each still starts "no data yet").
+WHY = {"funnel": "no problems at this version (`vlfactory ingest RECIPE`)",
+       "rejections": "nothing was rejected at this version",
+       "per-source": "no graded samples (verify has not run)",
+       "lengths": "no graded completions (distil or rollout, then verify)",
+       "pass-rates": "no graded rollouts (the rollout stage has not run)",
+       "distributions": "no model calls at this version",
+       "examples": "no traces or rollouts at this version",
+       "training": "no trainings at this version (`vlfactory train`, or `vlfactory iterate`)",
+       "usage": "no model calls and no recorded steps",
+       "evals": "no evaluations (`vlfactory eval`, or `vlfactory iterate`)",
+       "by-type": "no answers of the loop's evaluated models (eval_samples)",
+       "paired": "fewer than two evaluated models of the loop answered the same problems",
+       "pass-at-k": "no evaluation drew more than one sample per problem, so pass@k is pass@1 "
+                    "(set eval.sampling.n above 1)",
+       "eval-samples": "no answers of the loop's evaluated models (eval_samples)"}
+
+
+def empty(section: str) -> str:
+    return f'<p class="empty">no data yet: {html.escape(WHY[section])}</p>'
 # No scripts, nothing fetched: images may only be data: URIs.
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 CSS = """
@@ -50,6 +70,8 @@ figure { margin: .6em 0; } .sample { border: 1px solid #ddd; padding: .6em; marg
 .texts pre { white-space: pre-wrap; word-break: break-word; background: #fafafa; padding: .4em; margin: 0;
              max-height: 24em; overflow: auto; font-size: 12px; }
 .empty { color: #888; font-style: italic; } .meta { color: #555; } code { background: #f5f5f5; padding: 0 .2em; }
+nav.toc { border: 1px solid #ddd; background: #fafafa; padding: .4em 1em; margin: 1em 0; columns: 2; }
+nav.toc ol { margin: .2em 0; padding-left: 1.4em; } nav.toc > b { column-span: all; display: block; }
 """
 
 
@@ -83,7 +105,7 @@ def iterations_page(lake: Lake) -> str:
     table = _table(["", *names], [[label, *values] for label, values in series.items()])
     body = [_section("iterations", "Data per iteration (totals at each tag)",
                      _figure(plots.iterations(names, series), "Data per iteration") + table),
-            _section("evals", "Held-out accuracy across the loop", *_evals(stats[-1].evals, stats[-1].names)),
+            *eval_sections(lake, stats[-1]),
             _section("keywords", "Reflection keywords per iteration", *_keywords(lake, stats[-1])),
             _section("eval-samples", "Answers of the evaluated models", _eval_examples(lake))]
     for i, st in enumerate(stats):
@@ -101,29 +123,30 @@ def version_sections(lake: Lake, st: VersionStats, compare_to: tuple[str, int] |
     sections = [
         _section(prefix + "overview", "What made this version", _overview(st)),
         _section(prefix + "funnel", "Funnel per source",
-                 _figure(plots.funnel(st.funnel, PROBLEM_STAGES), "Funnel per source"),
+                 _figure(plots.funnel(st.funnel, PROBLEM_STAGES), "Funnel per source", "funnel"),
                  _table(["source", *FUNNEL], [[src, *st.funnel[src].values()] for src in st.sources])
                  if st.funnel else ""),
         _section(prefix + "rejections", "Rejection reasons",
-                 _figure(plots.rejections(st.rejected, st.verdicts), "Rejection reasons"),
+                 _figure(plots.rejections(st.rejected, st.verdicts), "Rejection reasons", "rejections"),
                  _table(["stage", "reason", "rows"], [r.values() for r in st.rejected]) if st.rejected else "",
                  _table(["graded", "reason (not accepted)", "rows"], [r.values() for r in st.verdicts])
                  if st.verdicts else ""),
         _section(prefix + "per-source", "Correct and accepted per source",
-                 _figure(plots.per_source(st.per_source), "Correct and accepted per source"), _per_source(st)),
+                 _figure(plots.per_source(st.per_source), "Correct and accepted per source", "per-source"),
+                 _per_source(st)),
         _section(prefix + "lengths", "Completion lengths",
-                 _figure(plots.lengths(st.lengths), "Completion length histograms"), _lengths_table(st)),
+                 _figure(plots.lengths(st.lengths), "Completion length histograms", "lengths"), _lengths_table(st)),
         _section(prefix + "pass-rates", "Pass rates of rollouts",
-                 _figure(plots.pass_rates(st.pass_rates, st.band, st.names), "Pass-rate histogram"),
+                 _figure(plots.pass_rates(st.pass_counts, st.band, st.names), "Pass-rate histogram", "pass-rates"),
                  f'<p class="meta">RL band: [{st.band[0]}, {st.band[1]}] (the rl set keeps problems whose pass rate '
                  "lies in it)</p>" if st.band and st.pass_rates else ""),
         _section(prefix + "distributions", "Finish reasons and answers",
-                 _figure(plots.distributions(st.finish, st.answers), "Finish reasons and answers")),
+                 _figure(plots.distributions(st.finish, st.answers), "Finish reasons and answers", "distributions")),
         _section(prefix + "examples", "Example samples", _examples(st)),
         _section(prefix + "training", "Training curves",
-                 _figure(plots.curves(st.curves), "Training curves"), _trainings_table(st)),
+                 _figure(plots.curves(st.curves), "Training curves", "training"), _trainings_table(st)),
         _section(prefix + "usage", "Tokens, time and throughput per step",
-                 _figure(plots.usage(st.usage, st.stage_time), "Tokens and wall time"),
+                 _figure(plots.usage(st.usage, st.stage_time), "Tokens and wall time", "usage"),
                  _figure(plots.throughput(st.stage_time), "Throughput") if any(
                      r.get("tokens_per_s") for r in st.stage_time) else "",
                  _throughput_table(st),
@@ -133,9 +156,21 @@ def version_sections(lake: Lake, st: VersionStats, compare_to: tuple[str, int] |
                           r["latency_s"]] for r in st.usage]) if st.usage else "", _runs_table(st)),
     ]
     if evals:
-        sections.append(_section(prefix + "evals", "Eval accuracy", *_evals(st.evals, st.names)))
+        sections.extend(eval_sections(lake, st, prefix))
     sections.append(_section(prefix + "diff", "Changes since the previous version", *_diff(lake, st, compare_to)))
     return sections
+
+
+def eval_sections(lake: Lake, st: VersionStats, prefix: str = "") -> list[str]:
+    """The questions asked of a loop's evaluations: how accurate each model is (95% intervals), on which kinds of
+    question against what answering without the image scores, whether each step helped on the same problems,
+    and pass@k where several samples were drawn."""
+    return [_section(prefix + "evals", "Held-out accuracy across the loop", *_evals(st.evals, st.names)),
+            _section(prefix + "by-type", "Accuracy by question type", *_by_type(by_question_type(lake, st.snapshot))),
+            _section(prefix + "paired", "Did each step help? Consecutive models on the same problems",
+                     _paired(paired(lake, st.snapshot))),
+            _section(prefix + "pass-at-k", "pass@k",
+                     _figure(plots.pass_at_k(st.evals), "pass@k", "pass-at-k" if st.evals else "evals"))]
 
 
 # ---- pieces ----------------------------------------------------------------------------
@@ -196,9 +231,38 @@ def _trainings_table(st: VersionStats) -> str:
                    for t in st.trainings])
 
 
+def _by_type(groups: list[dict]) -> tuple[str, ...]:
+    if not groups:
+        return (empty("by-type"),)
+    note = ('<p class="meta">question type: the question\'s first three words. Question-only baseline: the expected '
+            "accuracy of answering each problem with the most common gold answer among the other problems asking the "
+            "same question (one choice at random where none does): what a model reaches without looking at the "
+            "image. A model at its baseline has learned the question's prior, not the picture.</p>")
+    table = _table(["benchmark", "question type", "model of the loop", "problems", "accuracy %", "95% CI",
+                    "question-only baseline %"],
+                   [[g["benchmark"], g["type"], g["model"], g["problems"], 100 * g["accuracy"],
+                     "[{:.1f}, {:.1f}]".format(*(100 * x for x in wilson_interval(g["accuracy"], g["problems"]))),
+                     100 * g["baseline"]] for g in groups])
+    return note, _figure(plots.by_type(groups), "Accuracy by question type", "by-type"), table
+
+
+def _paired(pairs: list[dict]) -> str:
+    if not pairs:
+        return empty("paired")
+    return ('<p class="meta">each model against the one before it in the loop, on the problems both answered: '
+            "the problems only one of them got right decide the test (exact McNemar with one sample per problem, a "
+            "paired bootstrap of per-problem accuracy with several). A p-value above 0.05 means the step's change "
+            "is within what chance moves on this many problems.</p>"
+            + _table(["benchmark", "from", "to", "problems", "accuracy before %", "accuracy after %", "change (points)",
+                      "right only before", "right only after", "test", "p-value"],
+                     [[r["benchmark"], r["a"], r["b"], r["problems"], 100 * r["accuracy_a"], 100 * r["accuracy_b"],
+                       100 * (r["accuracy_b"] - r["accuracy_a"]), r["better_a"], r["better_b"], r["test"],
+                       f"{r['p']:.3g}"] for r in pairs]))
+
+
 def _examples(st: VersionStats) -> str:
     if not st.examples:
-        return EMPTY
+        return empty("examples")
     out = ['<p class="meta">a few samples of this version, accepted and not; every one is in '
            "<code>vlfactory view</code></p>"]
     for r in st.examples:
@@ -208,7 +272,9 @@ def _examples(st: VersionStats) -> str:
                 f"by {html.escape(short_name(r['model'], st.names))}; {html.escape(verdict)}; extracted "
                 f"<b>{html.escape(str(r['extracted']))}</b>, gold <b>{html.escape(str(r['gold']))}</b>; "
                 f"{r['completion_tokens'] or 0:,} tokens, finish {html.escape(str(r['finish_reason']))}")
-        caption = f"<p><b>caption the reasoner saw:</b> {html.escape(r['caption'])}</p>" if r["caption"] else ""
+        caption = f"<p><b>caption the reasoner saw:</b> {html.escape(r['caption'])}</p>" if r["caption"] else (
+            "<p class=\"meta\">the policy saw the image and the question, no caption</p>"
+            if r["ref_table"] == "rollouts" else "")
         cleaned = r["cleaned"] if r["cleaned"] is not None else "(not cleaned: only accepted samples are)"
         out.append(f'<div class="sample">{image}<p class="meta">{meta}</p><p><b>question:</b> '
                    f"{html.escape(r['question'] or '')}</p>{caption}<div class=\"texts\"><div><b>completion</b>"
@@ -235,7 +301,7 @@ def _image(data: bytes | None, fmt: str | None, largest: int = 320) -> str:
 
 def _evals(rows: list[dict], names: dict[str, str]) -> tuple[str, str]:
     if not rows:
-        return EMPTY, ""
+        return empty("evals"), ""
     def passes(r: dict) -> str:
         return ", ".join(f"@{k} {100 * p:.1f}" for k, p in enumerate(r["pass_at_k"] or [], 1)) \
             if (r["samples_per_problem"] or 1) > 1 else ""
@@ -245,13 +311,13 @@ def _evals(rows: list[dict], names: dict[str, str]) -> tuple[str, str]:
                    [[eval_label(r), r["benchmark"], short_name(r["model"], names), r["split"], r["problems"], r["correct"],
                      100 * r["accuracy"], "[{:.1f}, {:.1f}]".format(*(100 * x for x in wilson_interval(
                          r["accuracy"], r["problems"]))), r["protocol"], passes(r)] for r in rows])
-    return _figure(plots.evals(rows), "Held-out accuracy across the loop"), table
+    return _figure(plots.evals(rows), "Held-out accuracy across the loop", "evals"), table
 
 
 def _eval_examples(lake: Lake) -> str:
     found = eval_examples(lake)
     if not found:
-        return EMPTY
+        return empty("eval-samples")
     short = lambda s: s if s is None or len(s) <= 400 else f"{s[:200]} [...] {s[-200:]}"  # noqa: E731
     return ('<p class="meta">the first answers of each model per benchmark; every answer is in eval_samples '
             '(<code>vlfactory sql "SELECT * FROM eval_samples"</code>)</p>'
@@ -265,13 +331,20 @@ def _keywords(lake: Lake, st: VersionStats) -> tuple[str, ...]:
     words = tracked_keywords(st)
     rates = keyword_rates(lake, words)
     if not rates:
-        return (EMPTY,)
+        return (('<p class="empty">no data yet: no traces or rollouts added at an iteration tag, and no answers of '
+                 "the loop's evaluated models</p>"),)
+    samples, total = sum(r["samples"] for r in rates), sum(r["words"] for r in rates)
+    never = [w for w in words if not any(r["counts"][w] for r in rates)]
+    if len(never) == len(words):
+        return ((f'<p class="empty">none of the tracked keywords ({html.escape(", ".join(words))}) occurs in the '
+                 f"{samples:,} samples ({total:,} words) of the loop's traces, rollouts and evaluated answers</p>"),)
     table = _table(["samples of", "at", "samples", "words", *[f"{w} /1k" for w in words]],
                    [[r["series"], r["point"], r["samples"], r["words"], *[r["per_1k"][w] for w in words]]
                     for r in rates])
     note = (f'<p class="meta">occurrences per 1,000 words, whole words in any case, of: '
             f'{html.escape(", ".join(words))} (the recipe\'s loop.track_keywords); traces and rollouts: the rows '
-            "each iteration tag added; eval samples: the answers of each evaluated model</p>")
+            "each iteration tag added; eval samples: the answers of each evaluated model"
+            + (f"; never found, so not drawn: {html.escape(', '.join(never))}" if never else "") + "</p>")
     return note, _figure(plots.keywords(rates, words), "Reflection keywords across iterations"), table
 
 
@@ -282,8 +355,10 @@ def _diff(lake: Lake, st: VersionStats, before: tuple[str, int] | None) -> tuple
     changes = lake.diff(snap, st.snapshot)
     label = f"{name} (snapshot {snap})"
     rows = [[t, d["added"], d["removed"], d["changed"]] for t, d in changes.items() if any(d.values())]
-    return (f'<p class="meta">compared with {html.escape(label)}; a row whose key is in both with other '
-            'content (an updated status) is changed</p>',
+    if not rows:
+        return (f'<p class="empty">no rows were added, removed or changed since {html.escape(label)}</p>',)
+    return ((f'<p class="meta">compared with {html.escape(label)}; a row whose key is in both with other '
+             'content (an updated status) is changed</p>'),
             _figure(plots.diff(changes, name, st.version), f"Changes since {label}"),
             _table(["table", "rows added", "rows removed", "rows changed"], rows) if rows else "")
 
@@ -296,9 +371,9 @@ def _section(ident: str, title: str, *parts: str) -> str:
     return f'<section id="{ident}"><h2>{html.escape(title)}</h2>{"".join(parts)}</section>\n'
 
 
-def _figure(svg: str | None, alt: str) -> str:
+def _figure(svg: str | None, alt: str, why: str | None = None) -> str:
     if svg is None:
-        return EMPTY
+        return empty(why) if why else EMPTY
     return f'<figure aria-label="{html.escape(alt)}">{svg}</figure>'
 
 
@@ -326,6 +401,22 @@ def _id(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
 
 
+def _toc(body: str) -> str:
+    """Contents: a link to every section, those of an iteration (an <h1>) listed under it. Titles are taken
+    from the page as written, so they are escaped already."""
+    import re
+
+    out, open_h1 = [], False
+    for m in re.finditer(r'<h1 id="([^"]+)">([^<]*)</h1>|<section id="([^"]+)"><h2>([^<]*)</h2>', body):
+        if m.group(1):
+            out.append(("</ol></li>" if open_h1 else "") + f'<li><a href="#{m.group(1)}">{m.group(2)}</a><ol>')
+            open_h1 = True
+        else:
+            out.append(f'<li><a href="#{m.group(3)}">{m.group(4)}</a></li>')
+    return (f'<nav class="toc" aria-label="contents"><b>Contents</b><ol>{"".join(out)}'
+            f'{"</ol></li>" if open_h1 else ""}</ol></nav>')
+
+
 def _page(title: str, lake: Lake, body: str) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -334,5 +425,6 @@ def _page(title: str, lake: Lake, body: str) -> str:
 <title>{html.escape(title)}</title><style>{CSS}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <p class="meta">lake {html.escape(lake.spec.display)}; written {datetime.now():%Y-%m-%d %H:%M}</p>
+{_toc(body)}
 {body}</body></html>
 """

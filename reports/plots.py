@@ -10,7 +10,7 @@ pyplot, so no display or global state is involved and matplotlib is imported onl
 is drawn.
 
     from vlfactory.reports import plots
-    svg = plots.pass_rates({"policy": [0.0, 0.25, 1.0]}, band=(0.0, 0.75))
+    svg = plots.pass_rates({"policy": [(0, 4), (1, 4), (4, 4)]}, band=(0.25, 0.75))
 """
 
 from __future__ import annotations
@@ -209,20 +209,37 @@ def lengths(values: dict[str, dict[str, list[int]]]) -> str | None:
     return _svg(fig)
 
 
-def pass_rates(rates: dict[str, list[float]], band: tuple[float, float] | None,
+def pass_rates(counts: dict[str, list[tuple[int, int]]], band: tuple[float, float] | None,
                names: dict[str, str] | None = None) -> str | None:
-    """Per-problem pass rate of the policy's rollouts, with the band the rl set keeps."""
-    if not rates:
+    """Per-problem pass rate of the policy's rollouts, one bar per value a rate can take (k correct of n: k/n,
+    never 0.1-wide bins that put a bar at 0.2 for rates of 1/4), with the band the rl set keeps shaded over
+    the bars it takes."""
+    if not counts:
         return None
+    from collections import Counter
+    from fractions import Fraction
+    from itertools import pairwise
+
     from vlfactory.reports.stats import short_name
 
     fig, (ax,) = _figure()
-    bins = [i / 10 for i in range(11)]
-    ax.hist(list(rates.values()), bins=bins, edgecolor="white",
-            label=[f"{short_name(m, names or {})} ({len(v):,} problems)" for m, v in rates.items()])
+    values = sorted({Fraction(c, n) for v in counts.values() for c, n in v if n})
+    gap = min((b - a for a, b in pairwise(values)), default=Fraction(1, 4))
+    width = float(gap) * 0.8 / len(counts)
+    for i, (model, v) in enumerate(counts.items()):
+        seen = Counter(Fraction(c, n) for c, n in v if n)
+        xs = [float(x) + (i - (len(counts) - 1) / 2) * width for x in values]
+        bars = ax.bar(xs, [seen[x] for x in values], width=width,
+                      label=f"{short_name(model, names or {})} ({len(v):,} problems)")
+        _mark(bars, "bar")
     if band:
-        ax.axvspan(band[0] - 0.01, band[1] + 0.01, color="#f4a261", alpha=0.25, label=f"RL band [{band[0]}, {band[1]}]")
-    ax.set_xlim(-0.02, 1.02)
+        half = float(gap) * 0.45
+        span = ax.axvspan(band[0] - half, band[1] + half, color="#f4a261", alpha=0.25, zorder=0,
+                          label=f"RL band [{band[0]}, {band[1]}]")
+        span.set_gid("vlf.band")
+    ax.set_xticks([float(x) for x in values], [f"{x.numerator}/{x.denominator}" if 0 < x < 1 else str(x)
+                                                for x in values], fontsize=8 if len(values) < 12 else 6)
+    ax.set_xlim(-float(gap), 1 + float(gap))
     ax.set_xlabel("pass rate (correct rollouts / rollouts)")
     ax.set_ylabel("problems")
     ax.yaxis.set_major_locator(_integers())
@@ -319,27 +336,43 @@ def distributions(finish: list[dict], answers: list[dict]) -> str | None:
     return _svg(fig)
 
 
+# What a training's curves show, in order: (title, the names TRL logs it under; the first one logged is drawn).
+CURVES = (("loss", ("loss",)), ("reward", ("reward",)), ("reward std", ("reward_std",)),
+          ("completion length", ("completions/mean_length", "completion_length")), ("KL", ("kl",)),
+          ("learning rate", ("learning_rate",)), ("grad norm", ("grad_norm",)))
+
+
 def curves(logged: dict[str, dict[str, list[tuple[int, float]]]]) -> str | None:
-    """Per training, its logged loss (SFT) and reward (GRPO, with its group standard deviation and KL where
-    logged) against the step."""
-    metrics = [m for m in ("loss", "reward", "reward_std", "kl") if any(m in c for c in logged.values())]
-    if not metrics:
+    """Per training, its logged curves against the step: loss (SFT), reward, its group standard deviation,
+    completion length and KL (GRPO), learning rate and gradient norm (both): each panel one metric, each
+    training one colour, panels only for what was logged."""
+    panels = []
+    for title, names in CURVES:
+        picked = {label: next((series[n] for n in names if n in series), None) for label, series in logged.items()}
+        if any(picked.values()):
+            panels.append((title, {label: v for label, v in picked.items() if v}))
+    if not panels:
         return None
     from matplotlib import colormaps
 
-    fig, axes = _figure(1, len(metrics), width=4.0 * len(metrics) + 1.5, height=3.4)
+    cols = min(4, len(panels))
+    rows_ = -(-len(panels) // cols)
+    fig, axes = _figure(rows_, cols, width=3.6 * cols + 1.0, height=2.9 * rows_ + 0.6)
     color = {label: colormaps["tab10"](i % 10) for i, label in enumerate(logged)}  # one colour per training
-    for ax, metric in zip(axes, metrics):
-        for label, series in logged.items():
-            if metric in series:
-                steps, values = zip(*series[metric])
-                ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=label,
-                        color=color[label])
+    for ax, (title, series) in zip(axes, panels):
+        for label, points in series.items():
+            steps, values = zip(*points)
+            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=label,
+                    color=color[label])
         ax.set_xlabel("step")
         ax.set_xlim(left=0)
-        ax.set_title(metric, fontsize=10)
+        ax.set_title(title, fontsize=10)
         ax.xaxis.set_major_locator(_integers())
-    _fig_legend(fig, axes)
+        if title == "learning rate":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    _fig_legend(fig, axes[:len(panels)])
     fig.suptitle("Training curves (training_logs)")
     return _svg(fig)
 
@@ -381,6 +414,59 @@ def evals(rows: list[dict]) -> str | None:
     return _svg(fig)
 
 
+def by_type(groups: list[dict]) -> str | None:
+    """Eval accuracy per benchmark and question type, one bar per model of the loop, and each group's
+    question-only baseline (what answering without the image scores) as a dashed line across its bars."""
+    if not groups:
+        return None
+    from matplotlib import colormaps
+
+    categories = list(dict.fromkeys((g["benchmark"], g["type"]) for g in groups))
+    models = [m for _, m in sorted({(g["order"], g["model"]) for g in groups})]
+    at = {(g["benchmark"], g["type"], g["model"]): g for g in groups}
+    fig, (ax,) = _figure(width=9.0, height=1.6 + 0.3 * len(categories) * max(2, len(models)))
+    width = 0.8 / len(models)
+    for i, model in enumerate(models):
+        ys = [j + (i - (len(models) - 1) / 2) * width for j in range(len(categories))]
+        values = [100 * at[(b, t, model)]["accuracy"] if (b, t, model) in at else 0.0 for b, t in categories]
+        bars = ax.barh(ys, values, height=width, color=colormaps["viridis"](i / max(1, len(models) - 1)),
+                       label=model)
+        _bar_labels(ax, bars, [f"{v:.1f}%" if (b, t, model) in at else "" for v, (b, t) in zip(values, categories)],
+                    fontsize=7)
+    for j, (b, t) in enumerate(categories):
+        base = next(g["baseline"] for g in groups if (g["benchmark"], g["type"]) == (b, t))
+        ax.plot([100 * base] * 2, [j - 0.45, j + 0.45], color="#d62828", linestyle="--", linewidth=1.5,
+                label="question-only baseline" if j == 0 else None)
+    benches = {b for b, _ in categories}
+    ax.set_yticks(range(len(categories)), [t if len(benches) == 1 else f"{b}: {t}" for b, t in categories])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("accuracy (%)")
+    ax.set_title("Accuracy by question type" + (f" ({next(iter(benches))})" if len(benches) == 1 else ""))
+    _legend(ax)
+    return _svg(fig)
+
+
+def pass_at_k(rows: list[dict]) -> str | None:
+    """pass@k against k for each evaluation that drew several samples per problem (`evals.pass_at_k`)."""
+    from vlfactory.reports.stats import eval_label
+
+    drawn = [r for r in rows if (r.get("samples_per_problem") or 1) > 1 and r.get("pass_at_k")]
+    if not drawn:
+        return None
+    fig, (ax,) = _figure(width=7.5)
+    for r in drawn:
+        ks = range(1, len(r["pass_at_k"]) + 1)
+        ax.plot(ks, [100 * p for p in r["pass_at_k"]], marker="o", label=f"{eval_label(r)} ({r['benchmark']})")
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("pass@k (%)")
+    ax.set_ylim(0, 105)
+    ax.xaxis.set_major_locator(_integers())
+    ax.set_title("pass@k")
+    _legend(ax)
+    return _svg(fig)
+
+
 def diff(changes: dict[str, dict[str, int]], a: str, b: str) -> str | None:
     """Rows added, removed and changed (by key: updated in place) per table between two versions."""
     kinds = ("added", "removed", "changed")
@@ -409,9 +495,11 @@ def iterations(names: list[str], series: dict[str, list[int]]) -> str | None:
 
 def keywords(rates: list[dict], words: list[str]) -> str | None:
     """Reflection-keyword frequency per 1k words across the loop, one panel per series (traces and rollouts
-    per iteration tag, the answers of each evaluated model), one line per keyword: the paper's figure."""
+    per iteration tag, the answers of each evaluated model), one line per keyword that occurs at all (the
+    paper's figure); None when none does (the report then says so instead of drawing zeros)."""
+    words = [w for w in words if any(r["counts"].get(w) for r in rates)]
     series = [s for s in ("traces", "rollouts", "eval samples") if any(r["series"] == s for r in rates)]
-    if not series:
+    if not series or not words:
         return None
     fig, axes = _figure(1, len(series), width=4.6 * len(series) + 1.5, height=3.8)
     from matplotlib import colormaps

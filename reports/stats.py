@@ -17,11 +17,11 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Callable
 
 import yaml
 
-from vlfactory.recipe import TRACKED_KEYWORDS, RLSetConfig, SFTSetConfig, VerifyConfig
 from vlfactory.stores.lake import Lake, LakeError
 from vlfactory.stores.sqltext import literal
 
@@ -65,6 +65,7 @@ class VersionStats:
     verdicts: list[dict] = field(default_factory=list)                # ref_table, reason, rows (graded, not accepted)
     lengths: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # words|tokens -> group -> values
     pass_rates: dict[str, list[float]] = field(default_factory=dict)  # policy model -> per-problem pass rates
+    pass_counts: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # ... as (correct, samples)
     usage: list[dict] = field(default_factory=list)                   # stage, model, calls, tokens, latency
     sampling: list[dict] = field(default_factory=list)                # stage, model, temperature, top_p, ...
     prompts: list[dict] = field(default_factory=list)                 # stage, name, prompt_hash, text
@@ -82,6 +83,8 @@ class VersionStats:
     trainings: list[dict] = field(default_factory=list)               # the trainings of this version, labelled
     curves: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)  # label -> name -> points
     examples: list[dict] = field(default_factory=list)                # a few traces/rollouts with their problem
+    by_type: list[dict] = field(default_factory=list)                 # eval accuracy per question type, baseline
+    paired: list[dict] = field(default_factory=list)                  # consecutive models on the same problems
 
     @property
     def sources(self) -> list[str]:
@@ -157,10 +160,11 @@ def version_stats(lake: Lake, version: str | int, since: int | None = None) -> V
         for unit in ("words", "tokens"):
             if r[unit] is not None:
                 st.lengths.setdefault(unit, {}).setdefault(r["grp"], []).append(r[unit])
-    for r in q(f"""SELECT r.model, avg(CASE WHEN g.correct THEN 1.0 ELSE 0.0 END) AS rate
+    for r in q(f"""SELECT r.model, count(*) FILTER (WHERE g.correct) AS correct, count(*) AS samples
                             FROM rollouts@{s} r JOIN grades@{s} g ON g.ref_table = 'rollouts' AND g.ref_id = r.rollout_id
                             WHERE g.correct IS NOT NULL GROUP BY r.problem_id, r.model ORDER BY ALL"""):
-        st.pass_rates.setdefault(r["model"], []).append(float(r["rate"]))
+        st.pass_rates.setdefault(r["model"], []).append(r["correct"] / r["samples"])
+        st.pass_counts.setdefault(r["model"], []).append((r["correct"], r["samples"]))
     st.usage = q(f"""SELECT stage, model, count(*) AS calls, sum(prompt_tokens) AS prompt_tokens,
                                      sum(completion_tokens) AS completion_tokens, sum(latency_s) AS latency_s
                               FROM {generations(s)} GROUP BY ALL ORDER BY ALL""")
@@ -205,6 +209,7 @@ def version_stats(lake: Lake, version: str | int, since: int | None = None) -> V
             r["tokens_per_s"] = r["completion_tokens"] / r["wall_s"]
     trainings(lake, st, q)
     st.examples = examples(lake, s, q)
+    st.by_type, st.paired = by_question_type(lake, s), paired(lake, s)
     return st
 
 
@@ -286,13 +291,15 @@ def examples(lake: Lake, s: int, q: Callable[[str], list[dict]]) -> list[dict]:
     """A few traces and rollouts (accepted and not) with their problem, caption, cleaned text and image."""
     found = []
     for table, key in (("traces", "trace_id"), ("rollouts", "rollout_id")):
+        # a trace's reasoner read the caption it names; a rollout's policy saw the image, no caption
+        caption = (f"LEFT JOIN captions@{s} c ON c.caption_id = x.caption_id" if table == "traces" else
+                   "LEFT JOIN (SELECT NULL::VARCHAR AS caption) c ON false")
         found += q(f"""SELECT '{table}' AS ref_table, x.{key} AS ref_id, x.model, x.completion, x.completion_tokens,
                               x.finish_reason, coalesce(g.accepted, false) AS accepted, g.grade_reason, g.reasons,
                               g.extracted, g.cleaned, p.source, p.question, p.answer AS gold, p.image_id, c.caption
                        FROM {table}@{s} x JOIN problems@{s} p USING (problem_id)
                        LEFT JOIN grades@{s} g ON g.ref_table = '{table}' AND g.ref_id = x.{key}
-                       LEFT JOIN (SELECT problem_id, any_value(caption ORDER BY origin DESC) AS caption
-                                  FROM captions@{s} GROUP BY 1) c USING (problem_id)
+                       {caption}
                        QUALIFY row_number() OVER (PARTITION BY coalesce(g.accepted, false) ORDER BY x.{key})
                                <= CASE WHEN coalesce(g.accepted, false) THEN {EXAMPLES[True]} ELSE {EXAMPLES[False]} END
                        ORDER BY accepted DESC, ref_id""")
@@ -323,6 +330,8 @@ def eval_order(r: dict) -> tuple:
 
 def tracked_keywords(st: VersionStats) -> list[str]:
     """The words the loop follows (the last recipe's loop.track_keywords), else the paper's list."""
+    from vlfactory.recipe import TRACKED_KEYWORDS  # recipes load only where a report reads one
+
     for recipe in reversed(st.recipes):
         loop = (yaml.safe_load(recipe["text"]) or {}).get("loop") or {}
         if loop.get("track_keywords"):
@@ -403,6 +412,144 @@ def eval_examples(lake: Lake, per_model: int = 3) -> list[dict]:
     return sorted(found, key=lambda r: (eval_order(r), r["benchmark"], r["source_id"], r["sample_index"]))
 
 
+def question_type(question: str | None) -> str:
+    """A question's type, for accuracy by type: its first three words, lower case, without punctuation or numbers.
+
+    >>> question_type("Which shape is bigger, the red one or the blue one?"), question_type("How many shapes?")
+    ('which shape is', 'how many shapes')
+    """
+    words = re.findall(r"[^\W\d_]+", (question or "").lower())
+    return " ".join(words[:3]) or "(no question)"
+
+
+def question_only(rows: list[dict]) -> list[float]:
+    """Per row (`question`, `answer` the gold, `choices`), the expected score of answering without the image: the
+    most common gold answer among the *other* rows asking the very same question (ties split evenly), else one
+    choice at random, else 0. Leaving the row itself out keeps a question asked once from scoring itself.
+
+    >>> question_only([{"question": "Bigger, red or blue?", "answer": a, "choices": None} for a in "rrb"])
+    [0.5, 0.5, 0.0]
+    >>> question_only([{"question": "Colour?", "answer": "red", "choices": ["red", "blue", "green", "yellow"]}])
+    [0.25]
+    """
+    from collections import Counter
+
+    golds: dict[str, Counter] = {}
+    for r in rows:
+        golds.setdefault(r["question"], Counter())[r["answer"]] += 1
+    scores = []
+    for r in rows:
+        others = golds[r["question"]].copy()
+        others[r["answer"]] -= 1
+        best = max(others.values(), default=0)
+        if best > 0:
+            tied = [a for a, n in others.items() if n == best]
+            scores.append(1 / len(tied) if r["answer"] in tied else 0.0)
+        else:
+            scores.append(1 / len(r["choices"]) if r.get("choices") else 0.0)
+    return scores
+
+
+def by_question_type(lake: Lake, s: int) -> list[dict]:
+    """Eval accuracy of each evaluated model of the loop per benchmark and question type (`question_type`), with
+    the question-only baseline of each group (`question_only`, over the benchmark's problems): the line a model
+    that ignores the image reaches."""
+    found = rows(lake, f"""SELECT e.iteration, e.stage, x.benchmark, x.source_id, x.question, x.answer,
+                                  avg(coalesce(x.correct, false)::INT) AS correct, any_value(p.choices) AS choices
+                           FROM eval_samples@{s} x
+                           JOIN (SELECT DISTINCT iteration, stage, eval_key FROM evals@{s}
+                                 WHERE iteration IS NOT NULL AND stage IS NOT NULL) e USING (eval_key)
+                           LEFT JOIN problems@{s} p ON p.source = x.benchmark AND p.source_id = x.source_id
+                           GROUP BY ALL""")
+    problems = {(r["benchmark"], r["source_id"]): r for r in found}
+    baseline = dict(zip(problems, question_only(list(problems.values()))))
+    groups: dict[tuple, dict] = {}
+    for r in found:
+        label, kind = eval_label(r), question_type(r["question"])
+        g = groups.setdefault((r["benchmark"], kind, label), {
+            "benchmark": r["benchmark"], "type": kind, "model": label, "order": eval_order(r), "problems": 0,
+            "correct": 0.0, "baseline": 0.0})
+        g["problems"] += 1
+        g["correct"] += r["correct"]
+        g["baseline"] += baseline[r["benchmark"], r["source_id"]]
+    out = [g | {"accuracy": g["correct"] / g["problems"], "baseline": g["baseline"] / g["problems"]}
+           for g in groups.values()]
+    return sorted(out, key=lambda g: (g["benchmark"], g["type"], g["order"]))
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """The two-sided exact McNemar test of paired binary outcomes: b pairs right only under A, c right only under
+    B; the p-value of so uneven a split when either model is as likely to win a discordant pair.
+
+    >>> round(mcnemar_exact(10, 2), 4), mcnemar_exact(3, 3), mcnemar_exact(0, 0)
+    (0.0386, 1.0, 1.0)
+    """
+    from math import comb
+
+    n = b + c
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n)
+
+
+def paired_bootstrap(a: list[float], b: list[float], resamples: int = 10_000, seed: int = 0) -> float:
+    """Two-sided p-value of the mean paired difference b - a (per-problem scores) by the paired bootstrap: twice
+    the share of resampled differences on the far side of zero (the observed sign's opposite).
+
+    >>> paired_bootstrap([0.0] * 20, [1.0] * 20) < 0.001, paired_bootstrap([0.5] * 9, [0.5] * 9)
+    (True, 1.0)
+    """
+    import random
+
+    n = len(a)
+    diffs = [y - x for x, y in zip(a, b)]
+    observed = sum(diffs) / n if n else 0.0
+    if not n or not any(diffs):
+        return 1.0
+    rnd = random.Random(seed)
+    far = 0
+    for _ in range(resamples):
+        mean = sum(diffs[rnd.randrange(n)] for _ in range(n)) / n
+        far += (mean <= 0) if observed > 0 else (mean >= 0)
+    return min(1.0, 2 * (far + 1) / (resamples + 1))
+
+
+def paired(lake: Lake, s: int) -> list[dict]:
+    """Consecutive models of the loop (base -> iter1 sft -> iter1 grpo -> ...) compared on the problems both
+    answered, per benchmark: accuracies, the problems that flipped each way, and the p-value (exact McNemar with
+    one sample per problem; a paired bootstrap of per-problem accuracy with several)."""
+    found = rows(lake, f"""SELECT e.iteration, e.stage, x.benchmark, x.source_id,
+                                  avg(coalesce(x.correct, false)::INT) AS score,
+                                  count(*) AS samples
+                           FROM eval_samples@{s} x
+                           JOIN (SELECT DISTINCT iteration, stage, eval_key FROM evals@{s}
+                                 WHERE iteration IS NOT NULL AND stage IS NOT NULL) e USING (eval_key)
+                           GROUP BY ALL""")
+    models: dict[str, dict] = {}
+    for r in found:
+        m = models.setdefault(r["benchmark"], {}).setdefault(eval_label(r), {"order": eval_order(r), "scores": {},
+                                                                              "samples": 0})
+        m["scores"][r["source_id"]] = r["score"]
+        m["samples"] = max(m["samples"], r["samples"])
+    out = []
+    for bench, by_model in sorted(models.items()):
+        ordered = sorted(by_model.items(), key=lambda kv: kv[1]["order"])
+        for (name_a, a), (name_b, b) in pairwise(ordered):
+            common = sorted(set(a["scores"]) & set(b["scores"]))
+            if not common:
+                continue
+            xa, xb = [a["scores"][k] for k in common], [b["scores"][k] for k in common]
+            binary = a["samples"] == b["samples"] == 1
+            only_a = sum(x > y for x, y in zip(xa, xb))
+            only_b = sum(y > x for x, y in zip(xa, xb))
+            out.append({"benchmark": bench, "a": name_a, "b": name_b, "problems": len(common),
+                        "accuracy_a": sum(xa) / len(common), "accuracy_b": sum(xb) / len(common),
+                        "better_a": only_a, "better_b": only_b,
+                        "test": "exact McNemar" if binary else "paired bootstrap",
+                        "p": mcnemar_exact(only_a, only_b) if binary else paired_bootstrap(xa, xb)})
+    return out
+
+
 def runs_until(lake: Lake, snapshot: int) -> list[dict]:
     """The runs whose commits make up the lake up to this snapshot (each commit names its run)."""
     ids = []
@@ -431,6 +578,8 @@ def lineage(st: VersionStats) -> None:
         for src in raw.get("sources") or []:
             st.licenses[src.get("name")] = src.get("license")  # a later recipe's word wins
     # The last recipe's settings, with the defaults it left out: what applied.
+    from vlfactory.recipe import RLSetConfig, SFTSetConfig, VerifyConfig
+
     raw = parsed[-1] if parsed else {}
     st.settings = {"verify": dataclasses.asdict(VerifyConfig()) | (raw.get("verify") or {})}
     for key, cls in (("sft", SFTSetConfig), ("rl", RLSetConfig)):

@@ -46,7 +46,11 @@ T = TypeVar("T")
 
 
 class LakeError(Exception):
-    """A problem the user can fix (bad spec, unknown version, refused SQL)."""
+    """A problem the user can fix (bad spec, unknown version, refused SQL). A query's error also says where in
+    the query DuckDB pointed: `sql` and `position` (a character offset), else None."""
+
+    sql: str | None = None
+    position: int | None = None
 
 
 class WriteConflict(Exception):
@@ -62,6 +66,8 @@ class Lake:
         self.read_only = read_only or at is not None
         self.run_id: str | None = None
         self._locked = False
+        self.pinned: int | None = None  # the snapshot a read-only Lake reads, whatever is committed meanwhile
+        self._memo: dict[tuple, object] = {}  # lookups at the pinned snapshot (tables, tags): they cannot change
         catalog = self.spec.catalog_file
         if catalog is not None and not catalog.exists():
             if not create or self.read_only:
@@ -297,9 +303,20 @@ class Lake:
                                [TAG_COMMIT]).fetchone()
         return row[0]
 
+    def _cached(self, name: str, make: Callable[[], T]) -> T:
+        """`make()`, kept per pinned snapshot: a read-only Lake reads one snapshot, which never changes, so a
+        report's hundred queries look its tables and tags up once (each lookup is a catalog query). A
+        writable Lake sees its own commits: nothing is kept."""
+        if self.pinned is None:
+            return make()
+        key = (name, self.pinned)
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
     def tags(self) -> dict[str, int]:
-        rows = self.con.execute(f"""SELECT name, arg_max(snapshot_id, created_at) FROM {DB}.tags GROUP BY name""").fetchall()
-        return dict(rows)
+        return dict(self._cached("tags", lambda: dict(self.con.execute(
+            f"SELECT name, arg_max(snapshot_id, created_at) FROM {DB}.tags GROUP BY name").fetchall())))
 
     def resolve(self, version: int | str) -> int:
         """A snapshot id from a tag name, a snapshot number, or `latest`."""
@@ -344,45 +361,87 @@ class Lake:
     # ---- reading -----------------------------------------------------------
 
     def tables(self) -> list[str]:
-        rows = self.con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY 1", [DB]).fetchall()
-        return [r[0] for r in rows if r[0] not in INTERNAL]
+        def look() -> list[str]:
+            rows = self.con.execute(f"SELECT table_name FROM duckdb_tables() WHERE database_name = '{DB}' ORDER BY 1"
+                                    ).fetchall()
+            return [r[0] for r in rows if r[0] not in INTERNAL]
+        return list(self._cached("tables", look))
 
     def expand_versions(self, sql: str) -> str:
         """Rewrite `table@version` (a tag or snapshot id) into DuckLake's time travel."""
-        tables = set(self.tables())
-        keywords = _keywords(self.con)
+        return self._expand(sql)[0]
 
-        def sub(m: re.Match) -> str:
-            name, version, alias = m.group(1), m.group(2), m.group(3) or ""
-            if name not in tables:
-                raise LakeError(f"unknown table {name!r} in {name}@{version}; tables: {', '.join(sorted(tables))}")
-            at = f" AT (VERSION => {self.resolve(version)})"
-            word = alias.split()[-1] if alias else ""
-            if word.upper() in keywords:
-                return f"{DB}.{name}{at}{alias}"  # the next word is SQL, not an alias
-            # DuckDB wants a bare alias before AT: `lake.t x AT (...)`
-            return f"{DB}.{name}{' ' + word if word else ''}{at}"
+    def _expand(self, sql: str) -> tuple[str, list[tuple[int, int, int, int]]]:
+        """`expand_versions`, and where each rewrite went: (start, end) in `sql` and (start, end) in the result,
+        so a position DuckDB reports in the result maps back to the text the user wrote."""
+        out, edits, size = [], [], 0
+        for a, b, code in _code_spans(sql):
+            piece, last = sql[a:b], 0
+            for m in _VERSIONED.finditer(piece) if code and "@" in piece else ():
+                out.append(piece[last:m.start()])
+                size += m.start() - last
+                new = self._at(m)
+                edits.append((a + m.start(), a + m.end(), size, size + len(new)))
+                out.append(new)
+                size, last = size + len(new), m.end()
+            out.append(piece[last:])
+            size += len(piece) - last
+        return "".join(out), edits
 
-        pattern = re.compile(r"(?<![\w.\"])([A-Za-z_]\w*)@([A-Za-z0-9][\w.-]*)((?:\s+AS)?\s+[A-Za-z_]\w*)?", re.I)
-        return "".join(pattern.sub(sub, sql[a:b]) if code else sql[a:b] for a, b, code in _code_spans(sql))
+    def _at(self, m: re.Match) -> str:
+        name, version, alias = m.group(1), m.group(2), m.group(3) or ""
+        tables = self.tables()
+        if name not in tables:
+            raise LakeError(f"unknown table {name!r} in {name}@{version}; tables: {', '.join(sorted(tables))}")
+        at = f" AT (VERSION => {self.resolve(version)})"
+        word = alias.split()[-1] if alias else ""
+        if word.upper() in _keywords(self.con):
+            return f"{DB}.{name}{at}{alias}"  # the next word is SQL, not an alias
+        # DuckDB wants a bare alias before AT: `lake.t x AT (...)`
+        return f"{DB}.{name}{' ' + word if word else ''}{at}"
 
     def query(self, sql: str, params: list | None = None) -> duckdb.DuckDBPyRelation:
-        """A read-only query, with `table@version` allowed. Refuses writes."""
-        sql = self.expand_versions(sql)
+        """A read-only query, with `table@version` allowed. Refuses writes. An error is a LakeError on one line
+        with DuckDB's hints, carrying where in `sql` DuckDB pointed (`error.position`, see `error`)."""
+        text, edits = self._expand(sql)
         try:
-            statements = self.con.extract_statements(sql)
+            statements = self.con.extract_statements(text)
         except duckdb.Error as e:
-            raise LakeError(error_line(e)) from None
+            raise self._error(e, sql, text, edits) from None
         if len(statements) != 1:
             raise LakeError(f"expected one SQL statement, got {len(statements)}")
-        kind = _statement_kind(sql, statements[0].type)
+        kind = _statement_kind(text, statements[0].type)
         if kind != duckdb.StatementType.SELECT:
             raise LakeError(f"refused: {kind.name} statements change data; `vlfactory sql` is read-only "
                             "(the factory's commands write the lake)")
         try:
-            return self.con.sql(sql, params=params)
+            return self.con.sql(text, params=params)
         except duckdb.Error as e:
-            raise LakeError(error_line(e)) from None
+            if "\nLINE " not in str(e) and isinstance(e, (duckdb.BinderException, duckdb.CatalogException)):
+                try:  # a relation's binder drops the position; the same SQL bound by execute keeps it
+                    self.con.execute(f"EXPLAIN {text}", params)  # plans, runs nothing (and fails binding again)
+                except duckdb.Error as again:
+                    if "\nLINE " in str(again):
+                        e, text = again, f"EXPLAIN {text}"
+                        edits = [(0, 0, 0, 8), *((a, b, x + 8, y + 8) for a, b, x, y in edits)]
+            raise self._error(e, sql, text, edits) from None
+
+    def error(self, e: duckdb.Error, sql: str) -> LakeError:
+        """A DuckDB error raised while reading the result of `query(sql)` (a failed cast, say) as query's own."""
+        text, edits = self._expand(sql)
+        return self._error(e, sql, text, edits)
+
+    @staticmethod
+    def _error(e: duckdb.Error, sql: str, text: str, edits: list[tuple[int, int, int, int]]) -> LakeError:
+        error = LakeError(error_line(e))
+        at = _position(str(e), text)
+        if at is not None:
+            for start, end, new_start, new_end in reversed(edits):  # back from the rewritten text to the user's
+                if at >= new_start:
+                    at = start if at < new_end else at - new_end + end  # inside a rewrite: its `table@version`
+                    break
+            error.sql, error.position = sql, min(at, len(sql))
+        return error
 
     def count(self, table: str, snapshot: int | None = None) -> int:
         at = f" AT (VERSION => {int(snapshot)})" if snapshot is not None else ""
@@ -581,7 +640,38 @@ class Lake:
         return maintenance.gc(self, older_than_s, dry_run, say)
 
 
+_VERSIONED = re.compile(r"(?<![\w.\"])([A-Za-z_]\w*)@([A-Za-z0-9][\w.-]*)((?:\s+AS)?\s+[A-Za-z_]\w*)?", re.I)
+
+
+def _position(message: str, text: str) -> int | None:
+    """The character offset in `text` that DuckDB's message points at (`LINE n: <the line>` over a caret), or
+    None. DuckDB may show a window of a long line between `...`, and counts the caret in display columns
+    (a wide character is two)."""
+    import unicodedata
+
+    lines = message.splitlines()
+    for i, line in enumerate(lines[:-1]):
+        m = re.match(r"LINE (\d+): ", line)
+        if not m or "^" not in lines[i + 1]:
+            continue
+        shown, caret = line[m.end():], len(lines[i + 1]) - len(lines[i + 1].lstrip(" ")) - m.end()
+        if shown.startswith("..."):
+            shown, caret = shown[3:], caret - 3
+        shown = shown.removesuffix("...")
+        source = text.split("\n")
+        n = int(m.group(1)) - 1
+        if n >= len(source) or shown not in source[n]:
+            return None
+        column, width = source[n].index(shown), 0
+        for ch in shown:
+            if width >= caret:
+                break
+            width += 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+            column += 1
+        return sum(len(x) + 1 for x in source[:n]) + column
+    return None
+
+
 def _under(base: str, path: str, relative: bool) -> str:
     """A DuckLake catalog path: relative to its parent's (a folder's paths end in '/'), or absolute."""
     return base.rstrip("/") + "/" + path if relative else path
-

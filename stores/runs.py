@@ -1,11 +1,20 @@
 """Runs (lineage): every command that writes records a row in `runs` (its recipe, versions, host and
-pid), ended with its status; a run whose process is gone is marked interrupted by the next one."""
+pid), ended with its status; a run whose process is gone is marked interrupted by the next one.
+
+`recorded` is the one lifecycle `vlfactory run`, `iterate` and `eval` share:
+
+    with runs.recorded(lake, "eval", recipe.text, recipe.name, argv) as run:
+        run.counts["eval.problems"] = 40    # ends `ok` with these counts; an exception ends it `failed`
+                                            # with its error line, Ctrl-C `interrupted`
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -59,6 +68,46 @@ def end_run(lake: Lake, status: str, counts: dict[str, int] | None = None, error
         f"""UPDATE {DB}.runs SET ended_at = now(), status = ?, error = ?, counts = ?,
             snapshot_end = (SELECT id FROM {DB}.current_snapshot()) WHERE run_id = ?""",
         [status, redact(error), {k: int(v) for k, v in (counts or {}).items()}, lake.run_id]))
+
+
+@dataclass
+class Run:
+    """The run being recorded: its id, and the counts it ends with (added to as it goes)."""
+
+    run_id: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def recorded(lake: Lake | Callable[[], contextlib.AbstractContextManager[Lake]], command: str,
+             recipe_text: str | None = None, recipe_name: str | None = None,
+             argv: str | None = None) -> Iterator[Run]:
+    """One recorded run around the block: a `runs` row started, then ended `ok` with the run's counts, `failed`
+    with the error (`Type: message`) when the block raises, `interrupted` on Ctrl-C. The error still propagates.
+
+    `lake`: an open Lake, or a function opening one (the loop's: it holds no lake open between its steps,
+    whose trainings write to it from their own processes), opened to start and again to end the run.
+    Test: tests/stages/test_evals.py::test_a_failing_eval_is_recorded_failed_with_its_error.
+    """
+    def lake_for() -> contextlib.AbstractContextManager[Lake]:
+        return contextlib.nullcontext(lake) if isinstance(lake, Lake) else lake()
+
+    with lake_for() as lk:
+        run = Run(start_run(lk, command, recipe_text, recipe_name, argv))
+    status, error = "failed", None
+    try:
+        yield run
+        status = "ok"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except BaseException as e:
+        error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        with lake_for() as lk:
+            lk.run_id = run.run_id
+            end_run(lk, status, run.counts, error=error)
 
 
 def mark_interrupted(lake: Lake) -> list[str]:

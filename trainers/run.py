@@ -42,7 +42,8 @@ import pyarrow as pa
 
 from vlfactory import tracking
 from vlfactory.recipe import RecipeError
-from vlfactory.stores.lake import DB, Lake, LakeError, LakeSpec
+from vlfactory.stores import tables
+from vlfactory.stores.lake import Lake, LakeError, LakeSpec
 from vlfactory.stores.runs import package_versions
 from vlfactory.stores.schema import TRAINING_LOGS
 from vlfactory.trainers.config import load_config, settings_digest
@@ -262,8 +263,7 @@ def _insert(lake: Lake, record: Training) -> None:
     row = asdict(record)
     row["metrics"] = None
     with lake.transaction(f"train {record.kind} {record.training_id}: start"):
-        lake.con.execute(f"INSERT INTO {DB}.trainings ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                         [row[c] for c in COLUMNS])
+        tables.insert_row(lake, "trainings", {c: row[c] for c in COLUMNS})
 
 
 def _finish(spec: LakeSpec, record: Training, logs: list[dict] | None = None) -> None:
@@ -274,10 +274,9 @@ def _finish(spec: LakeSpec, record: Training, logs: list[dict] | None = None) ->
         try:
             message = f"train {record.kind} {record.training_id}: {record.status}"
             with Lake(spec, create=False) as lk, lk.transaction(message):
-                lk.con.execute(f"UPDATE {DB}.trainings SET status = ?, metrics = ?, ended_at = ?, error = ?, "
-                               "model_id = ? WHERE training_id = ?",
-                               [record.status, record.metrics or None, record.ended_at, record.error,
-                                record.model_id, record.training_id])
+                tables.update(lk, "trainings", "training_id", record.training_id, {
+                    "status": record.status, "metrics": record.metrics or None, "ended_at": record.ended_at,
+                    "error": record.error, "model_id": record.model_id})
                 if logs:  # the loss and reward curves, committed with the status
                     lk.insert("training_logs", pa.Table.from_pylist(logs, schema=TRAINING_LOGS))
                 if record.model_id:  # name the checkpoint's identity, and say which training made it
@@ -294,8 +293,8 @@ def name_model(lake: Lake, model_id: str, path: str, training_id: str | None, ru
     training's final model, or one of its step checkpoints); once per (identity, path), in the open transaction."""
     key = hashlib.sha256(json.dumps(["model", model_id, path]).encode()).hexdigest()[:16]
     if not lake.existing("models", "model_key", [key]):
-        lake.con.execute(f"""INSERT INTO {DB}.models (model_key, model_id, name, path, kind, training_id, run_id)
-                             VALUES (?, ?, ?, ?, 'folder', ?, ?)""", [key, model_id, path, path, training_id, run_id])
+        tables.insert_row(lake, "models", {"model_key": key, "model_id": model_id, "name": path, "path": path,
+                                           "kind": "folder", "training_id": training_id, "run_id": run_id})
 
 
 def read_record(output_dir: str | Path) -> dict | None:

@@ -22,6 +22,16 @@ switches to a real reasoner by changing two lines:
 
 Its identity (`models.identity("caption-reasoner")`) is a digest of this
 file, so editing the rules regenerates the traces they wrote.
+
+Where it differs from a model (tests/unit/test_teacher.py::
+test_reasoner_ignores_sampling_and_counts_words):
+- Sampling is ignored: `temperature`, `top_p`, `seed`, `max_tokens` and `stop`
+  change nothing, and the `n` samples of a request are n copies of one chain.
+  Pass rates over its samples are 0 or 1, and its traces are as diverse as
+  the captions, not as a sampled model's.
+- Token counts are words: a trace's prompt and completion token counts are
+  whitespace-separated words, not a tokenizer's tokens, so throughput, cost and
+  length figures from this backend are in words.
 """
 
 from __future__ import annotations

@@ -17,16 +17,16 @@ import pyarrow as pa
 from vlfactory.stages.generation import Generation, Prompt, image_part, sha
 from vlfactory.recipe import CaptionConfig
 from vlfactory.stages import Scope, StageResult
-from vlfactory.stores import schema
+from vlfactory.stores import schema, tables
 from vlfactory.stores.lake import Lake
 
 SOURCE_COLUMNS = ("caption_id", "problem_id", "image_id", "model", "caption", "origin", "request_key", "run_id")
 
 
 def problems(lake: Lake, scope: Scope) -> list[tuple]:
-    return lake.con.execute(f"""SELECT p.problem_id, p.image_id, p.caption, p.source, i.format
+    return tables.rows(lake, f"""SELECT p.problem_id, p.image_id, p.caption, p.source, i.format
         FROM {scope.problems()} p LEFT JOIN lake.images i USING (image_id)
-        ORDER BY p.source, p.source_id, p.problem_id""").fetchall()
+        ORDER BY p.source, p.source_id, p.problem_id""")
 
 
 class Caption(Generation):

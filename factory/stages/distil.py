@@ -19,6 +19,7 @@ import re
 from vlfactory.stages.generation import Generation, Prompt
 from vlfactory.recipe import DistilConfig
 from vlfactory.stages import Scope, StageResult
+from vlfactory.stores import tables
 from vlfactory.stores.lake import Lake
 from vlfactory.verify import extract_answer
 
@@ -50,7 +51,7 @@ def problems_with_captions(lake: Lake, cfg: DistilConfig, scope: Scope) -> tuple
         SELECT t.problem_id, t.question, t.choices, c.caption_id, c.caption
         FROM todo t LEFT JOIN chosen c ON c.problem_id = t.problem_id AND c.rank = 1
         ORDER BY t.source, t.source_id, t.problem_id"""
-    rows = lake.con.execute(sql, [prefer_source, *params]).fetchall()
+    rows = tables.rows(lake, sql, [prefer_source, *params])
     return [r for r in rows if r[4] is not None], sum(r[4] is None for r in rows)
 
 

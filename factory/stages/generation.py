@@ -36,7 +36,7 @@ from vlfactory.backends import Backend, Request, Result, Sampling
 from vlfactory.prompts import Template, load_template
 from vlfactory.recipe import GenerationConfig
 from vlfactory.stages import Progress, StageResult
-from vlfactory.stores import schema
+from vlfactory.stores import schema, tables
 from vlfactory.stores.lake import Lake
 
 
@@ -65,12 +65,9 @@ def hydrate_images(lake: Lake, prompts: list[Prompt]) -> None:
     if not parts:
         return
     ids = sorted({p["image_id"] for p in parts})
-    lake.con.register("_ids", pa.table({"image_id": ids}))
-    try:
-        rows = lake.con.execute("SELECT image_id, bytes, format FROM lake.images WHERE image_id IN "
-                                "(SELECT image_id FROM _ids)").fetchall()
-    finally:
-        lake.con.unregister("_ids")
+    with tables.registered(lake, "_ids", pa.table({"image_id": ids})):
+        rows = tables.rows(lake, "SELECT image_id, bytes, format FROM lake.images WHERE image_id IN "
+                                 "(SELECT image_id FROM _ids)")
     found = {r[0]: (r[1], r[2]) for r in rows}
     for p in parts:
         p["image"], fmt = found[p["image_id"]]

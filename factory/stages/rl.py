@@ -31,7 +31,7 @@ import pyarrow as pa
 from vlfactory.prompts import load_template
 from vlfactory.recipe import RecipeError, RLSetConfig
 from vlfactory.stages import Scope, StageResult
-from vlfactory.stores import schema
+from vlfactory.stores import schema, tables
 from vlfactory.stores.lake import Lake
 from vlfactory.verify import verdict_identity
 
@@ -65,7 +65,7 @@ class RLStats:
 
 def candidates(lake: Lake, model: str, current: tuple[str, str], scope: Scope) -> list[dict]:
     """Each problem in scope with the policy's tallies, by the current verifier's grades."""
-    rel = lake.con.execute(f"""
+    return tables.dicts(lake, f"""
         WITH todo AS {scope.problems()},
         rates AS (SELECT problem_id, samples, correct FROM lake.pass_rates
                   WHERE model = ? AND verifier = ? AND settings_hash = ?)
@@ -73,16 +73,14 @@ def candidates(lake: Lake, model: str, current: tuple[str, str], scope: Scope) -
                coalesce(r.samples, 0) AS samples, coalesce(r.correct, 0) AS correct
         FROM todo p LEFT JOIN rates r ON r.problem_id = p.problem_id
         ORDER BY p.source, p.source_id, p.problem_id""", [model, *current])
-    cols = [d[0] for d in rel.description]
-    return [dict(zip(cols, r)) for r in rel.fetchall()]
 
 
 def ungraded(lake: Lake, model: str, current: tuple[str, str], scope: Scope) -> int:
-    return lake.con.execute(f"""
+    return tables.one(lake, f"""
         SELECT count(*) FROM lake.rollouts r
         WHERE r.model = ? AND r.problem_id IN (SELECT problem_id FROM {scope.problems()})
           AND r.rollout_id NOT IN (SELECT ref_id FROM lake.grades WHERE ref_table = 'rollouts'
-                                   AND verifier = ? AND settings_hash = ?)""", [model, *current]).fetchone()[0]
+                                   AND verifier = ? AND settings_hash = ?)""", [model, *current])[0]
 
 
 def run(lake: Lake, cfg: RLSetConfig, scope: Scope, progress=None) -> StageResult:

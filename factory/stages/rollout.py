@@ -22,15 +22,16 @@ from vlfactory.stages.distil import split_reasoning
 from vlfactory.stages.generation import Generation, Prompt, image_part
 from vlfactory.recipe import GenerationConfig
 from vlfactory.stages import Scope, StageResult
+from vlfactory.stores import tables
 from vlfactory.stores.lake import Lake
 from vlfactory.verify import extract_answer
 
 
 def problems(lake: Lake, scope: Scope) -> list[tuple]:
     """(problem_id, question, choices, image_id, image format), in the stages' common order."""
-    return lake.con.execute(f"""SELECT p.problem_id, p.question, p.choices, p.image_id, i.format
+    return tables.rows(lake, f"""SELECT p.problem_id, p.question, p.choices, p.image_id, i.format
         FROM {scope.problems()} p LEFT JOIN lake.images i USING (image_id)
-        ORDER BY p.source, p.source_id, p.problem_id""").fetchall()
+        ORDER BY p.source, p.source_id, p.problem_id""")
 
 
 class Rollout(Generation):

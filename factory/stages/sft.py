@@ -31,7 +31,7 @@ import pyarrow as pa
 from vlfactory.prompts import load_template
 from vlfactory.recipe import SFTSetConfig
 from vlfactory.stages import Scope, StageResult
-from vlfactory.stores import schema
+from vlfactory.stores import schema, tables
 from vlfactory.stores.lake import Lake
 from vlfactory.verify import verdict_identity
 
@@ -66,7 +66,7 @@ def _order_key(seed: int, ident: str) -> str:
 def caption_candidates(lake: Lake, scope: Scope) -> list[dict]:
     """The ground-truth captions of the problems in scope, as image -> description examples: the set that
     teaches a base model to see before it learns to reason (`loop.pretrain`)."""
-    rel = lake.con.execute(f"""
+    return tables.dicts(lake, f"""
         WITH todo AS {scope.problems()}
         SELECT c.caption_id AS from_id, 'captions' AS from_table, c.model, c.caption AS completion,
                NULL AS cleaned, true AS cleaned_ok, len(string_split(c.caption, ' ')) AS words,
@@ -74,8 +74,6 @@ def caption_candidates(lake: Lake, scope: Scope) -> list[dict]:
                p.answer
         FROM lake.captions c JOIN todo p ON p.problem_id = c.problem_id
         WHERE c.origin = 'source'""")
-    cols = [d[0] for d in rel.description]
-    return [dict(zip(cols, r)) for r in rel.fetchall()]
 
 
 def candidates(lake: Lake, cfg: SFTSetConfig, scope: Scope) -> list[dict]:
@@ -84,25 +82,23 @@ def candidates(lake: Lake, cfg: SFTSetConfig, scope: Scope) -> list[dict]:
 
     if cfg.candidates == "captions":
         return caption_candidates(lake, scope)
-    tables = ("traces", "rollouts") if cfg.candidates == "both" else (cfg.candidates,)
+    sample_tables = ("traces", "rollouts") if cfg.candidates == "both" else (cfg.candidates,)
     model = identity(cfg.model) if cfg.model else None
     out = []
-    for table in tables:
+    for table in sample_tables:
         id_col = "trace_id" if table == "traces" else "rollout_id"
         where = ["g.accepted", "g.ref_table = ?", "g.verifier = ?", "g.settings_hash = ?"]
         params = [table, *verdict_identity(cfg.verify)]
         if model and (table == "rollouts" or cfg.candidates != "both"):
             where.append("s.model = ?")  # with `both`, the model names whose rollouts join the traces
             params.append(model)
-        rel = lake.con.execute(f"""
+        out += tables.dicts(lake, f"""
             WITH todo AS {scope.problems()}
             SELECT s.{id_col} AS from_id, '{table}' AS from_table, s.model, s.completion, g.cleaned, g.cleaned_ok,
                    g.words, g.cleaned_words, p.problem_id, p.source, p.source_id, p.image_id, p.question,
                    p.choices, p.answer
             FROM grades g JOIN {table} s ON s.{id_col} = g.ref_id JOIN todo p ON p.problem_id = s.problem_id
             WHERE {' AND '.join(where)}""", params)
-        cols = [d[0] for d in rel.description]
-        out += [dict(zip(cols, r)) for r in rel.fetchall()]
     return out
 
 

@@ -70,8 +70,9 @@ from vlfactory import verify
 from vlfactory.stages.distil import split_reasoning
 from vlfactory.recipe import VerifyConfig
 from vlfactory.stages import Scope, StageResult
-from vlfactory.stores import schema
+from vlfactory.stores import schema, tables
 from vlfactory.stores.lake import DB, Lake
+from vlfactory.stores.sqltext import literal
 
 BATCH = 16384                         # samples per transaction: each batch reads the tables once, so few batches
 TABLES = {"traces": "trace_id", "rollouts": "rollout_id"}
@@ -275,14 +276,14 @@ def pending(lake: Lake, table: str, current: tuple[str, str], scope: Scope) -> t
     """Ids of the samples in scope without a current grade, in problem order; how many have one; and
     which of the pending ones have an older grade (to replace: only those need a delete)."""
     id_col = TABLES[table]
-    rows = lake.con.execute(f"""
+    rows = tables.rows(lake, f"""
         SELECT s.{id_col}, coalesce(g.current, false), g.ref_id IS NOT NULL
         FROM {DB}.{table} s LEFT JOIN {DB}.problems p ON p.problem_id = s.problem_id
         LEFT JOIN (SELECT ref_id, bool_or(verifier = ? AND settings_hash = ?) AS current FROM {DB}.grades
                    WHERE ref_table = ? GROUP BY ref_id) g ON g.ref_id = s.{id_col}
         WHERE {_scope(scope)}
         ORDER BY p.source, p.source_id, s.problem_id, s.sample_index, s.{id_col}""",
-        [*current, table]).fetchall()
+        [*current, table])
     return [r[0] for r in rows if not r[1]], sum(r[1] for r in rows), {r[0] for r in rows if r[2] and not r[1]}
 
 
@@ -301,17 +302,14 @@ def stream(lake: Lake, table: str, ids: list[str], batch: int) -> Iterator[list[
     id_col = TABLES[table]
     with tempfile.TemporaryDirectory(prefix="vlfactory-verify-") as tmp:
         path = f"{tmp}/samples.parquet"
-        lake.con.register("_ids", pa.table({"v": pa.array(ids, pa.string())}))
-        try:
-            lake.con.execute(f"""COPY (
+        with tables.registered(lake, "_ids", pa.table({"v": pa.array(ids, pa.string())})):
+            tables.rows(lake, f"""COPY (
                 SELECT s.{id_col} AS ref_id, s.problem_id, s.sample_index, s.model, s.completion, s.finish_reason,
                        p.source, p.question, p.answer, p.choices, p.problem_id IS NOT NULL AS has_problem,
                        s.{id_col} IN (SELECT v FROM _ids) AS wanted
                 FROM {DB}.{table} s LEFT JOIN {DB}.problems p ON p.problem_id = s.problem_id
                 WHERE s.problem_id IN (SELECT problem_id FROM {DB}.{table} WHERE {id_col} IN (SELECT v FROM _ids))
-                ORDER BY s.problem_id, s.sample_index, s.{id_col}) TO '{path}' (FORMAT parquet)""")
-        finally:
-            lake.con.unregister("_ids")
+                ORDER BY s.problem_id, s.sample_index, s.{id_col}) TO {literal(path)} (FORMAT parquet)""")
         out: list[dict] = []
         problem, first = None, {}
         for chunk in pq.ParquetFile(path).iter_batches(batch_size=4096):
@@ -333,17 +331,9 @@ def commit(lake: Lake, table: str, grades: list[dict], rejected: list[dict], gra
     a first grading reads neither table), the new ones in; returns how many older grades it replaced."""
     replaced = [g["ref_id"] for g in grades if g["ref_id"] in graded_before]
     accepted = sum(g["accepted"] for g in grades)
-    old = 0
     with lake.transaction(f"verify: {len(grades)} {table} graded, {accepted} accepted"):
-        if replaced:
-            lake.con.register("_refs", pa.table({"v": pa.array(replaced, pa.string())}))
-            try:
-                old = lake.con.execute(f"DELETE FROM {DB}.grades WHERE ref_table = ? AND ref_id IN "
-                                       "(SELECT v FROM _refs)", [table]).fetchone()[0]
-                lake.con.execute(f"DELETE FROM {DB}.rejected WHERE stage = 'verify' AND ref_id IN "
-                                 "(SELECT v FROM _refs)")
-            finally:
-                lake.con.unregister("_refs")
+        old = tables.delete_in(lake, "grades", "ref_id", replaced, "ref_table = ?", [table])
+        tables.delete_in(lake, "rejected", "ref_id", replaced, "stage = 'verify'")
         lake.insert("grades", pa.Table.from_pylist(grades, schema=schema.GRADES))
         lake.insert("rejected", pa.Table.from_pylist(rejected, schema=schema.REJECTED))
     return old
@@ -354,11 +344,11 @@ def funnels(lake: Lake, current: tuple[str, str], scope: Scope) -> dict[tuple[st
     out: dict[tuple[str, str], Funnel] = {}
     for table, id_col in TABLES.items():
         # Few distinct lists of reasons: count per list here, add up per reason below.
-        rows = lake.con.execute(f"""
+        rows = tables.rows(lake, f"""
             SELECT coalesce(g.source, '(no problem)') AS source, g.reasons, count(*), count(*) FILTER (g.cleaned_ok)
             FROM {DB}.grades g JOIN {DB}.{table} s ON s.{id_col} = g.ref_id
             WHERE g.ref_table = ? AND g.verifier = ? AND g.settings_hash = ? AND {_scope(scope)}
-            GROUP BY ALL ORDER BY source""", [table, *current]).fetchall()
+            GROUP BY ALL ORDER BY source""", [table, *current])
         for source, reasons, n, cleaned_ok in rows:
             f = out.setdefault((table, source), Funnel())
             f.generated += n

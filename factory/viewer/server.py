@@ -4,17 +4,23 @@
     vlfactory view --port 0              # any free port; the URL is printed
 
 Browse problems, captions, traces, rollouts, grades, rejected rows and the
-sft/rl sets of any version; filter by source, verdict, reason, model,
-iteration or any SQL WHERE over the listed table's columns; open a sample to
-see its image, question, the caption the reasoner saw, the full completion
-beside its cleaned version, the extracted answer, verdict and reasons, tokens
-and finish reason; a problem page links all its generations and how they
-stood at every tagged version (TABLE@VERSION time travel).
+sft/rl sets of any version, content first (the image's thumbnail, the question,
+the completion, the verdict and its reasons, the model by its short name);
+sort by any listed column; filter by source, verdict, reason, model, iteration
+(each with how many rows it would list) or any SQL WHERE over the listed
+table's columns; open a sample to see its image, question, the caption the
+reasoner saw, the full completion beside its cleaned version, the extracted
+answer, verdict and reasons, tokens and finish reason, and step to the
+previous or next row of the list; a problem page links all its generations
+and how they stood at every tagged version (TABLE@VERSION time travel).
 
 Standard library only (http.server): a JSON API under /api/ over one read-only
-lake connection, image bytes under /image/<image_id>, and one static page
-(viewer/static/: index.html and app.js). Pages are keyset queries (`id > last ORDER BY id
-LIMIT n`), so paging stays as fast at row 90,000 as at row 0 (bench/viewer.py).
+lake connection, image bytes under /image/<image_id> (`?thumb=N`: a thumbnail),
+and one static page (viewer/static/: index.html and app.js). Lists read an
+in-memory index per table and version (viewer/queries.py), built on first use
+and, for the version shown, when the server starts; pages are keyset queries
+on it, so a page deep in a million rows, or sorted by any column, stays under
+a few tens of milliseconds (bench/viewer.py).
 Filter values are bound parameters; the free SQL WHERE is the one user
 fragment, and it runs through `Lake.query` (one SELECT statement, else refused)
 on a read-only attachment, so it cannot write. It can read what SQL can read,
@@ -41,7 +47,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from vlfactory.stores.lake import DB, Lake, LakeError
+from vlfactory.stores import tables as store
+from vlfactory.stores.lake import Lake, LakeError
 from vlfactory.viewer.queries import Viewer
 
 QUERY_TIMEOUT_S = 30.0
@@ -88,15 +95,17 @@ class Handler(BaseHTTPRequestHandler):
         if url.path.startswith(("/image/", "/api/")) and not hmac.compare_digest(given.encode(), self.token.encode()):
             return self.send(HTTPStatus.FORBIDDEN, b"not this viewer's session: reload the page", "text/plain")
         if url.path.startswith("/image/"):
+            thumb = q.get("thumb", "")
             try:
-                found = self.run(Viewer.image, url.path.removeprefix("/image/"))
+                found = self.run(Viewer.image, url.path.removeprefix("/image/"),
+                                 min(512, int(thumb)) if thumb.isdigit() else None)
             except Exception:  # noqa: BLE001 (a timeout or a closed lake: no image)
                 found = None
             if found is None:
                 return self.send(HTTPStatus.NOT_FOUND, b"no such image", "text/plain")
             return self.send(HTTPStatus.OK, found[0], found[1], cache="private, max-age=31536000, immutable")
-        endpoint = {"/api/meta": Viewer.meta, "/api/rows": Viewer.rows, "/api/sample": Viewer.sample,
-                    "/api/problem": Viewer.problem}.get(url.path)
+        endpoint = {"/api/meta": Viewer.meta, "/api/rows": Viewer.rows, "/api/facets": Viewer.facets,
+                    "/api/sample": Viewer.sample, "/api/problem": Viewer.problem}.get(url.path)
         if endpoint is None:
             return self.send(HTTPStatus.NOT_FOUND, b"not found", "text/plain")
         try:
@@ -123,24 +132,17 @@ class Handler(BaseHTTPRequestHandler):
             return True
         return page and self.headers.get("Sec-Fetch-Mode") == "navigate"
 
-    def run(self, endpoint, arg):
+    def run(self, endpoint, *args):
         """An endpoint on a cursor of its own (DuckDB runs cursors side by side), interrupted after timeout_s."""
         viewer = copy.copy(self.viewer)  # its caches are shared; its lake is this request's
-        viewer.lake = copy.copy(self.viewer.lake)
-        viewer.lake.con = self.viewer.lake.con.cursor()
-        timer = threading.Timer(self.timeout_s, viewer.lake.con.interrupt)
         try:
-            viewer.lake.con.execute(f"USE {DB}")
-            timer.start()
-            return endpoint(viewer, arg)
+            with store.own_cursor(self.viewer.lake, self.timeout_s) as viewer.lake:
+                return endpoint(viewer, *args)
         except Exception as e:
             if type(e).__name__ == "InterruptException" or "Interrupted" in str(e):
                 raise LakeError(f"the query ran longer than {self.timeout_s:g} s and was stopped "
                                 "(VLFACTORY_QUERY_TIMEOUT_S); narrow the WHERE") from None
             raise
-        finally:
-            timer.cancel()
-            viewer.lake.con.close()
 
     def send(self, status: HTTPStatus, body: bytes, kind: str, cache: str = "no-store") -> None:
         self.send_response(status)
@@ -163,9 +165,25 @@ class Handler(BaseHTTPRequestHandler):
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
+def _warm(viewer: Viewer) -> None:
+    """Build the index of the first list the page shows (traces at the version served) and look the models' names
+    up before anyone asks, on a cursor of its own; a request for the index meanwhile waits for this build rather
+    than starting another."""
+    mine = copy.copy(viewer)
+    try:
+        with store.own_cursor(viewer.lake) as mine.lake:
+            snap = mine.snapshot(None)
+            mine.names(snap)  # the models' short names, which every list shows
+            if "traces" in mine.tables(snap):
+                mine.index("traces", snap)
+    except Exception:  # noqa: BLE001, S110 (a closed lake at shutdown: the page builds it when asked, or says why)
+        pass
+
+
 def server(lake: Lake, version: str | int | None = None, host: str = "127.0.0.1", port: int = 8765,
-           timeout_s: float | None = None) -> ThreadingHTTPServer:
-    """A viewer server over an open lake (not yet serving: call serve_forever, or run it in a thread)."""
+           timeout_s: float | None = None, warm: bool = True) -> ThreadingHTTPServer:
+    """A viewer server over an open lake (not yet serving: call serve_forever, or run it in a thread). `warm`
+    builds the index of the first list in a background thread."""
     if version is not None:
         lake.resolve(version)  # an unknown version fails now, with one line
     hosts = LOOPBACK | {host} if host in LOOPBACK else frozenset()  # bound elsewhere on purpose: any Host
@@ -174,9 +192,12 @@ def server(lake: Lake, version: str | int | None = None, host: str = "127.0.0.1"
             timeout_s = float(os.environ.get("VLFACTORY_QUERY_TIMEOUT_S", QUERY_TIMEOUT_S))
         except ValueError:
             timeout_s = QUERY_TIMEOUT_S
-    handler = type("ViewerHandler", (Handler,), {"viewer": Viewer(lake, version), "hosts": hosts,
+    viewer = Viewer(lake, version)
+    handler = type("ViewerHandler", (Handler,), {"viewer": viewer, "hosts": hosts,
                                                  "token": secrets.token_urlsafe(32), "timeout_s": timeout_s})
     httpd = ThreadingHTTPServer((host, port), handler)
+    if warm:
+        threading.Thread(target=_warm, args=(viewer,), name="viewer-index", daemon=True).start()
     httpd.daemon_threads = True
     httpd.token = handler.token  # for a client of our own (bench/viewer.py): send it as X-Vlfactory-Token
     return httpd

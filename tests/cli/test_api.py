@@ -1,5 +1,6 @@
-"""The Python API: load/table/frame read any TABLE@VERSION as the export does, run gives the same lake and
-results as the CLI, and `import vlfactory` stays light."""
+"""The Python API: load/table/frame read any TABLE@VERSION as the export does, `load` as `datasets.load_dataset`
+gives a Hub dataset (a DatasetDict by split, `split=`, `columns=`, `streaming=True`, silent), run gives the same
+lake and results as the CLI, and `import vlfactory` stays light."""
 
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ def wb(tmp_path_factory):
 def test_load_is_the_export_with_images(wb, tmp_path, cli):
     import datasets
 
-    ds = vlfactory.load("sft@iter1", lake=wb.lake)
+    dd = vlfactory.load("sft@iter1", lake=wb.lake)
+    assert isinstance(dd, datasets.DatasetDict) and list(dd) == ["train"]  # the workbench's sources are train
+    ds = vlfactory.load("sft@iter1", lake=wb.lake, split="train")
     assert isinstance(ds, datasets.Dataset) and isinstance(ds.features["image"], datasets.Image)
+    assert ds.to_list() == dd["train"].to_list()
     with Lake(wb.lake, read_only=True) as lake:
         n = lake.count("sft", lake.resolve("iter1"))
         sizes = dict(lake.query("SELECT image_id, [width, height] FROM images").fetchall())
@@ -39,9 +43,52 @@ def test_load_is_the_export_with_images(wb, tmp_path, cli):
     assert [r["bytes"] for r in exported.cast_column("image", datasets.Image(decode=False))["image"]] == \
            [r["bytes"] for r in ds.cast_column("image", datasets.Image(decode=False))["image"]]
     # other ways to name a version; a table without images loads without an image column
-    assert vlfactory.load("iter1", table="sft", lake=wb.lake).to_list()[0]["example_id"] == ds[0]["example_id"]
-    grades = vlfactory.load("grades", lake=wb.lake)
+    assert vlfactory.load("iter1", table="sft", lake=wb.lake, split="train")[0]["example_id"] == ds[0]["example_id"]
+    grades = vlfactory.load("grades", lake=wb.lake, split="train")
     assert "image" not in grades.column_names
+
+
+SPLITS = """name: splits
+sources:
+  - {name: charts, format: synthetic, n: 7, seed: 1, kinds: [bar, counting]}
+  - {name: held, format: synthetic, n: 5, seed: 9, split: test}
+"""
+
+
+def test_load_like_load_dataset(tmp_path, capfd):
+    """A DatasetDict by the data's own splits, one split, only some columns, or streamed in batches; nothing
+    printed (datasets' progress bars included), images decoded from the stored bytes either way."""
+    import datasets
+
+    (tmp_path / "r.yaml").write_text(SPLITS)
+    vlfactory.run(tmp_path / "r.yaml", ["ingest"], lake=tmp_path / "lake", say=None)
+    capfd.readouterr()
+    dd = vlfactory.load("problems", lake=tmp_path / "lake")
+    assert isinstance(dd, datasets.DatasetDict) and list(dd) == ["train", "test"]
+    assert (dd["train"].num_rows, dd["test"].num_rows) == (7, 5)
+    assert set(dd["test"]["source"]) == {"held"} and dd["test"][0]["image"].size[0] > 0
+    test = vlfactory.load("problems", lake=tmp_path / "lake", split="test", columns=["question", "image"])
+    assert isinstance(test, datasets.Dataset) and test.column_names == ["question", "image"]
+    assert test["question"] == dd["test"]["question"]
+    streamed = vlfactory.load("problems", lake=tmp_path / "lake", streaming=True)
+    assert isinstance(streamed, datasets.IterableDatasetDict) and list(streamed) == ["train", "test"]
+    one = vlfactory.load("problems", lake=tmp_path / "lake", split="train", streaming=True)
+    assert isinstance(one, datasets.IterableDataset)
+    rows = list(one)
+    assert [r["problem_id"] for r in rows] == dd["train"]["problem_id"]
+    assert rows[0]["image"].tobytes() == dd["train"][0]["image"].tobytes()
+    assert capfd.readouterr() == ("", "")  # no progress bar, no banner
+    with pytest.raises(LakeError, match='unknown split "validation": problems@.* has train, test'):
+        vlfactory.load("problems", lake=tmp_path / "lake", split="validation")
+    with pytest.raises(LakeError, match="problems has no column 'nope'"):
+        vlfactory.load("problems", lake=tmp_path / "lake", columns=["question", "nope"])
+
+
+def test_frame_without_polars_is_one_line(wb, monkeypatch):
+    monkeypatch.setitem(sys.modules, "polars", None)  # as in the core install: import polars fails
+    with pytest.raises(ModuleNotFoundError) as e:
+        vlfactory.frame("problems", wb.lake)
+    assert "\n" not in str(e.value) and "pip install 'vlfactory[polars]'" in str(e.value)
 
 
 def test_table_and_frame_read_any_version(wb):

@@ -104,7 +104,7 @@ def test_dry_run_folder_is_what_push_to_hub_writes_and_loads_back(small_lake, tm
         snapshot = lake.resolve("iter2")
     for text in ("## Funnel", "## Rejection reasons", "bad_image", "## Length statistics", "Think. {question}",
                  "max_words: 300", "band:", f"snapshot {snapshot}", "CC-BY-4.0", "`reasoner`", "0.95",
-                 "and the reasoning that reached them", "## Sample rows", "What time does the clock show?",
+                 "and the completions written for them (distil: `reasoner`; rollout: `policy-1`, `policy-2`)", "## Sample rows", "What time does the clock show?",
                  'load_dataset("org/vl-set", "sft")  # sft["train"], sft["test"]',
                  "hf download org/vl-set --repo-type dataset --include 'recipes/*'",
                  f"vlfactory iterate recipes/{recipe.name}\n", f"vlfactory run recipes/{recipe.name} --stage ingest",
@@ -123,6 +123,21 @@ def test_dry_run_folder_is_what_push_to_hub_writes_and_loads_back(small_lake, tm
     assert size.exit_code == 2 and "--max-shard-size 'lots'" in size.output and not (tmp_path / "g").exists()
 
 
+def test_card_says_rules_wrote_the_chains_when_they_did(cli, lake_dir, tmp_path):
+    """The quickstart's teacher is rules, not a model: the card names it by identity and says what its chains are."""
+    from vlfactory.models import identity
+
+    recipe = tmp_path / "rules.yaml"
+    recipe.write_text("name: rules-card\nsources:\n  - {name: syn, format: synthetic, kinds: [shapes], n: 4, seed: 0}\n"
+                      "distil: {backend: rules, model: caption-reasoner, sampling: {temperature: 0.0, max_tokens: 96}}\n")
+    cli("run", recipe)
+    cli("publish", "latest", "--repo", "org/rules", "--table", "traces", "--dry-run", tmp_path / "out")
+    card = " ".join((tmp_path / "out" / "README.md").read_text().split())
+    rules = identity("caption-reasoner")
+    assert f"and the completions written for them (distil: `{rules}` (caption-reasoner))" in card
+    assert f"`{rules}` is not a model but rules (vlfactory.backends.rules)" in card
+
+
 def test_card_says_what_was_published_and_names_models_by_identity(small_lake, tmp_path):
     import vlfactory
 
@@ -135,7 +150,7 @@ def test_card_says_what_was_published_and_names_models_by_identity(small_lake, t
     out = tmp_path / "problems-only"
     vlf("publish", "latest", "--repo", "org/problems", "--table", "problems", "--dry-run", out, "--lake", small_lake)
     card = (out / "README.md").read_text()
-    assert "without reasoning traces" in card and "reasoning that reached them" not in card
+    assert "without reasoning traces" in card and "wrote for them" not in card
     assert "No config here holds text a model wrote" in card
     assert "`captioner` (Qwen/Qwen2.5-VL-3B-Instruct)" in card and "`reasoner` (a local folder)" in card
     assert folder not in card

@@ -38,7 +38,7 @@ sft: {per_problem: 1, cleaned: false}
 rl: {band: [0.25, 0.75], model: policy-1, min_samples: 4}
 """
 VERSION_SECTIONS = ("funnel", "rejections", "per-source", "lengths", "pass-rates", "distributions", "training",
-                    "usage", "evals", "diff")
+                    "usage", "evals", "by-type", "pass-at-k", "diff")
 
 
 def vlf(*args, ok: bool = True):
@@ -112,16 +112,48 @@ def build_lake(root: Path, trainings: bool = False) -> Path:
                     lake.insert(table, pa.Table.from_pylist(items, schema=arrow[table]))
             sftset.run(lake, recipe.stage_config("sft"), Scope.of(recipe))
             rlset.run(lake, recipe.stage_config("rl"), Scope.of(recipe))
-            evals = [{"eval_id": f"e{it}{b}", "model": policy, "benchmark": b, "split": "test", "problems": 20,
-                      "correct": c, "accuracy": c / 20, "run_id": run, "iteration": it}
-                     for b, c in (("mathvista", 8 + 3 * it), ("dynamath", 4 + it))]
-            with lake.transaction(f"evals {it}"):
-                lake.insert("evals", pa.Table.from_pylist(evals))
+            add_evals(lake, it, run)
             if trainings:
                 add_trainings(lake, it)
             lake.end_run("ok")
             lake.tag(f"iter{it}")
     return lake_dir
+
+
+# The loop's evaluations (add_evals): 12 problems of two question types; which each model got right, by index.
+EVAL_QUESTIONS = ["Which shape is bigger, the red one or the blue one?"] * 6 + ["How many shapes are there?"] * 6
+EVAL_GOLDS = ["red", "blue", "red", "blue", "red", "red", "2", "3", "3", "3", "4", "2"]
+RIGHT = {(0, "base"): set(), (1, "sft"): set(range(6)), (1, "grpo"): set(range(8)),
+         (2, "sft"): {0, 1, 2, 3, *range(6, 12)}, (2, "grpo"): set(range(12))}
+
+
+def add_evals(lake: Lake, it: int, run: str) -> None:
+    """The evaluations of iteration `it` as the loop stores them: evals rows (with pass@1..4 for iteration 2's
+    grpo on a second benchmark) and one answer per problem in eval_samples (base with iteration 1)."""
+    evals, samples = [], []
+    for (k, stage), right in RIGHT.items():
+        if k != it and not (k == 0 and it == 1):
+            continue
+        key = f"ek-{k}-{stage}"
+        evals.append({"eval_id": f"e-{k}-{stage}", "eval_key": key, "model": f"policy-{max(k, 1)}",
+                      "benchmark": "shapes-eval", "split": "test", "problems": 12, "correct": len(right),
+                      "accuracy": len(right) / 12, "run_id": run, "iteration": k, "stage": stage,
+                      "protocol": "vlfactory", "samples_per_problem": 1, "pass_at_k": [len(right) / 12]})
+        samples += [{"eval_key": key, "model": f"policy-{max(k, 1)}", "benchmark": "shapes-eval", "source_id": str(i),
+                     "sample_index": 0, "question": q, "answer": gold, "prompt": q,
+                     "completion": f"<answer>{gold if i in right else 'no'}</answer>",
+                     "extracted": gold if i in right else "no", "correct": i in right,
+                     "reason": "correct" if i in right else "incorrect", "protocol": "vlfactory", "words": 1,
+                     "completion_tokens": 4, "finish_reason": "stop", "run_id": run}
+                    for i, (q, gold) in enumerate(zip(EVAL_QUESTIONS, EVAL_GOLDS))]
+    if it == 2:
+        evals.append({"eval_id": "e-k4", "eval_key": "ek-k4", "model": "policy-2", "benchmark": "shapes-k4",
+                      "split": "test", "problems": 12, "correct": 24, "accuracy": 0.5, "run_id": run, "iteration": 2,
+                      "stage": "grpo", "protocol": "vlfactory", "samples_per_problem": 4,
+                      "pass_at_k": [0.5, 0.7, 0.8, 0.85]})
+    with lake.transaction(f"evals {it}"):
+        lake.insert("evals", pa.Table.from_pylist(evals))
+        lake.insert("eval_samples", pa.Table.from_pylist(samples, schema=schema.EVAL_SAMPLES))
 
 
 def grade(ref: str, table: str, pid: str, source: str, ok: bool, said: str, reasons: list[str], words: int) -> dict:
@@ -140,8 +172,9 @@ def add_trainings(lake: Lake, it: int) -> None:
 
     for kind, metric in (("sft", "loss"), ("grpo", "reward")):
         tid = f"{kind}{it}"
-        history = [{metric: (3.0 / step if kind == "sft" else 0.1 * step) + it, "step": step, "epoch": step / 4}
-                   for step in range(1, 5)]
+        history = [{metric: (3.0 / step if kind == "sft" else 0.1 * step) + it, "learning_rate": 1e-5 * (5 - step),
+                    "grad_norm": 2.0 / step, **({"completions/mean_length": 40.0 + step} if kind == "grpo" else {}),
+                    "step": step, "epoch": step / 4} for step in range(1, 5)]
         with lake.transaction(f"train {kind} {tid}: ok"):
             lake.con.execute("INSERT INTO lake.trainings (training_id, kind, dataset, rows, status, base_model, "
                              "iteration, started_at, ended_at) VALUES (?, ?, ?, 8, 'ok', ?, ?, now(), now())",
@@ -374,9 +407,97 @@ def test_empty_lake_says_no_data_yet(cli, lake_dir, tmp_path):
     cli("report", "--out", out)
     sections = Sections(out.read_text())
     assert sections.plots["funnel"] and sections.plots["diff"]  # three problems, added since the empty lake
-    assert {"rejections", "lengths", "pass-rates", "examples", "training", "evals"} <= sections.empty
+    assert {"rejections", "lengths", "pass-rates", "examples", "training", "evals", "by-type", "paired",
+            "pass-at-k"} <= sections.empty
+    text = out.read_text()  # each says what is missing, not just that something is
+    assert "no data yet: no graded rollouts (the rollout stage has not run)" in text
+    assert "no data yet: no trainings at this version" in text and "pass@k is pass@1" not in text
     cli("report", "--iterations", "--out", out)
     assert "no data yet" in out.read_text()
+
+
+class Tables(HTMLParser):
+    """Per <section id>: the text of each cell of each table row (header rows left out), and the contents' links."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.rows: dict[str, list[list[str]]] = {}
+        self.links: list[str] = []
+        self.current, self.row, self.cell, self.nav = None, None, None, False
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self.current = attrs["id"]
+            self.rows[self.current] = []
+        elif tag == "nav":
+            self.nav = True
+        elif tag == "a" and self.nav:
+            self.links.append(attrs["href"])
+        elif tag == "tr" and self.current:
+            self.row = []
+        elif tag == "td" and self.row is not None:
+            self.cell = ""
+
+    def handle_endtag(self, tag):
+        if tag == "nav":
+            self.nav = False
+        elif tag == "td" and self.cell is not None:
+            self.row.append(self.cell)
+            self.cell = None
+        elif tag == "tr" and self.row is not None:
+            if self.row:
+                self.rows[self.current].append(self.row)
+            self.row = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell += data
+
+
+def test_report_answers_the_loops_questions(small_lake, tmp_path):
+    """Contents link every section; accuracy by question type beside what the question alone scores; each model
+    against the one before on the same problems (exact McNemar: counts each way and p); pass@k; every curve
+    TRL logged; pass rates at k/n with the RL band over exactly the bars it keeps."""
+    out = tmp_path / "report.html"
+    vlf("report", "iter2", "--out", out, "--lake", small_lake)
+    text = out.read_text()
+    found = Tables(text)
+    assert sorted(found.links) == sorted(f"#{s}" for s in found.rows)  # every section, once
+    by_type = {(r[1], r[2]): (float(r[4]), float(r[6])) for r in found.rows["by-type"]}
+    # question-only baseline, leaving each problem out: bigger: 4 red of 6 -> the reds right; counts: 1.5 of 6
+    assert {t: b for (t, _), (_, b) in by_type.items()} == {"which shape is": 66.67, "how many shapes": 25.0}
+    assert by_type["which shape is", "iter1 sft"][0] == 100.0 and by_type["how many shapes", "iter1 sft"][0] == 0.0
+    paired = [(r[1], r[2], int(r[3]), int(r[7]), int(r[8]), r[9], float(r[10])) for r in found.rows["paired"]]
+    assert paired == [("base", "iter1 sft", 12, 0, 6, "exact McNemar", 0.0312),
+                      ("iter1 sft", "iter1 grpo", 12, 0, 2, "exact McNemar", 0.5),
+                      ("iter1 grpo", "iter2 sft", 12, 2, 4, "exact McNemar", 0.688),
+                      ("iter2 sft", "iter2 grpo", 12, 0, 2, "exact McNemar", 0.5)]
+    sections = Sections(text)
+    assert sections.plots["pass-at-k"] and sections.plots["by-type"] and not sections.empty
+    training = text[text.index('<section id="training">'):text.index('<section id="usage">')]
+    for title in ("loss", "reward", "completion length", "learning rate", "grad norm"):
+        assert f">{title}<" in training, title
+    rates = text[text.index('<section id="pass-rates">'):text.index('<section id="distributions">')]
+    assert all(f">{x}<" in rates for x in ("0", "1/4", "1/2", "3/4", "1"))  # the values a rate of 4 can take
+    with Browser() as b:  # the band covers the bars of rates inside it (1/4, 1/2, 3/4), no bar outside it
+        b.open(out.as_uri())
+        inside = b.eval("""(() => { const s = document.querySelector('#pass-rates');
+            const band = s.querySelector('.vlf-band').getBoundingClientRect();
+            return [...s.querySelectorAll('.vlf-bar')].map(e => e.getBoundingClientRect()).filter(r => r.width > 0)
+              .map(r => [Math.round(r.left), r.left >= band.left - 0.5 && r.right <= band.right + 0.5]); })()""")
+    lefts = sorted({x for x, _ in inside})
+    assert len(lefts) == 2 * 5  # two policies x five values
+    assert [ok for x, ok in sorted(inside)] == [False] * 2 + [True] * 6 + [False] * 2, inside
+
+
+def test_keywords_never_found_are_said_not_drawn(small_lake, tmp_path):
+    out = tmp_path / "loop.html"
+    vlf("report", "--iterations", "--out", out, "--lake", small_lake)
+    text = out.read_text()
+    section = text[text.index('<section id="keywords">'):text.index('<section id="eval-samples">')]
+    assert "none of the tracked keywords (identify" in section and "svg" not in section  # the traces say "step"
 
 
 def test_version_stats_counts(small_lake):
@@ -388,7 +509,7 @@ def test_version_stats_counts(small_lake):
     assert sum(f["traces"] for f in one.funnel.values()) == 20
     assert one.licenses == {"charts": "CC-BY-4.0", "shapes": "MIT"} and one.band == (0.25, 0.75)
     assert sum(f["rollouts"] for f in two.funnel.values()) == 80  # both policies' rollouts by iter2
-    assert set(two.pass_rates) == {"policy-1", "policy-2"} and len(one.evals) == 2 and len(two.evals) == 4
+    assert set(two.pass_rates) == {"policy-1", "policy-2"} and len(one.evals) == 3 and len(two.evals) == 6
     assert {(r["stage"], r["reason"]) for r in one.rejected} >= {("verify", "incorrect"), ("ingest", "bad_image")}
     assert {"accepted", "rejected", "sft"} <= set(one.lengths["words"])
 

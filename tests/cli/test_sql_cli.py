@@ -1,6 +1,8 @@
-"""`vlfactory sql` and `vlfactory versions` as duckdb and datasette users expect them: SQL from stdin or a
-file, json/jsonl/csv/tsv/markdown/table/parquet, streaming to -o, full error hints, a layout that does not
-depend on the terminal, and row counts of every table. All on a real lake written by the real stages."""
+"""`vlfactory sql` and `vlfactory versions` as duckdb and datasette users expect them: SQL from stdin (piped,
+or `-`) or a file, json/jsonl/csv/tsv/markdown/table/parquet with lists and maps as JSON, streaming to -o,
+full error hints with DuckDB's LINE and caret pointing into the SQL as typed (TABLE@VERSION included), a layout
+that does not depend on the terminal, and row counts of every table in every format. All on a real lake
+written by the real stages."""
 
 from __future__ import annotations
 
@@ -49,8 +51,9 @@ def test_sql_from_stdin_and_from_a_file(wb, tmp_path):
     (tmp_path / "q.sql").write_text(query)
     assert json.loads(sql(wb, "--file", tmp_path / "q.sql", "--format", "json").output) == expected
     assert json.loads(sql(wb, "-f", "-", "--format", "json", input=query).output) == expected
+    assert json.loads(sql(wb, "--format", "json", input=query).output) == expected  # piped, as `duckdb` reads it
     # bad input: one line each, exit 2
-    for args, message in ((["--file", tmp_path / "nope.sql"], "cannot read"), ([], "one of them"),
+    for args, message in ((["--file", tmp_path / "nope.sql"], "cannot read"), ([], "no SQL"),
                           (["SELECT 1", "-f", tmp_path / "q.sql"], "one of them")):
         res = sql(wb, *args, ok=False)
         assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1
@@ -82,6 +85,22 @@ def test_formats_and_no_header(wb):
     assert "problem_id" not in sql(wb, QUESTIONS, "--no-header").output
     res = sql(wb, QUESTIONS, "--format", "jsonl", "--no-header", ok=False)
     assert res.exit_code == 2 and "--no-header applies to" in res.output
+
+
+def test_lists_and_maps_are_json_in_every_format(wb):
+    """Not Python's repr (['red', ...], {'loss': ...}), which no program reads back."""
+    query = "SELECT ['red', NULL] AS l, {'loss': 0.5, 'ok': true} AS s, MAP {'k': 1.5} AS m, 'x' AS t"
+    want = {"l": ["red", None], "s": {"loss": 0.5, "ok": True}, "m": {"k": 1.5}, "t": "x"}
+    assert json.loads(sql(wb, query, "--format", "json").output) == [want]
+    assert json.loads(sql(wb, query, "--format", "jsonl").output) == want
+    for fmt, delimiter in (("csv", ","), ("tsv", "\t")):
+        header, row = csv.reader(io.StringIO(sql(wb, query, "--format", fmt).output), delimiter=delimiter)
+        assert dict(zip(header, [json.loads(v) if v[:1] in "[{" else v for v in row])) == want
+    md = sql(wb, query, "--format", "markdown", "--max-width", "0").output.splitlines()[2]
+    assert [c.strip() for c in md.strip("|").split("|")] == ['["red", null]', '{"loss": 0.5, "ok": true}',
+                                                              '{"k": 1.5}', "x"]
+    table = sql(wb, query, "--max-width", "0").output
+    assert '["red", null]' in table and '{"loss": 0.5, "ok": true}' in table and "'red'" not in table
 
 
 def test_max_width(wb):
@@ -149,14 +168,30 @@ def test_parquet_output_streams_in_bounded_memory(wb, tmp_path):
     assert big - baseline < result_bytes / 2, (big - baseline, result_bytes)
 
 
-def test_errors_keep_duckdbs_hints_on_one_line(wb):
-    for query, hint in (("SELECT problm_id FROM problems", 'Candidate bindings: "problem_id"'),
-                        ("SELECT * FROM problemz", 'Did you mean "problems"'),
-                        ("SELECT lenght(question) FROM problems@iter1", 'Did you mean "length"'),
-                        ("SELECT p.question FROM problems@iter1 p WHERE x.y = 1", 'Candidate tables: "p"')):
+def test_errors_keep_duckdbs_hints_and_point_into_the_sql_as_typed(wb):
+    """One error line with DuckDB's hints, then DuckDB's `LINE n:` and caret, under the word in the query the user
+    wrote: positions are mapped back through the TABLE@VERSION rewrite (which makes the SQL DuckDB saw longer)."""
+    multi = "SELECT count(*)\nFROM problems@iter1 p JOIN images@iter1 i USING (image_id)\nWHERE p.questoin = 'x'"
+    for query, hint, at in (("SELECT problm_id FROM problems", 'Candidate bindings: "problem_id"', "problm_id"),
+                            ("SELECT * FROM problemz", 'Did you mean "problems"', "problemz"),
+                            ("SELECT lenght(question) FROM problems@iter1", 'Did you mean "length"', "lenght"),
+                            ("SELECT p.question FROM problems@iter1 p WHERE x.y = 1", 'Candidate tables: "p"', "x.y"),
+                            ("SELECT 'é€😀', problm_id FROM problems@iter2", "Candidate bindings", "problm_id"),
+                            (multi, 'Candidate bindings: : "question"', "p.questoin")):
         res = sql(wb, query, ok=False)
-        assert res.exit_code == 2 and hint in res.output, res.output
-        assert len(res.output.strip().splitlines()) == 1 and "LINE 1" not in res.output
+        first, blank, line, caret = res.output.rstrip("\n").splitlines()
+        assert res.exit_code == 2 and hint in first and first.startswith("error: ") and blank == "", res.output
+        n = query[:query.index(at)].count("\n")
+        source = query.splitlines()[n]
+        assert line == f"LINE {n + 1}: {source}", res.output
+        before = source[:source.index(at)]  # the caret's column counts wide characters twice, as DuckDB does
+        assert caret == " " * (len(f"LINE {n + 1}: ") + sum(2 if c == "😀" else 1 for c in before)) + "^"
+    res = sql(wb, "SELECT * FROM problems WHERE source = 1 +", ok=False)  # DuckDB points nowhere: one line
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and "syntax error" in res.output
+    # an error while the rows stream (row 15,000 fails to cast) points into the SQL as well
+    res = sql(wb, "SELECT CAST(CASE WHEN i < 15000 THEN '1' ELSE 'x' END AS INT) FROM range(20000) t(i)",
+              "--format", "csv", ok=False)
+    assert "Conversion Error" in res.output
 
 
 def counts_by_brute_force(lake: Lake, snap: int) -> dict[str, int]:
@@ -203,6 +238,20 @@ def test_versions_counts_every_table(wb, tmp_path):
         snaps = [s["snapshot_id"] for s in lake.snapshots()]
         assert any(b - a > 1 for a, b in zip(snaps, snaps[1:]))
         assert {s: counts[s] for s in snaps} == {s: counts_by_brute_force(lake, s) for s in snaps}
+
+
+def test_versions_in_every_format(wb):
+    _, counts = versions_rows(wb.lake, "--last", "5")
+    res = subprocess.run([sys.executable, "-m", "vlfactory.cli", "versions", "--lake", str(wb.lake), "--last", "5",
+                          "--format", "json"], capture_output=True, text=True, check=True)
+    rows = json.loads(res.stdout)
+    assert [r["snapshot"] for r in rows] == sorted(counts) and all(r["rows"] == counts[r["snapshot"]] for r in rows)
+    tagged = {t for r in rows for t in r["tags"]}
+    assert tagged <= {"iter1", "iter2"} and {"snapshot", "tags", "time", "command", "run_id", "message"} <= set(rows[0])
+    res = subprocess.run([sys.executable, "-m", "vlfactory.cli", "versions", "--lake", str(wb.lake), "--last", "5",
+                          "--format", "csv"], capture_output=True, text=True, check=True)
+    found = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert [json.loads(r["rows"]) for r in found] == [r["rows"] for r in rows]
 
 
 def test_layout_through_a_pipe_ignores_the_terminal_width(wb):

@@ -212,9 +212,11 @@ def test_report_to_reaches_the_trainer_and_not_its_address(tmp_path):
 def test_bad_choices_are_one_line(tmp_path):
     from vlfactory.recipe import RecipeError, load_recipe
 
-    recipe = write_recipe(tmp_path, "http://127.0.0.1:9/v1", "mlflow")
-    with pytest.raises(RecipeError, match=r"tracking.backend: 'mlflow' is not wandb, trackio or tensorboard"):
+    recipe = write_recipe(tmp_path, "http://127.0.0.1:9/v1", "neptune")  # accelerate has no tracker of that name
+    with pytest.raises(RecipeError, match=r"tracking\.backend.*'neptune' is not one of tensorboard, wandb, trackio, "
+                                          r"mlflow, comet_ml, aim, clearml, dvclive, swanlab"):
         load_recipe(recipe)
+    assert load_recipe(write_recipe(tmp_path, "http://127.0.0.1:9/v1", "mlflow")).tracking.backend == "mlflow"
     from vlfactory import tracking
 
     recipe = load_recipe(write_recipe(tmp_path, "http://127.0.0.1:9/v1", "tensorboard"))
@@ -294,3 +296,41 @@ loop: {base_model: tiny-qwen2.5-vl}
     assert re.fullmatch(r"iter2 ingest: started at 00:00:\d\d", lines[-3]), lines
     assert re.fullmatch(r"iter2 ingest: reused \(done before\), \d+\.\ds, 00:00:\d\d elapsed", lines[-1]), lines
     assert sum(n for name, n in bars if name == "ingest") >= 5  # the per-stage progress callback saw the rows
+
+
+def test_export_replays_a_versions_trainings_and_evaluations(tmp_path):
+    """`vlfactory track export` after the fact: each stored training's every logged number at its step, in the run
+    live tracking names it, and the loop's evaluations over the iteration in each run's own."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from test_reports import build_lake
+
+    from vlfactory.stores.lake import Lake
+
+    lake = build_lake(tmp_path, trainings=True)  # four trainings (sft and grpo of two iterations), five evals
+    res = subprocess.run([sys.executable, "-m", "vlfactory.cli", "track", "export", "iter2", "--to", "tensorboard",
+                          "--dir", str(tmp_path / "tb"), "--lake", str(lake)], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    with Lake(lake, read_only=True) as lk:
+        stored = lk.query("SELECT training_id, step, name, value FROM training_logs").fetchall()
+        run_ids = [r[0] for r in lk.query("SELECT run_id FROM runs WHERE command LIKE 'test iteration %' "
+                                          "ORDER BY started_at").fetchall()]
+
+    def scalars(run: str) -> dict[tuple[int, str], float]:
+        events = EventAccumulator(str(tmp_path / "tb" / run))
+        events.Reload()
+        return {(e.step, tag): e.value for tag in events.Tags()["scalars"] for e in events.Scalars(tag)}
+
+    for training_id, run in (("sft1", "sft-iter1"), ("grpo1", "grpo-iter1"), ("sft2", "sft-iter2"),
+                             ("grpo2", "grpo-iter2")):
+        got = scalars(f"vlfactory-iter2-{run}")  # trainings recorded without a run: named after the version
+        want = {(step, f"train/{name}"): value for t, step, name, value in stored if t == training_id}
+        assert len(want) >= 12 and {k: v for k, v in got.items() if k[1] != "train/global_step"} == \
+            pytest.approx(want, rel=1e-5)
+    first, second = scalars(f"small-{run_ids[0]}"), scalars(f"small-{run_ids[1]}")
+    assert first[0, "eval/shapes-eval/base/accuracy"] == 0.0 and first[1, "eval/shapes-eval/sft/accuracy"] == 0.5
+    assert second[2, "eval/shapes-eval/grpo/accuracy"] == 1.0 and second[2, "eval/shapes-k4/grpo/accuracy"] == 0.5
+    res = subprocess.run([sys.executable, "-m", "vlfactory.cli", "track", "export", "iter2", "--to", "neptune",
+                          "--lake", str(lake)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "'neptune' is not one of tensorboard" in res.stderr

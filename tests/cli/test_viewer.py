@@ -1,6 +1,10 @@
-"""The trace viewer: `vlfactory view` serves a read-only page over the lake. Its JSON API pages by key and
-filters by source, verdict, reason, model, iteration and a SQL WHERE that cannot write; in headless Chromium
-the page filters, opens a sample and renders its image (checked in the DOM and in a screenshot's pixels)."""
+"""The trace viewer: `vlfactory view` serves a read-only page over the lake. Its JSON API lists content first
+(question, completion, verdict and reasons, the model's short name, the image), pages by keyset in the table's
+order or sorted by any listed column (nulls last, every row once), counts facets under the other filters,
+filters by source, verdict, reason, model, iteration and a SQL WHERE that cannot write, and steps from a sample
+to its neighbours in the list; in headless Chromium the page filters, sorts, shows thumbnails and facet counts
+with headers on one line and an unclipped WHERE box, opens a sample, steps through the list and renders the
+image (checked in the DOM and in a screenshot's pixels)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,6 @@ import urllib.request
 
 import pytest
 
-import vlfactory
 from browser import Browser
 from vlfactory.stores.lake import Lake
 from workbench import build, planned, viewer
@@ -65,16 +68,76 @@ def api(url: str, path: str, ok: bool = True, **q) -> dict:
     return json.loads(body)
 
 
-def test_keyset_pages_cover_every_row_once(url):
-    seen, after, pages = [], None, 0
+def walk(url: str, **q) -> list[dict]:
+    """Every row of a list, page by page (10 at a time)."""
+    seen, after = [], None
     while True:
-        page = api(url, "rows", table="traces", limit=10, **({"after": after} if after else {}))
-        seen += [r["trace_id"] for r in page["rows"]]
-        pages += 1
+        page = api(url, "rows", limit=10, **q, **({"after": after} if after else {}))
+        seen += page["rows"]
         if not page["next"]:
-            break
+            assert page["total"] == len(seen)
+            return seen
         after = page["next"]
-    assert page["total"] == len(seen) == 42 and seen == sorted(set(seen)) and pages == 5
+
+
+def test_keyset_pages_cover_every_row_once(url, wb):
+    rows = walk(url, table="traces")
+    with Lake(wb.lake, read_only=True) as lake:  # in the table's own order, as the Hub viewer lists a dataset
+        stored = [r[0] for r in lake.query("SELECT trace_id FROM traces ORDER BY rowid").fetchall()]
+    assert [r["trace_id"] for r in rows] == stored and len(stored) == 42
+    # sorted by any listed column, ties broken by key, nulls last, either way: every row once, in order
+    for table, column in (("traces", "completion_tokens"), ("captions", "completion_tokens"),
+                          ("traces", "finish_reason"), ("rl", "pass_rate")):
+        key = api(url, "meta")["tables"][table]["key"]
+        with Lake(wb.lake, read_only=True) as lake:
+            everything = lake.query(f"SELECT {key}, {column} FROM {table}").fetchall()
+        assert any(v is None for _, v in everything) or table != "captions"  # source captions count no tokens
+        for desc in ("", "1"):
+            got = [(r[key], r[column]) for r in walk(url, table=table, sort=column, desc=desc)]
+            by_key = sorted((r for r in everything if r[1] is not None), key=lambda r: r[0])
+            ordered = sorted(by_key, key=lambda r: r[1], reverse=bool(desc))  # stable: ties stay in key order
+            assert got == ordered + sorted(r for r in everything if r[1] is None), (table, column, desc)
+
+
+def test_lists_lead_with_content(url, wb):
+    """What a row is about, not its identifiers: the question, the completion's start, the verdict with its reasons,
+    the model by the name the report gives it, the image; and how many rows each filter value would list."""
+    page = api(url, "rows", table="traces", verdict="rejected", limit=5)
+    assert page["columns"][:4] == ["question", "completion", "accepted", "reasons"]
+    with Lake(wb.lake, read_only=True) as lake:
+        full = dict(lake.query("SELECT trace_id, completion FROM traces").fetchall())
+    for r in page["rows"]:
+        p = next(p for p in wb.problems if p["problem_id"] == r["problem_id"])
+        assert r["question"] == p["question"][:160] and r["image_id"] == p["image_id"]
+        assert r["completion"] == full[r["trace_id"]][:160] and r["accepted"] is False and r["reasons"]
+        assert r["model_name"] == "reasoner"
+    assert set(page["sortable"]) >= {"completion_tokens", "sample_index", "finish_reason", "source"}
+    facets = api(url, "facets", table="traces", verdict="rejected")["facets"]
+    # a facet counts under the page's other filters, not its own: each value's count is that filter's total
+    for name, values in facets.items():
+        for value, n in values.items():
+            q = {"table": "traces", "verdict": "rejected", name: value}
+            assert api(url, "rows", **q)["total"] == n, (name, value)
+    assert facets["verdict"] == {"accepted": 21, "rejected": 21} and facets["iteration"] == {"1": 14, "2": 7}
+    assert sum(facets["source"].values()) == 21 and facets["model"] == {"reasoner": 21}
+    assert api(url, "meta")["values"]["model_names"]["reasoner"] == "reasoner"
+    assert "sort: traces lists no sortable column 'completion'" in api(url, "rows", ok=False, table="traces",
+                                                                        sort="completion")["error"]
+
+
+def test_a_sample_steps_through_its_list(url):
+    """From any row of a filtered, sorted list, previous and next are its neighbours there, and its place is
+    counted: walking `next` from the first visits the list, in order."""
+    q = {"table": "traces", "source": "charts", "sort": "completion_tokens", "desc": "1"}
+    listed = [r["trace_id"] for r in walk(url, **q)]
+    seen, at = [], listed[0]
+    while at:
+        s = api(url, "sample", id=at, **q)
+        assert s["list"]["position"] == len(seen) + 1 and s["list"]["of"] == len(listed)
+        assert s["list"]["previous"] == (seen[-1] if seen else None)
+        seen.append(at)
+        at = s["list"]["next"]
+    assert seen == listed and len(listed) > 10
 
 
 def test_filters(url, wb):
@@ -210,7 +273,7 @@ def test_in_chromium_filter_open_a_sample_and_its_image_renders(url, wb):
                "document.querySelector('#apply').click()")
         b.wait(f"document.querySelectorAll('#rows tbody tr').length === {expected}")
         assert f"of {expected}" in b.eval("document.querySelector('#status').textContent")
-        cells = b.eval("""(() => { const head = [...document.querySelectorAll('#rows th')].map(t => t.textContent);
+        cells = b.eval("""(() => { const head = [...document.querySelectorAll('#rows th')].map(t => t.dataset.col);
             const cell = (r, name) => r.cells[head.indexOf(name)].textContent;
             return [...document.querySelectorAll('#rows tbody tr')].map(r => [cell(r, 'source'), cell(r, 'accepted')]);
             })()""")
@@ -250,4 +313,84 @@ def test_in_chromium_filter_open_a_sample_and_its_image_renders(url, wb):
         versions = b.eval("[...document.querySelectorAll('#versions tbody tr')].map(r => r.cells[0].textContent)")
         assert versions == ["iter1", "iter2", "latest"]
         assert b.eval("document.querySelectorAll('#problem table[data-table=traces] tbody tr').length") == 3
+        assert not [m for m in b.console if m.startswith("exception")], b.console
+
+
+LAYOUT = """(() => {
+  const lines = el => { const r = document.createRange(); r.selectNodeContents(el);
+                        return new Set([...r.getClientRects()].map(x => Math.round(x.top))).size; };
+  const heads = [...document.querySelectorAll('#rows th')];
+  const cells = [...document.querySelectorAll('#rows tbody tr:first-child td')];
+  return {wrapped: heads.filter(h => lines(h) > 1).map(h => h.textContent),
+          clipped: [...heads, ...cells].filter(e => !e.querySelector('.snippet') && e.scrollWidth > e.clientWidth + 1)
+                     .map(e => e.textContent),
+          thumbs: [...document.querySelectorAll('#rows td.thumb img')]  // lazy: those on screen are loaded
+                    .map(i => i.getBoundingClientRect().top < innerHeight ? i.complete && i.naturalWidth : null),
+          where: (() => { const i = document.forms.filters.where; return i.scrollHeight <= i.clientHeight; })()};
+})()"""
+
+
+def test_in_chromium_the_list_reads_like_the_hub_viewer(url, wb):
+    """Thumbnails, one-line headers, nothing clipped, an underscore visible in the WHERE box, sorting by clicking
+    a header, facet counts in the filter menus, and previous/next (buttons and arrow keys) on a sample."""
+    from PIL import Image, ImageChops
+
+    with Browser(width=1280, height=900) as b:
+        b.open(f"{url}/#/rows?table=traces")
+        b.wait("document.querySelectorAll('#rows tbody tr').length === 42")
+        b.wait("[...document.querySelectorAll('#rows td.thumb img')].filter(i => i.getBoundingClientRect().top < "
+               "innerHeight).every(i => i.complete && i.naturalWidth > 0)")
+        found = b.eval(LAYOUT)
+        assert found["wrapped"] == [] and found["clipped"] == [] and found["where"], found
+        shown = [w for w in found["thumbs"] if w is not None]
+        assert len(found["thumbs"]) == 42 and len(shown) >= 5 and min(shown) > 0
+        # the first row's thumbnail shows its own image, not another's
+        first = b.eval("document.querySelector('#rows tbody tr').dataset.id")
+        row = api(url, "sample", table="traces", id=first)["row"]
+        box = b.eval("(() => { const r = document.querySelector('#rows td.thumb img').getBoundingClientRect();"
+                     "return [r.left, r.top, r.right, r.bottom].map(Math.round); })()")
+        shot = b.screenshot().crop(tuple(box))
+        mine = Image.open(io.BytesIO(wb.images[row["image_id"]]))
+        other = Image.open(io.BytesIO(next(d for i, d in wb.images.items() if i != row["image_id"])))
+        assert image_distance(shot, mine) < image_distance(shot, other)
+        # an underscore typed in the WHERE box is drawn, not cut off below the line
+        where = "document.forms.filters.where"
+        box = b.eval(f"(() => {{ const r = {where}.getBoundingClientRect();"
+                     "return [r.left, r.top, r.right, r.bottom].map(Math.round); })()")
+        shots = []
+        for text in ("finish_reason", "finish reason"):
+            b.eval(f"{where}.value = {json.dumps(text)}; {where}.blur()")
+            shots.append(b.screenshot().crop(tuple(box)))
+        assert ImageChops.difference(*shots).getbbox() is not None
+        b.eval(f"{where}.value = ''")
+        # facet counts in the menus: each source's rows
+        b.wait("document.querySelector('#filters').dataset.facets === 'loaded'")
+        options = b.eval("[...document.forms.filters.source.options].map(o => o.textContent)")
+        counts = {p["source"]: 0 for p in wb.problems}
+        for p in wb.problems:
+            counts[p["source"]] += 3
+        assert sorted(options[1:]) == sorted(f"{s} ({n})" for s, n in counts.items()), options
+        # a count written into a menu leaves what the option selects as it was
+        verdicts = b.eval("[...document.forms.filters.verdict.options].map(o => [o.value, o.textContent])")
+        assert verdicts == [["", "any"], ["accepted", "accepted (21)"], ["rejected", "rejected (21)"],
+                            ["ungraded", "ungraded (0)"]], verdicts
+        # sorting by a header: ascending, then descending
+        tokens = sorted(r["completion_tokens"] for r in walk(url, table="traces"))
+        head = "document.querySelector('#rows th[data-col=completion_tokens]')"
+        column = "[...document.querySelectorAll('#rows th')].findIndex(t => t.dataset.col === 'completion_tokens')"
+        for arrow, value in (("▲", tokens[0]), ("▼", tokens[-1])):
+            b.eval(f"{head}.querySelector('a').click()")
+            b.wait(f"{head} && {head}.textContent.endsWith('{arrow}')")  # the page sorted this way has come
+            first_value = b.eval(f"document.querySelector('#rows tbody tr').cells[{column}].textContent")
+            assert first_value == str(value), (arrow, first_value, value)
+        # a sample steps through the sorted list: next, then back with the arrow key
+        ids = b.eval("[...document.querySelectorAll('#rows tbody tr')].map(r => r.dataset.id)")
+        b.eval("document.querySelector('#rows tbody tr').click()")
+        b.wait("!!document.querySelector('#sample') && document.querySelector('#status').textContent.includes('1 of 42')")
+        b.eval("document.querySelector('#sample-next').click()")
+        b.wait("document.querySelector('#status').textContent.includes('2 of 42')")
+        assert ids[1] in b.eval("document.querySelector('#status').textContent")
+        b.eval("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowLeft'}))")
+        b.wait("document.querySelector('#status').textContent.includes('1 of 42')")
+        assert ids[0] in b.eval("document.querySelector('#status').textContent")
         assert not [m for m in b.console if m.startswith("exception")], b.console

@@ -40,7 +40,7 @@ loop:
     ("grpo_stages: [{name: a}]", r"grpo_stages\[0\]: give its rl set as band"),
     ("grpo_stages: [{name: a, source: nope}]", r"grpo_stages\[0\]\.source: 'nope' is not one of the recipe's sources"),
     ("schedule: [{rl_weights: {nope: 2}}]", r"schedule\[0\]\.rl_weights: 'nope' is not one of the recipe's sources"),
-    ("schedule: [{rl_weights: {syn: 1.5}}]", r"schedule\[0\]: rl_weights\.syn: expected int"),
+    ("schedule: [{rl_weights: {syn: 1.5}}]", r"schedule\[0\]\.rl_weights\.syn: expected int"),
     ("launch: {num_processes: 0}", r"loop\.launch\.num_processes: must be at least 1"),
     ("launch: {config_file: zero9.yaml}", r"loop\.launch\.config_file: .*zero9\.yaml does not exist"),
 ])

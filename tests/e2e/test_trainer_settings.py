@@ -4,10 +4,13 @@ and the official GRPO reward."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from safetensors.torch import load_file
 
-from test_trainers import CPU, GRPO, SFT, sets_lake, trainings  # noqa: F401 (fixture)
+from test_trainers import (CPU, PLANTED, SFT, answer_probability, logged, planted_rl,  # noqa: F401 (sets_lake: a fixture)
+                           sets_lake, trainings)
 from vlfactory.recipe import RecipeError
 from vlfactory.trainers.config import load_config, settings_digest
 
@@ -46,13 +49,22 @@ def test_global_batch_size_sets_accumulation_per_process_count_and_not_the_addre
         load_config("sft", CPU | {"reward": "openvlthinker"}, "o")
 
 
-def test_grpo_with_the_official_reward(sets_lake, lake_dir, tiny_vlm_dir, tmp_path):
+def test_grpo_with_the_official_reward_raises_the_rewarded_answer(sets_lake, lake_dir, tiny_vlm_r1_dir, tmp_path):
+    """The planted task (test_trainers.PLANTED) with `reward: openvlthinker`, the reward the recipes' GRPO
+    stages use (vlfactory.verify.openvlthinker_reward), and the vision tower frozen: the gold "Yes" is one of
+    the wired model's four answers; after 3 steps its probability has risen from 0.25 to over 0.5 and the reward
+    the trainer logged rose. A constant reward leaves it at 0.25."""
     from vlfactory.trainers.grpo import train_grpo
 
-    config = {k: v for k, v in GRPO.items() if k != "reward_weights"} | {"reward": "openvlthinker",
-                                                                          "freeze_vision_tower": True}
-    record = train_grpo("rl@iter1", str(tiny_vlm_dir), str(tmp_path / "grpo"), config=config, lake=str(lake_dir))
-    assert record.status == "ok" and "rewards/openvlthinker_reward/mean" in record.metrics
+    dataset = planted_rl(lake_dir, "Yes")
+    before = answer_probability(tiny_vlm_r1_dir, lake_dir, "Yes")
+    config = PLANTED | {"reward": "openvlthinker", "freeze_vision_tower": True}
+    record = train_grpo(dataset, str(tiny_vlm_r1_dir), str(tmp_path / "grpo"), config=config, lake=str(lake_dir))
+    after = answer_probability(tmp_path / "grpo", lake_dir, "Yes")
+    assert before == pytest.approx(0.25, abs=0.01) and after > 0.5, (before, after)
+    reward = logged(lake_dir, "rewards/openvlthinker_reward/mean")
+    assert len(reward) == 3 and reward[-1] > reward[0], reward
+    assert record.status == "ok" and json.loads(trainings(lake_dir)[-1]["config"])["reward"] == "openvlthinker"
 
 
 def test_grpo_yamls_hold_easyr1s_settings_in_trl_terms():

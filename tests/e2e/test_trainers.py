@@ -18,6 +18,15 @@ CPU = {"use_cpu": True, "bf16": False, "gradient_checkpointing": False, "logging
 SFT = CPU | {"max_steps": 3, "per_device_train_batch_size": 2, "learning_rate": 1e-3, "max_pixels": 56 * 56}
 GRPO = CPU | {"max_steps": 2, "per_device_train_batch_size": 4, "num_generations": 4, "max_completion_length": 12,
               "reward_weights": [1.0, 0.5]}
+# The planted GRPO task: the wired tiny VLM (vlfactory.models.tiny.tiny_vlm_r1) writes one well-formed R1 chain
+# whose <answer> is drawn evenly from R1_ANSWERS ("Yes", "No", "2", "3"), and every rl row's gold is one of them:
+# a reward pays one completion in four and nothing else varies. Plain SGD, so each update is the reward's gradient
+# scaled: Adam moves every parameter by about lr per step, the wired model's zeroed projections included, and
+# broke its chain within 4 steps at lr 1e-2 (its format reward fell to 0). Measured (2 shared cores, 8 completions
+# a step): P(rewarded answer) 0.25 -> 0.89 after 4 steps at lr 0.3, chain intact; with a constant reward it stays
+# 0.25 (every advantage is 0).
+PLANTED = CPU | {"max_steps": 3, "per_device_train_batch_size": 8, "num_generations": 8, "max_completion_length": 32,
+                 "optim": "sgd", "learning_rate": 0.3, "lr_scheduler_type": "constant"}
 
 
 def write_sets(lake_dir, tag: str, prefix: str, n: int) -> list[str]:
@@ -36,6 +45,54 @@ def write_sets(lake_dir, tag: str, prefix: str, n: int) -> list[str]:
             lake.insert("rl", pa.Table.from_pylist(rl, schema=schema.RL))
         lake.tag(tag)
     return [r["example_id"] for r in sft]
+
+
+def planted_rl(lake_dir, gold: str) -> str:
+    """Rewrite `rl` from the lake's problems with every gold answer `gold`; tag it `planted`; returns its version."""
+    with Lake(lake_dir) as lake:
+        problems = lake.query("""SELECT problem_id, source, source_id, image_id, question
+                                 FROM problems ORDER BY source_id""").to_arrow_table().to_pylist()
+        rl = [p | {"prompt": p["question"], "answer": gold, "choices": None} for p in problems]
+        with lake.transaction(f"planted rl: {gold}"):
+            lake.con.execute("DELETE FROM lake.rl")
+            lake.insert("rl", pa.Table.from_pylist(rl, schema=schema.RL))
+        lake.tag("planted")
+    return "rl@planted"
+
+
+def answer_probability(model_dir, lake_dir, answer: str, dataset: str = "rl@planted") -> float:
+    """The model's probability, averaged over the set's prompts (image and text, rendered as the trainer renders
+    them), that the token after the wired chain's `<answer>` starts `answer`: the rewarded completion's
+    probability, since every other token of the chain is certain."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vlfactory.models import register_processors
+    from vlfactory.models.tiny import R1_CHAIN
+    from vlfactory.trainers.data import prepare, read_set, rl_dataset
+
+    register_processors()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    with Lake(lake_dir, read_only=True) as lake:
+        examples = rl_dataset(prepare(read_set(lake, dataset, "rl")[1], {}))
+    token = processor.tokenizer.encode(answer, add_special_tokens=False)[0]
+    probabilities = []
+    for ex in examples:
+        text = processor.apply_chat_template(ex["prompt"], add_generation_prompt=True, tokenize=False) + R1_CHAIN
+        with torch.no_grad():
+            logits = model(**processor(text=[text], images=ex["images"], return_tensors="pt")).logits[0, -1]
+        probabilities.append(torch.softmax(logits, -1)[token].item())
+    assert len(probabilities) == len(examples) > 0
+    return sum(probabilities) / len(probabilities)
+
+
+def logged(lake_dir, name: str) -> list[float]:
+    """A number the last training logged, one value per step in step order (`training_logs`)."""
+    with Lake(lake_dir, read_only=True) as lake:
+        return [v for (v,) in lake.query("""SELECT value FROM training_logs WHERE name = ? AND training_id =
+                    (SELECT training_id FROM trainings ORDER BY started_at DESC LIMIT 1) ORDER BY step""",
+                                         [name]).fetchall()]
 
 
 @pytest.fixture()
@@ -137,18 +194,28 @@ def test_retrain_on_an_old_snapshot_after_the_set_was_rewritten(sets_lake, lake_
 
 
 @pytest.mark.slow
-def test_grpo_with_image_prompts_and_the_factory_rewards(sets_lake, lake_dir, tiny_vlm_dir, tmp_path):
+def test_grpo_with_the_factory_rewards_raises_the_rewarded_answer(sets_lake, lake_dir, tiny_vlm_r1_dir, tmp_path):
+    """The planted task (PLANTED) through train_grpo with the factory's rewards (accuracy, weight 1; format,
+    weight 0.5): the gold answer "2" is one of the wired model's four, so accuracy pays one completion in four.
+    After 3 steps the probability of writing "2" has risen from 0.25 to over 0.5, the accuracy the trainer logged
+    rose from its first step to its last, and the chain stayed well-formed. A reward that pays nothing in
+    particular (a constant) leaves every advantage at 0 and the probability at 0.25."""
     from vlfactory.trainers.grpo import train_grpo
 
-    record = train_grpo("rl@iter1", str(tiny_vlm_dir), tmp_path / "grpo", config=GRPO, lake=str(lake_dir))
-    assert record.status == "ok" and record.metrics["step"] == 2
+    dataset = planted_rl(lake_dir, "2")
+    before = answer_probability(tiny_vlm_r1_dir, lake_dir, "2")
+    config = PLANTED | {"reward_weights": [1.0, 0.5]}
+    record = train_grpo(dataset, str(tiny_vlm_r1_dir), tmp_path / "grpo", config=config, lake=str(lake_dir))
+    after = answer_probability(tmp_path / "grpo", lake_dir, "2")
+    assert before == pytest.approx(0.25, abs=0.01)  # the wired draw: one answer in four
+    assert after > 0.5, (before, after)
+    accuracy = logged(lake_dir, "rewards/accuracy_reward/mean")
+    assert len(accuracy) == 3 and accuracy[-1] > accuracy[0], accuracy  # sampled by the trainer, step by step
+    assert logged(lake_dir, "rewards/format_reward/mean") == [1.0, 1.0, 1.0]  # the chain is intact
+    assert record.status == "ok" and record.metrics["step"] == 3 and record.metrics["steps_reward_std_nonzero"] >= 1
     (row,) = trainings(lake_dir)
-    metrics = dict(row["metrics"])
-    for key in ("reward", "rewards/accuracy_reward/mean", "rewards/format_reward/mean"):
-        assert math.isfinite(metrics[key]), key
     assert (row["kind"], row["dataset_table"], row["rows"]) == ("grpo", "rl", 6)
     assert json.loads(row["config"])["reward_weights"] == [1.0, 0.5]
-    assert (tmp_path / "grpo" / "model.safetensors").exists()
 
 
 @pytest.mark.slow

@@ -166,14 +166,14 @@ def test_all_urls_down_wait_for_one_to_come_back(backend):
     finally:
         for s in servers:
             s.close()
-    assert all(r.ok for r in results) and all(r.attempts > 1 for r in results)
+    assert len(results) == 5 and all(r.ok for r in results) and all(r.attempts > 1 for r in results)
 
 
 def test_all_urls_down_fail_after_retry_budget_without_fail_fast(backend):
     # (with fail_fast_after_s, the default, generate() stops instead: tests/stages/test_hostile_servers.py)
     results = list(backend([dead_url(), dead_url()], dead_cooldown_s=0.05, max_retries=2, fail_fast_after_s=None)
                    .generate(ask(f"q{i}") for i in range(3)))
-    assert all(r.error.startswith("connection refused: ") and r.attempts == 3 for r in results)
+    assert len(results) == 3 and all(r.error.startswith("connection refused: ") and r.attempts == 3 for r in results)
 
 
 def test_images_arrive_as_data_urls(server, backend):
@@ -230,13 +230,18 @@ def test_keeps_concurrency_in_flight_and_pulls_lazily(backend):
         assert len(list(it)) == 59
         assert server.max_in_service == 4
 
-        # A caller that stops early: what was not sent yet is dropped.
-        pulled.clear()
-        it = b.generate(requests())
-        next(it)
+    # A caller that stops early: what was not sent yet is dropped. "late0" is answered at once, the rest take 1 s:
+    # when the caller stops, 4 are in flight (late1-3, and late4 taken by the worker that answered late0) and
+    # late5-7 are pulled but not sent. Without the drop they would go out as the workers free up.
+    with FaultServer(default="slow:1.0") as server:
+        server.plan["late0"] = ["ok"]
+        b = backend(server.url, concurrency=4, timeout_s=5.0)
+        it = b.generate(ask(f"late{i}") for i in range(60))
+        assert next(it).request.key == "key-late0"
         it.close()
-        time.sleep(0.2)
-        assert len(server.hits) <= 60 + len(pulled)
+        time.sleep(2.5)  # past the in-flight requests' second, when late5-7 would have been sent
+        sent = sorted(h.prompt for h in server.hits)
+        assert 4 <= len(sent) <= 5 and set(sent) <= {f"late{i}" for i in range(5)}, sent
 
 
 def test_make_backend_names_bad_options():

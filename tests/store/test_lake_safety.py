@@ -326,6 +326,27 @@ def test_a_killed_run_is_marked_interrupted_by_the_next(cli, tagged_lake, monkey
     assert status == {"far": "interrupted", "near": "running"}
 
 
+def test_a_recorded_run_ends_ok_failed_with_its_error_or_interrupted(lake_dir):
+    """`runs.recorded`, the lifecycle of `run`, `iterate` and `eval`: the block's counts on `ok`; an exception's
+    `Type: message` on `failed` (the exception still reaches the caller); Ctrl-C is `interrupted`. The loop's
+    form opens the lake to start and again to end (it holds none open while its trainings write)."""
+    from vlfactory.stores import runs
+
+    with Lake(lake_dir) as lake, runs.recorded(lake, "run ingest", "name: r\n", "r", "run r.yaml") as run:
+        run.counts["ingest.written"] = 3
+    with pytest.raises(ValueError), runs.recorded(lambda: Lake(lake_dir), "iterate", "name: r\n", "r") as run:
+        run.counts["iterations"] = 1
+        raise ValueError("no model at runs/iter1/sft")
+    with pytest.raises(KeyboardInterrupt), Lake(lake_dir) as lake, runs.recorded(lake, "eval"):
+        raise KeyboardInterrupt
+    with Lake(lake_dir, read_only=True) as lake:
+        rows = lake.query("SELECT command, status, error, counts, ended_at IS NOT NULL FROM runs "
+                          "ORDER BY started_at").fetchall()
+    assert rows == [("run ingest", "ok", None, {"ingest.written": 3}, True),
+                    ("iterate", "failed", "ValueError: no model at runs/iter1/sft", {"iterations": 1}, True),
+                    ("eval", "interrupted", None, {}, True)]
+
+
 def test_gc_expires_history_but_never_a_tagged_version(cli, tagged_lake):
     root = tagged_lake
     with Lake(root, read_only=True) as lake:

@@ -355,9 +355,9 @@ def test_recipes_take_protocol_names_from_the_verifier():
             assert grade("\\boxed{4} <answer>4</answer>", "4", protocol=name).correct
     with pytest.raises(RecipeError, match="verify.protocol: 'judge' is not one of vlfactory, .*evaluation only"):
         parse_recipe({"sources": [{"name": "s", "format": "synthetic"}], "verify": {"protocol": "judge"}})
-    with pytest.raises(RecipeError, match="eval: base_protocol: 'qwen' is not one of vlfactory, openvlthinker, "):
+    with pytest.raises(RecipeError, match="eval.base_protocol: 'qwen' is not one of vlfactory, openvlthinker, "):
         parse_recipe({"sources": [{"name": "s", "format": "synthetic"}], "eval": {"base_protocol": "qwen"}})
-    with pytest.raises(RecipeError, match="eval: judge: missing"):
+    with pytest.raises(RecipeError, match="eval.judge: missing"):
         parse_recipe({"sources": [{"name": "s", "format": "synthetic"}], "eval": {"base_protocol": "judge"}})
     with pytest.raises(ValueError, match="LLM's verdict"):
         grade("<answer>4</answer>", "4", protocol="judge")

@@ -158,3 +158,90 @@ def test_a_recipe_that_extends_itself_is_one_error_line(tmp_path):
     (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
     with pytest.raises(RecipeError, match="recipe not found: missing.yaml"):
         load_recipe(tmp_path / "c.yaml")
+
+
+MALFORMED = {  # each alone makes a recipe both the schema and the loader refuse, at this key
+    "format": ("sources:\n  - {name: a, format: jsn, path: x.json}\n", ["sources", 0, "format"]),
+    "unknown key": ("sources:\n  - {name: a, format: synthetic}\nverify: {max_word: 300}\n", ["verify"]),
+    "another backend's option": ("sources:\n  - {name: a, format: synthetic}\n"
+                                 + "distil: {model: m, base_url: 'http://127.0.0.1:8000/v1', dtype: float32}\n",
+                                 ["distil"]),
+    "a string for a number": ("sources:\n  - {name: a, format: synthetic}\n"
+                              + "rollout: {backend: vllm, model: m, sampling: {max_tokens: many}}\n", ["rollout"]),
+    "a name that is a path": ("name: ../up\nsources:\n  - {name: a, format: synthetic}\n", ["name"]),
+}
+
+
+def test_the_json_schema_accepts_what_the_loader_accepts(tmp_path):
+    """`vlfactory recipe schema`, what editors check recipe YAML against: every YAML file under recipes/ passes it
+    exactly when load_recipe takes it (the trainers' and accelerate's files are not recipes; a recipe that
+    `extends:` another is), and a malformed recipe fails it at the key that is wrong."""
+    import json
+
+    jsonschema = pytest.importorskip("jsonschema")
+    from click.testing import CliRunner
+
+    from vlfactory.cli import main
+    from vlfactory.recipe import RecipeError
+
+    res = CliRunner().invoke(main, ["recipe", "schema"])
+    assert res.exit_code == 0, res.output
+    schema = json.loads(res.output)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    verdicts = {}
+    for path in sorted((REPO / "recipes").rglob("*.yaml")):
+        try:
+            loads = bool(load_recipe(path))
+        except RecipeError:
+            loads = False
+        verdicts[path.relative_to(REPO / "recipes").as_posix()] = (validator.is_valid(yaml.safe_load(path.read_text())),
+                                                                   loads)
+    assert all(valid == loads for valid, loads in verdicts.values()), verdicts
+    assert {name for name, (valid, _) in verdicts.items() if valid} == {
+        "quickstart.yaml", "tabmwp.yaml", "dynamath.yaml", "openvlthinker/iterate.yaml",
+        "openvlthinker/rehearsal.yaml", "openvlthinker/released.yaml"}
+    for case, (text, where) in MALFORMED.items():
+        errors = list(validator.iter_errors(yaml.safe_load(text)))
+        assert [e for e in errors if list(e.absolute_path)[:len(where)] == where], (case, errors)
+        (tmp_path / "bad.yaml").write_text(text)
+        with pytest.raises(RecipeError):
+            load_recipe(tmp_path / "bad.yaml")
+
+
+SYN = [{"name": "s", "format": "synthetic"}]
+URL = "http://127.0.0.1:8000/v1"
+ERRORS = [  # a recipe (without `sources:`, the one above) -> its one line
+    ({"distil": {"model": "m", "base_url": URL, "dtype": "float32"}},
+     "distil.dtype: an option of the vllm backend; this stage's backend is openai (its options: api_key_env,"),
+    ({"distil": {"model": "m"}}, "distil.base_url: missing (the OpenAI-compatible server, e.g. http://"),
+    ({"distil": {"model": "m", "base_url": URL, "concurency": 3}},
+     "distil.concurency: unknown key (did you mean 'concurrency'?); known keys: api_key_env, "),
+    ({"distil": {"model": "m", "base_url": URL, "captions": {}}}, "distil.captions: unknown key;"),  # set by code
+    ({"distil": {"base_url": URL}}, "distil.model: missing"),
+    ({"rollout": {"backend": "vllm", "model": "m", "sampling": {"top_p": 0}}},
+     "rollout.sampling.top_p: must be in (0, 1]"),
+    ({"sources": [{"name": "s", "format": "synthetic", "columns": {"answer": 5}}]},
+     "sources[0].columns.answer: expected a mapping or str, got 5"),
+    ({"sources": [{"name": "s", "format": "synthetic", "where": {"kind": [1.5]}}]},
+     "sources[0].where.kind[0]: expected str, int or bool, got 1.5"),
+    ({"sources": [{"name": "s", "format": "synthetic", "where": {"kind": []}}]},
+     "sources[0].where.kind: must not be empty (an empty list keeps no row; list the values to keep)"),
+    ({"sources": [{"name": "s", "format": "synthetic", "n": "3"}]}, "sources[0].n: expected int, got '3'"),
+    ({"verify": {"require_format": 1}}, "verify.require_format: expected bool, got 1"),
+    ({"sourcs": SYN}, "sourcs: unknown key (did you mean 'sources'?)"),  # the typo, not the key then missing
+    ({"text": "name: x"}, "text: unknown key; known keys: name, sources,"),  # set by the loader
+    ({"loop": {"base_model": "m", "schedule": [{}, {"generator": {"step": 0}}]}},
+     "loop.schedule[1].generator.step: must be at least 1 (a TRL optimizer step with a checkpoint)"),
+]
+
+
+@pytest.mark.parametrize("raw, line", ERRORS, ids=[line.split(":")[0] for _, line in ERRORS])
+def test_errors_name_the_key_path_and_the_fix(raw, line):
+    """pydantic's location made the path a recipe's author reads: list items as [i], the alternatives pydantic
+    tried for a value left out, a generation block's backend options flat beside its own keys."""
+    from vlfactory.recipe import RecipeError, parse_recipe
+
+    with pytest.raises(RecipeError) as e:
+        parse_recipe({"sources": SYN} | raw, path="r.yaml")
+    assert str(e.value).startswith(f"r.yaml: {line}") and "\n" not in str(e.value), str(e.value)

@@ -51,6 +51,20 @@ def test_reasoner_reads_only_the_prompt(reasoner):
     assert len(texts) == 2 and all(verify.extract_answer(t, q["choices"]) is None for t in texts)
 
 
+def test_reasoner_ignores_sampling_and_counts_words(reasoner):
+    """As its docstring says: temperature, top_p, seed, max_tokens and stop change nothing, n samples are copies
+    of one chain, and token counts are words."""
+    p = next(iter(synthetic.generate(1, seed=0, kinds=["shapes"])))
+    text = load_template("reason").render(caption=p["caption"], question=p["question"], choices=p["choices"])
+    results = [next(reasoner.generate([Request("k", [{"role": "user", "content": text}], sampling)]))
+               for sampling in (Sampling(n=3), Sampling(n=3, temperature=1.5, top_p=0.5, seed=7, max_tokens=3,
+                                                         stop=("</think>",)))]
+    chains = [c.text for r in results for c in r.completions]
+    assert len(chains) == 6 and len(set(chains)) == 1 and "<answer>" in chains[0]
+    assert results[0].completions[0].completion_tokens == len(chains[0].split())
+    assert results[0].prompt_tokens == len(text.split())
+
+
 def test_reasoner_identity_is_its_code_and_other_models_are_refused():
     ident = identity("caption-reasoner")
     assert ident.startswith("vlfactory/caption-reasoner@sha256:") and ident == identity("Caption-Reasoner")
