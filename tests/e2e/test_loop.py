@@ -45,7 +45,7 @@ def test_quickstart_loop_learns_and_resumes_after_a_kill(tmp_path):
     proc.wait(60)
     first = "".join(seen)
     assert "== iteration 2 ==" in first, first[-3000:]
-    assert "tagged iter1 ->" in first and "eval synthetic-eval:" in first
+    assert "tagged iter1 ->" in first and "eval synthetic-val:" in first
     with Lake(tmp_path / "lake") as lake:
         trainings = lake.query("SELECT kind, iteration, status FROM trainings ORDER BY started_at").fetchall()
     assert trainings == [("sft", 0, "ok"), ("sft", 1, "ok"), ("grpo", 1, "ok")]
