@@ -4,10 +4,9 @@ OpenVLThinker's teacher is a strong text reasoner (DeepSeek-R1) that never sees
 the image: it reads a caption and the question and writes a reasoning chain.
 On a machine with no GPU and no model hub, no real model can play that part
 for the quickstart: SmolLM2-135M-Instruct (the one real instruction model that
-installs offline, Q4_1) answered the quickstart's shape questions from their
-captions at 15.8% with a three-example prompt (0% on colour and size
-questions; bench/loop.py's notes), below chance, so distillation from it
-teaches nothing. `caption-reasoner` stands in for the text reasoner: it reads
+installs offline, Q4_1) answers the quickstart's shape questions from their
+true captions at 23.3% (90 problems, chance 33.3%; `python bench/teachers.py`),
+so distillation from it teaches nothing. `caption-reasoner` stands in for the text reasoner: it reads
 only the rendered prompt (the caption and the question, exactly what a model
 would get), parses the description grammar of vlfactory.synthetic's `shapes`
 kind, and writes a short chain and an answer in the R1 tags. Anything it
