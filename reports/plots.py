@@ -109,6 +109,8 @@ def _bar_labels(ax, bars, texts: list[str] | None = None, fontsize: int = 8) -> 
 
 def _fit_labels(fig) -> None:
     """Widen each axes' x range until its bar labels end inside it (a label past the edge is cut or overlaps)."""
+    if not any(t.get_gid() == "vlf.label" and t.get_text() for ax in fig.axes for t in ax.texts):
+        return  # nothing to fit: no layout pass (a figure's draw is most of a report's time)
     for _ in range(3):
         fig.draw_without_rendering()
         changed = False

@@ -28,14 +28,15 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 import duckdb
-import pyarrow as pa
 
-from vlfactory.stores import schema
 from vlfactory.stores.connect import LakeSpec, _s3_secret, load_extension
-from vlfactory.stores.sqltext import _code_spans, _first_line, _keywords, _statement_kind, error_line, literal
+from vlfactory.stores.sqltext import _code_spans, _first_line, _keywords, _statement_kind, error_line, ident, literal
+
+if TYPE_CHECKING:  # pyarrow is imported where rows are written: a read (`vlfactory sql`) starts without it
+    import pyarrow as pa
 
 DB = "lake"
 TAG_COMMIT = "tag "  # commit-message prefix of snapshots that only record a tag
@@ -61,11 +62,16 @@ class Lake:
     """One open connection to a lake; use as a context manager."""
 
     def __init__(self, spec: str | os.PathLike | LakeSpec | None = None, *, data_path: str | None = None,
-                 read_only: bool = False, at: int | str | None = None, create: bool = True):
+                 read_only: bool = False, at: int | str | None = None, create: bool = True,
+                 check_schema: bool = True):
+        """`check_schema=False` (read-only only): the lake is not checked for schema migrations this vlfactory has
+        and it lacks until a query fails, whose error then says so (`vlfactory sql`, which runs SQL as written on
+        the tables as they are, as DuckDB would, and so starts without the schema module and its pyarrow)."""
         self.spec = spec if isinstance(spec, LakeSpec) else LakeSpec.resolve(spec, data_path)
         self.read_only = read_only or at is not None
         self.run_id: str | None = None
         self._locked = False
+        self._schema_checked = check_schema or not self.read_only
         self.pinned: int | None = None  # the snapshot a read-only Lake reads, whatever is committed meanwhile
         self._memo: dict[tuple, object] = {}  # lookups at the pinned snapshot (tables, tags): they cannot change
         catalog = self.spec.catalog_file
@@ -118,27 +124,48 @@ class Lake:
                 if Path(f"{catalog}{suffix}").exists():
                     shutil.copyfile(f"{catalog}{suffix}", f"{self._copy.name}/catalog.sqlite{suffix}")
             self._catalog = f"ducklake:sqlite:{self._copy.name}/catalog.sqlite"
-        self._attach(None)
-        pending = self._pending_migrations()
-        if pending:
-            raise LakeError(f"the lake at {self.spec.display} was written by an older vlfactory (schema migration "
-                            f"{pending[0][0]} of {schema.MIGRATIONS[-1][0]} missing): run any write command on it "
-                            "(e.g. `vlfactory gc --dry-run`) once to upgrade it, then read it")
+        latest = self._latest_snapshot_sqlite()
+        # One attach, pinned from the start, where SQLite says which snapshot is the latest (a few ms);
+        # otherwise (a DuckDB or PostgreSQL catalog) attach to find it, then again pinned to it.
+        self._attach(latest)
+        if self._schema_checked and (older := self._older()):
+            raise LakeError(older)
         snapshot = self.resolve(at) if at is not None else self.current_snapshot()
         from vlfactory.stores import maintenance
 
         self._lease = maintenance.lease(self, snapshot)  # gc keeps what an open reader reads
         files = self._data_files()
-        self.con.execute("USE memory")
-        self.con.execute(f"DETACH {DB}")
-        self._attach(snapshot)
+        if snapshot != latest:
+            self.con.execute("USE memory")
+            self.con.execute(f"DETACH {DB}")
+            self._attach(snapshot)
+        self.pinned = snapshot
         remote = "://" in self.data_path()
-        self.con.execute("SET allowed_paths = ?", [[] if remote else files])
+        # Literals, not parameters: binding any parameter makes DuckDB's Python module import pandas (0.2 s
+        # of a 0.5 s `vlfactory sql`). `literal` quotes each path (tests/store/test_quoting.py).
+        paths = "[]" if remote else "[" + ", ".join(literal(f) for f in files) + "]"
+        self.con.execute(f"SET allowed_paths = {paths}")
         if remote:  # object-store keys are not local paths: allow the lake's prefix
-            self.con.execute("SET allowed_directories = ?", [[self.data_path()]])
+            self.con.execute(f"SET allowed_directories = [{literal(self.data_path())}]")
         self.con.execute("SET autoinstall_known_extensions = false")
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET lock_configuration = true")
+
+    def _latest_snapshot_sqlite(self) -> int | None:
+        """The latest snapshot of a SQLite catalog, read with Python's own sqlite3 (read-only); None for
+        other catalogs, or when SQLite cannot say (DuckDB then finds it)."""
+        catalog = getattr(self, "_catalog", self.spec.catalog)
+        if not catalog.startswith("ducklake:sqlite:"):
+            return None
+        import sqlite3
+        from urllib.parse import quote
+
+        try:
+            path = quote(catalog.removeprefix("ducklake:sqlite:"))
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                return db.execute("SELECT max(snapshot_id) FROM ducklake_snapshot").fetchone()[0]
+        except sqlite3.Error:
+            return None
 
     def _attach(self, snapshot: int | None) -> None:
         """ATTACH takes no parameters: the catalog and the data path go in as literals (`literal`), so a
@@ -211,7 +238,20 @@ class Lake:
         except duckdb.CatalogException:  # a new lake
             return set()
 
+    def _older(self) -> str | None:
+        """What to do about a lake that lacks schema migrations this vlfactory has, or None."""
+        pending = self._pending_migrations()
+        if not pending:
+            return None
+        from vlfactory.stores import schema
+
+        return (f"the lake at {self.spec.display} was written by an older vlfactory (schema migration "
+                f"{pending[0][0]} of {schema.MIGRATIONS[-1][0]} missing): run any write command on it "
+                "(e.g. `vlfactory gc --dry-run`) once to upgrade it, then read it")
+
     def _pending_migrations(self) -> list:
+        from vlfactory.stores import schema
+
         applied = self._applied()
         return [m for m in schema.MIGRATIONS if m[0] not in applied]
 
@@ -325,7 +365,12 @@ class Lake:
             return self.current_snapshot()
         if v.isascii() and v.isdigit():  # not '²', which isdigit() but int() refuses
             snap = int(v)
-            known = self.con.execute(f"SELECT count(*) FROM {DB}.snapshots() WHERE snapshot_id = ?", [snap]).fetchone()[0]
+            if self.pinned is not None:  # looked up once per pinned Lake (a report resolves TABLE@N 80 times)
+                known = snap in self._cached("snapshots", lambda: {r[0] for r in self.con.execute(
+                    f"SELECT snapshot_id FROM {DB}.snapshots()").fetchall()})
+            else:
+                known = self.con.execute(f"SELECT count(*) FROM {DB}.snapshots() WHERE snapshot_id = {snap}"
+                                         ).fetchone()[0]
             if not known:
                 raise LakeError(f"no snapshot {snap} in {self.spec.display} (see `vlfactory versions`)")
             return snap
@@ -362,8 +407,16 @@ class Lake:
 
     def tables(self) -> list[str]:
         def look() -> list[str]:
-            rows = self.con.execute(f"SELECT table_name FROM duckdb_tables() WHERE database_name = '{DB}' ORDER BY 1"
-                                    ).fetchall()
+            if self.pinned is None:
+                rows = self.con.execute(f"SELECT table_name FROM duckdb_tables() WHERE database_name = '{DB}' "
+                                        "ORDER BY 1").fetchall()
+            else:  # the catalog's own rows: duckdb_tables() loads every table's definition first (50 ms here)
+                meta = f"__ducklake_metadata_{DB}"
+                live = "{x}.begin_snapshot <= {p} AND ({x}.end_snapshot IS NULL OR {p} < {x}.end_snapshot)"
+                rows = self.con.execute(f"""SELECT t.table_name FROM {meta}.ducklake_table t
+                                            JOIN {meta}.ducklake_schema s USING (schema_id)
+                                            WHERE s.schema_name = 'main' AND {live.format(x='t', p=self.pinned)}
+                                              AND {live.format(x='s', p=self.pinned)} ORDER BY 1""").fetchall()
             return [r[0] for r in rows if r[0] not in INTERNAL]
         return list(self._cached("tables", look))
 
@@ -431,8 +484,11 @@ class Lake:
         text, edits = self._expand(sql)
         return self._error(e, sql, text, edits)
 
-    @staticmethod
-    def _error(e: duckdb.Error, sql: str, text: str, edits: list[tuple[int, int, int, int]]) -> LakeError:
+    def _error(self, e: duckdb.Error, sql: str, text: str, edits: list[tuple[int, int, int, int]]) -> LakeError:
+        if not self._schema_checked:  # a failed query on an unchecked lake: an old lake is the likelier cause
+            self._schema_checked = True
+            if older := self._older():
+                return LakeError(f"{error_line(e)}; {older}")
         error = LakeError(error_line(e))
         at = _position(str(e), text)
         if at is not None:
@@ -446,6 +502,38 @@ class Lake:
     def count(self, table: str, snapshot: int | None = None) -> int:
         at = f" AT (VERSION => {int(snapshot)})" if snapshot is not None else ""
         return self.con.execute(f"SELECT count(*) FROM {DB}.{table}{at}").fetchone()[0]
+
+    def row_counts(self, snapshots: list[int]) -> dict[int, dict[str, int]]:
+        """Rows in every table at each of these snapshots, from DuckLake's catalog alone (no data file is read):
+        the records of the data files live at a snapshot, less the rows their live delete files delete, plus
+        the rows inlined in the catalog that were live then. A table with a file whose rows were written at
+        several snapshots (`partial_max`) is counted with count(*).
+        Checked against count(*) at every snapshot (tests/cli/test_sql_cli.py::test_versions_counts_every_table).
+        """
+        if not snapshots:
+            return {}
+        meta = f"__ducklake_metadata_{DB}"
+        live = "{x}.begin_snapshot <= s.s AND ({x}.end_snapshot IS NULL OR s.s < {x}.end_snapshot)"
+        snaps = "(VALUES " + ", ".join(f"({int(s)})" for s in snapshots) + ") s(s)"
+        inlined = self.con.execute(f"SELECT table_id, table_name FROM {meta}.ducklake_inlined_data_tables").fetchall()
+        parts = [f"""SELECT s.s, f.table_id, sum(f.record_count) AS n FROM {snaps}
+                     JOIN {meta}.ducklake_data_file f ON {live.format(x='f')} GROUP BY ALL""",
+                 f"""SELECT s.s, d.table_id, -sum(d.delete_count) FROM {snaps}
+                     JOIN {meta}.ducklake_delete_file d ON {live.format(x='d')} GROUP BY ALL"""]
+        parts += [f"""SELECT s.s, {int(table_id)}, count(*) FROM {snaps} JOIN {meta}.{ident(name)} r
+                      ON {live.format(x='r')} GROUP BY ALL""" for table_id, name in inlined]
+        rows = self.con.execute(f"""
+            WITH n AS ({' UNION ALL '.join(parts)}),
+                 t AS (SELECT s.s, t.table_id, t.table_name FROM {snaps} JOIN {meta}.ducklake_table t
+                       ON {live.format(x='t')}),
+                 partial AS (SELECT DISTINCT table_id FROM {meta}.ducklake_data_file WHERE partial_max IS NOT NULL)
+            SELECT t.s, t.table_name, coalesce(sum(n.n), 0)::BIGINT, t.table_id IN (SELECT table_id FROM partial)
+            FROM t LEFT JOIN n ON n.s = t.s AND n.table_id = t.table_id GROUP BY ALL""").fetchall()
+        out: dict[int, dict[str, int]] = {int(s): {} for s in snapshots}
+        for snap, name, n, partial in rows:
+            if name not in INTERNAL:
+                out[snap][name] = self.count(ident(name), snap) if partial else int(n)
+        return out
 
     def snapshots(self) -> list[dict]:
         rel = self.con.sql(f"""SELECT snapshot_id, snapshot_time, changes, commit_message,
@@ -515,6 +603,8 @@ class Lake:
         orphan, which `vlfactory gc` removes. Object-store and encrypted lakes go through
         `insert`. With `key`, rows whose key the table holds are left out, as in `insert`.
         """
+        import pyarrow as pa
+
         if key and rows.num_rows:
             held = self.existing(table, key, rows.column(key).to_pylist())
             if held:
@@ -595,6 +685,8 @@ class Lake:
         """Which of these key values the table already holds."""
         if not values:
             return set()
+        import pyarrow as pa
+
         probe = pa.table({"v": pa.array(values, pa.string())})
         self.con.register("_probe", probe)
         try:
@@ -608,6 +700,8 @@ class Lake:
         missing comes back (nothing, when a finished stage runs again)."""
         if not values:
             return set()
+        import pyarrow as pa
+
         self.con.register("_probe", pa.table({"v": pa.array(values, pa.string())}))
         try:
             rows = self.con.execute(f'SELECT DISTINCT v FROM _probe WHERE v NOT IN (SELECT "{key}" FROM {DB}.{table} '
@@ -675,3 +769,4 @@ def _position(message: str, text: str) -> int | None:
 def _under(base: str, path: str, relative: bool) -> str:
     """A DuckLake catalog path: relative to its parent's (a folder's paths end in '/'), or absolute."""
     return base.rstrip("/") + "/" + path if relative else path
+
