@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh machine for the test suite and run it: the README's test command, and CI's.
 #   bash tests/run.sh [pytest args]            # everything (CI)
-#   bash tests/run.sh --fast [pytest args]     # all but the end-to-end tests marked slow
+#   bash tests/run.sh --fast [pytest args]     # all but the tests marked slow (tests/e2e and the integration
+#                                              # tests tests/conftest.py names in SLOW): the loop while editing
 #   bash tests/run.sh tests/unit               # one folder: unit, stages, store, cli, e2e
 set -euo pipefail
 cd "$(dirname "$0")/.."
