@@ -265,7 +265,8 @@ def test_layout_through_a_pipe_ignores_the_terminal_width(wb):
     cmd = [sys.executable, "-m", "vlfactory.cli", "sql", "--lake", str(wb.lake)]
     out = subprocess.run([*cmd, QUESTIONS, "--max-width", "0"], capture_output=True, text=True, check=True,
                          env={**os.environ, "COLUMNS": "40"}).stdout
-    assert all(q in out for _, q in rows_of(wb, QUESTIONS))
+    questions = [q for _, q in rows_of(wb, QUESTIONS)]
+    assert questions and all(q in out for q in questions)
     proc = subprocess.Popen([*cmd, "SELECT i FROM range(5000000) t(i)", "--format", "csv"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout.readline() == b"i\n"

@@ -26,9 +26,6 @@ ALLOWED = {
     ("cli/test_publish.py", "test_upload_reaches_the_hub_api_with_the_token_only_in_headers", "all: hub.calls"):
         "the calls include whoami, repo creation and the LFS batch: asserted just above (`<= paths`, paths from "
         "hub.calls)",
-    ("cli/test_sql_cli.py", "test_layout_through_a_pipe_ignores_the_terminal_width", "all: rows_of(wb, QUESTIONS)"):
-        "to fix in its own commit (the file holds another issue's uncommitted edits): the workbench lake has "
-        "questions, but the test does not say so",
     ("e2e/test_wheel.py", "test_the_installed_wheel_imports_everything_and_runs_the_stages", "all: server.hits"):
         "the hits' prompts equal the 6 planned prompts: asserted just above (server.prompts())",
     ("unit/test_data_is_never_code.py", "_refused", "all: words"):
