@@ -332,11 +332,13 @@ def versions(lake: str | None, data_path: str | None, last: int, fmt: str) -> No
         vlfactory versions --last 10
         vlfactory versions --format jsonl | jq -c '{snapshot, rows}'
     """
+    from vlfactory.stores import tables
+
     with open_lake(lake, data_path, read_only=True, check_schema=False) as lk:  # catalog, runs, tags: any lake's
         tags: dict[int, list[str]] = {}
         for name, snap in lk.tags().items():
             tags.setdefault(snap, []).append(name)
-        commands = dict(lk.con.execute("SELECT run_id, command FROM lake.runs").fetchall())
+        commands = dict(tables.rows(lk, "SELECT run_id, command FROM lake.runs"))
         pinned = lk.current_snapshot()  # the latest when it opened: later ones' files are not readable here
         snapshots = [s for s in lk.snapshots() if s["snapshot_id"] <= pinned][-last:]
         rows = []
@@ -566,6 +568,7 @@ def eval_(model: str, benchmarks: tuple[str, ...], recipe_ref: str, backend: str
     from vlfactory.stages import eval as evaluate
     from vlfactory.backends import backend_config_class
     from vlfactory.recipe import load_recipe
+    from vlfactory.stores import runs
 
     recipe = load_recipe(recipe_ref)
     configs = [recipe.eval_config(name, model, limit=limit) for name in benchmarks]
@@ -578,11 +581,12 @@ def eval_(model: str, benchmarks: tuple[str, ...], recipe_ref: str, backend: str
         if max_tokens:
             gen = dataclasses.replace(gen, sampling=dataclasses.replace(gen.sampling, max_tokens=max_tokens))
         configs[i] = dataclasses.replace(cfg, generation=gen)
-    with open_lake(lake, data_path, recipe) as lk:
-        lk.start_run("eval", recipe.text, recipe.name, " ".join(sys.argv[1:]))
+    with open_lake(lake, data_path, recipe) as lk, runs.recorded(lk, "eval", recipe.text, recipe.name,
+                                                                 " ".join(sys.argv[1:])) as run:
         for cfg in configs:
-            click.echo(evaluate.run(lk, cfg).line(), err=True)
-        lk.end_run("ok")
+            result = evaluate.run(lk, cfg)
+            click.echo(result.line(), err=True)
+            run.counts |= {f"eval.{cfg.benchmark.name}.{k}": v for k, v in result.counts().items()}
 
 
 @main.command()
