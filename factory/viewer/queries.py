@@ -197,12 +197,10 @@ class Viewer:
             if union:
                 joins = f" LEFT JOIN (SELECT k, min(it) AS it FROM ({union}) GROUP BY k) f ON f.k = v.{spec.key}"
                 first = "f.it"
-        # in the table's order: its zone maps then skip what lies before a page of the default order
-        store.keep(self.lake, name, f"SELECT {', '.join(cols)}, {first} AS first_iteration "
-                                    f"FROM ({self.view(table, snap)}) v{joins} ORDER BY v._row")
-        # an ART index on _row: a sorted page's rows are fetched by it (`rows`), not by a scan of every row
-        self.lake.con.execute(f"CREATE INDEX {name.rsplit('.', 1)[1]}_row ON {name} (_row)")
-        return name
+        # in the table's order: its zone maps then skip what lies before a page of the default order; an ART
+        # index on _row: a sorted page's rows are fetched by it (`rows`), not by a scan of every row
+        return store.keep(self.lake, name, f"SELECT {', '.join(cols)}, {first} AS first_iteration "
+                                           f"FROM ({self.view(table, snap)}) v{joins} ORDER BY v._row", index="_row")
 
     def where_keys(self, index: str, table: str, snap: int, where: str) -> str:
         """The keys of the rows a WHERE over the whole table matches (one that names columns the index lacks),
