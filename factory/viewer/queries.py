@@ -358,8 +358,8 @@ class Viewer:
             at = self.query(f"SELECT v._row FROM {index} v{cond(page)} ORDER BY {order} LIMIT {limit + 1}",
                             page_params, user)
             picked = ", ".join(str(int(r["_row"])) for r in at) or "NULL"
-            found = self.query(f"SELECT v.* FROM {index} v WHERE v._row IN ({picked}) ORDER BY {order} "
-                               f"LIMIT {limit + 1}")
+            # no LIMIT here: with one, DuckDB scans every row instead of using the index
+            found = self.query(f"SELECT v.* FROM {index} v WHERE v._row IN ({picked}) ORDER BY {order}")
         count_key = (index, json.dumps(where), json.dumps(params))
         if count_key not in self.counts:
             self.counts[count_key] = self.query(f"SELECT count(*) AS n FROM {index} v{cond(where)}", params,
