@@ -183,6 +183,7 @@ def run(recipe: Recipe | str | os.PathLike, stages: str | list[str] | None = Non
     from vlfactory import tracking
     from vlfactory.recipe import Recipe, load_recipe
     from vlfactory.stages import Scope, run_stage
+    from vlfactory.stores import runs
 
     say = say or (lambda line: None)
     recipe = tracking.choose(recipe if isinstance(recipe, Recipe) else load_recipe(recipe), report_to)
@@ -195,25 +196,16 @@ def run(recipe: Recipe | str | os.PathLike, stages: str | list[str] | None = Non
         preflight(configs["ingest"])
     with opened(lake, data_path, recipe) as lk:
         say(f"lake: {lk.spec.display}")
-        run_id = lk.start_run("run " + ",".join(names), recipe.text, recipe.name, argv)
-        out = RunResult(run_id, lk.current_snapshot())
-        counts: dict[str, int] = {}
         t0 = time.perf_counter()
-        try:
-            with tracking.for_run(recipe, run_id, "run"):
+        with runs.recorded(lk, "run " + ",".join(names), recipe.text, recipe.name, argv) as record:
+            out = RunResult(record.run_id, lk.current_snapshot())
+            with tracking.for_run(recipe, record.run_id, "run"):
                 for name in names:
                     with progress(name) if progress else contextlib.nullcontext() as callback:
                         result = run_stage(lk, name, configs[name], scope, callback)
                     say(result.line())
                     out.results.append(result)
-                    counts |= {f"{name}.{k}": v for k, v in result.counts().items()}
-        except KeyboardInterrupt:
-            lk.end_run("interrupted", counts)
-            raise
-        except Exception as e:
-            lk.end_run("failed", counts, error=f"{type(e).__name__}: {e}")
-            raise
-        lk.end_run("ok", counts)
+                    record.counts |= {f"{name}.{k}": v for k, v in result.counts().items()}
         if tag:
             say(f"tagged {tag} -> snapshot {lk.tag(tag, force=True)}")
             out.tag = tag

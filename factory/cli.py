@@ -285,7 +285,7 @@ def sql(query: str | None, lake: str | None, data_path: str | None, file: str | 
         raise UserError(f"--no-header applies to {', '.join(sqlout.HEADED)}; {fmt} has no header row")
     import duckdb
 
-    with open_lake(lake, data_path, read_only=True, at=at) as lk:
+    with open_lake(lake, data_path, read_only=True, at=at, check_schema=False) as lk:  # checked if the SQL fails
         rel = lk.query(text)
         try:
             sqlout.write(rel, fmt, output, header=not no_header, max_width=max_width)
@@ -332,11 +332,13 @@ def versions(lake: str | None, data_path: str | None, last: int, fmt: str) -> No
         vlfactory versions --last 10
         vlfactory versions --format jsonl | jq -c '{snapshot, rows}'
     """
-    with open_lake(lake, data_path, read_only=True) as lk:
+    from vlfactory.stores import tables
+
+    with open_lake(lake, data_path, read_only=True, check_schema=False) as lk:  # catalog, runs, tags: any lake's
         tags: dict[int, list[str]] = {}
         for name, snap in lk.tags().items():
             tags.setdefault(snap, []).append(name)
-        commands = dict(lk.con.execute("SELECT run_id, command FROM lake.runs").fetchall())
+        commands = dict(tables.rows(lk, "SELECT run_id, command FROM lake.runs"))
         pinned = lk.current_snapshot()  # the latest when it opened: later ones' files are not readable here
         snapshots = [s for s in lk.snapshots() if s["snapshot_id"] <= pinned][-last:]
         rows = []
@@ -355,37 +357,10 @@ def versions(lake: str | None, data_path: str | None, last: int, fmt: str) -> No
 
 
 def _row_counts(lk, snapshots: list[dict]) -> list[dict[str, int]]:
-    """Rows in every table the lake holds at each of these snapshots (in order), in one query.
-
-    Every table is counted at the first snapshot and after a gap (expired snapshots), then only
-    the tables a snapshot changed (its `changes` name them); the others keep their count.
-    """
-    from vlfactory.stores.lake import DB, INTERNAL
-    from vlfactory.stores.sqltext import ident, literal
-
-    catalog = lk.con.execute(f"""SELECT table_id::VARCHAR, table_name, begin_snapshot, end_snapshot
-                                 FROM __ducklake_metadata_{DB}.ducklake_table""").fetchall()
-    parts, previous = [], None
-    for s in snapshots:
-        snap = s["snapshot_id"]
-        named = {v for values in (s["changes"] or {}).values() for v in values}
-        for table_id, name, begin, end in catalog:
-            if name in INTERNAL or not (begin <= snap and (end is None or snap < end)):
-                continue
-            if previous != snap - 1 or named & {table_id, name, f"main.{name}"}:
-                parts.append(f"SELECT {int(snap)}, {literal(name)}, count(*) FROM {DB}.{ident(name)} "
-                             f"AT (VERSION => {int(snap)})")
-        previous = snap
-    counted: dict[int, dict[str, int]] = {}
-    for snap, name, n in lk.con.execute(" UNION ALL ".join(parts)).fetchall() if parts else []:
-        counted.setdefault(snap, {})[name] = n
-    out, counts = [], {}
-    for s in snapshots:
-        snap = s["snapshot_id"]
-        live = {name for _, name, begin, end in catalog if begin <= snap and (end is None or snap < end)}
-        counts = {t: n for t, n in counts.items() if t in live} | counted.get(snap, {})
-        out.append(counts)
-    return out
+    """Rows in every table the lake holds at each of these snapshots, in order (Lake.row_counts: from the
+    catalog's file records, no data file read)."""
+    counted = lk.row_counts([s["snapshot_id"] for s in snapshots])
+    return [counted[s["snapshot_id"]] for s in snapshots]
 
 
 @main.command()
@@ -593,6 +568,7 @@ def eval_(model: str, benchmarks: tuple[str, ...], recipe_ref: str, backend: str
     from vlfactory.stages import eval as evaluate
     from vlfactory.backends import backend_config_class
     from vlfactory.recipe import load_recipe
+    from vlfactory.stores import runs
 
     recipe = load_recipe(recipe_ref)
     configs = [recipe.eval_config(name, model, limit=limit) for name in benchmarks]
@@ -605,11 +581,12 @@ def eval_(model: str, benchmarks: tuple[str, ...], recipe_ref: str, backend: str
         if max_tokens:
             gen = dataclasses.replace(gen, sampling=dataclasses.replace(gen.sampling, max_tokens=max_tokens))
         configs[i] = dataclasses.replace(cfg, generation=gen)
-    with open_lake(lake, data_path, recipe) as lk:
-        lk.start_run("eval", recipe.text, recipe.name, " ".join(sys.argv[1:]))
+    with open_lake(lake, data_path, recipe) as lk, runs.recorded(lk, "eval", recipe.text, recipe.name,
+                                                                 " ".join(sys.argv[1:])) as run:
         for cfg in configs:
-            click.echo(evaluate.run(lk, cfg).line(), err=True)
-        lk.end_run("ok")
+            result = evaluate.run(lk, cfg)
+            click.echo(result.line(), err=True)
+            run.counts |= {f"eval.{cfg.benchmark.name}.{k}": v for k, v in result.counts().items()}
 
 
 @main.command()

@@ -29,9 +29,9 @@ from datetime import datetime
 
 from vlfactory.reports import plots
 from vlfactory.stages.eval import wilson_interval
-from vlfactory.reports.stats import (FUNNEL, PROBLEM_STAGES, VersionStats, by_question_type, eval_examples,
-                                     eval_label, funnel, iteration_tags, keyword_rates, paired, previous_tag,
-                                     short_name, summary, tracked_keywords, version_stats)
+from vlfactory.reports.stats import (FUNNEL, PROBLEM_STAGES, VersionStats, eval_examples, eval_label, funnel,
+                                     iteration_tags, keyword_rates, previous_tag, short_name, summary,
+                                     tracked_keywords, version_stats)
 from vlfactory.stores.lake import Lake
 
 EMPTY = '<p class="empty">no data yet</p>'
@@ -105,7 +105,7 @@ def iterations_page(lake: Lake) -> str:
     table = _table(["", *names], [[label, *values] for label, values in series.items()])
     body = [_section("iterations", "Data per iteration (totals at each tag)",
                      _figure(plots.iterations(names, series), "Data per iteration") + table),
-            *eval_sections(lake, stats[-1]),
+            *eval_sections(stats[-1]),
             _section("keywords", "Reflection keywords per iteration", *_keywords(lake, stats[-1])),
             _section("eval-samples", "Answers of the evaluated models", _eval_examples(lake))]
     for i, st in enumerate(stats):
@@ -156,19 +156,19 @@ def version_sections(lake: Lake, st: VersionStats, compare_to: tuple[str, int] |
                           r["latency_s"]] for r in st.usage]) if st.usage else "", _runs_table(st)),
     ]
     if evals:
-        sections.extend(eval_sections(lake, st, prefix))
+        sections.extend(eval_sections(st, prefix))
     sections.append(_section(prefix + "diff", "Changes since the previous version", *_diff(lake, st, compare_to)))
     return sections
 
 
-def eval_sections(lake: Lake, st: VersionStats, prefix: str = "") -> list[str]:
+def eval_sections(st: VersionStats, prefix: str = "") -> list[str]:
     """The questions asked of a loop's evaluations: how accurate each model is (95% intervals), on which kinds of
     question against what answering without the image scores, whether each step helped on the same problems,
     and pass@k where several samples were drawn."""
     return [_section(prefix + "evals", "Held-out accuracy across the loop", *_evals(st.evals, st.names)),
-            _section(prefix + "by-type", "Accuracy by question type", *_by_type(by_question_type(lake, st.snapshot))),
+            _section(prefix + "by-type", "Accuracy by question type", *_by_type(st.by_type)),
             _section(prefix + "paired", "Did each step help? Consecutive models on the same problems",
-                     _paired(paired(lake, st.snapshot))),
+                     _paired(st.paired)),
             _section(prefix + "pass-at-k", "pass@k",
                      _figure(plots.pass_at_k(st.evals), "pass@k", "pass-at-k" if st.evals else "evals"))]
 

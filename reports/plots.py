@@ -41,7 +41,7 @@ def _svg(fig) -> str:
         text.set_parse_math(False)
     buf = io.StringIO()
     with rc_context({"svg.fonttype": "none", "text.parse_math": False}):
-        _fit_labels(fig)
+        _lay_out(fig)
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     text = buf.getvalue()
     text = text[text.index("<svg"):]
@@ -107,23 +107,38 @@ def _bar_labels(ax, bars, texts: list[str] | None = None, fontsize: int = 8) -> 
     _compact(ax)
 
 
-def _fit_labels(fig) -> None:
-    """Widen each axes' x range until its bar labels end inside it (a label past the edge is cut or overlaps)."""
-    for _ in range(3):
-        fig.draw_without_rendering()
-        changed = False
-        for ax in fig.axes:
-            labels = [t for t in ax.texts if t.get_gid() == "vlf.label" and t.get_text()]
-            if not labels:
-                continue
-            box = ax.get_window_extent()
-            right = max(t.get_window_extent().x1 for t in labels)
-            if right > box.x1 - 4:
-                lo, hi = ax.get_xlim()
-                ax.set_xlim(lo, lo + (hi - lo) * (right - box.x0 + 12) / box.width)
-                changed = True
-        if not changed:
-            return
+def _lay_out(fig) -> None:
+    """Place the panels (constrained layout) and widen each axes' x range until its bar labels end inside it (a
+    label past the edge is cut or overlaps), then fix the layout so saving draws the figure once.
+
+    The layout engine runs on its own with a kept Agg renderer, no draw of every artist around it: savefig with
+    a layout engine draws twice (a layout pass, then the output), and a draw per fitting round came on top; the
+    draws were most of a report's time."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    engine = fig.get_layout_engine()
+    for round_ in range(4):
+        engine.execute(fig)
+        if round_ == 3 or not _fit_labels(fig, renderer):
+            break
+    fig.set_layout_engine("none")  # placed: savefig draws the output only
+
+
+def _fit_labels(fig, renderer) -> bool:
+    """Widen the x range of each axes whose bar labels end past its right edge; whether any was widened."""
+    changed = False
+    for ax in fig.axes:
+        labels = [t for t in ax.texts if t.get_gid() == "vlf.label" and t.get_text()]
+        if not labels:
+            continue
+        box = ax.get_window_extent(renderer)
+        right = max(t.get_window_extent(renderer).x1 for t in labels)
+        if right > box.x1 - 4:
+            lo, hi = ax.get_xlim()
+            ax.set_xlim(lo, lo + (hi - lo) * (right - box.x0 + 12) / box.width)
+            changed = True
+    return changed
 
 
 def _barh(ax, labels: list[str], values: list[float], color: str | None = None, fmt: str = "{:,.0f}") -> None:
@@ -382,8 +397,8 @@ def evals(rows: list[dict]) -> str | None:
     intervals, or across evaluations in order."""
     if not rows:
         return None
-    from vlfactory.stages.eval import wilson_interval
     from vlfactory.reports.stats import eval_label, eval_order
+    from vlfactory.stages.eval import wilson_interval
 
     fig, (ax,) = _figure(width=8.5)
     labels = sorted({(eval_order(r), eval_label(r)) for r in rows if r.get("iteration") is not None})

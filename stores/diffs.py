@@ -97,11 +97,10 @@ def _columns(lake: Lake, table: str, snapshot: int) -> dict[str, str] | None:
     return {c: str(t) for c, t in zip(rel.columns, rel.types)}
 
 
-def row_diff(lake: Lake, table: str, a: str | int, b: str | int = "latest", limit: int | None = None) -> TableDiff:
-    """Rows of `table` added, removed and changed by key from version A to version B (tags or snapshot ids)."""
-    if table not in lake.tables():
-        raise LakeError(f"unknown table {table!r}; tables: {', '.join(lake.tables())}")
-    sa, sb = lake.resolve(a), lake.resolve(b)
+def _plan(lake: Lake, table: str, a: str | int, b: str | int, sa: int, sb: int) -> tuple[TableDiff, dict | None,
+                                                                                    dict | None, str]:
+    """The diff to fill (key, compared columns, schema changes), both versions' columns and the compared columns'
+    SELECT list."""
     cols_a, cols_b = _columns(lake, table, sa), _columns(lake, table, sb)
     base = cols_b or cols_a
     if base is None:
@@ -115,6 +114,16 @@ def row_diff(lake: Lake, table: str, a: str | int, b: str | int = "latest", limi
     out = TableDiff(table, str(a), str(b), sa, sb, key, compared,
                     columns_added=[c for c in (cols_b or {}) if cols_a is not None and c not in cols_a],
                     columns_removed=[c for c in (cols_a or {}) if cols_b is not None and c not in cols_b])
+    return out, cols_a, cols_b, sel
+
+
+def row_diff(lake: Lake, table: str, a: str | int, b: str | int = "latest", limit: int | None = None) -> TableDiff:
+    """Rows of `table` added, removed and changed by key from version A to version B (tags or snapshot ids)."""
+    if table not in lake.tables():
+        raise LakeError(f"unknown table {table!r}; tables: {', '.join(lake.tables())}")
+    sa, sb = lake.resolve(a), lake.resolve(b)
+    out, cols_a, cols_b, sel = _plan(lake, table, a, b, sa, sb)
+    key, compared = out.key, out.compared
     con = lake.con
     k = ", ".join(f'"{c}"' for c in key)
 
@@ -202,26 +211,68 @@ def _inlined(lake: Lake, table: str) -> bool:
 
 def counts(lake: Lake, a: str | int, b: str | int) -> dict[str, dict[str, int]]:
     """Per table, rows added, removed and changed (by key, as `row_diff` counts them) from version A to B. A table
-    that no snapshot in between touched is not compared."""
+    that no snapshot in between touched is not compared; a touched one is counted in one query (`_tally`)."""
     sa, sb = lake.resolve(a), lake.resolve(b)
     lo, hi = sorted((sa, sb))
+    touched = _touched(lake, lo, hi)
     out = {}
     for table in lake.tables():
         if sa == sb:
-            touched = False
+            moved = False
+        elif touched is not None:
+            moved = table in touched
         else:
             try:
-                touched = lake.con.execute(f"SELECT count(*) > 0 FROM {DB}.table_changes({literal(table)}, "
-                                           f"{lo + 1}, {hi})").fetchone()[0]
+                moved = lake.con.execute(f"SELECT count(*) > 0 FROM {DB}.table_changes({literal(table)}, "
+                                         f"{lo + 1}, {hi})").fetchone()[0]
             except duckdb.Error:  # created or dropped in between: compare what each version has
-                touched = True
+                moved = True
         try:
-            d = row_diff(lake, table, sa, sb, limit=0) if touched else None
+            out[table] = _tally(lake, table, sa, sb) if moved else {"added": 0, "removed": 0, "changed": 0}
         except LakeError:  # at neither version
-            d = None
-        out[table] = ({"added": d.n_added, "removed": d.n_removed, "changed": d.n_changed} if d
-                      else {"added": 0, "removed": 0, "changed": 0})
+            out[table] = {"added": 0, "removed": 0, "changed": 0}
     return out
+
+
+# What a snapshot's `changes` lists by table id; any other change (a table created, dropped, renamed or
+# altered, a schema) leaves the question to table_changes, table by table.
+ROW_CHANGES = ("tables_inserted_into", "tables_deleted_from", "inlined_insert", "inlined_delete")
+
+
+def _touched(lake: Lake, lo: int, hi: int) -> set[str] | None:
+    """The tables whose rows the snapshots after `lo` up to `hi` changed, read from DuckLake's snapshot list in
+    one query (None where a snapshot changed more than rows: then each table is asked)."""
+    if lo == hi:
+        return set()
+    meta = f"__ducklake_metadata_{DB}"
+    rows = lake.con.execute(f"""
+        WITH c AS (SELECT unnest(map_keys(changes)) AS kind, unnest(map_values(changes)) AS ids
+                   FROM {DB}.snapshots() WHERE snapshot_id BETWEEN {lo + 1} AND {hi})
+        SELECT kind, t.table_name FROM (SELECT kind, unnest(ids) AS id FROM c) x
+        LEFT JOIN (SELECT DISTINCT table_id::VARCHAR AS id, table_name FROM {meta}.ducklake_table) t USING (id)
+    """).fetchall()
+    if any(kind not in ROW_CHANGES or name is None for kind, name in rows):
+        return None
+    return {name for _, name in rows}
+
+
+def _tally(lake: Lake, table: str, sa: int, sb: int) -> dict[str, int]:
+    """Rows added, removed and changed as `row_diff` counts them, in one query: of the rows only in A and only in
+    B, the keys found once on each side are the changed rows; every other row is removed or added."""
+    out, cols_a, cols_b, sel = _plan(lake, table, sa, sb, sa, sb)
+    k = ", ".join(f'"{c}"' for c in out.key)
+    try:
+        side_a, side_b = _sides(lake, table, sa, sb, cols_a, cols_b, sel)
+        only_a, only_b, changed = lake.con.execute(f"""
+            WITH a AS MATERIALIZED (({side_a}) EXCEPT ALL ({side_b})),
+                 b AS MATERIALIZED (({side_b}) EXCEPT ALL ({side_a}))
+            SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM b),
+                   (SELECT count(*) FROM ((SELECT {k} FROM a GROUP BY ALL HAVING count(*) = 1)
+                                          INTERSECT (SELECT {k} FROM b GROUP BY ALL HAVING count(*) = 1)))
+        """).fetchone()
+    finally:
+        lake.con.execute("DROP TABLE IF EXISTS temp._changes")
+    return {"added": only_b - changed, "removed": only_a - changed, "changed": changed}
 
 
 def _dicts(rel: duckdb.DuckDBPyRelation) -> list[dict]:

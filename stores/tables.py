@@ -90,10 +90,13 @@ def columns(lake: Lake, sql: str) -> dict[str, str]:
     return dict(zip(rel.columns, (str(t) for t in rel.types)))
 
 
-def keep(lake: Lake, name: str, sql: str) -> str:
+def keep(lake: Lake, name: str, sql: str, index: str | None = None) -> str:
     """A query's rows kept as the in-memory table `name` (`memory.main.x`: never in the lake), for paging and
-    counting without reading the lake again; returns `name`."""
+    counting without reading the lake again; with `index`, an ART index on that column (point reads by it);
+    returns `name`."""
     lake.con.execute(f"CREATE TABLE {name} AS {sql}")
+    if index:
+        lake.con.execute(f"CREATE INDEX {name.rsplit('.', 1)[-1]}_{index} ON {name} ({index})")
     return name
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up a fresh machine for the test suite and run it: the README's test command, and CI's.
 #   bash tests/run.sh [pytest args]            # everything (CI)
-#   bash tests/run.sh --fast [pytest args]     # all but the end-to-end tests marked slow
+#   bash tests/run.sh --fast [pytest args]     # all but the tests marked slow (tests/e2e and the integration
+#                                              # tests tests/conftest.py names in SLOW): the loop while editing,
+#                                              # on 2 workers (VLFACTORY_TEST_WORKERS), a test file per worker
 #   bash tests/run.sh tests/unit               # one folder: unit, stages, store, cli, e2e
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +25,7 @@ bash setup.sh cpu,dev
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
 if [ "${1:-}" = "--fast" ]; then
   shift
-  exec .venv/bin/python -m pytest -q -m "not slow" "$@"
+  # A file's tests stay on one worker (loadfile), so a module's fixture builds its lake once.
+  exec .venv/bin/python -m pytest -q -m "not slow" -n "${VLFACTORY_TEST_WORKERS:-2}" --dist loadfile "$@"
 fi
 exec .venv/bin/python -m pytest -q "$@"

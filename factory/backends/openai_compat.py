@@ -124,6 +124,56 @@ class _Endpoint:
         self.unreachable = ""  # why connecting failed, before any server answered
 
 
+class _Endpoints:
+    """The base URLs and what the backend knows of them: which is the least busy of those not cooling down after
+    a refused connection, whether any server has answered yet and, until one has, how long all have refused."""
+
+    def __init__(self, bases: list[str], cooldown_s: float, fail_fast_after_s: float | None):
+        self.all = [_Endpoint(b) for b in bases]
+        self.cooldown_s, self.fail_fast_after_s = cooldown_s, fail_fast_after_s
+        self.answered = False       # some server sent an HTTP response (any status) since we started
+        self._refused_since = None  # before that: when the first connection failed, and how many did
+        self._refusals = 0
+
+    def pick(self) -> _Endpoint | None:
+        now = time.monotonic()
+        alive = [e for e in self.all if e.dead_until <= now]
+        return min(alive, key=lambda e: e.in_flight) if alive else None
+
+    async def next(self) -> _Endpoint:
+        """Where to send: the least busy live URL, else the first to come back, waited for (looked at again
+        soon while nothing has answered yet: a server may be starting)."""
+        ep = self.pick()
+        if ep is None:
+            ep = min(self.all, key=lambda e: e.dead_until)
+            delay = ep.dead_until - time.monotonic()
+            if not self.answered:
+                delay = min(delay, PROBE_S, self.cooldown_s)
+            await asyncio.sleep(max(0.0, delay))
+        return ep
+
+    def refused(self, ep: _Endpoint, reason: str) -> bool:
+        """A connection to `ep` failed: it cools down. True when that is no failed attempt (no server has
+        answered yet and fail_fast_after_s is set: wait for one), raising EndpointsUnreachable once every URL
+        has refused for fail_fast_after_s."""
+        now = time.monotonic()
+        ep.dead_until = now + self.cooldown_s
+        if self.answered or self.fail_fast_after_s is None:
+            return False
+        ep.unreachable = reason
+        self._refusals += 1
+        if self._refused_since is None:
+            self._refused_since = now
+        waited = now - self._refused_since
+        if waited < self.fail_fast_after_s or not all(e.unreachable for e in self.all):
+            return True
+        tried = f"{self._refusals} attempts in {waited:.1f} s"
+        if len(self.all) == 1:
+            raise EndpointsUnreachable(f"no server answers at {ep.base} ({reason}, {tried}); is it running?")
+        where = ", ".join(f"{e.base} ({e.unreachable})" for e in self.all)
+        raise EndpointsUnreachable(f"no server answers at any base URL: {where}; {tried}; are they running?")
+
+
 class _Job:
     """One generate() call: where its results go, and whether anyone still wants them."""
 
@@ -139,7 +189,7 @@ class OpenAIBackend:
         bases = [cfg.base_url] if isinstance(cfg.base_url, str) else list(cfg.base_url)
         if not bases:
             raise ValueError("backend openai: base_url: give at least one URL, e.g. http://localhost:8000/v1")
-        self._endpoints = [_Endpoint(b) for b in bases]
+        self._endpoints = _Endpoints(bases, cfg.dead_cooldown_s, cfg.fail_fast_after_s)
         if cfg.max_response_bytes < 1024:
             raise ValueError(f"backend openai: max_response_bytes: {cfg.max_response_bytes} is too small for an answer")
         if cfg.api_key_env and cfg.api_key_env not in os.environ:
@@ -149,12 +199,9 @@ class OpenAIBackend:
         self._secret = key if key != "EMPTY" else None
         self._headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._answered = False       # some server sent an HTTP response (any status) since we started
-        self._refused_since = None   # before that: when the first connection failed, and how many did
-        self._refusals = 0
 
     def __repr__(self) -> str:
-        return (f"OpenAIBackend(model={self.model!r}, base_url={[e.base for e in self._endpoints]}, "
+        return (f"OpenAIBackend(model={self.model!r}, base_url={[e.base for e in self._endpoints.all]}, "
                 f"concurrency={self.cfg.concurrency})")
 
     # -- the caller's side ---------------------------------------------------
@@ -245,42 +292,28 @@ class OpenAIBackend:
             except Exception as e:
                 job.done.put(e)
 
-    def _pick(self) -> _Endpoint | None:
-        now = time.monotonic()
-        alive = [e for e in self._endpoints if e.dead_until <= now]
-        return min(alive, key=lambda e: e.in_flight) if alive else None
-
     async def _send(self, req: Request, body: bytes) -> Result:
         cfg = self.cfg
         start = time.monotonic()
         attempt = retries = 0  # attempts sent; retries counted against max_retries
         while True:
             attempt += 1
-            ep = self._pick()
-            if ep is None:  # every URL refused us lately: wait for the first to come back
-                first = min(self._endpoints, key=lambda e: e.dead_until)
-                delay = first.dead_until - time.monotonic()
-                if not self._answered:  # nothing has answered yet: look again soon, a server may be starting
-                    delay = min(delay, PROBE_S, cfg.dead_cooldown_s)
-                await asyncio.sleep(max(0.0, delay))
-                ep = first
+            ep = await self._endpoints.next()
             wait = None
             ep.in_flight += 1
             try:
                 async with self._session.post(ep.url, data=body, headers=ep.headers) as resp:
-                    self._answered = True
+                    self._endpoints.answered = True
                     status, retry_after = resp.status, resp.headers.get("Retry-After")
                     raw = await _read(resp, cfg.max_response_bytes)
             except TimeoutError:
                 error = f"timeout after {cfg.timeout_s:g}s"
             except aiohttp.ClientConnectorError as e:
-                ep.dead_until = time.monotonic() + cfg.dead_cooldown_s
                 reason = _unreachable(e)
                 error = f"{reason}: {e}"
-                if not self._answered and cfg.fail_fast_after_s is not None:
-                    self._note_unreachable(ep, reason)  # raises once the window is over
+                if self._endpoints.refused(ep, reason):  # raises once every URL refused for fail_fast_after_s
                     continue  # not a failed attempt: no server has answered yet, wait for one
-                if self._pick() is not None:
+                if self._endpoints.pick() is not None:
                     wait = 0.0  # another URL is up: go there now
             except aiohttp.ClientError as e:  # dropped connection, truncated body
                 error = f"connection error: {type(e).__name__}: {e}"
@@ -318,21 +351,6 @@ class OpenAIBackend:
             error = error.replace(self._secret, "***")
         error = redact(error)
         return Result(req, [], 0, time.monotonic() - start, error=error, attempts=attempt, endpoint=ep.base)
-
-    def _note_unreachable(self, ep: _Endpoint, reason: str) -> None:
-        now = time.monotonic()
-        ep.unreachable = reason
-        self._refusals += 1
-        if self._refused_since is None:
-            self._refused_since = now
-        waited = now - self._refused_since
-        if waited < self.cfg.fail_fast_after_s or not all(e.unreachable for e in self._endpoints):
-            return
-        tried = f"{self._refusals} attempts in {waited:.1f} s"
-        if len(self._endpoints) == 1:
-            raise EndpointsUnreachable(f"no server answers at {ep.base} ({reason}, {tried}); is it running?")
-        where = ", ".join(f"{e.base} ({e.unreachable})" for e in self._endpoints)
-        raise EndpointsUnreachable(f"no server answers at any base URL: {where}; {tried}; are they running?")
 
 
 async def _read(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:

@@ -18,6 +18,7 @@ import difflib
 import functools
 import json
 import operator
+import re
 import types
 import typing
 from pathlib import Path
@@ -136,9 +137,7 @@ def problem(failed: tuple[type, list[dict]]) -> tuple[str, str]:
             return f"unknown schema column{hint} (map any of {', '.join(known)})", _dotted(path)
         return f"unknown key{hint}; known keys: {', '.join(known)}", _dotted(path)
     if kind == "literal_error" and len(alike) == 1:
-        import re
-
-        options = re.findall(r"'([^']*)'", ctx["expected"])
+        options = re.findall(r"'([^']*)'", ctx["expected"])  # "'a', 'b' or 'c'"
         message = f"{err['input']!r} is not one of {', '.join(options)}"
     elif kind in NAMES:
         names = list(dict.fromkeys(NAMES[k] for k in alike))

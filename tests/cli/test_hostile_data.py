@@ -120,8 +120,8 @@ def test_27_choices_and_short_pngs_are_rejected_at_ingest_with_a_reason(lake):
     assert rejected["h:many"].startswith("bad_choices") and "27" in rejected["h:many"], rejected
     for k in range(3):
         assert rejected[f"h:short{k}"].startswith("bad_image") and "pixel" in rejected[f"h:short{k}"], rejected
-    ds = vlfactory.load("problems@v1", lake=lake)  # every accepted image decodes in full
-    assert all(row["image"].convert("RGB").tobytes() for row in ds)
+    rows = [row for split in vlfactory.load("problems@v1", lake=lake).values() for row in split]  # a DatasetDict
+    assert len(rows) == len(kept) and all(row["image"].convert("RGB").tobytes() for row in rows)  # decode in full
 
 
 # ---- item 12: MAP columns ------------------------------------------------------------------------------

@@ -265,7 +265,8 @@ def test_layout_through_a_pipe_ignores_the_terminal_width(wb):
     cmd = [sys.executable, "-m", "vlfactory.cli", "sql", "--lake", str(wb.lake)]
     out = subprocess.run([*cmd, QUESTIONS, "--max-width", "0"], capture_output=True, text=True, check=True,
                          env={**os.environ, "COLUMNS": "40"}).stdout
-    assert all(q in out for _, q in rows_of(wb, QUESTIONS))
+    questions = [q for _, q in rows_of(wb, QUESTIONS)]
+    assert questions and all(q in out for q in questions)
     proc = subprocess.Popen([*cmd, "SELECT i FROM range(5000000) t(i)", "--format", "csv"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout.readline() == b"i\n"
@@ -277,3 +278,28 @@ def test_lake_connections_draw_no_progress_bar(wb):
     """DuckDB draws it on stdout after two seconds, even into a pipe: it would land in the CSV."""
     with Lake(wb.lake, read_only=True) as lake:
         assert lake.con.sql("SELECT current_setting('enable_progress_bar')").fetchone()[0] is False
+
+
+def test_sql_reads_an_old_lake_as_it_is_and_says_so_when_a_query_fails(wb, monkeypatch):
+    """`vlfactory sql` runs SQL on the tables as they are, as DuckDB would, and checks the lake's schema
+    migrations only when a query fails: its error then says the lake is older and how to upgrade it."""
+    from vlfactory.stores import schema
+
+    n = len(rows_of(wb, "SELECT problem_id FROM problems"))
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS + [(99, "difficulty column", lambda con, db: None)])
+    assert json.loads(sql(wb, "SELECT count(*) AS n FROM problems", "--format", "json").output) == [{"n": n}]
+    res = sql(wb, "SELECT difficulty FROM problems", ok=False)
+    assert res.exit_code == 2 and "written by an older vlfactory (schema migration 99 of 99 missing)" in res.output
+    assert 'Referenced column "difficulty" not found' in res.output
+
+
+def test_sql_starts_light(wb):
+    """What `vlfactory sql` imports to answer: no pyarrow or numpy (0.12 s of CPU), no pandas (what binding a
+    parameter in DuckDB's Python module imports), no schema module, recipes or stages."""
+    code = ("import sys\nfrom vlfactory.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('pyarrow', 'numpy', 'pandas', 'vlfactory.stores.schema', 'vlfactory.recipe',"
+            " 'vlfactory.stages') if m in sys.modules), file=sys.stderr)")
+    res = subprocess.run([sys.executable, "-c", code, "sql", "SELECT count(*) FROM traces@iter1", "--lake",
+                          str(wb.lake)], capture_output=True, text=True, timeout=120)
+    assert "count_star()" in res.stdout and res.stdout.splitlines()[-1] == "1 row", res.stdout + res.stderr
+    assert res.stderr.strip().splitlines()[-1] == "[]", res.stderr

@@ -146,10 +146,10 @@ def test_the_rehearsal_runs_the_papers_three_iterations_on_a_cpu(reasoners, tmp_
     with Lake(tmp_path / "lake", read_only=True) as lake:
         # every source ingested and every benchmark answered, each read through its card's mapping
         counts = dict(lake.query("SELECT source, count(*) FROM problems GROUP BY ALL").fetchall())
-        assert all(counts.get(s.name, 0) > 0 for s in recipe.sources), counts
+        assert recipe.sources and all(counts.get(s.name, 0) > 0 for s in recipe.sources), counts
         assert lake.query("SELECT count(*) FROM rejected WHERE stage = 'ingest'").fetchone()[0] == 0
         answered = dict(lake.query("SELECT benchmark, count(DISTINCT source_id) FROM eval_samples GROUP BY ALL").fetchall())
-        assert all(answered.get(b.name, 0) == 8 for b in recipe.benchmarks), answered
+        assert recipe.benchmarks and all(answered.get(b.name, 0) == 8 for b in recipe.benchmarks), answered
 
         # every iteration: its SFT, then the medium and hard GRPO stages, each launched and finished
         trainings = lake.query("SELECT iteration, kind, dataset, status FROM trainings ORDER BY started_at").fetchall()

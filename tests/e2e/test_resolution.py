@@ -107,6 +107,7 @@ def test_sft_shrinks_only_large_images_and_saves_the_base_processor(sets_lake, l
 
     before = [Image.open(io.BytesIO(c["bytes"])) for c in rows.column("image").to_pylist()]
     after = [Image.open(io.BytesIO(c["bytes"])) for c in prepare(rows, {"max_pixels": SIDE}).column("image").to_pylist()]
+    assert len(after) == len(before) > 0
     assert all(a.width * a.height <= SIDE < b.width * b.height for a, b in zip(after, before))
     assert resize_image(Image.new("RGB", (20, 30)), None, SIDE).size == (20, 30)  # small ones stay as they are
     out = tmp_path / "sft"

@@ -185,3 +185,24 @@ def test_the_base_model_is_graded_as_the_official_qwen_baseline_the_trained_as_o
                      (1, "sft", "bench", "openvlthinker", 7, 7), (1, "sft", "bench-q", "openvlthinker", 7, 7)]
     assert {reason for _, reason in extracted} == {"correct"}
     assert [e for e, _ in extracted[:7]] == ["10", "11", "12", "13", "14", "15", "b"]   # boxed, or after "answer:"
+
+
+def test_a_failing_eval_is_recorded_failed_with_its_error(cli, lake_dir, bench, tmp_path):
+    """`vlfactory eval` is one recorded run, like `run` and `iterate`: when its server never answers it exits
+    with the one line saying so, and its run row says `failed` with that error (not `running`, later marked
+    interrupted with none)."""
+    path = tmp_path / "eval.yaml"
+    path.write_text(f"""
+sources: [{{name: synthetic, format: synthetic, n: 2}}]
+benchmarks: [{{name: bench, format: json, path: {json.dumps(str(bench))}}}]
+rollout: {{backend: openai, model: policy, base_url: "http://127.0.0.1:9/v1", max_retries: 0,
+          fail_fast_after_s: 0.5, sampling: {{max_tokens: 16}}}}
+""")
+    failed = cli("eval", "--model", "policy-v1", "--benchmark", "bench", "--recipe", path, ok=False)
+    assert failed.exit_code == 2 and "no server answers at http://127.0.0.1:9/v1" in failed.output
+    with Lake(lake_dir, read_only=True) as lake:
+        runs = lake.query("SELECT command, status, error, ended_at IS NOT NULL FROM runs").fetchall()
+    assert len(runs) == 1
+    command, status, error, ended = runs[0]
+    assert (command, status, ended) == ("eval", "failed", True)
+    assert error.startswith("EndpointsUnreachable: ") and "no server answers at http://127.0.0.1:9/v1" in error

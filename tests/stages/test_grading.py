@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import doctest
 import json
+import shutil
 from dataclasses import dataclass
 from importlib import metadata
 
 import pyarrow as pa
 import pytest
 
+from conftest import cli_at
 from vlfactory import verify
 from vlfactory.stages import verify as grading
 from vlfactory.recipe import VerifyConfig, load_recipe
@@ -75,20 +77,29 @@ def _rows(lake: Lake, samples, table: str) -> list[dict]:
             for sid, i, text, finish, _ in samples]
 
 
-@pytest.fixture()
-def lake(cli, lake_dir, tmp_path):
-    """The synthetic source ingested, a problem with an unreadable gold, and the samples above."""
-    recipe = tmp_path / "r.yaml"
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The synthetic source ingested, a problem with an unreadable gold, and the samples above: built once for
+    the module (each test grades a copy, `lake`)."""
+    root = tmp_path_factory.mktemp("grading")
+    recipe = root / "r.yaml"
     recipe.write_text(RECIPE)
-    cli("ingest", recipe)
-    with Lake(lake_dir) as lk:
+    cli_at(root / "lake", "ingest", recipe)
+    with Lake(root / "lake") as lk:
         bad = {"problem_id": "bad-gold-problem", "source": "s", "source_id": "zz-bad-gold", "split": "train",
                "question": "What is half of one?", "answer": "\\frac{"}
         with lk.transaction("test samples"):
             lk.insert("problems", pa.Table.from_pylist([bad], schema=schema.PROBLEMS))
             lk.insert("traces", pa.Table.from_pylist(_rows(lk, TRACES, "traces"), schema=schema.TRACES))
             lk.insert("rollouts", pa.Table.from_pylist(_rows(lk, ROLLOUTS, "rollouts"), schema=schema.ROLLOUTS))
-    yield lake_dir, load_recipe(recipe)
+    return root
+
+
+@pytest.fixture()
+def lake(built, lake_dir):
+    """A copy of the module's lake for this test (a lake folder is portable), and its recipe."""
+    shutil.copytree(built / "lake", lake_dir)
+    return lake_dir, load_recipe(built / "r.yaml")
 
 
 @dataclass

@@ -135,7 +135,7 @@ def test_retry_after_is_honoured_and_capped(server, backend):
     server.plan["wait a bit"] = ["429:0.6"]
     server.plan["wait forever"] = ["429:100"]
     results = list(backend(server.url, max_backoff_s=1.2).generate([ask("wait a bit"), ask("wait forever")]))
-    assert all(r.ok and r.attempts == 2 for r in results)
+    assert len(results) == 2 and all(r.ok and r.attempts == 2 for r in results)
 
     def gap(prompt):
         first, second = [h.t for h in server.hits if h.prompt == prompt]

@@ -63,7 +63,7 @@ def test_sft_picks_shortest_accepted_cleaned_per_problem(graded_lake, lake_dir, 
     chosen = {r[0]: r[1] for r in rows}
     assert chosen[first] == f"{first}-0"  # its shortest was rejected and sample 1 failed cleaning
     assert all(pid == first or fid.endswith("-2") for pid, fid in chosen.items())
-    assert all(r[2].startswith("<think>s ") and r[4] for r in rows)  # the cleaned text, with an image
+    assert len(rows) == 12 and all(r[2].startswith("<think>s ") and r[4] for r in rows)  # the cleaned text, with an image
     assert all("<think>" in r[3] and "<answer>" in r[3] for r in rows)  # the rollout prompt's instruction
     # an identical rebuild writes nothing
     assert not build(lake_dir, per_problem=1, pick="shortest").written

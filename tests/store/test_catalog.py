@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,22 +12,32 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import cli_at
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake, LakeError
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture()
-def two_versions(cli, tmp_path):
-    """A lake with two tagged ingests: v1 (20 rows) and v2 (+10 rows)."""
+@pytest.fixture(scope="module")
+def built_two_versions(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """A lake with two tagged ingests: v1 (20 rows) and v2 (+10 rows), built once for the module."""
+    root = tmp_path_factory.mktemp("two-versions")
     rows = [{"id": str(i), "question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(30)]
     for name, part in (("v1", rows[:20]), ("v2", rows)):
-        (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
-        (tmp_path / "r.yaml").write_text(f"sources:\n  - {{name: sums, format: jsonl, path: {tmp_path / 'rows.jsonl'}}}\n")
-        cli("ingest", tmp_path / "r.yaml")
-        cli("tag", name, "--note", f"{len(part)} rows")
-    return rows
+        (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+        (root / "r.yaml").write_text(f"sources:\n  - {{name: sums, format: jsonl, path: {root / 'rows.jsonl'}}}\n")
+        cli_at(root / "lake", "ingest", root / "r.yaml")
+        cli_at(root / "lake", "tag", name, "--note", f"{len(part)} rows")
+    return root / "lake", rows
+
+
+@pytest.fixture()
+def two_versions(built_two_versions, lake_dir):
+    """The module's two-version lake, copied to this test's lake folder (a lake folder is portable:
+    test_lake_safety's copied lake), so a test that writes changes only its own."""
+    shutil.copytree(built_two_versions[0], lake_dir)
+    return built_two_versions[1]
 
 
 @pytest.mark.parametrize("statement", [

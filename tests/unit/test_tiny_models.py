@@ -131,7 +131,7 @@ def test_smollm2_converts_and_answers(smollm2_dir):
     assert "Paris" in answer
 
 
-@pytest.mark.parametrize("name", ["tiny-r1", "tiny-vlm-r1"])
+@pytest.mark.parametrize("name", ["tiny-r1", "tiny-vlm-r1"])  # the VLM's is slow (tests/conftest.py SLOW)
 def test_wired_r1_models_write_one_well_formed_chain_with_an_even_draw_of_answers(tiny_models_root, name):
     """The rehearsal's stand-ins: whatever the prompt, a chain the format reward accepts, its answer drawn
     from R1_ANSWERS when sampling (all of them turn up) and always the same one when greedy."""
@@ -146,27 +146,31 @@ def test_wired_r1_models_write_one_well_formed_chain_with_an_even_draw_of_answer
 
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path)
-        enc = tok([_chat(tok, "Is the red bar the tallest? Answer yes or no.")], return_tensors="pt")
+
+        def inputs(copies: int):
+            return tok([_chat(tok, "Is the red bar the tallest? Answer yes or no.")] * copies, return_tensors="pt")
     else:
         from PIL import Image
 
         proc = AutoProcessor.from_pretrained(path)
         tok, model = proc.tokenizer, Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many circles?"}]}]
-        enc = proc(text=[proc.apply_chat_template(messages, add_generation_prompt=True)],
-                   images=[Image.new("RGB", (70, 50), "blue")], return_tensors="pt")
-    n = enc["input_ids"].shape[1]
 
-    def answer(**kw) -> str:
+        def inputs(copies: int):
+            return proc(text=[proc.apply_chat_template(messages, add_generation_prompt=True)] * copies,
+                        images=[Image.new("RGB", (70, 50), "blue")] * copies, return_tensors="pt")
+
+    def answers(copies: int, **kw) -> list[str]:
+        # One batch of `copies` chains of one prompt (24 calls of one chain took about 2 s each on 2 shared cores).
+        enc = inputs(copies)
         out = model.generate(**enc, max_new_tokens=40, **kw)
-        text = tok.decode(out[0, n:], skip_special_tokens=True)
-        assert format_reward([text]) == [1.0], text
-        assert out[0, -1].item() == tok.eos_token_id
-        return extract_answer(text)
+        texts = []
+        for seq in out[:, enc["input_ids"].shape[1]:].tolist():
+            assert tok.eos_token_id in seq, "the chain ends within the token budget"
+            texts.append(tok.decode(seq[:seq.index(tok.eos_token_id) + 1], skip_special_tokens=True))
+        assert format_reward(texts) == [1.0] * copies, texts
+        return [extract_answer(t) for t in texts]
 
-    sampled = []
-    for seed in range(24):
-        torch.manual_seed(seed)
-        sampled.append(answer(do_sample=True, temperature=1.0))
-    assert set(sampled) == set(tm.R1_ANSWERS)
-    assert len({answer(do_sample=False) for _ in range(3)}) == 1
+    torch.manual_seed(0)
+    assert set(answers(24, do_sample=True, temperature=1.0)) == set(tm.R1_ANSWERS)
+    assert len(set(answers(3, do_sample=False))) == 1

@@ -27,7 +27,7 @@ def check(cases: list[Case]) -> None:
     wrong = [f"{c.why}: gold {c.gold!r}, expected {c.correct}, got {g}\n    {c.completion[-120:]!r}"
              for c, g in zip(cases, got) if g.correct != c.correct]
     assert not wrong, f"{len(wrong)} of {len(cases)} cases graded wrong:\n" + "\n".join(wrong[:40])
-    assert all(g.reason in REASONS for g in got)
+    assert len(got) == len(cases) > 0 and all(g.reason in REASONS for g in got)
 
 
 def balanced(cases: list[Case]) -> None:
