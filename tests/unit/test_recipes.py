@@ -245,3 +245,23 @@ def test_errors_name_the_key_path_and_the_fix(raw, line):
     with pytest.raises(RecipeError) as e:
         parse_recipe({"sources": SYN} | raw, path="r.yaml")
     assert str(e.value).startswith(f"r.yaml: {line}") and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_pretrained_captioner_needs_pretraining_and_a_caption_block_and_known_sources(tmp_path):
+    """loop.captioner: pretrained (the quickstart's) without loop.pretrain or a caption: block, or
+    loop.pretrain_sources naming no source, is one line naming the key."""
+    import yaml
+
+    from vlfactory.recipe import RecipeError
+
+    raw = yaml.safe_load((shipped_recipes() / "quickstart.yaml").read_text())
+    for broken, message in ((lambda r: r.pop("caption"), "loop.captioner"),
+                            (lambda r: r["loop"].pop("pretrain"), "loop.captioner"),
+                            (lambda r: r["loop"].update(pretrain_sources=["nope"]), "pretrain_sources: 'nope'")):
+        copy = yaml.safe_load(yaml.safe_dump(raw))
+        broken(copy)
+        (tmp_path / "r.yaml").write_text(yaml.safe_dump(copy))
+        with pytest.raises(RecipeError, match=message):
+            load_recipe(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    assert load_recipe(tmp_path / "r.yaml").loop.captioner == "pretrained"
