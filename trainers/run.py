@@ -184,6 +184,8 @@ def train(kind: str, make_trainer: Callable, dataset: str, model: str, output_di
     if record:
         _write_record(record)
     try:
+        if kind == "grpo":
+            _check_one_step(rows.num_rows, args, dataset)
         register_processors()  # before AutoProcessor.from_pretrained (no-torchvision Qwen2.5-VL folders)
         trainer = make_trainer(resolve_model(model), extras, args, BUILDERS[kind](prepare(rows, extras)))
         result = trainer.train()
@@ -244,6 +246,16 @@ def _metrics(log_history: list[dict], final: dict) -> dict[str, float]:
     if stds:
         out |= {"logged_steps": float(len(stds)), "steps_reward_std_nonzero": float(sum(s > 0 for s in stds))}
     return out
+
+
+def _check_one_step(problems: int, args, dataset: str) -> None:
+    """A GRPO step draws generation_batch_size / num_generations distinct problems and TRL drops an incomplete
+    draw, so a smaller set trains nothing and TRL stops with "args.max_steps must be set": say what and why."""
+    need = args.generation_batch_size // args.num_generations
+    if problems < need:
+        raise ValueError(f"{dataset}: {problems} problems, and one GRPO step draws {need} "
+                         f"(generation_batch_size {args.generation_batch_size} / num_generations "
+                         f"{args.num_generations}): widen the set or lower per_device_train_batch_size")
 
 
 def log_rows(training_id: str, log_history: list[dict], run_id: str | None = None) -> list[dict]:

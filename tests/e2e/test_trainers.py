@@ -219,6 +219,21 @@ def test_grpo_with_the_factory_rewards_raises_the_rewarded_answer(sets_lake, lak
 
 
 @pytest.mark.slow
+def test_grpo_on_a_set_smaller_than_one_step_fails_with_one_line_and_is_recorded(sets_lake, lake_dir, tmp_path):
+    """Six problems and a step that draws eight (32 completions / 4 per problem): TRL would stop with "args.max_steps
+    must be set"; the trainer says which set, how many problems and what a step needs, before loading a model."""
+    from vlfactory.trainers.grpo import train_grpo
+
+    config = PLANTED | {"per_device_train_batch_size": 32, "num_generations": 4}
+    (tmp_path / "no-model-needed").mkdir()
+    with pytest.raises(ValueError, match=r"rl@iter1: 6 problems, and one GRPO step draws 8 "):
+        train_grpo("rl@iter1", str(tmp_path / "no-model-needed"), tmp_path / "grpo", config=config,
+                   lake=str(lake_dir))
+    (row,) = trainings(lake_dir)
+    assert row["status"] == "failed" and row["error"].startswith("ValueError: rl@iter1: 6 problems")
+
+
+@pytest.mark.slow
 def test_a_failed_training_is_recorded(sets_lake, lake_dir, tmp_path):
     from vlfactory.trainers.sft import train_sft
 
