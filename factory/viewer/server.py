@@ -17,7 +17,7 @@ and how they stood at every tagged version (TABLE@VERSION time travel).
 Standard library only (http.server): a JSON API under /api/ over one read-only
 lake connection, image bytes under /image/<image_id> (`?thumb=N`: a thumbnail),
 and one static page (viewer/static/: index.html and app.js). Lists read an
-in-memory index per table and version (viewer/queries.py), built on first use
+in-memory index per table and version (viewer/index.py), built on first use
 and, for the version shown, when the server starts; pages are keyset queries
 on it, so a page deep in a million rows, or sorted by any column, stays under
 a few tens of milliseconds (bench/viewer.py).
