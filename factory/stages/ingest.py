@@ -42,7 +42,7 @@ from vlfactory.sources.readers import read_source, source_identity
 from vlfactory.stages import Scope, StageResult
 from vlfactory.stages.distil import split_reasoning
 from vlfactory.stages.generation import sha
-from vlfactory.stores import schema
+from vlfactory.stores import schema, tables
 from vlfactory.stores.lake import Lake, WriteConflict
 
 
@@ -154,9 +154,9 @@ class LakeKeys:
 
     def read(self, lake: Lake) -> "LakeKeys":
         # One statement, so one snapshot for the ids and its number.
-        self.snapshot, problems, images, traces = lake.con.execute("""SELECT (SELECT id FROM lake.current_snapshot()),
+        self.snapshot, problems, images, traces = tables.one(lake, """SELECT (SELECT id FROM lake.current_snapshot()),
             (SELECT list(problem_id) FROM lake.problems), (SELECT list(image_id) FROM lake.images),
-            (SELECT list(request_key) FROM lake.traces WHERE model = ?)""", [self.model]).fetchone()
+            (SELECT list(request_key) FROM lake.traces WHERE model = ?)""", [self.model])
         self.problems, self.images, self.traces = set(problems or ()), set(images or ()), set(traces or ())
         return self
 
@@ -320,25 +320,23 @@ def _write_batch(lake: Lake, src: Source, keys: LakeKeys, images: dict[str, Chec
 
 
 def ingest(lake: Lake, recipe: IngestConfig, workers: int | None = None,
-           progress_factory: Callable[[str, int | None], Callable[[int, Counter], None]] | None = None) -> list[Tally]:
-    """Ingest every source of a recipe; returns one tally per source.
+           progress_factory: Callable[[str, int | None], Callable[[int, Counter], None]] | None = None,
+           fingerprints: Fingerprints | None = None) -> list[Tally]:
+    """Ingest every source of a recipe against the benchmarks' `fingerprints` (read here when not given);
+    returns one tally per source.
 
     One writer thread reads the lake's ids, then commits each batch (DuckDB
     releases the GIL) while the next batch is read and checked.
     """
     workers = workers or os.cpu_count() or 1
     # Ingest's statements are small: DuckDB's worker threads cost more in hand-offs than they save.
-    threads = lake.con.execute("SELECT current_setting('threads')").fetchone()[0]
-    lake.con.execute("SET threads = 1")
-    try:
-        with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(1) as writer:
+    with tables.threads(lake, 1), ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(1) as writer:
+        if fingerprints is None:
             fingerprints = benchmark_fingerprints(recipe, workers)
-            tallies = []
-            for src in recipe.sources:
-                progress = progress_factory(src.name, src.limit) if progress_factory else None
-                tallies.append(ingest_source(lake, src, recipe, fingerprints, pool, writer, progress))
-    finally:
-        lake.con.execute(f"SET threads = {threads}")
+        tallies = []
+        for src in recipe.sources:
+            progress = progress_factory(src.name, src.limit) if progress_factory else None
+            tallies.append(ingest_source(lake, src, recipe, fingerprints, pool, writer, progress))
     return tallies
 
 
@@ -357,7 +355,9 @@ def run(lake: Lake, cfg: IngestConfig, scope: Scope, progress=None) -> StageResu
         result.rejected.update(reasons)  # live, for progress lines; the tallies below are the final word
         progress(result, n)
 
-    tallies = ingest(lake, cfg, progress_factory=(lambda name, total: batch_done) if progress else None)
+    fingerprints = benchmark_fingerprints(cfg, os.cpu_count() or 1)
+    tallies = ingest(lake, cfg, progress_factory=(lambda name, total: batch_done) if progress else None,
+                     fingerprints=fingerprints)
     result.rejected = Counter()
     for t in tallies:
         result.wanted += t.read
@@ -370,8 +370,11 @@ def run(lake: Lake, cfg: IngestConfig, scope: Scope, progress=None) -> StageResu
             result.extra[f"{t.source}.traces"] = t.traces
         if t.left_out["where"]:
             result.extra[f"{t.source}.left_out"] = t.left_out["where"]
+    for name, why in fingerprints.unread.items():
+        if why:
+            result.extra[f"{name}.benchmark_unread"] = sum(why.values())
     result.seconds = time.perf_counter() - t0
     nothing = tallies and not result.written and not result.rejected and not any(t.traces for t in tallies)
-    result.summary = "\n".join(t.line() for t in tallies) + (
+    result.summary = "\n".join([t.line() for t in tallies] + fingerprints.unread_lines()) + (
         "\nnothing new: every row is already in the lake" if nothing else "")
     return result

@@ -166,6 +166,38 @@ benchmarks:
         assert lake.query("SELECT count(*) FROM problems WHERE source = 'dynamath'").fetchone()[0] == 0
 
 
+def test_unreadable_benchmark_rows_are_counted(cli, lake_dir, tmp_path):
+    """A benchmark row that gives no fingerprint lets training rows like it through: the ingest stage says how
+    many and why, per benchmark (a row without a question: neither fingerprint; a broken image: its question's)."""
+    _png(tmp_path / "seen.png", color=(4, 5, 6))
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    bench = [{"id": "ok", "question": "How tall is the tower?", "answer": "3", "image": str(tmp_path / "seen.png")},
+             {"id": "no-question", "question": "", "answer": "4", "image": str(tmp_path / "seen.png")},
+             {"id": "broken-image", "question": "What colour is the car?", "answer": "red",
+              "image": str(tmp_path / "broken.png")}]
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    train = [{"id": "same-question", "question": "what colour is the car", "answer": "blue"},
+             {"id": "clean", "question": "How many birds?", "answer": "2"}]
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+sources:
+  - {{name: train, format: json, path: {tmp_path / 'train.json'}}}
+benchmarks:
+  - {{name: bench, format: json, path: {tmp_path / 'bench.json'}}}
+""")
+    out = " ".join(cli("ingest", recipe).output.split())
+    assert "benchmark bench: 2 rows not fingerprinted (" in out
+    assert "empty_question 1" in out and "image bad_image 1" in out
+    assert "rejected 1 (contaminated 1)" in out  # the broken image's question still caught its training twin
+    from vlfactory.stages import Scope
+    from vlfactory.stages.ingest import run
+
+    with Lake(lake_dir) as lake:  # a rerun reads the benchmarks again, and says so again
+        result = run(lake, load_recipe(recipe).stage_config("ingest"), Scope(("train",)))
+    assert result.extra["bench.benchmark_unread"] == 2 and "benchmark bench: 2 rows" in result.summary
+
+
 def test_every_format_maps_through_columns(cli, lake_dir, tmp_path):
     from PIL import Image
 
