@@ -29,9 +29,10 @@ from datetime import datetime
 
 from vlfactory.reports import plots
 from vlfactory.stages.eval import wilson_interval
-from vlfactory.reports.stats import (FUNNEL, PROBLEM_STAGES, VersionStats, eval_examples, eval_label, funnel,
-                                     iteration_tags, keyword_rates, previous_tag, short_name, summary,
-                                     tracked_keywords, version_stats)
+from vlfactory.reports.evals import eval_examples, eval_label
+from vlfactory.reports.keywords import keyword_rates, tracked_keywords
+from vlfactory.reports.reads import iteration_tags, previous_tag
+from vlfactory.reports.stats import FUNNEL, PROBLEM_STAGES, VersionStats, funnel, short_name, summary, version_stats
 from vlfactory.stores.lake import Lake
 
 EMPTY = '<p class="empty">no data yet</p>'

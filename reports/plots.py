@@ -397,7 +397,7 @@ def evals(rows: list[dict]) -> str | None:
     intervals, or across evaluations in order."""
     if not rows:
         return None
-    from vlfactory.reports.stats import eval_label, eval_order
+    from vlfactory.reports.evals import eval_label, eval_order
     from vlfactory.stages.eval import wilson_interval
 
     fig, (ax,) = _figure(width=8.5)
@@ -464,7 +464,7 @@ def by_type(groups: list[dict]) -> str | None:
 
 def pass_at_k(rows: list[dict]) -> str | None:
     """pass@k against k for each evaluation that drew several samples per problem (`evals.pass_at_k`)."""
-    from vlfactory.reports.stats import eval_label
+    from vlfactory.reports.evals import eval_label
 
     drawn = [r for r in rows if (r.get("samples_per_problem") or 1) > 1 and r.get("pass_at_k")]
     if not drawn:

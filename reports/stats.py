@@ -9,6 +9,9 @@ generation tables are read directly rather than through the `generations` and
     with Lake("./lake", read_only=True) as lake:
         s = version_stats(lake, "iter1")
         print(s.funnel, s.rejected)
+
+The evaluation sections are in reports/evals.py, the reflection keywords in reports/keywords.py, and the
+reading helpers (rows, iteration tags) in reports/reads.py.
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
-from itertools import pairwise
 from typing import Callable
 
 import yaml
 
-from vlfactory.stores.lake import Lake, LakeError
-from vlfactory.stores.sqltext import literal
+from vlfactory.reports.evals import by_question_type, paired
+from vlfactory.reports.reads import rows
+from vlfactory.stores.lake import Lake
 
 # Per source, in funnel order: label -> SQL giving (source, count) at snapshot {s}.
 FUNNEL = {
@@ -95,16 +98,6 @@ class VersionStats:
         rl = self.settings.get("rl")
         return tuple(rl["band"]) if rl else None
 
-
-def rows(lake: Lake, sql: str, params: list | None = None) -> list[dict]:
-    """A query's rows as dicts; empty when a table it reads did not exist yet at that version."""
-    try:
-        rel = lake.query(sql, params)
-    except LakeError as e:
-        if "does not exist at version" in str(e):
-            return []  # the table came with a later migration than the version
-        raise
-    return [dict(zip(rel.columns, r)) for r in rel.fetchall()]
 
 
 # Tables whose rows a version adds (keyed, never rewritten): a section about what an iteration did reads
@@ -312,243 +305,6 @@ def examples(lake: Lake, s: int, q: Callable[[str], list[dict]]) -> list[dict]:
     return found
 
 
-STAGE_ORDER = {"base": 0, "sft": 1, "grpo": 3}   # grpo-<stage> (an earlier GRPO run) sorts between
-
-
-def eval_label(r: dict) -> str:
-    """Which model of the loop an evals row is about: base, iter1 sft, iter1 grpo, ... (else its iteration)."""
-    if r.get("stage") == "base":
-        return "base"
-    if r.get("stage"):
-        return f"iter{r['iteration']} {r['stage']}"
-    return f"iter{r['iteration']}" if r.get("iteration") is not None else "-"
-
-
-def eval_order(r: dict) -> tuple:
-    return (r["iteration"] if r.get("iteration") is not None else 10**9, STAGE_ORDER.get(r.get("stage"), 2))
-
-
-def tracked_keywords(st: VersionStats) -> list[str]:
-    """The words the loop follows (the last recipe's loop.track_keywords), else the paper's list."""
-    from vlfactory.recipe import TRACKED_KEYWORDS  # recipes load only where a report reads one
-
-    for recipe in reversed(st.recipes):
-        loop = (yaml.safe_load(recipe["text"]) or {}).get("loop") or {}
-        if loop.get("track_keywords"):
-            return [str(k) for k in loop["track_keywords"] if "\x00" not in str(k)]  # no NUL in SQL text
-    return list(TRACKED_KEYWORDS)
-
-
-def _keyword_sql(keywords: list[str]) -> str:
-    """Words and per-keyword counts (whole words, any case) of `completion`, summed over the rows."""
-    counts = ", ".join(f"sum(len(regexp_extract_all(lower(completion), {literal(_word(k))}))) AS \"{i}\""
-                       for i, k in enumerate(keywords))
-    words = "sum(CASE WHEN trim(completion) = '' THEN 0 ELSE len(string_split_regex(trim(completion), '\\s+')) END)"
-    return f"count(*) AS samples, coalesce({words}, 0) AS words, {counts}"
-
-
-def _word(keyword: str) -> str:
-    return r"\b" + re.escape(keyword.lower()).replace(r"\ ", r"\s+") + r"\b"
-
-
-def keyword_rates(lake: Lake, keywords: list[str]) -> list[dict]:
-    """Reflection-keyword frequency per 1k words, as the paper follows it across iterations: in the traces
-    and rollouts each iteration tag added (rows at iterK, not at the tag before), and in the answers of
-    each evaluated model of the loop (eval samples of base, iterK sft, iterK grpo)."""
-    out: list[dict] = []
-    previous = None
-    select = _keyword_sql(keywords)
-
-    def add(series: str, point: str, order: tuple, sql: str) -> None:
-        for r in rows(lake, sql):
-            if r["samples"]:
-                counts = {k: int(r[str(i)] or 0) for i, k in enumerate(keywords)}
-                out.append({"series": series, "point": point, "order": order, "samples": r["samples"],
-                            "words": int(r["words"]), "counts": counts,
-                            "per_1k": {k: 1000 * c / r["words"] if r["words"] else 0.0 for k, c in counts.items()}})
-
-    for k, (name, s) in enumerate(iteration_tags(lake), 1):
-        for table, key in (("traces", "trace_id"), ("rollouts", "rollout_id")):
-            new = f" WHERE {key} NOT IN (SELECT {key} FROM {table}@{previous})" if previous is not None else ""
-            add(table, name, (k, 0), f"SELECT {select} FROM {table}@{s}{new}")
-        previous = s
-    # Each evaluated model once, at the last iteration tag (evals are never rewritten).
-    tags = iteration_tags(lake)
-    if tags:
-        s = tags[-1][1]
-        models = rows(lake, f"""SELECT DISTINCT iteration, stage, eval_key FROM evals@{s}
-                                WHERE iteration IS NOT NULL AND stage IS NOT NULL""")
-        for m in models:
-            add("eval samples", eval_label(m), eval_order(m), f"""SELECT {select} FROM eval_samples@{s}
-                                                  WHERE eval_key = {literal(m['eval_key'])}""")
-    # one point per (series, label): evals of several benchmarks add up
-    merged: dict[tuple, dict] = {}
-    for r in out:
-        m = merged.setdefault((r["series"], r["point"]), {**r, "samples": 0, "words": 0,
-                                                         "counts": dict.fromkeys(keywords, 0)})
-        m["samples"] += r["samples"]
-        m["words"] += r["words"]
-        for kw, c in r["counts"].items():
-            m["counts"][kw] += c
-    for m in merged.values():
-        m["per_1k"] = {k: 1000 * c / m["words"] if m["words"] else 0.0 for k, c in m["counts"].items()}
-    return sorted(merged.values(), key=lambda r: (r["series"], r["order"]))
-
-
-def eval_examples(lake: Lake, per_model: int = 3) -> list[dict]:
-    """A few stored answers of each evaluated model of the loop, per benchmark, at the last iteration tag
-    (all of them are in `eval_samples`)."""
-    tags = iteration_tags(lake)
-    if not tags:
-        return []
-    s = tags[-1][1]
-    found = rows(lake, f"""SELECT e.iteration, e.stage, e.benchmark, x.source_id, x.sample_index, x.prompt,
-                                  x.completion, x.extracted, x.answer, x.correct, x.reason
-                           FROM (SELECT DISTINCT iteration, stage, benchmark, eval_key FROM evals@{s}
-                                 WHERE iteration IS NOT NULL AND stage IS NOT NULL) e
-                           JOIN eval_samples@{s} x USING (eval_key)
-                           QUALIFY row_number() OVER (PARTITION BY e.iteration, e.stage, e.benchmark
-                                                      ORDER BY x.source_id, x.sample_index) <= {int(per_model)}""")
-    return sorted(found, key=lambda r: (eval_order(r), r["benchmark"], r["source_id"], r["sample_index"]))
-
-
-def question_type(question: str | None) -> str:
-    """A question's type, for accuracy by type: its first three words, lower case, without punctuation or numbers.
-
-    >>> question_type("Which shape is bigger, the red one or the blue one?"), question_type("How many shapes?")
-    ('which shape is', 'how many shapes')
-    """
-    words = re.findall(r"[^\W\d_]+", (question or "").lower())
-    return " ".join(words[:3]) or "(no question)"
-
-
-def question_only(rows: list[dict]) -> list[float]:
-    """Per row (`question`, `answer` the gold, `choices`), the expected score of answering without the image: the
-    most common gold answer among the *other* rows asking the very same question (ties split evenly), else one
-    choice at random, else 0. Leaving the row itself out keeps a question asked once from scoring itself.
-
-    >>> question_only([{"question": "Bigger, red or blue?", "answer": a, "choices": None} for a in "rrb"])
-    [0.5, 0.5, 0.0]
-    >>> question_only([{"question": "Colour?", "answer": "red", "choices": ["red", "blue", "green", "yellow"]}])
-    [0.25]
-    """
-    from collections import Counter
-
-    golds: dict[str, Counter] = {}
-    for r in rows:
-        golds.setdefault(r["question"], Counter())[r["answer"]] += 1
-    scores = []
-    for r in rows:
-        others = golds[r["question"]].copy()
-        others[r["answer"]] -= 1
-        best = max(others.values(), default=0)
-        if best > 0:
-            tied = [a for a, n in others.items() if n == best]
-            scores.append(1 / len(tied) if r["answer"] in tied else 0.0)
-        else:
-            scores.append(1 / len(r["choices"]) if r.get("choices") else 0.0)
-    return scores
-
-
-def by_question_type(lake: Lake, s: int) -> list[dict]:
-    """Eval accuracy of each evaluated model of the loop per benchmark and question type (`question_type`), with
-    the question-only baseline of each group (`question_only`, over the benchmark's problems): the line a model
-    that ignores the image reaches."""
-    found = rows(lake, f"""SELECT e.iteration, e.stage, x.benchmark, x.source_id, x.question, x.answer,
-                                  avg(coalesce(x.correct, false)::INT) AS correct, any_value(p.choices) AS choices
-                           FROM eval_samples@{s} x
-                           JOIN (SELECT DISTINCT iteration, stage, eval_key FROM evals@{s}
-                                 WHERE iteration IS NOT NULL AND stage IS NOT NULL) e USING (eval_key)
-                           LEFT JOIN problems@{s} p ON p.source = x.benchmark AND p.source_id = x.source_id
-                           GROUP BY ALL""")
-    problems = {(r["benchmark"], r["source_id"]): r for r in found}
-    baseline = dict(zip(problems, question_only(list(problems.values()))))
-    groups: dict[tuple, dict] = {}
-    for r in found:
-        label, kind = eval_label(r), question_type(r["question"])
-        g = groups.setdefault((r["benchmark"], kind, label), {
-            "benchmark": r["benchmark"], "type": kind, "model": label, "order": eval_order(r), "problems": 0,
-            "correct": 0.0, "baseline": 0.0})
-        g["problems"] += 1
-        g["correct"] += r["correct"]
-        g["baseline"] += baseline[r["benchmark"], r["source_id"]]
-    out = [g | {"accuracy": g["correct"] / g["problems"], "baseline": g["baseline"] / g["problems"]}
-           for g in groups.values()]
-    return sorted(out, key=lambda g: (g["benchmark"], g["type"], g["order"]))
-
-
-def mcnemar_exact(b: int, c: int) -> float:
-    """The two-sided exact McNemar test of paired binary outcomes: b pairs right only under A, c right only under
-    B; the p-value of so uneven a split when either model is as likely to win a discordant pair.
-
-    >>> round(mcnemar_exact(10, 2), 4), mcnemar_exact(3, 3), mcnemar_exact(0, 0)
-    (0.0386, 1.0, 1.0)
-    """
-    from math import comb
-
-    n = b + c
-    if n == 0:
-        return 1.0
-    return min(1.0, 2 * sum(comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n)
-
-
-def paired_bootstrap(a: list[float], b: list[float], resamples: int = 10_000, seed: int = 0) -> float:
-    """Two-sided p-value of the mean paired difference b - a (per-problem scores) by the paired bootstrap: twice
-    the share of resampled differences on the far side of zero (the observed sign's opposite).
-
-    >>> paired_bootstrap([0.0] * 20, [1.0] * 20) < 0.001, paired_bootstrap([0.5] * 9, [0.5] * 9)
-    (True, 1.0)
-    """
-    import random
-
-    n = len(a)
-    diffs = [y - x for x, y in zip(a, b)]
-    observed = sum(diffs) / n if n else 0.0
-    if not n or not any(diffs):
-        return 1.0
-    rnd = random.Random(seed)
-    far = 0
-    for _ in range(resamples):
-        mean = sum(diffs[rnd.randrange(n)] for _ in range(n)) / n
-        far += (mean <= 0) if observed > 0 else (mean >= 0)
-    return min(1.0, 2 * (far + 1) / (resamples + 1))
-
-
-def paired(lake: Lake, s: int) -> list[dict]:
-    """Consecutive models of the loop (base -> iter1 sft -> iter1 grpo -> ...) compared on the problems both
-    answered, per benchmark: accuracies, the problems that flipped each way, and the p-value (exact McNemar with
-    one sample per problem; a paired bootstrap of per-problem accuracy with several)."""
-    found = rows(lake, f"""SELECT e.iteration, e.stage, x.benchmark, x.source_id,
-                                  avg(coalesce(x.correct, false)::INT) AS score,
-                                  count(*) AS samples
-                           FROM eval_samples@{s} x
-                           JOIN (SELECT DISTINCT iteration, stage, eval_key FROM evals@{s}
-                                 WHERE iteration IS NOT NULL AND stage IS NOT NULL) e USING (eval_key)
-                           GROUP BY ALL""")
-    models: dict[str, dict] = {}
-    for r in found:
-        m = models.setdefault(r["benchmark"], {}).setdefault(eval_label(r), {"order": eval_order(r), "scores": {},
-                                                                              "samples": 0})
-        m["scores"][r["source_id"]] = r["score"]
-        m["samples"] = max(m["samples"], r["samples"])
-    out = []
-    for bench, by_model in sorted(models.items()):
-        ordered = sorted(by_model.items(), key=lambda kv: kv[1]["order"])
-        for (name_a, a), (name_b, b) in pairwise(ordered):
-            common = sorted(set(a["scores"]) & set(b["scores"]))
-            if not common:
-                continue
-            xa, xb = [a["scores"][k] for k in common], [b["scores"][k] for k in common]
-            binary = a["samples"] == b["samples"] == 1
-            only_a = sum(x > y for x, y in zip(xa, xb))
-            only_b = sum(y > x for x, y in zip(xa, xb))
-            out.append({"benchmark": bench, "a": name_a, "b": name_b, "problems": len(common),
-                        "accuracy_a": sum(xa) / len(common), "accuracy_b": sum(xb) / len(common),
-                        "better_a": only_a, "better_b": only_b,
-                        "test": "exact McNemar" if binary else "paired bootstrap",
-                        "p": mcnemar_exact(only_a, only_b) if binary else paired_bootstrap(xa, xb)})
-    return out
-
 
 def runs_until(lake: Lake, snapshot: int) -> list[dict]:
     """The runs whose commits make up the lake up to this snapshot (each commit names its run)."""
@@ -594,15 +350,3 @@ def summary(values: list[int | float]) -> dict[str, float]:
         return {"count": 0}
     return {"count": len(v), "mean": sum(v) / len(v), "median": v[len(v) // 2], "p90": v[int(0.9 * (len(v) - 1))],
             "max": v[-1]}
-
-
-def iteration_tags(lake: Lake) -> list[tuple[str, int]]:
-    """The loop's tags `iter1`, `iter2`, ... in order, with their snapshots."""
-    tags = [(name, snap) for name, snap in lake.tags().items() if re.fullmatch(r"iter\d+", name)]
-    return sorted(tags, key=lambda t: int(t[0][4:]))
-
-
-def previous_tag(lake: Lake, snapshot: int) -> tuple[str, int] | None:
-    """The latest tag strictly before a snapshot: what a version is compared against."""
-    earlier = [(snap, name) for name, snap in lake.tags().items() if snap < snapshot]
-    return (max(earlier)[1], max(earlier)[0]) if earlier else None

@@ -8,7 +8,7 @@ import re
 
 import pyarrow as pa
 
-from vlfactory.reports.stats import keyword_rates
+from vlfactory.reports.keywords import keyword_rates
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
 

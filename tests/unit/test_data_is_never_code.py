@@ -212,7 +212,7 @@ def test_show_prints_no_escape_sequences():
 def test_keywords_the_report_counts_are_sql_literals():
     import duckdb
 
-    from vlfactory.reports.stats import _keyword_sql
+    from vlfactory.reports.keywords import _keyword_sql
 
     words = ["it's", "x') or 'a", "a\\b"]  # through stores.sqltext.literal, as every literal DuckDB cannot bind
     row = duckdb.sql(f"SELECT {_keyword_sql(words)} FROM (VALUES ('It''s a\\b; x'') or ''a and it''s')) "
