@@ -234,3 +234,58 @@ def iterate(recipe: Recipe | str | os.PathLike, *, lake: Lake | str | os.PathLik
     policies = Loop(recipe, spec, say=say, limit=limit, progress=progress).run(iterations)
     say(f"done: {len(policies)} iterations; final policy {policies[-1] if policies else '-'}")
     return policies
+
+
+def evaluate(model: str, benchmarks: str | list[str] | tuple[str, ...], recipe: Recipe | str | os.PathLike = "quickstart",
+             *, lake: Lake | str | os.PathLike | None = None, data_path: str | None = None, backend: str | None = None,
+             max_tokens: int | None = None, limit: int | None = None, say: Say | None = print,
+             argv: str | None = None) -> list[StageResult]:
+    """Answer benchmarks from their images, verify, store accuracy in `evals`, as one recorded run ("eval", failed
+    with its error when it raises); `vlfactory eval`. `benchmarks`: sources of the recipe (its benchmarks: or
+    sources:); `backend` overrides the recipe's rollout backend, `max_tokens` its new tokens per answer; `limit`:
+    the first N problems. `say` gets each benchmark's line; returns their StageResults, in order.
+
+        vlfactory.evaluate("runs/iter1/grpo", "dynamath", "recipes/quickstart.yaml", limit=50)
+    """
+    import dataclasses
+
+    from vlfactory.backends import backend_config_class
+    from vlfactory.recipe import Recipe, RecipeError, load_recipe
+    from vlfactory.stages import eval as stage
+    from vlfactory.stores import runs
+
+    say = say or (lambda line: None)
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    names = [benchmarks] if isinstance(benchmarks, str) else list(benchmarks)
+    configs = [recipe.eval_config(name, model, limit=limit) for name in names]
+    for i, cfg in enumerate(configs):
+        gen = cfg.generation
+        if backend and backend != gen.backend:
+            if backend == "openai":
+                raise RecipeError("--backend openai needs a base_url: give the recipe a rollout: block with one")
+            gen = dataclasses.replace(gen, backend=backend, options=backend_config_class(backend)(model=model))
+        if max_tokens:
+            gen = dataclasses.replace(gen, sampling=dataclasses.replace(gen.sampling, max_tokens=max_tokens))
+        configs[i] = dataclasses.replace(cfg, generation=gen)
+    results = []
+    with opened(lake, data_path, recipe) as lk, runs.recorded(lk, "eval", recipe.text, recipe.name, argv) as record:
+        for cfg in configs:
+            result = stage.run(lk, cfg)
+            say(result.line())
+            results.append(result)
+            record.counts |= {f"eval.{cfg.benchmark.name}.{k}": v for k, v in result.counts().items()}
+    return results
+
+
+# ---- versions ------------------------------------------------------------------------
+
+VERSION_FIELDS = ("snapshot", "tags", "time", "command", "run_id", "message", "rows")
+
+
+def versions(lake: Lake | str | os.PathLike | None = None, *, last: int | None = 20, data_path: str | None = None
+             ) -> list[dict]:
+    """The lake's last `last` snapshots (None: all), oldest first, as `vlfactory versions --format json` prints
+    them: snapshot id, its tags, time (UTC), the command and run_id of the run that wrote it, the commit message,
+    and the rows in every table holding any (from the catalog's file records, no data file read)."""
+    with opened(lake, data_path, read_only=True, check_schema=False) as lk:  # catalog, runs, tags: any lake's
+        return [dict(zip(VERSION_FIELDS, row)) for row in lk.versions(last)]

@@ -332,35 +332,16 @@ def versions(lake: str | None, data_path: str | None, last: int, fmt: str) -> No
         vlfactory versions --last 10
         vlfactory versions --format jsonl | jq -c '{snapshot, rows}'
     """
-    from vlfactory.stores import tables
+    from vlfactory import api
 
-    with open_lake(lake, data_path, read_only=True, check_schema=False) as lk:  # catalog, runs, tags: any lake's
-        tags: dict[int, list[str]] = {}
-        for name, snap in lk.tags().items():
-            tags.setdefault(snap, []).append(name)
-        commands = dict(tables.rows(lk, "SELECT run_id, command FROM lake.runs"))
-        pinned = lk.current_snapshot()  # the latest when it opened: later ones' files are not readable here
-        snapshots = [s for s in lk.snapshots() if s["snapshot_id"] <= pinned][-last:]
-        rows = []
-        for s, counts in zip(snapshots, _row_counts(lk, snapshots)):
-            extra = json.loads(s["commit_extra_info"]) if s["commit_extra_info"] else {}
-            run_id = extra.get("run_id")
-            rows.append((s["snapshot_id"], tags.get(s["snapshot_id"], []), s["snapshot_time"], commands.get(run_id),
-                         run_id, s["commit_message"] or "", {t: n for t, n in sorted(counts.items()) if n}))
+    rows = [tuple(v.values()) for v in api.versions(lake, last=last, data_path=data_path)]
     if fmt != "table":
-        sqlout.write(sqlout.Rows(["snapshot", "tags", "time", "command", "run_id", "message", "rows"], rows), fmt, None)
+        sqlout.write(sqlout.Rows(api.VERSION_FIELDS, rows), fmt, None)
         return
     _print_table(["snapshot", "tags", "time (UTC)", "run", "message", "rows"],
                  [(snap, ",".join(names), at.strftime("%m-%d %H:%M:%S"), f"{command or ''} {(run_id or '')[:8]}".strip(),
                    message, " ".join(f"{t}={n}" for t, n in counts.items())) for snap, names, at, command, run_id,
                   message, counts in rows], 0)
-
-
-def _row_counts(lk, snapshots: list[dict]) -> list[dict[str, int]]:
-    """Rows in every table the lake holds at each of these snapshots, in order (Lake.row_counts: from the
-    catalog's file records, no data file read)."""
-    counted = lk.row_counts([s["snapshot_id"] for s in snapshots])
-    return [counted[s["snapshot_id"]] for s in snapshots]
 
 
 @main.command()
@@ -563,30 +544,10 @@ def eval_(model: str, benchmarks: tuple[str, ...], recipe_ref: str, backend: str
         vlfactory eval --model runs/quickstart/iter1/grpo --benchmark dynamath --recipe recipes/quickstart.yaml
         vlfactory sql "SELECT model, benchmark, accuracy FROM evals ORDER BY created_at"
     """
-    import dataclasses
+    from vlfactory import api
 
-    from vlfactory.stages import eval as evaluate
-    from vlfactory.backends import backend_config_class
-    from vlfactory.recipe import load_recipe
-    from vlfactory.stores import runs
-
-    recipe = load_recipe(recipe_ref)
-    configs = [recipe.eval_config(name, model, limit=limit) for name in benchmarks]
-    for i, cfg in enumerate(configs):
-        gen = cfg.generation
-        if backend and backend != gen.backend:
-            if backend == "openai":
-                raise UserError("--backend openai needs a base_url: give the recipe a rollout: block with one")
-            gen = dataclasses.replace(gen, backend=backend, options=backend_config_class(backend)(model=model))
-        if max_tokens:
-            gen = dataclasses.replace(gen, sampling=dataclasses.replace(gen.sampling, max_tokens=max_tokens))
-        configs[i] = dataclasses.replace(cfg, generation=gen)
-    with open_lake(lake, data_path, recipe) as lk, runs.recorded(lk, "eval", recipe.text, recipe.name,
-                                                                 " ".join(sys.argv[1:])) as run:
-        for cfg in configs:
-            result = evaluate.run(lk, cfg)
-            click.echo(result.line(), err=True)
-            run.counts |= {f"eval.{cfg.benchmark.name}.{k}": v for k, v in result.counts().items()}
+    api.evaluate(model, benchmarks, recipe_ref, lake=lake, data_path=data_path, backend=backend, max_tokens=max_tokens,
+                 limit=limit, say=lambda line: click.echo(line, err=True), argv=" ".join(sys.argv[1:]))
 
 
 @main.command()
@@ -651,12 +612,21 @@ def train_options(fn):
     return fn
 
 
-@train.command("sft")
-@train_options
-@friendly
-def train_sft(dataset: str, model: str, output: str, config_path: str | None, overwrite: bool, lake: str | None,
-              data_path: str | None) -> None:
-    """Supervised fine-tuning on an sft set version (TRL's SFTTrainer).
+def train_command(kind: str, doc: str):
+    """`vlfactory train KIND` (sft, grpo): the trainer's train_KIND on the flags, printing the training's line."""
+
+    def command(dataset: str, model: str, output: str, config_path: str | None, overwrite: bool, lake: str | None,
+                data_path: str | None) -> None:
+        from vlfactory.trainers import grpo, sft
+
+        fit = {"sft": sft.train_sft, "grpo": grpo.train_grpo}[kind]
+        click.echo(fit(dataset, model, output, config=config_path, lake=lake, data_path=data_path,
+                       overwrite=overwrite).line())
+    command.__doc__ = doc
+    return train.command(kind)(train_options(friendly(command)))
+
+
+train_command("sft", """Supervised fine-tuning on an sft set version (TRL's SFTTrainer).
 
     \b
     Example:
@@ -664,19 +634,8 @@ def train_sft(dataset: str, model: str, output: str, config_path: str | None, ov
     On GPUs, the same through accelerate (python -m vlfactory.trainers.sft --help):
         accelerate launch --num_processes 8 -m vlfactory.trainers.sft --dataset sft@iter1 \\
             --model Qwen/Qwen2.5-VL-7B-Instruct --output runs/sft-iter1 --config sft.yaml
-    """
-    from vlfactory.trainers import sft
-
-    click.echo(sft.train_sft(dataset, model, output, config=config_path, lake=lake, data_path=data_path,
-                                 overwrite=overwrite).line())
-
-
-@train.command("grpo")
-@train_options
-@friendly
-def train_grpo(dataset: str, model: str, output: str, config_path: str | None, overwrite: bool, lake: str | None,
-               data_path: str | None) -> None:
-    """GRPO on an rl set version (TRL's GRPOTrainer, the factory's verifier as reward).
+    """)
+train_command("grpo", """GRPO on an rl set version (TRL's GRPOTrainer, the factory's verifier as reward).
 
     \b
     Example:
@@ -684,11 +643,7 @@ def train_grpo(dataset: str, model: str, output: str, config_path: str | None, o
     On GPUs, the same through accelerate (python -m vlfactory.trainers.grpo --help):
         accelerate launch --num_processes 8 -m vlfactory.trainers.grpo --dataset rl@iter1 \\
             --model runs/sft-iter1 --output runs/grpo-iter1 --config grpo.yaml
-    """
-    from vlfactory.trainers import grpo
-
-    click.echo(grpo.train_grpo(dataset, model, output, config=config_path, lake=lake, data_path=data_path,
-                                 overwrite=overwrite).line())
+    """)
 
 
 # ---- publish, report, show -------------------------------------------------------

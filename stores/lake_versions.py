@@ -110,6 +110,27 @@ class Versions:
         return dict(self._cached("tags", lambda: dict(self.con.execute(
             f"SELECT name, arg_max(snapshot_id, created_at) FROM {DB}.tags GROUP BY name").fetchall())))
 
+    def versions(self, last: int | None = None) -> list[tuple]:
+        """The last `last` snapshots (None: all) up to the pinned one, oldest first, each as (snapshot id, its
+        tags, time, command and run_id of the run that wrote it, commit message, {table: rows} of the tables
+        holding any): `vlfactory versions`. Snapshots after the one this Lake opened on are left out: their
+        files are not readable here."""
+        tags: dict[int, list[str]] = {}
+        for name, snap in self.tags().items():
+            tags.setdefault(snap, []).append(name)
+        commands = dict(self.con.execute(f"SELECT run_id, command FROM {DB}.runs").fetchall())
+        pinned = self.current_snapshot()
+        snapshots = [s for s in self.snapshots() if s["snapshot_id"] <= pinned]
+        snapshots = snapshots[-last:] if last is not None else snapshots
+        counted = self.row_counts([s["snapshot_id"] for s in snapshots])
+        out = []
+        for s in snapshots:
+            run_id = (json.loads(s["commit_extra_info"]) if s["commit_extra_info"] else {}).get("run_id")
+            out.append((s["snapshot_id"], tags.get(s["snapshot_id"], []), s["snapshot_time"], commands.get(run_id),
+                        run_id, s["commit_message"] or "",
+                        {t: n for t, n in sorted(counted[s["snapshot_id"]].items()) if n}))
+        return out
+
     def resolve(self, version: int | str) -> int:
         """A snapshot id from a tag name, a snapshot number, or `latest`."""
         v = str(version).strip()

@@ -161,6 +161,72 @@ def test_run_from_python_equals_the_cli(tmp_path, cli, lake_dir):
         vlfactory.run(recipe, ["distill"], lake=api_lake, say=None)
 
 
+def test_evaluate_is_the_eval_command(tmp_path, cli, lake_dir):
+    """api.evaluate answers a benchmark through the recipe's server, overrides its max_tokens, stores accuracy
+    in `evals` as one recorded `eval` run and says each benchmark's line; `vlfactory eval` on the same lake then
+    finds it done before: the command is this function."""
+    from PIL import Image
+
+    from vlfactory import api
+    from vlfactory.recipe import RecipeError
+
+    rows = [{"id": f"q{i}", "question": f"How many dots are in box {i}?", "answer": str(10 + i), "image": f"{i}.png"}
+            for i in range(3)]
+    for i in range(3):
+        Image.new("RGB", (32, 32), (60 * i, 90, 200)).save(tmp_path / f"{i}.png")
+    (tmp_path / "bench.json").write_text(json.dumps(rows))
+    template = load_template("rollout")
+    answers = {template.render(question=r["question"], choices=None):
+               [f"<think>count</think><answer>{r['answer'] if i < 2 else 'nonsense'}</answer>"]
+               for i, r in enumerate(rows)}
+    with AnswerServer(answers) as server:
+        recipe = tmp_path / "eval.yaml"
+        recipe.write_text(f"""
+sources: [{{name: synthetic, format: synthetic, n: 2}}]
+benchmarks: [{{name: bench, format: json, path: {json.dumps(str(tmp_path / 'bench.json'))}}}]
+rollout: {{backend: openai, model: ignored, base_url: "{server.url}", max_retries: 0, sampling: {{max_tokens: 64}}}}
+""")
+        lines = []
+        results = api.evaluate("policy-v1", "bench", recipe, lake=lake_dir, max_tokens=32, say=lines.append)
+        assert len(server.hits) == 3 and all(image for _, image in server.hits)
+        again = cli("eval", "--model", "policy-v1", "--benchmark", "bench", "--recipe", recipe, "--max-tokens", "32")
+        assert len(server.hits) == 3  # done before: nothing sent
+    assert [r.line() for r in results] == lines == ["eval bench: 2/3 correct = 66.7% (policy-v1)"]
+    assert "eval bench: done before: 2/3 correct = 66.7% (policy-v1)" in again.output
+    with Lake(lake_dir, read_only=True) as lake:
+        runs = lake.query("SELECT command, status, counts FROM runs ORDER BY started_at").fetchall()
+        model, correct, sampling = lake.query("SELECT model, correct, sampling FROM evals").fetchone()
+    assert [(c, s) for c, s, _ in runs] == [("eval", "ok"), ("eval", "ok")]
+    assert (runs[0][2]["eval.bench.requests"], runs[1][2]["eval.bench.requests"]) == (3, 0)
+    assert (model, correct) == ("policy-v1", 2)
+    assert json.loads(sampling)["max_tokens"] == 32  # the override, not the recipe's 64
+    (tmp_path / "local.yaml").write_text("sources: [{name: synthetic, format: synthetic, n: 2}]\n")
+    with pytest.raises(RecipeError, match="--backend openai needs a base_url"):  # before the lake is touched
+        api.evaluate("policy-v1", "synthetic", tmp_path / "local.yaml", lake=tmp_path / "none", backend="openai")
+    assert not (tmp_path / "none").exists()
+
+
+def test_versions_is_what_versions_json_prints(wb):
+    """api.versions: the snapshots `vlfactory versions --format json` prints, as Python values, oldest first,
+    with the tags naming them and the rows of every table as the catalog counts them."""
+    from conftest import cli_at
+
+    from vlfactory import api, sqlout
+
+    shown = api.versions(wb.lake, last=5)
+    printed = json.loads(cli_at(wb.lake, "versions", "--format", "json", "--last", "5").output)
+    assert printed == json.loads(json.dumps([sqlout.jsonable(v) for v in shown], default=str))
+    everything = api.versions(wb.lake, last=None)
+    assert everything[-5:] == shown and list(shown[0]) == list(api.VERSION_FIELDS)
+    with Lake(wb.lake, read_only=True) as lake:
+        iter1, latest = lake.resolve("iter1"), lake.current_snapshot()
+        assert len(everything) == len(lake.snapshots())
+        assert everything[-1]["rows"] == {t: n for t, n in lake.row_counts([latest])[latest].items() if n}
+        assert everything[-1]["rows"]["traces"] == lake.count("traces")
+    assert [v["snapshot"] for v in everything] == sorted(v["snapshot"] for v in everything)
+    assert "iter1" in next(v["tags"] for v in everything if v["snapshot"] == iter1)
+
+
 def test_import_vlfactory_is_light():
     code = """
 import json, sys
