@@ -10,13 +10,11 @@ from __future__ import annotations
 import functools
 import json
 import sys
-import time
 from pathlib import Path
 
 import click
 
 from vlfactory import sqlout
-from vlfactory.sqlout import plain as _plain
 
 LAKE_HELP = "Lake folder or ducklake: URI [env VLFACTORY_LAKE; default ./lake]."
 
@@ -162,87 +160,7 @@ def _run(recipe_ref: str, lake_spec, data_path, stages: list[str] | None, limit:
 
     console = Console(stderr=True)
     api.run(recipe_ref, stages, lake=lake_spec, data_path=data_path, limit=limit, tag=tag_name, say=console.print,
-            progress=lambda name: _progress(console, name), argv=" ".join(sys.argv[1:]), report_to=report_to)
-
-
-PROGRESS_S = 30.0  # seconds between progress lines when the output is not a terminal [env VLFACTORY_PROGRESS_S]
-
-
-def _progress(console, name: str):
-    """Per stage, progress as done/total, rate, ETA, cache hits and failures: a bar on a terminal, and
-    where a bar cannot be seen (piped, nohup, a SLURM log) a plain line every VLFACTORY_PROGRESS_S
-    seconds (default 30; 0 prints one at every update) while the stage runs, whether or not anything
-    finished since (a stalled server shows as a falling rate)."""
-    import contextlib
-    import os
-    import threading
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    try:
-        interval = max(0.0, float(os.environ.get("VLFACTORY_PROGRESS_S", PROGRESS_S)))
-    except ValueError:
-        interval = PROGRESS_S
-
-    @contextlib.contextmanager
-    def cm():
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-        lines = not console.is_terminal
-        with Progress(*columns, console=console, transient=True, disable=lines) as bar:
-            task = bar.add_task(name, total=None, rate="")
-            start = time.perf_counter()
-            received = 0
-            state = None  # (done, total, received, requests, tokens, cached, failed, rejected): the last update's
-
-            def say() -> None:
-                dt = max(time.perf_counter() - start, 1e-9)
-                if state is None:
-                    console.print(f"{name}: running for {_clock(dt)}, nothing finished yet", markup=False,
-                                  highlight=False, soft_wrap=True)
-                    return
-                done, total, got, requests, tokens, cached, failed, rejected = state
-                rate = got / dt
-                head = f"{name}: {done}/{total} ({100 * done / total:.0f}%)" if total else f"{name}: {done} done"
-                eta = (f", ETA {_clock((total - done) / rate)}" if rate > 0 else ", ETA unknown") if total else ""
-                tail = f", {requests / dt:.1f} req/s, {tokens / dt:.0f} tok/s" if requests else ""
-                console.print(f"{head}, {rate:.1f}/s{eta}{tail}; cached {cached}, failed {failed}, rejected {rejected}; "
-                              f"{_clock(dt)} elapsed", markup=False, highlight=False, soft_wrap=True)
-
-            def progress(result, n: int) -> None:
-                nonlocal received, state
-                received += n
-                dt = max(time.perf_counter() - start, 1e-9)
-                bar.update(task, total=result.wanted or None, completed=result.cached + received,
-                           rate=f"{result.requests / dt:.1f} req/s {result.completion_tokens / dt:.0f} tok/s "
-                                f"cached {result.cached} failed {result.failed}")
-                # One tuple, replaced whole: the line printer in the other thread reads a consistent update.
-                state = (result.cached + received, result.wanted, received, result.requests,
-                         result.completion_tokens, result.cached, result.failed, sum(result.rejected.values()))
-                if lines and not interval:
-                    say()
-
-            stop = threading.Event()
-
-            def ticker() -> None:
-                while not stop.wait(interval):
-                    say()
-
-            thread = threading.Thread(target=ticker, name=f"progress-{name}", daemon=True)
-            if lines and interval:
-                thread.start()
-            try:
-                yield progress
-            finally:
-                stop.set()
-                if thread.is_alive():
-                    thread.join()
-    return cm()
-
-
-def _clock(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{seconds:.0f}s"
+            progress=lambda name: sqlout.progress(console, name), argv=" ".join(sys.argv[1:]), report_to=report_to)
 
 
 # ---- inspection ------------------------------------------------------------------
@@ -314,10 +232,6 @@ def _sql_text(query: str | None, file: str | None) -> str:
         raise UserError(f"cannot read {file}: {getattr(e, 'strerror', None) or e}") from None
 
 
-def _print_table(columns, rows, max_width: int) -> None:
-    sqlout.table(columns, rows, max_width=max_width)
-
-
 @main.command()
 @lake_options
 @click.option("--last", type=int, default=20, show_default=True, help="Show the last N snapshots.")
@@ -338,10 +252,10 @@ def versions(lake: str | None, data_path: str | None, last: int, fmt: str) -> No
     if fmt != "table":
         sqlout.write(sqlout.Rows(api.VERSION_FIELDS, rows), fmt, None)
         return
-    _print_table(["snapshot", "tags", "time (UTC)", "run", "message", "rows"],
+    sqlout.table(["snapshot", "tags", "time (UTC)", "run", "message", "rows"],
                  [(snap, ",".join(names), at.strftime("%m-%d %H:%M:%S"), f"{command or ''} {(run_id or '')[:8]}".strip(),
                    message, " ".join(f"{t}={n}" for t, n in counts.items())) for snap, names, at, command, run_id,
-                  message, counts in rows], 0)
+                  message, counts in rows], max_width=0)
 
 
 @main.command()
@@ -370,7 +284,6 @@ def diff(a: str, b: str, table: str | None, limit: int, fmt: str, lake: str | No
     """
     from vlfactory import api
     from vlfactory.sqlout import terminal
-    from vlfactory.stores.diffs import around_change
 
     with open_lake(lake, data_path, read_only=True) as lk:
         if table is None:
@@ -380,9 +293,9 @@ def diff(a: str, b: str, table: str | None, limit: int, fmt: str, lake: str | No
                 click.echo(json.dumps({"a": a, "b": b, "snapshot_a": sa, "snapshot_b": sb, "tables": counts}))
                 return
             click.echo(terminal(f"{a} (snapshot {sa}) -> {b} (snapshot {sb})"))
-            _print_table(["table", "added", "removed", "changed"],
+            sqlout.table(["table", "added", "removed", "changed"],
                          [(t, f"+{d['added']}", f"-{d['removed']}", f"~{d['changed']}")
-                          for t, d in counts.items() if any(d.values())], 80)
+                          for t, d in counts.items() if any(d.values())], max_width=80)
             return
         d = api.diff(a, b, table=table, lake=lk, limit=limit or None)
     if fmt == "json":
@@ -390,18 +303,7 @@ def diff(a: str, b: str, table: str | None, limit: int, fmt: str, lake: str | No
 
         click.echo(json.dumps(dataclasses.asdict(d), default=str))  # ASCII: C1 controls escaped too
         return
-    click.echo(terminal(d.line()))
-    others = [c for c in d.compared if c not in d.key]
-    for kind, rows, n in (("added", d.added, d.n_added), ("removed", d.removed, d.n_removed)):
-        if rows:
-            click.echo(f"{kind}: {n}" + (f" (first {len(rows)})" if len(rows) < n else ""))
-            _print_table([*d.key, "row"], [[*(r[k] for k in d.key), "; ".join(f"{c}={_plain(r[c])}" for c in others)]
-                                           for r in rows], 120)
-    if d.changed:
-        click.echo(f"changed: {d.n_changed}" + (f" (first {len(d.changed)})" if len(d.changed) < d.n_changed else ""))
-        _print_table([*d.key, "column", "before", "after"],
-                     [[*c.key.values(), col, *around_change(_plain(c.before[col]), _plain(c.after[col]))]
-                      for c in d.changed for col in c.before], 200)
+    sqlout.row_diff(d)
 
 
 @main.command()
@@ -520,7 +422,7 @@ def iterate(recipe: str, lake: str | None, data_path: str | None, iterations: in
     console = Console(stderr=True)
     api.iterate(recipe, lake=lake, data_path=data_path, iterations=iterations, limit=limit,
                 say=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
-                progress=lambda name: _progress(console, name), report_to=report_to)
+                progress=lambda name: sqlout.progress(console, name), report_to=report_to)
 
 
 @main.command("eval")

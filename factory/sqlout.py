@@ -6,6 +6,9 @@ so they read the whole result first (they are for people). `vlfactory sql` is th
 
     vlfactory sql "SELECT * FROM traces" -o traces.parquet
     vlfactory sql "SELECT * FROM rejected" --format jsonl | head
+
+Also the CLI's other printing: `row_diff` (`vlfactory diff --table`) and `progress`, the bar or lines `run` and
+`iterate` show while a stage runs.
 """
 
 from __future__ import annotations
@@ -169,6 +172,25 @@ def _json(columns, row, ascii: bool = False) -> str:
     return json.dumps(dict(zip(columns, map(jsonable, row))), ensure_ascii=ascii, default=str)
 
 
+def row_diff(d) -> None:
+    """A TableDiff (stores/diffs.py) as `vlfactory diff --table` prints it: its line, then the rows added and
+    removed (key, then the other columns) and the changed columns before and after, the change centred."""
+    from vlfactory.stores.diffs import around_change
+
+    print(terminal(d.line()))
+    others = [c for c in d.compared if c not in d.key]
+    for kind, rows, n in (("added", d.added, d.n_added), ("removed", d.removed, d.n_removed)):
+        if rows:
+            print(f"{kind}: {n}" + (f" (first {len(rows)})" if len(rows) < n else ""))
+            table([*d.key, "row"], [[*(r[k] for k in d.key), "; ".join(f"{c}={plain(r[c])}" for c in others)]
+                                    for r in rows], max_width=120)
+    if d.changed:
+        print(f"changed: {d.n_changed}" + (f" (first {len(d.changed)})" if len(d.changed) < d.n_changed else ""))
+        table([*d.key, "column", "before", "after"],
+              [[*c.key.values(), col, *around_change(plain(c.before[col]), plain(c.after[col]))]
+               for c in d.changed for col in c.before], max_width=200)
+
+
 def pointer(sql: str | None, position: int | None) -> str:
     r"""Where in `sql` an error is, drawn as DuckDB's shell draws it: the line, `LINE n: ` before it (a window
     with `...` when it is long), and a caret under the character (wide characters count two columns).
@@ -236,3 +258,85 @@ def _destination(output: str | None, binary: bool = False) -> Iterator[IO]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# ---- progress: what `vlfactory run` and `iterate` print while a stage runs ----------------------------------
+
+PROGRESS_S = 30.0  # seconds between progress lines when the output is not a terminal [env VLFACTORY_PROGRESS_S]
+
+
+def progress(console, name: str):
+    """Per stage, progress as done/total, rate, ETA, cache hits and failures: a bar on a terminal, and
+    where a bar cannot be seen (piped, nohup, a SLURM log) a plain line every VLFACTORY_PROGRESS_S
+    seconds (default 30; 0 prints one at every update) while the stage runs, whether or not anything
+    finished since (a stalled server shows as a falling rate)."""
+    import threading
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    try:
+        interval = max(0.0, float(os.environ.get("VLFACTORY_PROGRESS_S", PROGRESS_S)))
+    except ValueError:
+        interval = PROGRESS_S
+
+    @contextlib.contextmanager
+    def cm():
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+        lines = not console.is_terminal
+        with Progress(*columns, console=console, transient=True, disable=lines) as bar:
+            task = bar.add_task(name, total=None, rate="")
+            start = time.perf_counter()
+            received = 0
+            state = None  # (done, total, received, requests, tokens, cached, failed, rejected): the last update's
+
+            def say() -> None:
+                dt = max(time.perf_counter() - start, 1e-9)
+                if state is None:
+                    console.print(f"{name}: running for {clock(dt)}, nothing finished yet", markup=False,
+                                  highlight=False, soft_wrap=True)
+                    return
+                done, total, got, requests, tokens, cached, failed, rejected = state
+                rate = got / dt
+                head = f"{name}: {done}/{total} ({100 * done / total:.0f}%)" if total else f"{name}: {done} done"
+                eta = (f", ETA {clock((total - done) / rate)}" if rate > 0 else ", ETA unknown") if total else ""
+                tail = f", {requests / dt:.1f} req/s, {tokens / dt:.0f} tok/s" if requests else ""
+                console.print(f"{head}, {rate:.1f}/s{eta}{tail}; cached {cached}, failed {failed}, rejected {rejected}; "
+                              f"{clock(dt)} elapsed", markup=False, highlight=False, soft_wrap=True)
+
+            def progress(result, n: int) -> None:
+                nonlocal received, state
+                received += n
+                dt = max(time.perf_counter() - start, 1e-9)
+                bar.update(task, total=result.wanted or None, completed=result.cached + received,
+                           rate=f"{result.requests / dt:.1f} req/s {result.completion_tokens / dt:.0f} tok/s "
+                                f"cached {result.cached} failed {result.failed}")
+                # One tuple, replaced whole: the line printer in the other thread reads a consistent update.
+                state = (result.cached + received, result.wanted, received, result.requests,
+                         result.completion_tokens, result.cached, result.failed, sum(result.rejected.values()))
+                if lines and not interval:
+                    say()
+
+            stop = threading.Event()
+
+            def ticker() -> None:
+                while not stop.wait(interval):
+                    say()
+
+            thread = threading.Thread(target=ticker, name=f"progress-{name}", daemon=True)
+            if lines and interval:
+                thread.start()
+            try:
+                yield progress
+            finally:
+                stop.set()
+                if thread.is_alive():
+                    thread.join()
+    return cm()
+
+
+def clock(seconds: float) -> str:
+    """12s, 3m05s, 1h02m: a duration as the progress lines print it."""
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{seconds:.0f}s"
