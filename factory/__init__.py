@@ -10,7 +10,7 @@ The API lives in vlfactory.api; its names are loaded on first use (PEP 562), so 
 
 from __future__ import annotations
 
-API = ("load", "table", "frame", "run", "iterate", "diff", "RunResult", "opened", "lake_spec")
+API = ("load", "table", "frame", "run", "iterate", "evaluate", "versions", "diff", "RunResult", "opened", "lake_spec")
 __all__ = [*API, "Lake"]
 
 
