@@ -148,13 +148,7 @@ def test_decontamination_against_benchmarks(cli, lake_dir, tmp_path, shared_data
         {"id": "clean", "question": "Something else entirely?", "answer": "2", "image": str(tmp_path / "fresh2.png")},
     ]
     (tmp_path / "train.json").write_text(json.dumps(rows))
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"""
-sources:
-  - {{name: train, format: json, path: {tmp_path / 'train.json'}}}
-benchmarks:
-  - {{name: dynamath, format: json, path: {root / 'dataset.json'}}}
-""")
+    recipe = _train_and_benchmark(tmp_path, "dynamath", root / "dataset.json")
     out = cli("ingest", recipe).output
     assert "rejected 2 (contaminated 2)" in out
     with Lake(lake_dir) as lake:
@@ -179,13 +173,7 @@ def test_unreadable_benchmark_rows_are_counted(cli, lake_dir, tmp_path):
     train = [{"id": "same-question", "question": "what colour is the car", "answer": "blue"},
              {"id": "clean", "question": "How many birds?", "answer": "2"}]
     (tmp_path / "train.json").write_text(json.dumps(train))
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"""
-sources:
-  - {{name: train, format: json, path: {tmp_path / 'train.json'}}}
-benchmarks:
-  - {{name: bench, format: json, path: {tmp_path / 'bench.json'}}}
-""")
+    recipe = _train_and_benchmark(tmp_path, "bench", tmp_path / "bench.json")
     out = " ".join(cli("ingest", recipe).output.split())
     assert "benchmark bench: 2 rows not fingerprinted (" in out
     assert "empty_question 1" in out and "image bad_image 1" in out
@@ -284,3 +272,15 @@ def test_malformed_recipes_fail_before_any_write(cli, lake_dir, tmp_path, shared
     with pytest.raises(RecipeError, match="recipe not found"):
         load_recipe(tmp_path / "missing.yaml")
     assert not lake_dir.exists()  # nothing was written, not even an empty lake
+
+
+def _train_and_benchmark(tmp_path, name: str, path) -> Path:
+    """A recipe: tmp_path/train.json as the source `train`, `path` as the benchmark `name` (both JSON)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+sources:
+  - {{name: train, format: json, path: {tmp_path / 'train.json'}}}
+benchmarks:
+  - {{name: {name}, format: json, path: {path}}}
+""")
+    return recipe
