@@ -178,7 +178,8 @@ def test_wheel_contains_one_package_with_everything(tmp_path):
                     "-w", str(tmp_path), str(REPO)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("vlfactory-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for path in ("vlfactory/cli.py", "vlfactory/stages/ingest.py", "vlfactory/verify/pool.py", "vlfactory/stores/lake.py",
+    for path in ("vlfactory/cli/__init__.py", "vlfactory/cli/catalog.py", "vlfactory/stages/ingest.py",
+                 "vlfactory/verify/pool.py", "vlfactory/stores/lake.py",
                  "vlfactory/viewer/static/app.js", "vlfactory/sources/synthetic/shapes.py",
                  "vlfactory/stores/schema.py", "vlfactory/trainers/__init__.py", "vlfactory/reports/__init__.py",
                  "vlfactory/recipes/quickstart.yaml"):
