@@ -65,8 +65,13 @@ class Lake(Versions, Reads, Writes):
 
                 with contextlib.closing(sqlite3.connect(catalog)) as db:
                     db.execute("PRAGMA journal_mode=WAL")
+        # DuckDB checks an extension file's signature at every LOAD: 0.15-0.3 s for each of the 35 MB ducklake and
+        # sqlite files, most of what `vlfactory versions` or `sql` cost. A read-only Lake skips the check: its
+        # extensions are the ones `load_extension` installed in DuckDB's own folder (from the registry packages,
+        # as trusted as DuckDB's own library beside them), and `_open_read_only` then forbids any further LOAD
+        # (enable_external_access off, configuration locked) before a query runs (tests/store/test_lake_safety.py).
+        self.con = duckdb.connect(config={"allow_unsigned_extensions": "true"} if self.read_only else {})
         # DuckDB draws its progress bar on stdout, even into a pipe: it would land in `vlfactory sql`'s output.
-        self.con = duckdb.connect()
         self.con.execute("SET enable_progress_bar = false")
         load_extension(self.con, "ducklake")
         for name in ("postgres", "sqlite"):
@@ -236,16 +241,25 @@ class Lake(Versions, Reads, Writes):
         return [m for m in schema.MIGRATIONS if m[0] not in applied]
 
     def migrate(self) -> list[str]:
-        """Apply missing migrations, each in its own recorded snapshot."""
-        done = []
-        for version, name, fn in self._pending_migrations():
-            with self.transaction(f"migration {version}: {name}"):
+        """Apply missing migrations: a new lake starts as two snapshots (its tables, then their storage
+        options, which DuckLake sets only on committed tables), an older one upgrades the same way; a
+        failing migration leaves the lake as its last commit left it."""
+        from vlfactory.stores import schema
+
+        pending = self._pending_migrations()
+        for batch in ([m for m in pending if m[0] not in schema.OPTIONS_ONLY],
+                      [m for m in pending if m[0] in schema.OPTIONS_ONLY]):
+            if not batch:
+                continue
+            numbers = ", ".join(str(v) for v, _, _ in batch)
+            with self.transaction(f"migration{'s' * (len(batch) > 1)} {numbers}: "
+                                  + "; ".join(name for _, name, _ in batch)):
                 self.con.execute(f"CREATE TABLE IF NOT EXISTS {DB}.schema_migrations "
                                  "(version INTEGER, name VARCHAR, applied_at TIMESTAMPTZ)")
-                fn(self.con, DB)
-                self.con.execute(f"INSERT INTO {DB}.schema_migrations VALUES (?, ?, now())", [version, name])
-            done.append(name)
-        return done
+                for version, name, fn in batch:
+                    fn(self.con, DB)
+                    self.con.execute(f"INSERT INTO {DB}.schema_migrations VALUES (?, ?, now())", [version, name])
+        return [name for _, name, _ in pending]
 
     # ---- runs (lineage) and maintenance: stores/runs.py, stores/maintenance.py ----------------
 

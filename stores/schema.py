@@ -2,9 +2,9 @@
 
 Tables and columns are part of the user interface: users query them with SQL
 (`vlfactory sql`), so columns are added, never renamed. Each migration is a
-small function applied once, in order, inside one transaction, and recorded in
-`schema_migrations`; an old lake opened by a newer vlfactory gets the missing
-ones applied. The Arrow schemas mirror the DDL so writers build batches that
+small function applied once, in order, and recorded in `schema_migrations`; a
+new lake, or an old one opened by a newer vlfactory, gets the pending ones in
+one commit (and their table options in a second: see OPTIONS_ONLY). The Arrow schemas mirror the DDL so writers build batches that
 insert without casts.
 """
 
@@ -99,13 +99,19 @@ CREATE TABLE {db}.runs (
 """
 
 
-def _ddl(schema: pa.Schema) -> str:
-    import duckdb
+_SQL_TYPES = {pa.string(): "VARCHAR", pa.binary(): "BLOB", pa.bool_(): "BOOLEAN", pa.int32(): "INTEGER",
+              pa.int64(): "BIGINT", pa.float64(): "DOUBLE"}
 
-    # DuckDB infers the SQL types from an empty Arrow table of the schema.
-    empty = schema.empty_table()  # noqa: F841 (read by the query below)
-    rel = duckdb.sql("SELECT * FROM empty")
-    return ", ".join(f'"{n}" {t}' for n, t in zip(rel.columns, rel.types))
+
+def _sql_type(t: pa.DataType) -> str:
+    # Spelled out rather than asked of DuckDB: scanning an Arrow table imports pandas (0.4 s a new lake).
+    if pa.types.is_list(t):
+        return f"{_sql_type(t.value_type)}[]"
+    return _SQL_TYPES[t]
+
+
+def _ddl(schema: pa.Schema) -> str:
+    return ", ".join(f'"{f.name}" {_sql_type(f.type)}' for f in schema)
 
 
 def _m001_initial(con, db: str) -> None:
@@ -353,6 +359,10 @@ MIGRATIONS = [
     (10, "training_logs table", _m010_training_logs),
     (11, "Parquet row groups of 8,192 rows for tables read row by row", _m011_small_row_groups),
 ]
+
+# Migrations that only set table options (DuckLake's set_option): DuckLake refuses those on a table created
+# in the same transaction, so `Lake.migrate` commits them after the migrations that make tables.
+OPTIONS_ONLY = {2, 11}
 
 TABLES = ("images", "problems", "captions", "traces", "rollouts", "rejected", "runs", "tags", "prompts",
           "grades", "sft", "rl", "trainings", "evals", "models", "eval_samples", "training_logs")

@@ -96,6 +96,20 @@ def test_versions_tags_and_diff(cli, two_versions, lake_dir):
     assert [r[4] for r in rows] == [20, 10]
 
 
+def test_a_new_lake_is_two_commits_with_its_table_options(tmp_path):
+    """A new lake's schema is one snapshot and its table options a second (DuckLake sets options only on
+    committed tables), not one snapshot per migration; every migration is recorded, every option applied."""
+    with Lake(tmp_path / "lake") as lake:
+        made = [s["commit_message"] for s in lake.snapshots() if s["commit_message"]]
+        applied = [r[0] for r in lake.con.execute("SELECT version FROM lake.schema_migrations ORDER BY 1").fetchall()]
+        options = {(r[0], r[1]) for r in lake.con.execute(
+            "SELECT option_name, scope_entry FROM lake.options() WHERE scope = 'TABLE'").fetchall()}
+    assert len(made) == 2 and made[1].startswith("migrations 2, 11:"), made
+    assert applied == [v for v, _, _ in schema.MIGRATIONS]
+    assert ("parquet_compression", "main.images") in options
+    assert {t for o, t in options if o == "parquet_row_group_size"} == {f"main.{t}" for t in schema.POINT_READ}
+
+
 def test_old_lake_gets_new_migrations(lake_dir, monkeypatch, two_versions):
     def m002(con, db):
         con.execute(f"ALTER TABLE {db}.problems ADD COLUMN difficulty DOUBLE")

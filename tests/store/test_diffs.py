@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import vlfactory
+from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake, LakeError
 from workbench import build
 
@@ -75,18 +76,30 @@ def test_grades_regraded_in_place_and_unchanged_tables(wb):
     assert "bytes" not in images.compared and images.unchanged == n  # blobs: keyed by their hash
 
 
-def test_a_table_created_between_the_versions(wb):
-    with Lake(wb.lake, read_only=True) as lake:
-        first = min(s["snapshot_id"] for s in lake.snapshots() if (s["commit_message"] or "").startswith("migration 1"))
-        cols_then = lake.query(f"SELECT * FROM rejected@{first} LIMIT 0").columns
-        cols_now = lake.query("SELECT * FROM rejected LIMIT 0").columns
-        n_sft = lake.count("sft", lake.resolve("iter1"))
-    sft = vlfactory.diff(first, "iter1", table="sft", lake=wb.lake)  # sft came with migration 4
+def test_a_table_created_between_the_versions(tmp_path, monkeypatch):
+    """A lake an older vlfactory made (its first three migrations: no sft table, `rejected` without `reasons`),
+    upgraded and written by today's stages: a diff from the old version lists every sft row as added and the
+    columns `rejected` gained."""
+    lake = tmp_path / "lake"
+    with monkeypatch.context() as m:
+        m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:3])
+        with Lake(lake) as old:
+            first = old.snapshots()[-1]["snapshot_id"]
+            cols_then = old.query("SELECT * FROM rejected LIMIT 0").columns
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: old\nsources:\n  - {name: shapes, format: synthetic, n: 6, seed: 2, kinds: [shapes]}\n"
+                      "distil: {backend: rules, model: caption-reasoner}\nsft: {per_problem: 1}\n")
+    vlfactory.run(recipe, ["ingest", "caption", "distil", "verify", "sft"], lake=lake, tag="iter1", say=None)
+    with Lake(lake, read_only=True) as lk:
+        cols_now = lk.query("SELECT * FROM rejected LIMIT 0").columns
+        n_sft = lk.count("sft", lk.resolve("iter1"))
+    assert n_sft and "reasons" not in cols_then
+    sft = vlfactory.diff(first, "iter1", table="sft", lake=lake)
     assert (sft.n_added, sft.n_removed, sft.n_changed) == (n_sft, 0, 0)
-    rejected = vlfactory.diff(first, "latest", table="rejected", lake=wb.lake)
+    rejected = vlfactory.diff(first, "latest", table="rejected", lake=lake)
     assert rejected.columns_added == [c for c in cols_now if c not in cols_then] and "reasons" in rejected.columns_added
     with pytest.raises(LakeError, match="unknown table 'nope'"):
-        vlfactory.diff("iter1", "iter2", table="nope", lake=wb.lake)
+        vlfactory.diff(first, "iter1", table="nope", lake=lake)
 
 
 def test_cli_diff_table_and_json(wb, cli):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -71,7 +72,22 @@ class Workbench:
     problems: list[dict]      # problem_id, source, source_id, question, answer, image_id, caption, k, policy_right
 
 
+_BUILT: Workbench | None = None
+
+
 def build(root: Path) -> Workbench:
+    """The workbench in `root`: written by the stages once per test process, then copied (a copied lake reads
+    and writes its own files, tests/store/test_lake_safety.py), so each module gets its own lake to change."""
+    global _BUILT
+    if _BUILT is None:
+        _BUILT = _build(root.parent / f"{root.name}-workbench-origin")
+    shutil.copytree(_BUILT.lake, root / "lake")
+    shutil.copy(_BUILT.recipe, root / "workbench.yaml")
+    return Workbench(root / "lake", root / "workbench.yaml", [dict(p) for p in _BUILT.problems])
+
+
+def _build(root: Path) -> Workbench:
+    root.mkdir(parents=True, exist_ok=True)
     lake, recipe = root / "lake", root / "workbench.yaml"
     recipe.write_text(recipe_text("http://127.0.0.1:9/v1"))
     vlfactory.run(recipe, ["ingest", "caption"], lake=lake, say=None)
