@@ -2,4 +2,5 @@
 
 from vlfactory.cli import main
 
-main()
+if __name__ == "__main__":  # importing the module (the wheel test walks every module) must not run the CLI
+    main()
