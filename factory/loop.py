@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 from vlfactory import tracking
-from vlfactory.recipe import GenerationConfig, GRPOStage, IterationPlan, Recipe, RecipeError, SFTSetConfig
+from vlfactory.recipe import GRPOStage, IterationPlan, Recipe, RecipeError, SFTSetConfig
 from vlfactory.stages import Scope, StageResult, run_stage
 from vlfactory.stores import runs
 from vlfactory.stores.lake import Lake, LakeSpec
@@ -208,7 +208,7 @@ class Loop(Steps):
                                   max_examples=plan.sft_max_examples or sft.max_examples,
                                   weights=plan.sft_weights or sft.weights)
         if k == 1:  # SFT data by distillation: captions, the reasoner's traces, their verdicts
-            self.stage("ingest", self.ingest_config())   # every source an iteration uses, whichever it is
+            self.stage("ingest", r.loop_ingest_config())   # every source an iteration uses, whichever it is
             captions = self.caption_config()
             self.stage("caption", captions, scope)
             if r.distil is not None:
@@ -220,7 +220,7 @@ class Loop(Steps):
             # The previous RL model (or the checkpoint the plan names) answers from the images; its verified
             # answers are this round's SFT data, kept as written unless the plan says otherwise.
             writer = self.generator(k, plan) if k - 1 in self.made else previous_policy
-            self.stage("rollout", self.data_rollout_config(writer, plan), scope)
+            self.stage("rollout", r.rollout_by(writer, plan), scope)
             self.stage("verify", r.verify, scope)
             sft = dataclasses.replace(sft, candidates="both" if self.cfg.keep_traces else "rollouts",
                                       model=writer, cleaned=bool(plan.sft_cleaned))
@@ -233,7 +233,7 @@ class Loop(Steps):
         rl_scope = Scope(tuple(plan.rl_sources), self.scope.limit) if plan.rl_sources else scope
         if plan.rl_set == "pick" and any(st.source is None for st in stages):
             # Pass rates of the SFT model (its rollouts, graded by the verifier) pick the RL sets.
-            self.stage("rollout", self.rollout_config(sft_model), rl_scope)
+            self.stage("rollout", r.rollout_by(sft_model), rl_scope)
             self.stage("verify", r.verify, rl_scope)
         policy, self.made[k] = sft_model, {}
         for i, st in enumerate(stages):  # GRPO stage by stage, each from the one before's model, then eval
@@ -252,7 +252,7 @@ class Loop(Steps):
         learned image -> description on the pretraining captions (images of their own)."""
         cfg = self.recipe.stage_config("caption")
         if cfg is not None and self.cfg.captioner == "pretrained":
-            cfg = dataclasses.replace(cfg, model=self.base, model_id=None, revision=None)
+            cfg = cfg.with_model(self.base)
         return cfg
 
     def rl_set(self, k: int, st: GRPOStage, plan: IterationPlan, sft_model: str, scope: Scope) -> str:
@@ -269,17 +269,6 @@ class Loop(Steps):
             self.stage("rl", rl, scope)
             self.tag_set("rl", tag)
         return tag
-
-    def ingest_config(self):
-        """What the loop ingests: the sources its schedule and GRPO stages use (every source without a schedule),
-        so a recipe that extends another and runs other sources (released.yaml) does not read the ones it leaves."""
-        cfg, loop = self.recipe.stage_config("ingest"), self.cfg
-        if not loop.schedule:
-            return cfg
-        used = {s for plan in loop.schedule for s in (plan.sources or [src.name for src in cfg.sources])}
-        used |= {s for plan in loop.schedule for s in plan.rl_sources or []}
-        used |= {st.source for st in loop.grpo_stages if st.source} | set(loop.pretrain_sources or [])
-        return dataclasses.replace(cfg, sources=[src for src in cfg.sources if src.name in used])
 
     def generator(self, k: int, plan: IterationPlan) -> str:
         """The model that writes iteration k's data: iteration k-1's final RL model (`final`, the default), or
@@ -310,18 +299,6 @@ class Loop(Steps):
         self.say(f"iter{k} generator: {label}'s step-{gen.step} checkpoint {checkpoint} ({model_id}, made by "
                  f"training {made_by})")
         return str(checkpoint)
-
-    def rollout_config(self, model: str) -> GenerationConfig:
-        return dataclasses.replace(self.recipe.rollout, model=model, model_id=None, revision=None)
-
-    def data_rollout_config(self, model: str, plan: IterationPlan) -> GenerationConfig:
-        """How the previous RL model writes the next round's data: the rollout block, with the plan's
-        samples and temperature."""
-        cfg = self.rollout_config(model)
-        sampling = dataclasses.replace(
-            cfg.sampling, n=plan.samples or cfg.sampling.n,
-            temperature=cfg.sampling.temperature if plan.temperature is None else plan.temperature)
-        return dataclasses.replace(cfg, sampling=sampling)
 
     def run(self, iterations: int | None = None) -> list[str]:
         policies: list[str] = []

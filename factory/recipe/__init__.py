@@ -280,13 +280,35 @@ class Recipe:
         base = self.rollout or GenerationConfig(model=model, backend="transformers",
                                                 options=backend_config_class("transformers")(model=model))
         sampling = settings.sampling or dataclasses.replace(base.sampling, temperature=0.0, top_p=1.0, n=1)
-        gen = dataclasses.replace(base, model=model, model_id=None, revision=None, sampling=sampling,
-                                  prompt=settings.prompt or base.prompt)
+        gen = base.with_model(model, sampling=sampling, prompt=settings.prompt or base.prompt)
         protocol = settings.protocols.get(benchmark, settings.protocol)
         if baseline and settings.base_protocol:
             protocol = settings.base_protocol
         return EvalConfig(src, gen, self.verify, limit, iteration, stage, protocol, settings.formats.get(benchmark),
                           settings.judge)
+
+    def loop_ingest_config(self) -> IngestConfig:
+        """What `iterate` ingests: the sources its schedule, GRPO stages and pretraining use (every source without a
+        schedule), so a recipe that extends another and runs other sources (released.yaml) does not read the ones
+        it leaves."""
+        cfg, loop = self.stage_config("ingest"), self.loop
+        if not loop.schedule:
+            return cfg
+        used = {s for plan in loop.schedule for s in (plan.sources or [src.name for src in cfg.sources])}
+        used |= {s for plan in loop.schedule for s in plan.rl_sources or []}
+        used |= {st.source for st in loop.grpo_stages if st.source} | set(loop.pretrain_sources or [])
+        return dataclasses.replace(cfg, sources=[src for src in cfg.sources if src.name in used])
+
+    def rollout_by(self, model: str, plan: IterationPlan | None = None) -> GenerationConfig:
+        """The rollout block with `model` answering (the loop's SFT model, for pass rates); with an iteration's
+        plan, that plan's samples and temperature (how the previous RL model writes the next round's data)."""
+        cfg = self.rollout.with_model(model)
+        if plan is None:
+            return cfg
+        sampling = dataclasses.replace(
+            cfg.sampling, n=plan.samples or cfg.sampling.n,
+            temperature=cfg.sampling.temperature if plan.temperature is None else plan.temperature)
+        return dataclasses.replace(cfg, sampling=sampling)
 
 
 

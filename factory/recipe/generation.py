@@ -45,6 +45,11 @@ class GenerationConfig:
 
         return self.model_id or identity(self.model, self.revision)
 
+    def with_model(self, model: str, **changes) -> GenerationConfig:
+        """This block with another model answering (a checkpoint the loop trained, the model under evaluation):
+        `revision` and `model_id` named the block's own model, so they go, and the identity is the new model's."""
+        return dataclasses.replace(self, model=model, model_id=None, revision=None, **changes)
+
 
 def _with_options(cls: type, raw: Any) -> Any:
     """A generation block's own keys, and the chosen backend's options (written flat beside them) as its typed

@@ -265,3 +265,24 @@ def test_a_pretrained_captioner_needs_pretraining_and_a_caption_block_and_known_
             load_recipe(tmp_path / "r.yaml")
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
     assert load_recipe(tmp_path / "r.yaml").loop.captioner == "pretrained"
+
+
+def test_the_loop_derives_its_configs_from_the_recipe():
+    """What `iterate` ingests and how its models roll out come from the recipe (vlfactory.loop reads them): a
+    recipe that extends another ingests only the sources its loop uses; the SFT model's pass rates use the
+    rollout block's sampling, the next round's data the plan's; a model the loop trained is known by itself,
+    never by the block's model_id or revision."""
+    import dataclasses
+
+    released = load_recipe("openvlthinker/released")  # extends iterate.yaml, whose eleven sources it leaves unread
+    assert len(released.sources) == 17
+    assert [s.name for s in released.loop_ingest_config().sources] == ["sft_iter3", "grpo_medium", "grpo_hard"]
+    quick = load_recipe("quickstart")
+    assert quick.loop_ingest_config().sources == quick.sources
+    pinned = dataclasses.replace(quick.rollout, model_id="teacher@abc", revision="v1")
+    quick = dataclasses.replace(quick, rollout=pinned)
+    rates = quick.rollout_by("runs/sft-1")
+    assert (rates.model, rates.model_id, rates.revision, rates.sampling) == ("runs/sft-1", None, None, pinned.sampling)
+    data = quick.rollout_by("runs/grpo-1", quick.loop.plan(2))  # iteration 2: one near-greedy sample
+    assert (data.model, data.model_id, data.sampling.n, data.sampling.temperature) == ("runs/grpo-1", None, 1, 0.0)
+    assert (pinned.sampling.n, pinned.sampling.temperature) == (4, 1.0)
