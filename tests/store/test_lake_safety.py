@@ -23,7 +23,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from conftest import fresh_database
+from conftest import cli_at, fresh_database
 
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake, LakeError, load_extension
@@ -44,14 +44,23 @@ def _files(root: Path) -> dict[str, str]:
             and p.parent.name != ".readers"}  # an open reader's lease (stores/maintenance.py), not data
 
 
-@pytest.fixture()
-def tagged_lake(cli, lake_dir, tmp_path):
-    """30 problems tagged v1, 10 more after, and a few rows inlined in the catalog."""
-    cli("ingest", _recipe(tmp_path, 30))
-    cli("tag", "v1")
-    cli("ingest", _recipe(tmp_path, 40))
+@pytest.fixture(scope="module")
+def _tagged_origin(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tagged")
+    lake_dir = root / "lake"
+    cli_at(lake_dir, "ingest", _recipe(root, 30))
+    cli_at(lake_dir, "tag", "v1")
+    cli_at(lake_dir, "ingest", _recipe(root, 40))
     with Lake(lake_dir) as lake, lake.transaction("inline rows"):  # inlined data for flush_inlined_data
         lake.con.execute("INSERT INTO lake.tags (name, snapshot_id) VALUES ('scratch', 1)")
+    return lake_dir
+
+
+@pytest.fixture()
+def tagged_lake(_tagged_origin, lake_dir):
+    """30 problems tagged v1, 10 more after, and a few rows inlined in the catalog: the module's lake, copied
+    (a copied lake reads and writes its own files, below), so each test changes its own."""
+    shutil.copytree(_tagged_origin, lake_dir)
     return lake_dir
 
 
@@ -114,6 +123,19 @@ def test_read_only_sql_reads_only_the_lake(cli, tagged_lake, tmp_path):
     con.execute(f"ATTACH 'ducklake:sqlite:{tagged_lake}/catalog.sqlite' AS lake "
                 f"(READ_ONLY, DATA_PATH '{tagged_lake}/data/', OVERRIDE_DATA_PATH true)")
     assert con.execute(f"SELECT count(*) FROM lake.problems, read_csv('{tmp_path / 'local.csv'}')").fetchone() == (40,)
+
+
+def test_a_read_only_lake_loads_no_extension_after_its_own(tagged_lake, tmp_path):
+    """A read-only Lake loads its extensions without DuckDB's signature check (allow_unsigned_extensions, for
+    speed); before any query runs it forbids loading any other, signed or not, and turning the check back on."""
+    (tmp_path / "evil.duckdb_extension").write_bytes(b"\0" * 1024)  # what an unsigned file would get past
+    with Lake(tagged_lake, read_only=True) as lake:
+        assert lake.con.execute("SELECT current_setting('allow_unsigned_extensions')").fetchone() == (True,)
+        for statement in (f"LOAD '{tmp_path}/evil.duckdb_extension'", "LOAD httpfs", "FORCE INSTALL httpfs",
+                          "SET enable_external_access = true", "RESET lock_configuration"):
+            with pytest.raises(duckdb.Error, match="disabled|locked|Permission"):
+                lake.con.execute(statement)
+        assert lake.query("SELECT count(*) FROM problems").fetchone() == (40,)
 
 
 WRITER = textwrap.dedent("""

@@ -10,6 +10,7 @@ DATA_PATH reach DuckDB's ATTACH through `stores.sqltext.literal`, the one quotin
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,12 +86,19 @@ def test_a_nul_in_a_lake_path_is_one_line(tmp_path):
         assert "NUL" in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.fixture(scope="module")
+def _small_origin(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("small")
+    vlfactory.run(_source(root), ["ingest"], lake=root / "lake", tag="v1", say=None)
+    return root / "lake"
+
+
 @pytest.fixture()
-def small(tmp_path, monkeypatch) -> Path:
+def small(_small_origin, tmp_path, monkeypatch) -> Path:
+    """Four problems tagged v1: the module's lake copied, so each attack meets a lake of its own."""
     monkeypatch.delenv("VLFACTORY_LAKE", raising=False)
-    folder = tmp_path / "lake"
-    vlfactory.run(_source(tmp_path), ["ingest"], lake=folder, tag="v1", say=None)
-    return folder
+    shutil.copytree(_small_origin, tmp_path / "lake")
+    return tmp_path / "lake"
 
 
 @pytest.mark.parametrize("tag", ["v1'; DROP TABLE problems; --", 'v"1', "v;1", "v\n1", "v\x001", "²"])
