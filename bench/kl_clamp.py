@@ -61,7 +61,8 @@ def models(lake_dir: Path, iteration: int) -> tuple[str, str, str, dict]:
                                 WHERE kind = 'grpo' AND iteration = ? AND status = 'ok'
                                 ORDER BY started_at DESC LIMIT 1""", [iteration]).fetchone()
     except LakeError as e:   # no lake there
-        sys.exit(f"kl_clamp: {e}; make one with: vlfactory iterate quickstart --lake {lake_dir}")
+        sys.exit(f"kl_clamp: {e}" + ("" if lake_dir.exists() else f"; a quickstart lake: vlfactory iterate quickstart "
+                                                                    f"--lake {lake_dir}"))
     if row is None:
         sys.exit(f"kl_clamp: {lake_dir} has no finished GRPO training of iteration {iteration} (no rl set trained): "
                  f"run vlfactory iterate quickstart --lake {lake_dir} to the end")
@@ -161,13 +162,16 @@ def main() -> None:
     parser.add_argument("--keep", default=None, help="train in this folder and keep it (default: a temporary one)")
     a = parser.parse_args()
 
-    from vlfactory.stores.lake import Lake
+    from vlfactory.stores.lake import Lake, LakeError
     from vlfactory.trainers.data import prepare, read_set, rl_dataset
 
     lake_dir = Path(a.lake).resolve()
     grpo, sft, dataset, config = models(lake_dir, a.iteration)
-    with Lake(lake_dir, read_only=True) as lake:
-        _, rows = read_set(lake, dataset, "rl")
+    try:
+        with Lake(lake_dir, read_only=True) as lake:
+            _, rows = read_set(lake, dataset, "rl")
+    except LakeError as e:   # the rl set's tag or rows are gone
+        sys.exit(f"kl_clamp: the rl set {dataset} that {grpo} trained on: {e}")
     data = rl_dataset(prepare(rows, {k: config.get(k) for k in ("min_pixels", "max_pixels")}))
     picked = sorted(random.Random(a.seed).sample(range(len(data)), min(a.n, len(data))))
     examples = [data[i] for i in picked]
@@ -205,7 +209,7 @@ def main() -> None:
     for label, folder, settings in runs:
         started = time.monotonic()
         m = measure(folder, sft, examples, a.k, settings, a.seed, a.batch)
-        print(f"| {label} | {m['tokens']:,} | {100 * m['over'] / m['tokens']:.1f}% ({m['over']}) | {m['max']:.3g} | "
+        print(f"| {label} | {m['tokens']:,} | {100 * m['over'] / m['tokens']:.2f}% ({m['over']}) | {m['max']:.3g} | "
               f"{m['mean']:.3g} | {m['clamped']:.3g} | {m['clamped'] / m['mean'] if m['mean'] else 1:.2f} | "
               f"{m['completions']} |  ({time.monotonic() - started:.0f} s)", flush=True)
 
