@@ -1,6 +1,7 @@
 """The report's evaluation sections, read from the catalog: the loop's models labelled and ordered (base, iter1
 sft, iter1 grpo, ...), a few stored answers of each, accuracy per question type against the question-only
-baseline, and consecutive models compared on the same problems (exact McNemar or a paired bootstrap).
+baseline and per source (the benchmark its rows name), and consecutive models compared on the same problems (exact
+McNemar or a paired bootstrap); the Wilson interval of an accuracy.
 
     from vlfactory.reports.evals import paired
     with Lake("./lake", read_only=True) as lake:
@@ -86,10 +87,10 @@ def question_only(rows: list[dict]) -> list[float]:
     return scores
 
 
-def by_question_type(lake: Lake, s: int) -> list[dict]:
-    """Eval accuracy of each evaluated model of the loop per benchmark and question type (`question_type`), with
-    the question-only baseline of each group (`question_only`, over the benchmark's problems): the line a model
-    that ignores the image reaches."""
+def answers(lake: Lake, s: int) -> list[dict]:
+    """Per evaluated model of the loop, benchmark and problem: the model (`model`, its `order`), the question's type
+    (`question_type`), the share of its samples that were right (`correct`) and the problem's question-only
+    baseline (`question_only`, over the benchmark's problems): what a model that ignores the image scores."""
     found = rows(lake, f"""SELECT e.iteration, e.stage, x.benchmark, x.source_id, x.question, x.answer,
                                   avg(coalesce(x.correct, false)::INT) AS correct, any_value(p.choices) AS choices
                            FROM eval_samples@{s} x
@@ -99,18 +100,45 @@ def by_question_type(lake: Lake, s: int) -> list[dict]:
                            GROUP BY ALL""")
     problems = {(r["benchmark"], r["source_id"]): r for r in found}
     baseline = dict(zip(problems, question_only(list(problems.values()))))
+    return [r | {"model": eval_label(r), "order": eval_order(r), "type": question_type(r["question"]),
+                 "baseline": baseline[r["benchmark"], r["source_id"]]} for r in found]
+
+
+def accuracy_by(answered: list[dict], *keys: str) -> list[dict]:
+    """Accuracy and question-only baseline of each model per benchmark (the source its rows name) and `keys` of
+    `answers` rows (`type`: per question type; none: per source), in the order benchmark, keys, model."""
     groups: dict[tuple, dict] = {}
-    for r in found:
-        label, kind = eval_label(r), question_type(r["question"])
-        g = groups.setdefault((r["benchmark"], kind, label), {
-            "benchmark": r["benchmark"], "type": kind, "model": label, "order": eval_order(r), "problems": 0,
-            "correct": 0.0, "baseline": 0.0})
+    for r in answered:
+        g = groups.setdefault((r["benchmark"], *(r[k] for k in keys), r["model"]), {
+            "benchmark": r["benchmark"], **{k: r[k] for k in keys}, "model": r["model"], "order": r["order"],
+            "problems": 0, "correct": 0.0, "baseline": 0.0})
         g["problems"] += 1
         g["correct"] += r["correct"]
-        g["baseline"] += baseline[r["benchmark"], r["source_id"]]
+        g["baseline"] += r["baseline"]
     out = [g | {"accuracy": g["correct"] / g["problems"], "baseline": g["baseline"] / g["problems"]}
            for g in groups.values()]
-    return sorted(out, key=lambda g: (g["benchmark"], g["type"], g["order"]))
+    return sorted(out, key=lambda g: (g["benchmark"], *(g[k] for k in keys), g["order"]))
+
+
+def by_question_type(lake: Lake, s: int) -> list[dict]:
+    """Eval accuracy of each evaluated model of the loop per benchmark and question type, with the question-only
+    baseline of each group: `accuracy_by(answers(lake, s), "type")`."""
+    return accuracy_by(answers(lake, s), "type")
+
+
+def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of an accuracy measured on n problems (95% for z = 1.96).
+
+    >>> [round(x, 3) for x in wilson_interval(0.5, 100)]
+    [0.404, 0.596]
+    >>> wilson_interval(0.0, 0)
+    (0.0, 1.0)
+    """
+    if n == 0:
+        return 0.0, 1.0
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def mcnemar_exact(b: int, c: int) -> float:

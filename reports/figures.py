@@ -1,15 +1,78 @@
 """How a report's plot becomes an inline SVG: matplotlib figures built without pyplot, legends beside the axes,
 bar labels, tick labels shortened until they fit, and the classes (`vlf-legend`, `vlf-bar`, `vlf-label`,
-`vlf-hist`) the browser tests measure. The plots themselves are in reports/plots.py.
+`vlf-hist`) the browser tests measure; each plot's SVG kept by what it was drawn from (`cached`). The plots
+themselves are in reports/plots.py.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
+import os
 import re
+from pathlib import Path
 
 COLORS = {"accepted": "#2a9d8f", "rejected": "#e76f51", "sft": "#264653", "added": "#2a9d8f", "removed": "#e76f51",
           "changed": "#e9c46a"}
+
+
+CACHED = 2000  # plots kept; past that, the least recently used half goes
+
+
+def cached(plot):
+    """A plot function whose SVG is kept in `$VLFACTORY_CACHE/figures/`, by a hash of its name, its arguments (the
+    numbers drawn, as `repr` spells them), matplotlib's version and the source of the report modules that draw.
+    Drawing is most of a report's time (a dozen matplotlib figures per version) and the same version gives the
+    same numbers, so a report of a version drawn before costs its queries only; any other input or code is
+    another key: never a stale figure. A cache that cannot be written is skipped."""
+
+    @functools.wraps(plot)
+    def draw(*args, **kwargs):
+        key = hashlib.sha256(repr((plot.__name__, args, sorted(kwargs.items()), _code())).encode()).hexdigest()
+        path = _cache() / f"{key}.svg"
+        try:
+            svg = path.read_text(encoding="utf-8")
+            os.utime(path)  # recently used: kept when the cache is trimmed
+            return svg
+        except OSError:
+            pass
+        svg = plot(*args, **kwargs)
+        if svg is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                part = path.with_suffix(f".{os.getpid()}.part")  # whole or absent for a report drawn alongside
+                part.write_text(svg, encoding="utf-8")
+                os.replace(part, path)
+                _trim(path.parent)
+            except OSError:
+                pass
+        return svg
+    return draw
+
+
+def _cache() -> Path:
+    from vlfactory.models import cache_dir
+
+    return cache_dir() / "figures"
+
+
+@functools.cache
+def _code() -> str:
+    """What the plots depend on besides their arguments: matplotlib's version and the source of every report
+    module (the plots name models and intervals through stats and evals) and of the eval stage (its intervals)."""
+    from importlib.metadata import version
+    from importlib.util import find_spec
+
+    files = sorted(Path(__file__).parent.glob("*.py")) + [Path(find_spec("vlfactory.stages.eval").origin)]
+    return f"matplotlib {version('matplotlib')} " + hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+
+
+def _trim(folder: Path) -> None:
+    files = list(folder.glob("*.svg"))
+    if len(files) > CACHED:
+        for f in sorted(files, key=lambda f: f.stat().st_mtime)[:len(files) // 2]:
+            f.unlink(missing_ok=True)
 
 
 def _figure(rows: int = 1, cols: int = 1, width: float = 8.0, height: float = 3.6):

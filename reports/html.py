@@ -28,10 +28,9 @@ import io
 from datetime import datetime
 
 from vlfactory.reports import plots
-from vlfactory.stages.eval import wilson_interval
-from vlfactory.reports.evals import eval_examples, eval_label
+from vlfactory.reports.evals import eval_examples, eval_label, wilson_interval
 from vlfactory.reports.keywords import keyword_rates, tracked_keywords
-from vlfactory.reports.reads import iteration_tags, previous_tag
+from vlfactory.reports.reads import apart, iteration_tags, one_read, previous_tag
 from vlfactory.reports.stats import FUNNEL, PROBLEM_STAGES, VersionStats, funnel, short_name, summary, version_stats
 from vlfactory.stores.lake import Lake
 
@@ -78,9 +77,10 @@ nav.toc ol { margin: .2em 0; padding-left: 1.4em; } nav.toc > b { column-span: a
 
 def report(lake: Lake, version: str | int | None = None, iterations: bool = False) -> str:
     """The whole page: one version (default: latest), or the loop's iterations."""
-    if iterations:
-        return iterations_page(lake)
-    return version_page(lake, "latest" if version is None else version)
+    with one_read(lake):
+        if iterations:
+            return iterations_page(lake)
+        return version_page(lake, "latest" if version is None else version)
 
 
 def version_page(lake: Lake, version: str | int) -> str:
@@ -99,7 +99,7 @@ def iterations_page(lake: Lake) -> str:
                                            "`vlfactory iterate` or `vlfactory tag iter1` makes them</p>"))
     # Each iteration's sections count the rows it added: those at its tag and not at the tag before.
     stats = [version_stats(lake, name, since=tags[i - 1][1] if i else None) for i, (name, _) in enumerate(tags)]
-    whole = [funnel(lake, snap) for _, snap in tags]  # the totals at each tag
+    whole = [funnel(lake, snap) if i else stats[0].funnel for i, (_, snap) in enumerate(tags)]  # totals at each tag
     series = {label: [sum(f[src][label] for src in f) for f in whole]
               for label in ("problems", "solved", "in sft", "in rl", "accepted traces", "correct rollouts")}
     names = [name for name, _ in tags]
@@ -164,10 +164,12 @@ def version_sections(lake: Lake, st: VersionStats, compare_to: tuple[str, int] |
 
 def eval_sections(st: VersionStats, prefix: str = "") -> list[str]:
     """The questions asked of a loop's evaluations: how accurate each model is (95% intervals), on which kinds of
-    question against what answering without the image scores, whether each step helped on the same problems,
+    question and (with more than one) on which source against what answering without the image scores, whether each step helped on the same problems,
     and pass@k where several samples were drawn."""
     return [_section(prefix + "evals", "Held-out accuracy across the loop", *_evals(st.evals, st.names)),
             _section(prefix + "by-type", "Accuracy by question type", *_by_type(st.by_type)),
+            *([_section(prefix + "by-source", "Accuracy by source", *_by_source(st.by_source))]
+              if len({g["benchmark"] for g in st.by_source}) > 1 else []),
             _section(prefix + "paired", "Did each step help? Consecutive models on the same problems",
                      _paired(st.paired)),
             _section(prefix + "pass-at-k", "pass@k",
@@ -242,9 +244,25 @@ def _by_type(groups: list[dict]) -> tuple[str, ...]:
     table = _table(["benchmark", "question type", "model of the loop", "problems", "accuracy %", "95% CI",
                     "question-only baseline %"],
                    [[g["benchmark"], g["type"], g["model"], g["problems"], 100 * g["accuracy"],
-                     "[{:.1f}, {:.1f}]".format(*(100 * x for x in wilson_interval(g["accuracy"], g["problems"]))),
+                     _ci(g["accuracy"], g["problems"]),
                      100 * g["baseline"]] for g in groups])
     return note, _figure(plots.by_type(groups), "Accuracy by question type", "by-type"), table
+
+
+def _ci(accuracy: float, n: int) -> str:
+    """The 95% interval of an accuracy on n problems, in percent."""
+    return "[{:.1f}, {:.1f}]".format(*(100 * x for x in wilson_interval(accuracy, n)))
+
+
+def _by_source(groups: list[dict]) -> tuple[str, ...]:
+    note = ('<p class="meta">source: the benchmark the evaluated rows come from. Question-only baseline as for '
+            "question types: the expected accuracy of answering each problem with the most common gold answer among "
+            "the source's other problems asking the same question (one choice at random where none does).</p>")
+    table = _table(["source", "model of the loop", "problems", "accuracy %", "95% CI", "question-only baseline %"],
+                   [[g["benchmark"], g["model"], g["problems"], 100 * g["accuracy"],
+                     _ci(g["accuracy"], g["problems"]),
+                     100 * g["baseline"]] for g in groups])
+    return note, _figure(plots.by_source(groups), "Accuracy by source"), table
 
 
 def _paired(pairs: list[dict]) -> str:
@@ -310,8 +328,7 @@ def _evals(rows: list[dict], names: dict[str, str]) -> tuple[str, str]:
     table = _table(["model of the loop", "benchmark", "model", "split", "problems", "correct", "accuracy %",
                     "95% CI", "protocol", "pass@k %"],
                    [[eval_label(r), r["benchmark"], short_name(r["model"], names), r["split"], r["problems"], r["correct"],
-                     100 * r["accuracy"], "[{:.1f}, {:.1f}]".format(*(100 * x for x in wilson_interval(
-                         r["accuracy"], r["problems"]))), r["protocol"], passes(r)] for r in rows])
+                     100 * r["accuracy"], _ci(r["accuracy"], r["problems"]), r["protocol"], passes(r)] for r in rows])
     return _figure(plots.evals(rows), "Held-out accuracy across the loop", "evals"), table
 
 
@@ -353,7 +370,12 @@ def _diff(lake: Lake, st: VersionStats, before: tuple[str, int] | None) -> tuple
     if before is None:
         return ('<p class="empty">no data yet: no earlier tagged version to compare with</p>',)
     name, snap = before
-    changes = lake.diff(snap, st.snapshot)
+    if snap == 0:  # the empty lake (DuckLake's first snapshot, before any table): every row is added
+        changes = {t: {"added": n, "removed": 0, "changed": 0} for t, n in lake.row_counts([st.snapshot])[
+            st.snapshot].items()}
+    else:
+        with apart(lake):
+            changes = lake.diff(snap, st.snapshot)
     label = f"{name} (snapshot {snap})"
     rows = [[t, d["added"], d["removed"], d["changed"]] for t, d in changes.items() if any(d.values())]
     if not rows:

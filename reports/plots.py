@@ -28,9 +28,11 @@ from vlfactory.reports.figures import (
     _printable,
     _short,
     _svg,
+    cached,
 )
 
 
+@cached
 def funnel(counts: dict[str, dict[str, int]], stages: tuple[str, ...]) -> str | None:
     """Grouped horizontal bars: per source, problems left at each stage."""
     if not counts:
@@ -44,6 +46,7 @@ def funnel(counts: dict[str, dict[str, int]], stages: tuple[str, ...]) -> str | 
                     "problems", "Funnel per source: problems left at each stage", row=0.25)
 
 
+@cached
 def rejections(rejected: list[dict], verdicts: list[dict]) -> str | None:
     """Rejected rows by stage and reason; the verifier's reasons for graded samples not accepted."""
     panels = [(f"rejected rows ({sum(r['rows'] for r in rejected):,})",
@@ -63,6 +66,7 @@ def rejections(rejected: list[dict], verdicts: list[dict]) -> str | None:
     return _svg(fig)
 
 
+@cached
 def lengths(values: dict[str, dict[str, list[int]]]) -> str | None:
     """Completion length histograms, accepted vs rejected (and the sft set), in words and tokens. Each group
     is drawn as its share of its own completions, the smallest on top, so a group of 7 beside one of 600
@@ -89,6 +93,7 @@ def lengths(values: dict[str, dict[str, list[int]]]) -> str | None:
     return _svg(fig)
 
 
+@cached
 def pass_rates(counts: dict[str, list[tuple[int, int]]], band: tuple[float, float] | None,
                names: dict[str, str] | None = None) -> str | None:
     """Per-problem pass rate of the policy's rollouts, one bar per value a rate can take (k correct of n: k/n,
@@ -128,6 +133,7 @@ def pass_rates(counts: dict[str, list[tuple[int, int]]], band: tuple[float, floa
     return _svg(fig)
 
 
+@cached
 def usage(rows: list[dict], stage_time: list[dict]) -> str | None:
     """Tokens (prompt + completion) per stage and model, and wall seconds per step of the runs (from commit
     times, not summed request latencies: requests run concurrently)."""
@@ -160,6 +166,7 @@ def usage(rows: list[dict], stage_time: list[dict]) -> str | None:
     return _svg(fig)
 
 
+@cached
 def throughput(stage_time: list[dict]) -> str | None:
     """Completion tokens per wall second, per generating step."""
     rated = [r for r in stage_time if r.get("tokens_per_s")]
@@ -172,11 +179,12 @@ def throughput(stage_time: list[dict]) -> str | None:
     return _svg(fig)
 
 
+@cached
 def per_source(rates: list[dict]) -> str | None:
     """Per source: the share of graded traces and rollouts that were correct, and accepted, with 95% intervals."""
     if not rates:
         return None
-    from vlfactory.stages.eval import wilson_interval
+    from vlfactory.reports.evals import wilson_interval
 
     series = []
     for key, color in (("correct", "#2a9d8f"), ("accepted", "#264653")):
@@ -189,6 +197,7 @@ def per_source(rates: list[dict]) -> str | None:
                     "% of graded samples (95% interval)", "Correct and accepted per source", row=0.5)
 
 
+@cached
 def distributions(finish: list[dict], answers: list[dict]) -> str | None:
     """Finish reasons per stage; the most frequent extracted answers beside the gold answers' own."""
     panels = []
@@ -222,6 +231,7 @@ CURVES = (("loss", ("loss",)), ("reward", ("reward",)), ("reward std", ("reward_
           ("learning rate", ("learning_rate",)), ("grad norm", ("grad_norm",)))
 
 
+@cached
 def curves(logged: dict[str, dict[str, list[tuple[int, float]]]]) -> str | None:
     """Per training, its logged curves against the step: loss (SFT), reward, its group standard deviation,
     completion length and KL (GRPO), learning rate and gradient norm (both): each panel one metric, each
@@ -257,13 +267,13 @@ def curves(logged: dict[str, dict[str, list[tuple[int, float]]]]) -> str | None:
     return _svg(fig)
 
 
+@cached
 def evals(rows: list[dict]) -> str | None:
     """Held-out accuracy per benchmark across the loop's models (base, iter1 sft, iter1 grpo, ...), with 95%
     intervals, or across evaluations in order."""
     if not rows:
         return None
-    from vlfactory.reports.evals import eval_label, eval_order
-    from vlfactory.stages.eval import wilson_interval
+    from vlfactory.reports.evals import eval_label, eval_order, wilson_interval
 
     fig, (ax,) = _figure(width=8.5)
     labels = sorted({(eval_order(r), eval_label(r)) for r in rows if r.get("iteration") is not None})
@@ -294,16 +304,30 @@ def evals(rows: list[dict]) -> str | None:
     return _svg(fig)
 
 
+@cached
 def by_type(groups: list[dict]) -> str | None:
     """Eval accuracy per benchmark and question type, one bar per model of the loop, and each group's
     question-only baseline (what answering without the image scores) as a dashed line across its bars."""
+    return _accuracy_bars(groups, "type", "Accuracy by question type")
+
+
+@cached
+def by_source(groups: list[dict]) -> str | None:
+    """Eval accuracy per source (the benchmark its rows name), one bar per model of the loop, each source's
+    question-only baseline a dashed line across its bars."""
+    return _accuracy_bars(groups, None, "Accuracy by source")
+
+
+def _accuracy_bars(groups: list[dict], key: str | None, title: str) -> str | None:
+    """Bars of accuracy per (benchmark, `key`) and model (`accuracy_by`'s groups), the baseline across each."""
     if not groups:
         return None
     from matplotlib import colormaps
 
-    categories = list(dict.fromkeys((g["benchmark"], g["type"]) for g in groups))
+    category = lambda g: (g["benchmark"], g[key] if key else None)
+    categories = list(dict.fromkeys(category(g) for g in groups))
     models = [m for _, m in sorted({(g["order"], g["model"]) for g in groups})]
-    at = {(g["benchmark"], g["type"], g["model"]): g for g in groups}
+    at = {(*category(g), g["model"]): g for g in groups}
     fig, (ax,) = _figure(width=9.0, height=1.6 + 0.3 * len(categories) * max(2, len(models)))
     width = 0.8 / len(models)
     for i, model in enumerate(models):
@@ -313,20 +337,23 @@ def by_type(groups: list[dict]) -> str | None:
                        label=model)
         _bar_labels(ax, bars, [f"{v:.1f}%" if (b, t, model) in at else "" for v, (b, t) in zip(values, categories)],
                     fontsize=7)
-    for j, (b, t) in enumerate(categories):
-        base = next(g["baseline"] for g in groups if (g["benchmark"], g["type"]) == (b, t))
-        ax.plot([100 * base] * 2, [j - 0.45, j + 0.45], color="#d62828", linestyle="--", linewidth=1.5,
-                label="question-only baseline" if j == 0 else None)
+    for j, cat in enumerate(categories):
+        base = next(g["baseline"] for g in groups if category(g) == cat)
+        line = ax.plot([100 * base] * 2, [j - 0.45, j + 0.45], color="#d62828", linestyle="--", linewidth=1.5,
+                       label="question-only baseline" if j == 0 else None)
+        _mark(line, "baseline")
     benches = {b for b, _ in categories}
-    ax.set_yticks(range(len(categories)), [t if len(benches) == 1 else f"{b}: {t}" for b, t in categories])
+    ax.set_yticks(range(len(categories)), [b if not key else t if len(benches) == 1 else f"{b}: {t}"
+                                           for b, t in categories])
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
     ax.set_xlabel("accuracy (%)")
-    ax.set_title("Accuracy by question type" + (f" ({next(iter(benches))})" if len(benches) == 1 else ""))
+    ax.set_title(title + (f" ({next(iter(benches))})" if key and len(benches) == 1 else ""))
     _legend(ax)
     return _svg(fig)
 
 
+@cached
 def pass_at_k(rows: list[dict]) -> str | None:
     """pass@k against k for each evaluation that drew several samples per problem (`evals.pass_at_k`)."""
     from vlfactory.reports.evals import eval_label
@@ -347,6 +374,7 @@ def pass_at_k(rows: list[dict]) -> str | None:
     return _svg(fig)
 
 
+@cached
 def diff(changes: dict[str, dict[str, int]], a: str, b: str) -> str | None:
     """Rows added, removed and changed (by key: updated in place) per table between two versions."""
     kinds = ("added", "removed", "changed")
@@ -358,6 +386,7 @@ def diff(changes: dict[str, dict[str, int]], a: str, b: str) -> str | None:
                              for key in kinds], "rows", f"Rows added, removed and changed per table: {a} -> {b}")
 
 
+@cached
 def iterations(names: list[str], series: dict[str, list[int]]) -> str | None:
     """Totals per iteration tag (problems solved, set sizes, ...) as lines."""
     if not names:
@@ -373,6 +402,7 @@ def iterations(names: list[str], series: dict[str, list[int]]) -> str | None:
     return _svg(fig)
 
 
+@cached
 def keywords(rates: list[dict], words: list[str]) -> str | None:
     """Reflection-keyword frequency per 1k words across the loop, one panel per series (traces and rollouts
     per iteration tag, the answers of each evaluated model), one line per keyword that occurs at all (the

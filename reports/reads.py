@@ -1,11 +1,14 @@
 """How a report reads one version of the lake: a query's rows as dicts (none where a table came with a later
-migration), the loop's iteration tags, and the tag before a version (reports/stats.py, evals.py, keywords.py)."""
+migration), all of a report's queries in one read transaction, the loop's iteration tags, and the tag before a
+version (reports/stats.py, evals.py, keywords.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 from vlfactory.stores.lake import Lake, LakeError
+from vlfactory.stores.sqltext import literal
 
 
 def rows(lake: Lake, sql: str, params: list | None = None) -> list[dict]:
@@ -17,6 +20,36 @@ def rows(lake: Lake, sql: str, params: list | None = None) -> list[dict]:
             return []  # the table came with a later migration than the version
         raise
     return [dict(zip(rel.columns, r)) for r in rel.fetchall()]
+
+
+def strings(values) -> str:
+    """Strings as a DuckDB list literal, each quoted by `literal`: a query with a parameter bound makes DuckDB's
+    Python module import pandas (0.5 s of a report), one with literals does not."""
+    return "[" + ", ".join(literal(v) for v in values) + "]"
+
+
+@contextlib.contextmanager
+def one_read(lake: Lake):
+    """The queries inside run in one read transaction. DuckLake loads its catalog (a hundred and fifty SQLite
+    reads on the quickstart lake) at the first query of every transaction, and a report asks a hundred queries:
+    in one transaction they load it once. Nothing is written, so it ends in a rollback."""
+    lake.con.begin()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # `apart` may have left no transaction open
+            lake.con.rollback()
+
+
+@contextlib.contextmanager
+def apart(lake: Lake):
+    """Inside `one_read`, the queries inside run in their own transactions: a query that fails and is caught (the
+    row counts of a diff ask DuckLake about tables that did not exist yet) would otherwise abort the shared one."""
+    lake.con.rollback()
+    try:
+        yield
+    finally:
+        lake.con.begin()
 
 
 def iteration_tags(lake: Lake) -> list[tuple[str, int]]:

@@ -24,8 +24,8 @@ from typing import Callable
 
 import yaml
 
-from vlfactory.reports.evals import by_question_type, paired
-from vlfactory.reports.reads import rows
+from vlfactory.reports.evals import accuracy_by, answers, paired
+from vlfactory.reports.reads import rows, strings
 from vlfactory.stores.lake import Lake
 
 # Per source, in funnel order: label -> SQL giving (source, count) at snapshot {s}.
@@ -87,6 +87,7 @@ class VersionStats:
     curves: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)  # label -> name -> points
     examples: list[dict] = field(default_factory=list)                # a few traces/rollouts with their problem
     by_type: list[dict] = field(default_factory=list)                 # eval accuracy per question type, baseline
+    by_source: list[dict] = field(default_factory=list)               # ... per source (benchmark), baseline
     paired: list[dict] = field(default_factory=list)                  # consecutive models on the same problems
 
     @property
@@ -119,12 +120,14 @@ def scoped(sql: str, s: int, since: int | None) -> str:
 
 
 def funnel(lake: Lake, s: int, since: int | None = None) -> dict[str, dict[str, int]]:
-    """Per source, FUNNEL's counts at snapshot s (generated rows: those added after `since`)."""
+    """Per source, FUNNEL's counts at snapshot s (generated rows: those added after `since`), in one query (each
+    query of a report costs more than the small scans it makes)."""
     out: dict[str, dict[str, int]] = {}
-    for label, sql in FUNNEL.items():
-        for r in rows(lake, scoped(sql.format(s=s), s, since)):
-            source, n = r.values()
-            out.setdefault(source, dict.fromkeys(FUNNEL, 0))[label] = n
+    parts = [f"SELECT {i} AS label, * FROM ({scoped(sql.format(s=s), s, since)})" for i, sql in enumerate(FUNNEL.values())]
+    labels = list(FUNNEL)
+    for r in rows(lake, " UNION ALL ".join(parts)):
+        label, source, n = r.values()
+        out.setdefault(source, dict.fromkeys(FUNNEL, 0))[labels[label]] = n
     return out
 
 
@@ -202,7 +205,8 @@ def version_stats(lake: Lake, version: str | int, since: int | None = None) -> V
             r["tokens_per_s"] = r["completion_tokens"] / r["wall_s"]
     trainings(lake, st, q)
     st.examples = examples(lake, s, q)
-    st.by_type, st.paired = by_question_type(lake, s), paired(lake, s)
+    answered = answers(lake, s)
+    st.by_type, st.by_source, st.paired = accuracy_by(answered, "type"), accuracy_by(answered), paired(lake, s)
     return st
 
 
@@ -274,8 +278,8 @@ def trainings(lake: Lake, st: VersionStats, q: Callable[[str], list[dict]]) -> N
     if not labels:
         return
     logged = rows(lake, f"""SELECT training_id, step, name, value FROM training_logs@{s}
-                            WHERE list_contains(?, training_id) AND step IS NOT NULL AND isfinite(value)
-                            ORDER BY training_id, name, step""", [list(labels)])
+                            WHERE list_contains({strings(labels)}, training_id) AND step IS NOT NULL
+                                  AND isfinite(value) ORDER BY training_id, name, step""")
     for r in logged:
         st.curves.setdefault(labels[r["training_id"]], {}).setdefault(r["name"], []).append((r["step"], r["value"]))
 
@@ -298,7 +302,7 @@ def examples(lake: Lake, s: int, q: Callable[[str], list[dict]]) -> list[dict]:
                        ORDER BY accepted DESC, ref_id""")
     ids = sorted({r["image_id"] for r in found if r["image_id"]})
     images = {r["image_id"]: r for r in rows(lake, f"""SELECT image_id, bytes, format FROM images@{s}
-                                                        WHERE list_contains(?, image_id)""", [ids])} if ids else {}
+                                                        WHERE list_contains({strings(ids)}, image_id)""")} if ids else {}
     for r in found:
         image = images.get(r["image_id"])
         r["image"], r["image_format"] = (image["bytes"], image["format"]) if image else (None, None)
@@ -316,9 +320,9 @@ def runs_until(lake: Lake, snapshot: int) -> list[dict]:
     if not ids:
         return []
     # The runs table as it is now: a run's end (status, counts) is written after its data.
-    return rows(lake, """SELECT run_id, command, argv, recipe_name, recipe_hash, recipe, versions, started_at,
-                                ended_at, status, snapshot_start, snapshot_end
-                         FROM runs WHERE list_contains(?, run_id) ORDER BY started_at""", [ids])
+    return rows(lake, f"""SELECT run_id, command, argv, recipe_name, recipe_hash, recipe, versions, started_at,
+                                 ended_at, status, snapshot_start, snapshot_end
+                          FROM runs WHERE list_contains({strings(ids)}, run_id) ORDER BY started_at""")
 
 
 def lineage(st: VersionStats) -> None:

@@ -204,8 +204,8 @@ def _inlined(lake: Lake, table: str) -> bool:
     """Whether the table has rows (now or in its history) inlined in the catalog rather than in Parquet files."""
     meta = f"__ducklake_metadata_{DB}"
     names = lake.con.execute(f"""SELECT DISTINCT i.table_name FROM {meta}.ducklake_inlined_data_tables i
-                                 JOIN {meta}.ducklake_table t USING (table_id) WHERE t.table_name = ?""",
-                             [table]).fetchall()
+                                 JOIN {meta}.ducklake_table t USING (table_id)
+                                 WHERE t.table_name = {literal(table)}""").fetchall()  # bound, DuckDB imports pandas
     return any(lake.con.execute(f"SELECT count(*) > 0 FROM {meta}.{ident(n)}").fetchone()[0] for (n,) in names)
 
 

@@ -43,10 +43,13 @@ class Lake(Versions, Reads, Writes):
 
     def __init__(self, spec: str | os.PathLike | LakeSpec | None = None, *, data_path: str | None = None,
                  read_only: bool = False, at: int | str | None = None, create: bool = True,
-                 check_schema: bool = True):
+                 check_schema: bool = True, threads: int | None = None):
         """`check_schema=False` (read-only only): the lake is not checked for schema migrations this vlfactory has
         and it lacks until a query fails, whose error then says so (`vlfactory sql`, which runs SQL as written on
-        the tables as they are, as DuckDB would, and so starts without the schema module and its pyarrow)."""
+        the tables as they are, as DuckDB would, and so starts without the schema module and its pyarrow).
+        `threads`: DuckDB's worker threads (default: one per core). Many small queries (a report's hundred, the
+        catalog reads of `versions`) take half the CPU time on one thread: splitting a query of a few
+        milliseconds over threads costs more than it saves."""
         self.spec = spec if isinstance(spec, LakeSpec) else LakeSpec.resolve(spec, data_path)
         self.read_only = read_only or at is not None
         self.run_id: str | None = None
@@ -70,7 +73,8 @@ class Lake(Versions, Reads, Writes):
         # extensions are the ones `load_extension` installed in DuckDB's own folder (from the registry packages,
         # as trusted as DuckDB's own library beside them), and `_open_read_only` then forbids any further LOAD
         # (enable_external_access off, configuration locked) before a query runs (tests/store/test_lake_safety.py).
-        self.con = duckdb.connect(config={"allow_unsigned_extensions": "true"} if self.read_only else {})
+        config = {"allow_unsigned_extensions": "true"} if self.read_only else {}
+        self.con = duckdb.connect(config=config | ({"threads": threads} if threads else {}))
         # DuckDB draws its progress bar on stdout, even into a pipe: it would land in `vlfactory sql`'s output.
         self.con.execute("SET enable_progress_bar = false")
         load_extension(self.con, "ducklake")

@@ -55,6 +55,7 @@ from vlfactory.sources.images import images_root, load_image
 from vlfactory.sources.readers import read_source
 from vlfactory.prompts import load_template
 from vlfactory.recipe import EvalConfig
+from vlfactory.reports.evals import wilson_interval  # noqa: F401 (the reports' statistics; imported from here too)
 from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
@@ -96,21 +97,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if not 1 <= k <= n:
         raise ValueError(f"pass@{k} needs 1 <= k <= n (n = {n})")
     return 1.0 - comb(n - c, k) / comb(n, k)
-
-
-def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of an accuracy measured on n problems (95% for z = 1.96).
-
-    >>> [round(x, 3) for x in wilson_interval(0.5, 100)]
-    [0.404, 0.596]
-    >>> wilson_interval(0.0, 0)
-    (0.0, 1.0)
-    """
-    if n == 0:
-        return 0.0, 1.0
-    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * (accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) ** 0.5
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def benchmark_rows(cfg: EvalConfig) -> tuple[list, int]:

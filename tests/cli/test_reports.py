@@ -474,6 +474,7 @@ def test_report_answers_the_loops_questions(small_lake, tmp_path):
                       ("iter1 sft", "iter1 grpo", 12, 0, 2, "exact McNemar", 0.5),
                       ("iter1 grpo", "iter2 sft", 12, 2, 4, "exact McNemar", 0.688),
                       ("iter2 sft", "iter2 grpo", 12, 0, 2, "exact McNemar", 0.5)]
+    assert "by-source" not in found.rows  # the loop's answers come from one source: its accuracy is the evals'
     sections = Sections(text)
     assert sections.plots["pass-at-k"] and sections.plots["by-type"] and not sections.empty
     training = text[text.index('<section id="training">'):text.index('<section id="usage">')]
@@ -490,6 +491,37 @@ def test_report_answers_the_loops_questions(small_lake, tmp_path):
     lefts = sorted({x for x, _ in inside})
     assert len(lefts) == 2 * 5  # two policies x five values
     assert [ok for x, ok in sorted(inside)] == [False] * 2 + [True] * 6 + [False] * 2, inside
+
+
+def test_accuracy_by_source_beside_its_question_only_baseline(small_lake, tmp_path):
+    """With answers from a second source, the report shows each model's accuracy per source with the source's
+    question-only baseline, in the table and as one dashed line per source across its bars."""
+    lake_dir = tmp_path / "lake"
+    shutil.copytree(small_lake, lake_dir)
+    golds, right = ["red", "red", "red", "blue"], {(1, "sft"): {0, 1}, (2, "grpo"): {0, 1, 2, 3}}
+    with Lake(lake_dir) as lake:
+        with lake.transaction("a second benchmark"):
+            lake.insert("evals", pa.Table.from_pylist(
+                [{"eval_id": f"c-{k}-{stage}", "eval_key": f"c-{k}-{stage}", "model": f"policy-{k}",
+                  "benchmark": "charts-eval", "split": "test", "problems": 4, "correct": len(ok),
+                  "accuracy": len(ok) / 4, "iteration": k, "stage": stage, "samples_per_problem": 1}
+                 for (k, stage), ok in right.items()]))
+            lake.insert("eval_samples", pa.Table.from_pylist(
+                [{"eval_key": f"c-{k}-{stage}", "model": f"policy-{k}", "benchmark": "charts-eval", "source_id": str(i),
+                  "sample_index": 0, "question": "What colour is the bar?", "answer": gold, "correct": i in ok}
+                 for (k, stage), ok in right.items() for i, gold in enumerate(golds)], schema=schema.EVAL_SAMPLES))
+    out = tmp_path / "report.html"
+    vlf("report", "--out", out, "--lake", lake_dir)
+    text = out.read_text()
+    got = {(r[0], r[1]): (int(r[2]), float(r[3]), float(r[5])) for r in Tables(text).rows["by-source"]}
+    # shapes-eval: 12 problems, baselines 66.67 (6 problems) and 25 (6); charts-eval: the other golds of a red bar
+    # are 2 red and 1 blue (right), of the blue bar 3 red (wrong): 3 of 4
+    assert got == {("charts-eval", "iter1 sft"): (4, 50.0, 75.0), ("charts-eval", "iter2 grpo"): (4, 100.0, 75.0),
+                   ("shapes-eval", "base"): (12, 0.0, 45.83), ("shapes-eval", "iter1 sft"): (12, 50.0, 45.83),
+                   ("shapes-eval", "iter1 grpo"): (12, 66.67, 45.83), ("shapes-eval", "iter2 sft"): (12, 83.33, 45.83),
+                   ("shapes-eval", "iter2 grpo"): (12, 100.0, 45.83)}
+    section = text[text.index('<section id="by-source">'):text.index('<section id="paired">')]
+    assert section.count("<svg") == 1 and section.count('class="vlf-baseline"') == 2  # a chance line per source
 
 
 def test_keywords_never_found_are_said_not_drawn(small_lake, tmp_path):
