@@ -37,9 +37,9 @@ from vlfactory.stores.sqltext import _first_line, error_line, literal  # noqa: F
 
 
 class Lake(Versions, Reads, Writes):
-    """One open connection to a lake; use as a context manager. Opening, closing and migrations are here; the
-    rest is in its parts: snapshots and tags (lake_versions.py), reading (lake_reads.py), writing
-    (lake_writes.py); runs and maintenance delegate to runs.py and maintenance.py."""
+    """One open connection to a lake; use as a context manager. Opening and closing are here; the rest is in
+    its parts: snapshots and tags (lake_versions.py), reading (lake_reads.py), writing (lake_writes.py);
+    migrations, runs and maintenance delegate to schema.py, runs.py and maintenance.py."""
 
     def __init__(self, spec: str | os.PathLike | LakeSpec | None = None, *, data_path: str | None = None,
                  read_only: bool = False, at: int | str | None = None, create: bool = True,
@@ -219,51 +219,17 @@ class Lake(Versions, Reads, Writes):
         if getattr(self, "_copy", None):
             self._copy.cleanup()
 
-    # ---- migrations --------------------------------------------------------
-
-    def _applied(self) -> set[int]:
-        try:  # cheaper than looking it up in duckdb_tables(), which lists the catalog database's tables too
-            return {r[0] for r in self.con.execute(f"SELECT version FROM {DB}.schema_migrations").fetchall()}
-        except duckdb.CatalogException:  # a new lake
-            return set()
-
-    def _older(self) -> str | None:
-        """What to do about a lake that lacks schema migrations this vlfactory has, or None."""
-        pending = self._pending_migrations()
-        if not pending:
-            return None
-        from vlfactory.stores import schema
-
-        return (f"the lake at {self.spec.display} was written by an older vlfactory (schema migration "
-                f"{pending[0][0]} of {schema.MIGRATIONS[-1][0]} missing): run any write command on it "
-                "(e.g. `vlfactory gc --dry-run`) once to upgrade it, then read it")
-
-    def _pending_migrations(self) -> list:
-        from vlfactory.stores import schema
-
-        applied = self._applied()
-        return [m for m in schema.MIGRATIONS if m[0] not in applied]
+    # ---- migrations: stores/schema.py, beside the migrations themselves ------------------------
 
     def migrate(self) -> list[str]:
-        """Apply missing migrations: a new lake starts as two snapshots (its tables, then their storage
-        options, which DuckLake sets only on committed tables), an older one upgrades the same way; a
-        failing migration leaves the lake as its last commit left it."""
         from vlfactory.stores import schema
 
-        pending = self._pending_migrations()
-        for batch in ([m for m in pending if m[0] not in schema.OPTIONS_ONLY],
-                      [m for m in pending if m[0] in schema.OPTIONS_ONLY]):
-            if not batch:
-                continue
-            numbers = ", ".join(str(v) for v, _, _ in batch)
-            with self.transaction(f"migration{'s' * (len(batch) > 1)} {numbers}: "
-                                  + "; ".join(name for _, name, _ in batch)):
-                self.con.execute(f"CREATE TABLE IF NOT EXISTS {DB}.schema_migrations "
-                                 "(version INTEGER, name VARCHAR, applied_at TIMESTAMPTZ)")
-                for version, name, fn in batch:
-                    fn(self.con, DB)
-                    self.con.execute(f"INSERT INTO {DB}.schema_migrations VALUES (?, ?, now())", [version, name])
-        return [name for _, name, _ in pending]
+        return schema.migrate(self)
+
+    def _older(self) -> str | None:
+        from vlfactory.stores import schema
+
+        return schema.older(self)
 
     # ---- runs (lineage) and maintenance: stores/runs.py, stores/maintenance.py ----------------
 

@@ -10,7 +10,10 @@ insert without casts.
 
 from __future__ import annotations
 
+import duckdb
 import pyarrow as pa
+
+from vlfactory.stores.base import DB
 
 # ---- Arrow schemas of the rows the factory writes --------------------------
 
@@ -361,8 +364,53 @@ MIGRATIONS = [
 ]
 
 # Migrations that only set table options (DuckLake's set_option): DuckLake refuses those on a table created
-# in the same transaction, so `Lake.migrate` commits them after the migrations that make tables.
+# in the same transaction, so `migrate` (below) commits them after the migrations that make tables.
 OPTIONS_ONLY = {2, 11}
 
 TABLES = ("images", "problems", "captions", "traces", "rollouts", "rejected", "runs", "tags", "prompts",
           "grades", "sft", "rl", "trainings", "evals", "models", "eval_samples", "training_logs")
+
+
+# ---- applying them -----------------------------------------------------------
+
+def applied(lake) -> set[int]:
+    """The migrations a lake has, by version."""
+    try:  # cheaper than looking it up in duckdb_tables(), which lists the catalog database's tables too
+        return {r[0] for r in lake.con.execute(f"SELECT version FROM {DB}.schema_migrations").fetchall()}
+    except duckdb.CatalogException:  # a new lake
+        return set()
+
+
+def pending(lake) -> list:
+    """The migrations this vlfactory has and the lake lacks, in order."""
+    done = applied(lake)
+    return [m for m in MIGRATIONS if m[0] not in done]
+
+
+def older(lake) -> str | None:
+    """What to do about a lake that lacks schema migrations this vlfactory has, or None."""
+    missing = pending(lake)
+    if not missing:
+        return None
+    return (f"the lake at {lake.spec.display} was written by an older vlfactory (schema migration "
+            f"{missing[0][0]} of {MIGRATIONS[-1][0]} missing): run any write command on it "
+            "(e.g. `vlfactory gc --dry-run`) once to upgrade it, then read it")
+
+
+def migrate(lake) -> list[str]:
+    """Apply missing migrations: a new lake starts as two snapshots (its tables, then their storage
+    options, which DuckLake sets only on committed tables), an older one upgrades the same way; a
+    failing migration leaves the lake as its last commit left it."""
+    todo = pending(lake)
+    for batch in ([m for m in todo if m[0] not in OPTIONS_ONLY], [m for m in todo if m[0] in OPTIONS_ONLY]):
+        if not batch:
+            continue
+        numbers = ", ".join(str(v) for v, _, _ in batch)
+        with lake.transaction(f"migration{'s' * (len(batch) > 1)} {numbers}: "
+                              + "; ".join(name for _, name, _ in batch)):
+            lake.con.execute(f"CREATE TABLE IF NOT EXISTS {DB}.schema_migrations "
+                             "(version INTEGER, name VARCHAR, applied_at TIMESTAMPTZ)")
+            for version, name, fn in batch:
+                fn(lake.con, DB)
+                lake.con.execute(f"INSERT INTO {DB}.schema_migrations VALUES (?, ?, now())", [version, name])
+    return [name for _, name, _ in todo]
