@@ -44,7 +44,7 @@ def k3(logp, ref_logp):
 
     >>> import torch
     >>> [round(x, 4) for x in k3(torch.tensor([-1.0, -0.1, -5.0]), torch.tensor([-1.0, -3.0, -0.1])).tolist()]
-    [0.0, 1.9550, 129.3325]
+    [0.0, 1.955, 128.3898]
     """
     kl = ref_logp - logp
     return kl.exp() - kl - 1
@@ -137,12 +137,13 @@ def _token_logps(model, inputs: dict, completion, temperature: float):
     return torch.log_softmax(logits.float(), -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
 
 
-def train(lake_copy: Path, dataset: str, sft: str, settings: dict, out: Path) -> tuple[str, int]:
-    """GRPO of the SFT model on the rl set with `settings`, in this process; (its folder, its optimizer steps)."""
+def train(lake_copy: Path, dataset: str, sft: str, settings: dict, out: Path) -> tuple[str, int, bool]:
+    """GRPO of the SFT model on the rl set with `settings`, in this process (a finished one in `out` is reused);
+    (its folder, its optimizer steps, reused)."""
     from vlfactory.trainers.grpo import train_grpo
 
     record = train_grpo(dataset, sft, str(out), config=settings, lake=str(lake_copy))
-    return record.output_dir, int(record.metrics.get("step", record.metrics.get("global_step", 0)))
+    return record.output_dir, int(record.metrics.get("step", 0)), record.reused
 
 
 def main() -> None:
@@ -197,9 +198,11 @@ def main() -> None:
             settings = base | {"learning_rate": lr} | ({} if a.beta is None else {"beta": a.beta}) | (
                 {} if a.steps is None else {"max_steps": a.steps})
             started = time.monotonic()
-            folder, steps = train(copy, dataset, sft, settings, work / f"grpo-lr{lr:g}-beta{settings.get('beta', 0):g}")
-            print(f"trained GRPO at lr {lr:g}, beta {settings.get('beta', 0):g}: {steps} steps in "
-                  f"{time.monotonic() - started:.0f} s ({folder})", flush=True)
+            folder, steps, reused = train(copy, dataset, sft, settings,
+                                          work / f"grpo-lr{lr:g}-beta{settings.get('beta', 0):g}")
+            print(f"GRPO at lr {lr:g}, beta {settings.get('beta', 0):g}: {steps} steps "
+                  + ("trained before, reused" if reused else f"trained in {time.monotonic() - started:.0f} s")
+                  + f" ({folder})", flush=True)
             runs.append((f"trained here (lr {lr:g}, beta {settings.get('beta', 0):g}, {steps} steps)", folder,
                          config | settings))
 
