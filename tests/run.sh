@@ -25,7 +25,9 @@ bash setup.sh cpu,dev
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
 if [ "${1:-}" = "--fast" ]; then
   shift
-  # A file's tests stay on one worker (loadfile), so a module's fixture builds its lake once.
-  exec .venv/bin/python -m pytest -q -m "not slow" -n "${VLFACTORY_TEST_WORKERS:-2}" --dist loadfile "$@"
+  # A file's tests stay on one worker (loadfile), so a module's fixture builds its lake once; tests/e2e is all
+  # slow, and not even collected (its modules import torch: seconds on every worker).
+  exec .venv/bin/python -m pytest -q -m "not slow" -n "${VLFACTORY_TEST_WORKERS:-2}" --dist loadfile \
+    --ignore=tests/e2e "$@"
 fi
 exec .venv/bin/python -m pytest -q "$@"
