@@ -3,6 +3,9 @@
     python bench/kl_clamp.py --lake DIR                  # iteration 1's GRPO model of a finished quickstart lake
     python bench/kl_clamp.py --lake DIR --train-lr 1e-4 1e-6 --beta 0.01   # also GRPO trained here at each lr
 
+On a busy machine set OMP_NUM_THREADS=1: at load 11 on 2 cores a 48-step GRPO training took 562 s with
+torch's 2 threads (they spin waiting for each other) and 57 s with one. The figures do not depend on it.
+
 OpenVLThinker's GRPO (EasyR1) adds β x the per-token k3 estimator of KL(policy || reference) to the loss,
 clamped at ±10: `compute_kl(..., "low_var_kl")`, verl/trainer/core_algos.py L394-423 in hiyouga/EasyR1
 @fb24593e017a96b75203096bd60468055e73975d (the tree OpenVLThinker vendors as train/easyr1):
