@@ -65,6 +65,12 @@ def _code() -> str:
     from importlib.util import find_spec
 
     files = sorted(Path(__file__).parent.glob("*.py")) + [Path(find_spec("vlfactory.stages.eval").origin)]
+    # a matplotlibrc where matplotlib looks for one (matplotlib_fname), read without importing matplotlib
+    rc = os.environ.get("MATPLOTLIBRC", "")
+    config = os.environ.get("MPLCONFIGDIR") or Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config",
+                                                    "matplotlib")
+    files += [f for f in (Path("matplotlibrc"), Path(rc, "matplotlibrc") if rc else None, Path(rc) if rc else None,
+                          Path(config, "matplotlibrc")) if f and f.is_file()]
     return f"matplotlib {version('matplotlib')} " + hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
 
 

@@ -30,7 +30,7 @@ from datetime import datetime
 from vlfactory.reports import plots
 from vlfactory.reports.evals import eval_examples, eval_label, wilson_interval
 from vlfactory.reports.keywords import keyword_rates, tracked_keywords
-from vlfactory.reports.reads import apart, iteration_tags, one_read, previous_tag
+from vlfactory.reports.reads import diff, iteration_tags, one_read, previous_tag
 from vlfactory.reports.stats import FUNNEL, PROBLEM_STAGES, VersionStats, funnel, short_name, summary, version_stats
 from vlfactory.stores.lake import Lake
 
@@ -370,12 +370,7 @@ def _diff(lake: Lake, st: VersionStats, before: tuple[str, int] | None) -> tuple
     if before is None:
         return ('<p class="empty">no data yet: no earlier tagged version to compare with</p>',)
     name, snap = before
-    if snap == 0:  # the empty lake (DuckLake's first snapshot, before any table): every row is added
-        changes = {t: {"added": n, "removed": 0, "changed": 0} for t, n in lake.row_counts([st.snapshot])[
-            st.snapshot].items()}
-    else:
-        with apart(lake):
-            changes = lake.diff(snap, st.snapshot)
+    changes = diff(lake, snap, st.snapshot)
     label = f"{name} (snapshot {snap})"
     rows = [[t, d["added"], d["removed"], d["changed"]] for t, d in changes.items() if any(d.values())]
     if not rows:

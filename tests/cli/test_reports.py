@@ -524,6 +524,27 @@ def test_accuracy_by_source_beside_its_question_only_baseline(small_lake, tmp_pa
     assert section.count("<svg") == 1 and section.count('class="vlf-baseline"') == 2  # a chance line per source
 
 
+def test_a_plot_drawn_before_comes_from_the_cache_never_a_stale_one(tmp_path, monkeypatch):
+    """A plot of the same numbers by the same code is read back, not drawn; other numbers, or other code, are
+    drawn anew."""
+    from vlfactory.reports import figures, plots
+
+    monkeypatch.setenv("VLFACTORY_CACHE", str(tmp_path))
+    first = plots.iterations(["iter1", "iter2"], {"problems": [10, 12]})
+    assert first.startswith("<svg") and len(list((tmp_path / "figures").glob("*.svg"))) == 1
+
+    def draw(*args, **kwargs):
+        raise AssertionError("drawn again")
+
+    monkeypatch.setattr(plots, "_figure", draw)
+    assert plots.iterations(["iter1", "iter2"], {"problems": [10, 12]}) == first
+    with pytest.raises(AssertionError, match="drawn again"):
+        plots.iterations(["iter1", "iter2"], {"problems": [10, 13]})
+    monkeypatch.setattr(figures, "_code", lambda: "the plotting code changed")
+    with pytest.raises(AssertionError, match="drawn again"):
+        plots.iterations(["iter1", "iter2"], {"problems": [10, 12]})
+
+
 def test_keywords_never_found_are_said_not_drawn(small_lake, tmp_path):
     out = tmp_path / "loop.html"
     vlf("report", "--iterations", "--out", out, "--lake", small_lake)
