@@ -39,3 +39,19 @@ def test_a_killed_loop_takes_its_training_with_it(tmp_path):
         time.sleep(0.1)
     os.kill(child, signal.SIGKILL)
     pytest.fail("the child outlived its killed parent")
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_commands_and_their_trainings_wait_passively_unless_told(given, expected):
+    """Every command sets OpenMP's passive wait policy before torch can load (a training that spins loses ~10x
+    to anything else on the core) and its launched children inherit it; a user's own setting wins."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given else {})
+    probe = ("import os, sys, subprocess\n"
+             "from vlfactory.cli import main\n"
+             "try:\n    main(['recipe', 'schema'], standalone_mode=False)\n"
+             "except SystemExit:\n    pass\n"
+             "print(subprocess.run([sys.executable, '-c', 'import os; print(os.environ.get(\"OMP_WAIT_POLICY\"))'],"
+             " capture_output=True, text=True).stdout.strip(), file=sys.stderr)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == expected
