@@ -30,7 +30,7 @@ from datetime import datetime
 from vlfactory.reports import plots
 from vlfactory.reports.evals import eval_examples, eval_label, wilson_interval
 from vlfactory.reports.keywords import keyword_rates, tracked_keywords
-from vlfactory.reports.reads import diff, iteration_tags, one_read, previous_tag
+from vlfactory.reports.reads import diff, iteration_tags, previous_tag
 from vlfactory.reports.stats import FUNNEL, PROBLEM_STAGES, VersionStats, funnel, short_name, summary, version_stats
 from vlfactory.stores.lake import Lake
 
@@ -77,7 +77,7 @@ nav.toc ol { margin: .2em 0; padding-left: 1.4em; } nav.toc > b { column-span: a
 
 def report(lake: Lake, version: str | int | None = None, iterations: bool = False) -> str:
     """The whole page: one version (default: latest), or the loop's iterations."""
-    with one_read(lake):
+    with lake.one_read():
         if iterations:
             return iterations_page(lake)
         return version_page(lake, "latest" if version is None else version)

@@ -1,10 +1,9 @@
 """How a report reads one version of the lake: a query's rows as dicts (none where a table came with a later
-migration), all of a report's queries in one read transaction, the loop's iteration tags, and the tag before a
+migration), a diff from the empty lake, the loop's iteration tags, and the tag before a
 version (reports/stats.py, evals.py, keywords.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import re
 
 from vlfactory.stores.lake import Lake, LakeError
@@ -28,37 +27,12 @@ def strings(values) -> str:
     return "[" + ", ".join(literal(v) for v in values) + "]"
 
 
-@contextlib.contextmanager
-def one_read(lake: Lake):
-    """The queries inside run in one read transaction. DuckLake loads its catalog (a hundred and fifty SQLite
-    reads on the quickstart lake) at the first query of every transaction, and a report asks a hundred queries:
-    in one transaction they load it once. Nothing is written, so it ends in a rollback."""
-    lake.con.begin()
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):  # `apart` may have left no transaction open
-            lake.con.rollback()
-
-
 def diff(lake: Lake, a: int, b: int) -> dict[str, dict[str, int]]:
-    """`lake.diff(a, b)` inside `one_read`. From the empty lake (snapshot 0, before any table) every row is added:
-    the catalog's row counts. Otherwise the diff runs in the report's transaction, its catalog loaded once; a
-    query the diff fails and catches (asking DuckLake about a table made in between) may abort that transaction
-    and so the diff's later queries, so when it is aborted after the diff, it is rolled back and the diff runs
-    again with each query in its own transaction."""
+    """`lake.diff(a, b)`; from the empty lake (snapshot 0, before any table) every row is added: the catalog's
+    row counts."""
     if a == 0:
         return {t: {"added": n, "removed": 0, "changed": 0} for t, n in lake.row_counts([b])[b].items()}
-    try:
-        changes = lake.diff(a, b)
-        lake.con.execute("SELECT 1")  # fails in an aborted transaction
-        return changes
-    except Exception:  # noqa: BLE001 (a genuine error raises again below)
-        lake.con.rollback()
-    try:
-        return lake.diff(a, b)
-    finally:
-        lake.con.begin()
+    return lake.diff(a, b)
 
 
 def iteration_tags(lake: Lake) -> list[tuple[str, int]]:
