@@ -30,7 +30,7 @@ from datetime import datetime
 from vlfactory.reports import plots
 from vlfactory.reports.evals import eval_examples, eval_label, wilson_interval
 from vlfactory.reports.keywords import keyword_rates, tracked_keywords
-from vlfactory.reports.reads import diff, iteration_tags, previous_tag
+from vlfactory.reports.reads import iteration_tags, previous_tag
 from vlfactory.reports.stats import FUNNEL, PROBLEM_STAGES, VersionStats, funnel, short_name, summary, version_stats
 from vlfactory.stores.lake import Lake
 
@@ -164,8 +164,8 @@ def version_sections(lake: Lake, st: VersionStats, compare_to: tuple[str, int] |
 
 def eval_sections(st: VersionStats, prefix: str = "") -> list[str]:
     """The questions asked of a loop's evaluations: how accurate each model is (95% intervals), on which kinds of
-    question and (with more than one) on which source against what answering without the image scores, whether each step helped on the same problems,
-    and pass@k where several samples were drawn."""
+    question and (with more than one) on which source against what answering without the image scores, whether
+    each step helped on the same problems, and pass@k where several samples were drawn."""
     return [_section(prefix + "evals", "Held-out accuracy across the loop", *_evals(st.evals, st.names)),
             _section(prefix + "by-type", "Accuracy by question type", *_by_type(st.by_type)),
             *([_section(prefix + "by-source", "Accuracy by source", *_by_source(st.by_source))]
@@ -370,7 +370,7 @@ def _diff(lake: Lake, st: VersionStats, before: tuple[str, int] | None) -> tuple
     if before is None:
         return ('<p class="empty">no data yet: no earlier tagged version to compare with</p>',)
     name, snap = before
-    changes = diff(lake, snap, st.snapshot)
+    changes = lake.diff(snap, st.snapshot)
     label = f"{name} (snapshot {snap})"
     rows = [[t, d["added"], d["removed"], d["changed"]] for t, d in changes.items() if any(d.values())]
     if not rows:

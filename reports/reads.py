@@ -1,6 +1,6 @@
 """How a report reads one version of the lake: a query's rows as dicts (none where a table came with a later
-migration), a diff from the empty lake, the loop's iteration tags, and the tag before a
-version (reports/stats.py, evals.py, keywords.py)."""
+migration), the loop's iteration tags, and the tag before a version (reports/stats.py, evals.py,
+keywords.py)."""
 
 from __future__ import annotations
 
@@ -25,14 +25,6 @@ def strings(values) -> str:
     """Strings as a DuckDB list literal, each quoted by `literal`: a query with a parameter bound makes DuckDB's
     Python module import pandas (0.5 s of a report), one with literals does not."""
     return "[" + ", ".join(literal(v) for v in values) + "]"
-
-
-def diff(lake: Lake, a: int, b: int) -> dict[str, dict[str, int]]:
-    """`lake.diff(a, b)`; from the empty lake (snapshot 0, before any table) every row is added: the catalog's
-    row counts."""
-    if a == 0:
-        return {t: {"added": n, "removed": 0, "changed": 0} for t, n in lake.row_counts([b])[b].items()}
-    return lake.diff(a, b)
 
 
 def iteration_tags(lake: Lake) -> list[tuple[str, int]]:

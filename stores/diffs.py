@@ -216,6 +216,9 @@ def counts(lake: Lake, a: str | int, b: str | int) -> dict[str, dict[str, int]]:
     that no snapshot in between touched is not compared; a touched one is counted in one query (`_tally`)."""
     sa, sb = lake.resolve(a), lake.resolve(b)
     lo, hi = sorted((sa, sb))
+    if lo == 0 < hi:  # the empty lake (snapshot 0, before any table): every row at the other side, from the catalog
+        side, rows = "added" if sa == 0 else "removed", lake.row_counts([hi])[hi]
+        return {t: {"added": 0, "removed": 0, "changed": 0} | {side: rows.get(t, 0)} for t in lake.tables()}
     touched = _touched(lake, lo, hi)
     out = {}
     for table in lake.tables():

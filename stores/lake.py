@@ -54,6 +54,7 @@ class Lake(Versions, Reads, Writes):
         self.read_only = read_only or at is not None
         self.run_id: str | None = None
         self._locked = False
+        self._one_read = False  # inside Lake.one_read (lake_reads.py)
         self._schema_checked = check_schema or not self.read_only
         self.pinned: int | None = None  # the snapshot a read-only Lake reads, whatever is committed meanwhile
         self._memo: dict[tuple, object] = {}  # lookups at the pinned snapshot (tables, tags): they cannot change

@@ -171,7 +171,7 @@ class Reads:
         is rolled back and the diff runs again with each query in its own transaction."""
         from vlfactory.stores import diffs
 
-        if not getattr(self, "_one_read", False):
+        if not self._one_read:
             return diffs.counts(self, a, b)
         try:
             changes = diffs.counts(self, a, b)

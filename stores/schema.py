@@ -4,8 +4,8 @@ Tables and columns are part of the user interface: users query them with SQL
 (`vlfactory sql`), so columns are added, never renamed. Each migration is a
 small function applied once, in order, and recorded in `schema_migrations`; a
 new lake, or an old one opened by a newer vlfactory, gets the pending ones in
-one commit (and their table options in a second: see OPTIONS_ONLY). The Arrow schemas mirror the DDL so writers build batches that
-insert without casts.
+one commit (and their table options in a second: see OPTIONS_ONLY). The Arrow
+schemas mirror the DDL so writers build batches that insert without casts.
 """
 
 from __future__ import annotations

@@ -76,6 +76,19 @@ def test_grades_regraded_in_place_and_unchanged_tables(wb):
     assert "bytes" not in images.compared and images.unchanged == n  # blobs: keyed by their hash
 
 
+def test_from_the_empty_lake_every_row_is_added_and_back_removed(wb):
+    """Snapshot 0 holds no table: a diff from it adds every row a version has (as count(*) counts them), one back
+    to it removes them, and no row is ever changed."""
+    with Lake(wb.lake, read_only=True) as lake:
+        at = lake.resolve("iter1")
+        rows = {t: lake.count(t, at) for t in lake.tables()}
+    assert sum(rows.values()) > 0
+    forth, back = vlfactory.diff(0, "iter1", lake=wb.lake), vlfactory.diff("iter1", 0, lake=wb.lake)
+    assert {t: c["added"] for t, c in forth.items()} == rows and {t: c["removed"] for t, c in back.items()} == rows
+    assert not any(c["removed"] or c["changed"] for c in forth.values())
+    assert not any(c["added"] or c["changed"] for c in back.values())
+
+
 def test_a_table_created_between_the_versions(tmp_path, monkeypatch):
     """A lake an older vlfactory made (its first three migrations: no sft table, `rejected` without `reasons`),
     upgraded and written by today's stages: a diff from the old version lists every sft row as added and the

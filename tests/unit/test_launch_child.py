@@ -45,7 +45,8 @@ def test_a_killed_loop_takes_its_training_with_it(tmp_path):
 def test_commands_and_their_trainings_wait_passively_unless_told(given, expected):
     """Every command sets OpenMP's passive wait policy before torch can load (a training that spins loses ~10x
     to anything else on the core) and its launched children inherit it; a user's own setting wins."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given else {})
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env |= {"OMP_WAIT_POLICY": given} if given else {}
     probe = ("import os, sys, subprocess\n"
              "from vlfactory.cli import main\n"
              "try:\n    main(['recipe', 'schema'], standalone_mode=False)\n"
