@@ -12,9 +12,8 @@ both alike, and the load average is printed at the start and the end:
   vlfactory lake skips that check and forbids any later LOAD (stores/lake.py).
 - `vlfactory versions` (target: under 0.5 s) and `vlfactory report` / `report --iterations` (under 3 s), each
   also as a ratio to the DuckDB baseline's `count(*)` measured in the same rounds (what loading DuckDB and its
-  extensions and attaching the lake costs any tool), with the bare interpreter start beside them. A report is
-  measured twice: cold (an empty figure cache, every plot drawn by matplotlib: a version seen for the first
-  time) and warm (the plots of the same numbers kept from an earlier run, `$VLFACTORY_CACHE/figures`).
+  extensions and attaching the lake costs any tool), with the bare interpreter start beside them. Nothing of
+  a report is cached: every run queries the lake and draws every plot (reports/figures.py writes the SVG).
 
 The lake is the quickstart's: `--lake DIR` reads one already made (e.g. by `vlfactory iterate quickstart --lake
 DIR`); without it, the bench makes one first with `vlfactory iterate quickstart` (minutes; its time is printed).
@@ -32,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 BASELINE = """
@@ -45,14 +43,11 @@ con.sql(sys.argv[1]).show()
 """
 
 
-def seconds(cmd: list[str] | tuple[list[str], dict | Callable[[], dict]], env: dict | None = None
-            ) -> tuple[float, float]:
+def seconds(cmd: list[str]) -> tuple[float, float]:
     """Wall time and CPU time (user + system, of the process and its children) of one run of `cmd`."""
-    if isinstance(cmd, tuple):  # (command, the environment variables it runs with, or a function making them)
-        cmd, env = cmd[0], os.environ | (cmd[1]() if callable(cmd[1]) else cmd[1])
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
@@ -118,19 +113,14 @@ def main() -> None:
             print(f"  {name:50s} {w:8.3f}s {bw:8.3f}s {w / bw:5.2f}x   {c:8.3f}s {bc:8.3f}s {c / bc:5.2f}x")
 
         out = Path(tmp) / "report.html"
-        warm = {"VLFACTORY_CACHE": str(Path(tmp) / "warm-cache")}  # filled by the warm-up round
-        cold = lambda: {"VLFACTORY_CACHE": tempfile.mkdtemp(dir=tmp, prefix="cold-cache-")}  # empty, each run
-        report = [*vlf, "report", "--lake", str(lake), "--out", str(out)]
-        loop = [*vlf, "report", "--iterations", "--lake", str(lake), "--out", str(out)]
         m = medians({"duckdb count(*)": [sys.executable, str(baseline), queries["count"][1]],
                      "versions": [*vlf, "versions", "--lake", str(lake)],
-                     "report (cold)": (report, cold), "report (warm)": (report, warm),
-                     "report --iterations (cold)": (loop, cold), "report --iterations (warm)": (loop, warm)},
+                     "report": [*vlf, "report", "--lake", str(lake), "--out", str(out)],
+                     "report --iterations": [*vlf, "report", "--iterations", "--lake", str(lake), "--out", str(out)]},
                     max(3, args.repeat // 2))
         bw, bc = m["duckdb count(*)"]
         print(f"  {'DuckDB baseline, count(*) (in the same rounds)':60s} {bw:8.3f}s wall {bc:7.3f}s CPU")
-        for name, target in (("versions", 0.5), ("report (cold)", 3.0), ("report (warm)", 3.0),
-                             ("report --iterations (cold)", 3.0), ("report --iterations (warm)", 3.0)):
+        for name, target in (("versions", 0.5), ("report", 3.0), ("report --iterations", 3.0)):
             w, c = m[name]
             verdict = "within" if w <= target else "OVER"
             print(f"  vlfactory {name:50s} {w:8.3f}s wall {c:7.3f}s CPU  ({w / bw:.1f}x / {c / bc:.1f}x the baseline; "

@@ -1,225 +1,531 @@
-"""How a report's plot becomes an inline SVG: matplotlib figures built without pyplot, legends beside the axes,
-bar labels, tick labels shortened until they fit, and the classes (`vlf-legend`, `vlf-bar`, `vlf-label`,
-`vlf-hist`) the browser tests measure; each plot's SVG kept by what it was drawn from (`cached`). The plots
-themselves are in reports/plots.py.
+"""How a report's plot is drawn: SVG written here, text as text, no plotting library.
+
+A plot is a grid of panels (horizontal bars, vertical bars, histograms, lines) with their axes, titles and
+legends, and every position is computed here. Text widths come from the advance widths of DejaVu Sans, the
+first font the SVG asks for (Verdana, next, is as wide; Liberation Sans and Arial narrower), so a label is
+placed where its box stays inside the figure and off every other text; tests/cli/test_reports.py measures
+the real boxes in Chromium. A report's dozen plots take milliseconds here, where matplotlib's constrained
+layout and SVG backend took 4 of a first report's 5.5 s; so nothing is cached.
+
+The parts a reader must see carry the classes the browser tests measure: `vlf-legend`, `vlf-bar`,
+`vlf-label`, `vlf-hist-*`, `vlf-band`, `vlf-baseline`. The plots themselves are in reports/plots.py.
+
+    from vlfactory.reports.figures import HBars, figure
+    svg = figure([HBars(["a", "b"], [{"label": "rows", "values": [3, 10], "color": "#219ebc"}])], title="Rows")
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import io
-import os
+import html
+import math
 import re
-from pathlib import Path
 
 COLORS = {"accepted": "#2a9d8f", "rejected": "#e76f51", "sft": "#264653", "added": "#2a9d8f", "removed": "#e76f51",
           "changed": "#e9c46a"}
+TAB10 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+         "#17becf")
+_VIRIDIS = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
+
+FONT = "DejaVu Sans, Verdana, Arial, sans-serif"
+# Advance widths of DejaVu Sans for the characters 32..126, in hundredths of an em rounded up (regular, then bold);
+# anything else counts a full em (CJK glyphs are one em; accented Latin letters are narrower).
+_REGULAR = (32, 41, 46, 84, 64, 96, 78, 28, 40, 40, 50, 84, 32, 37, 32, 34, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64,
+            34, 34, 84, 84, 84, 54, 100, 69, 69, 70, 78, 64, 58, 78, 76, 30, 30, 66, 56, 87, 75, 79, 61, 79, 70, 64,
+            62, 74, 69, 99, 69, 62, 69, 40, 34, 40, 84, 50, 50, 62, 64, 55, 64, 62, 36, 64, 64, 28, 28, 58, 28, 98,
+            64, 62, 64, 64, 42, 53, 40, 64, 60, 82, 60, 60, 53, 64, 34, 64, 84)
+_BOLD = (35, 46, 53, 84, 70, 101, 88, 31, 46, 46, 53, 84, 38, 42, 38, 37, 70, 70, 70, 70, 70, 70, 70, 70, 70, 70, 40,
+         40, 84, 84, 84, 59, 100, 78, 77, 74, 84, 69, 69, 83, 84, 38, 38, 78, 64, 100, 84, 86, 74, 86, 78, 73, 69,
+         82, 78, 111, 78, 73, 73, 46, 37, 46, 84, 50, 50, 68, 72, 60, 72, 68, 44, 72, 72, 35, 35, 67, 35, 105, 72,
+         69, 72, 72, 50, 60, 48, 72, 66, 93, 65, 66, 59, 72, 37, 72, 84)
+TICK, TITLE, SUPTITLE, LEGEND = 10, 12, 13, 9  # font sizes (px)
 
 
-CACHED = 2000  # plots kept; past that, the least recently used half goes
+def width(text: str, size: float, bold: bool = False) -> float:
+    """The width `text` takes at `size` px, a few percent over DejaVu Sans' own (rounding, kerning)."""
+    table = _BOLD if bold else _REGULAR
+    return size * 1.04 * sum(table[ord(c) - 32] if 32 <= ord(c) < 127 else 100 for c in text) / 100
 
 
-def cached(plot):
-    """A plot function whose SVG is kept in `$VLFACTORY_CACHE/figures/`, by a hash of its name, its arguments (the
-    numbers drawn, as `repr` spells them), matplotlib's version and the source of the report modules that draw.
-    Drawing is most of a report's time (a dozen matplotlib figures per version) and the same version gives the
-    same numbers, so a report of a version drawn before costs its queries only; any other input or code is
-    another key: never a stale figure. A cache that cannot be written is skipped."""
-
-    @functools.wraps(plot)
-    def draw(*args, **kwargs):
-        key = hashlib.sha256(repr((plot.__name__, args, sorted(kwargs.items()), _code())).encode()).hexdigest()
-        path = _cache() / f"{key}.svg"
-        try:
-            svg = path.read_text(encoding="utf-8")
-            os.utime(path)  # recently used: kept when the cache is trimmed
-            return svg
-        except OSError:
-            pass
-        svg = plot(*args, **kwargs)
-        if svg is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                part = path.with_suffix(f".{os.getpid()}.part")  # whole or absent for a report drawn alongside
-                part.write_text(svg, encoding="utf-8")
-                os.replace(part, path)
-                _trim(path.parent)
-            except OSError:
-                pass
-        return svg
-    return draw
+def line(size: float) -> float:
+    """The height a line of text takes at `size` px (ascent + descent of DejaVu Sans and Verdana)."""
+    return 1.22 * size
 
 
-def _cache() -> Path:
-    from vlfactory.models import cache_dir
-
-    return cache_dir() / "figures"
-
-
-@functools.cache
-def _code() -> str:
-    """What the plots depend on besides their arguments: matplotlib's version and the source of every report
-    module (the plots name models and intervals through stats and evals) and of the eval stage (its intervals)."""
-    from importlib.metadata import version
-    from importlib.util import find_spec
-
-    files = sorted(Path(__file__).parent.glob("*.py")) + [Path(find_spec("vlfactory.stages.eval").origin)]
-    # a matplotlibrc where matplotlib looks for one (matplotlib_fname), read without importing matplotlib
-    rc = os.environ.get("MATPLOTLIBRC", "")
-    config = os.environ.get("MPLCONFIGDIR") or Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config",
-                                                    "matplotlib")
-    files += [f for f in (Path("matplotlibrc"), Path(rc, "matplotlibrc") if rc else None, Path(rc) if rc else None,
-                          Path(config, "matplotlibrc")) if f and f.is_file()]
-    return f"matplotlib {version('matplotlib')} " + hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
-
-
-def _trim(folder: Path) -> None:
-    files = list(folder.glob("*.svg"))
-    if len(files) > CACHED:
-        for f in sorted(files, key=lambda f: f.stat().st_mtime)[:len(files) // 2]:
-            f.unlink(missing_ok=True)
-
-
-def _figure(rows: int = 1, cols: int = 1, width: float = 8.0, height: float = 3.6):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    return fig, fig.subplots(rows, cols, squeeze=False).ravel()
-
-
-def _svg(fig) -> str:
-    """The figure as an inline <svg>: text as text, the marked parts as classes, only the ids it refers to.
-
-    Labels come from the data (gold answers such as `$\\frac12$`): they are text, never mathtext, so every text
-    of the figure, and the tick labels drawn from here on, has math parsing off (issue 18 item 6)."""
-    from matplotlib import rc_context
-    from matplotlib.text import Text
-
-    for text in fig.findobj(Text):
-        text.set_parse_math(False)
-    buf = io.StringIO()
-    with rc_context({"svg.fonttype": "none", "text.parse_math": False}):
-        _lay_out(fig)
-        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
-    text = buf.getvalue()
-    text = text[text.index("<svg"):]
-    text = re.sub(r'id="vlf\.([\w-]+)"', r'class="vlf-\1"', text)
-    used = set(re.findall(r'#([\w.-]+)', text))  # url(#clip), xlink:href="#marker"
-    text = re.sub(r' id="([^"]+)"', lambda m: m.group(0) if m.group(1) in used else "", text)
-    return re.sub(r'<svg ', '<svg class="plot" role="img" ', text, count=1)
-
-
-def _mark(artists, part: str) -> None:
-    for a in artists:
-        a.set_gid(f"vlf.{part}")
-
-
-def _legend(ax, **kwargs):
-    """A legend beside the axes, never over the data."""
-    legend = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8, **kwargs)
-    legend.set_gid("vlf.legend")
-    return legend
-
-
-def _fig_legend(fig, axes) -> None:
-    """One legend below the figure's panels for every line of them (each label once)."""
-    handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
-    legend = fig.legend(handles.values(), handles.keys(), loc="outside lower center", fontsize=8,
-                        ncols=min(3, len(handles)))
-    legend.set_gid("vlf.legend")
-
-
-def _compact(ax) -> None:
-    """x tick labels that never run into each other: at most 5, large numbers as 12k and 1.2M."""
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
-
-    def short(x, _):
-        for size, suffix in ((1e6, "M"), (1e3, "k")):
-            if abs(x) >= size:
-                return f"{x / size:g}{suffix}"
-        return f"{x:g}"
-
-    ax.xaxis.set_major_locator(MaxNLocator(5))
-    ax.xaxis.set_major_formatter(FuncFormatter(short))
-
-
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """Model output as a label: control characters (no glyph, not allowed in SVG) spelled out."""
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
-def _short(text: str, most: int) -> str:
-    return text if len(text) <= most else text[:most - 1] + "…"
+def shorten(text: str, room: float, size: float = TICK, bold: bool = False) -> str:
+    """`text` cut with an ellipsis to fit `room` px."""
+    text = printable(text)
+    if width(text, size, bold) <= room:
+        return text
+    while text and width(text + "…", size, bold) > room:
+        text = text[:-1]
+    return text + "…"
 
 
-def _integers():
-    from matplotlib.ticker import MaxNLocator
-
-    return MaxNLocator(integer=True)
-
-
-def _bar_labels(ax, bars, texts: list[str] | None = None, fontsize: int = 8) -> None:
-    """Value labels at the bars' ends, with room for them inside the axes."""
-    _mark(bars, "bar")
-    _mark(ax.bar_label(bars, texts, padding=2, fontsize=fontsize), "label")
-    _compact(ax)
+def viridis(t: float) -> str:
+    t = min(1.0, max(0.0, t)) * (len(_VIRIDIS) - 1)
+    i = min(int(t), len(_VIRIDIS) - 2)
+    a, b = _VIRIDIS[i], _VIRIDIS[i + 1]
+    return "#" + "".join(f"{round(x + (y - x) * (t - i)):02x}" for x, y in zip(a, b))
 
 
-def _lay_out(fig) -> None:
-    """Place the panels (constrained layout) and widen each axes' x range until its bar labels end inside it (a
-    label past the edge is cut or overlaps), then fix the layout so saving draws the figure once.
-
-    The layout engine runs on its own with a kept Agg renderer, no draw of every artist around it: savefig with
-    a layout engine draws twice (a layout pass, then the output), and a draw per fitting round came on top; the
-    draws were most of a report's time."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    renderer = FigureCanvasAgg(fig).get_renderer()
-    engine = fig.get_layout_engine()
-    for round_ in range(4):
-        engine.execute(fig)
-        if round_ == 3 or not _fit_labels(fig, renderer):
-            break
-    fig.set_layout_engine("none")  # placed: savefig draws the output only
+def short_number(x: float) -> str:
+    """A tick label that stays short: 12k, 1.2M, 2.5e-5, 0.25."""
+    if x == 0:
+        return "0"
+    for size, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= size:
+            return f"{x / size:.3g}{suffix}"
+    if abs(x) < 1e-2:
+        mantissa, exponent = f"{x:.2e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{x:.4g}"
 
 
-def _fit_labels(fig, renderer) -> bool:
-    """Widen the x range of each axes whose bar labels end past its right edge; whether any was widened."""
-    changed = False
-    for ax in fig.axes:
-        labels = [t for t in ax.texts if t.get_gid() == "vlf.label" and t.get_text()]
+def ticks(lo: float, hi: float, most: int = 5, integer: bool = False) -> list[float]:
+    """At most `most` round values (1, 2, 2.5, 5 x 10^k apart) from lo to hi."""
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / most
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw * 0.999)
+    if integer:
+        step = max(1, round(step))
+    first = math.ceil(lo / step - 1e-9)
+    values = [round((first + i) * step, 12) for i in range(int((hi - lo) / step + 1e-9) + 2)]
+    return [v for v in values if lo - 1e-9 * step <= v <= hi + 1e-9 * step][:most + 1]
+
+
+def _n(v: float) -> str:
+    return f"{v:.1f}".rstrip("0").rstrip(".")
+
+
+class Svg:
+    """The elements of one figure, as SVG text; every string from the data goes through `text` (escaped)."""
+
+    def __init__(self):
+        self.parts: list[str] = []
+
+    def add(self, tag: str, cls: str | None = None, **attrs) -> None:
+        self.parts.append(f"<{tag}{_attrs(cls, attrs)}/>")
+
+    def open(self, cls: str) -> None:
+        self.parts.append(f'<g class="{cls}">')
+
+    def close(self) -> None:
+        self.parts.append("</g>")
+
+    def text(self, x: float, top: float, s: str, size: float = TICK, anchor: str = "start", bold: bool = False,
+             cls: str | None = None, upright: bool = False) -> None:
+        """`s` with its box's top at `top` (the baseline is placed from the font's ascent); `upright`: turned a
+        quarter to read bottom to top, its box's left at `x`, centred on `top`."""
+        weight = ' font-weight="bold"' if bold else ""
+        at = {"x": x, "y": top + 0.95 * size}
+        if upright:
+            at = {"x": 0, "y": 0, "transform": f"translate({_n(x + 0.95 * size)} {_n(top)}) rotate(-90)"}
+        self.parts.append(f'<text{_attrs(cls, at)} font-size="{_n(size)}" text-anchor="{anchor}" fill="#222"'
+                          f'{weight}>{html.escape(printable(s))}</text>')
+
+    def done(self, w: float, h: float) -> str:
+        w, h = math.ceil(w), math.ceil(h)
+        return (f'<svg class="plot" role="img" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+                f'viewBox="0 0 {w} {h}" font-family="{FONT}">' + "".join(self.parts) + "</svg>")
+
+
+def _attrs(cls: str | None, attrs: dict) -> str:
+    out = f' class="{cls}"' if cls else ""
+    for k, v in attrs.items():
+        if v is not None:
+            out += f' {k.rstrip("_").replace("_", "-")}="{_n(v) if isinstance(v, float | int) else html.escape(v)}"'
+    return out
+
+
+class Panel:
+    """One axes: a title on top, y tick labels on the left, x tick labels and the x label below, an optional
+    legend beside it on the right. Subclasses fill `left_labels` (the y side's texts) and `draw_plot`."""
+
+    def __init__(self, title: str = "", xlabel: str = "", ylabel: str = "", legend: list[dict] | None = None,
+                 plot_height: float = 200):
+        self.title, self.xlabel, self.ylabel, self.legend = title, xlabel, ylabel, legend or []
+        self.plot_height = plot_height
+
+    # -- what a subclass says about itself
+    def left_labels(self) -> list[str]:
+        return []
+
+    def x_labels(self, left: float, right: float) -> list[tuple[float, str]]:
+        return []
+
+    def draw_plot(self, svg: Svg, left: float, top: float, right: float, bottom: float) -> None:
+        raise NotImplementedError
+
+    # -- layout
+    def _top(self) -> float:
+        return (line(TITLE) + 4 if self.title else 0) + line(TICK) / 2 + 2
+
+    def _bottom(self) -> float:
+        return line(TICK) / 2 + 3 + 2 * line(TICK) + (line(TICK) + 2 if self.xlabel else 0) + 2
+
+    def _legend_width(self) -> float:
+        return _legend_size(self.legend)[0] + 10 if self.legend else 0.0
+
+    def _plot_h(self) -> float:
+        return max(self.plot_height, _legend_size(self.legend)[1] if self.legend else 0.0)
+
+    def height(self) -> float:
+        return self._top() + self._plot_h() + self._bottom()
+
+    def draw(self, svg: Svg, x: float, y: float, w: float, h: float) -> None:
+        left = x + 4 + (line(TICK) + 4 if self.ylabel else 0)
+        left += max((width(t, TICK) for t in self.left_labels()), default=0) + 8
+        edge = x + w - 2 - self._legend_width()  # what the x tick labels may reach
+        right = edge - 22  # room for half of the last tick label
+        top, bottom = y + self._top(), y + self._top() + self._plot_h()
+        if self.title:
+            svg.text((left + right) / 2, y, shorten(self.title, right - x - 4, TITLE), TITLE, "middle")
+        if self.ylabel:
+            svg.text(x + 4, (top + bottom) / 2, shorten(self.ylabel, bottom - top, TICK), TICK, "middle", upright=True)
+        svg.add("rect", x=left, y=top, width=right - left, height=bottom - top, fill="none", stroke="#666",
+                stroke_width=0.8)
+        self.draw_plot(svg, left, top, right, bottom)
+        self._x_axis(svg, x, left, right, bottom, edge)
+        if self.xlabel:
+            svg.text((left + right) / 2, bottom + line(TICK) / 2 + 3 + 2 * line(TICK),
+                     shorten(self.xlabel, right - left, TICK), TICK, "middle")
+        if self.legend:
+            _legend(svg, edge + 10, top, self.legend)
+
+    def _x_axis(self, svg: Svg, x: float, left: float, right: float, bottom: float, edge: float) -> None:
+        """Tick labels centred under their ticks, in one row, or two staggered rows where one row would run
+        them into each other; each cut to its room (half way to its neighbours, inside the panel)."""
+        labels = self.x_labels(left, right)
         if not labels:
-            continue
-        box = ax.get_window_extent(renderer)
-        right = max(t.get_window_extent(renderer).x1 for t in labels)
-        if right > box.x1 - 4:
-            lo, hi = ax.get_xlim()
-            ax.set_xlim(lo, lo + (hi - lo) * (right - box.x0 + 12) / box.width)
-            changed = True
-    return changed
+            return
+        gaps = [b[0] - a[0] for a, b in zip(labels, labels[1:])] or [right - left]
+        rows = 1 if all(width(t, TICK) + 6 <= min(gaps) for _, t in labels) else 2
+        for i, (at, text) in enumerate(labels):
+            before = gaps[i - 1] if i else 2 * (at - x)
+            after = gaps[i] if i < len(gaps) else 2 * (edge - at)
+            room = min(before, after) * rows - 6
+            room = min(room, 2 * (at - x - 2), 2 * (edge - at - 2))
+            svg.add("line", x1=at, y1=bottom, x2=at, y2=bottom + 3, stroke="#666", stroke_width=0.8)
+            svg.text(at, bottom + line(TICK) / 2 + 3 + (i % rows) * line(TICK), shorten(text, room, TICK), TICK,
+                     "middle")
+
+    @staticmethod
+    def y_ticks(svg: Svg, left: float, right: float, scale, values: list[float], labels: list[str] | None = None,
+                grid: bool = True) -> None:
+        for v, text in zip(values, labels or [short_number(v) for v in values]):
+            y = scale(v)
+            if grid:
+                svg.add("line", x1=left, y1=y, x2=right, y2=y, stroke="#eee", stroke_width=0.8)
+            svg.add("line", x1=left - 3, y1=y, x2=left, y2=y, stroke="#666", stroke_width=0.8)
+            svg.text(left - 5, y - line(TICK) / 2, text, TICK, "end")
 
 
-def _barh(ax, labels: list[str], values: list[float], color: str | None = None, fmt: str = "{:,.0f}") -> None:
-    bars = ax.barh(range(len(labels)), values, color=color)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.invert_yaxis()  # first label on top
-    _bar_labels(ax, bars, [fmt.format(v) for v in values])
+def _legend_size(items: list[dict]) -> tuple[float, float]:
+    return 26 + max(width(i["label"], LEGEND) for i in items) + 6, len(items) * (line(LEGEND) + 3) + 6
 
 
-def _grouped(categories: list[str], series: list[dict], xlabel: str, title: str, row: float = 0.45) -> str:
-    """Grouped horizontal bars: per category one bar of each series ({label, values, color, texts?, xerr?}),
-    value labels at their ends, the legend beside the axes."""
-    fig, (ax,) = _figure(height=1.4 + row * len(categories) * max(1, len(series) / 2))
-    width = 0.8 / len(series)
-    for i, sr in enumerate(series):
-        extra = {"xerr": sr["xerr"], "error_kw": {"elinewidth": 0.8, "capsize": 2}} if sr.get("xerr") else {}
-        bars = ax.barh([j + (i - (len(series) - 1) / 2) * width for j in range(len(categories))], sr["values"],
-                       height=width, color=sr["color"], label=sr["label"], **extra)
-        _bar_labels(ax, bars, sr.get("texts"), fontsize=7 if len(series) > 2 else 8)
-    ax.set_yticks(range(len(categories)), categories)
-    ax.invert_yaxis()
-    ax.set_xlabel(xlabel)
-    ax.set_title(title)
-    _legend(ax)
-    return _svg(fig)
+def _legend(svg: Svg, x: float, top: float, items: list[dict]) -> None:
+    """A framed legend: per item a swatch (a bar's colour, a line, a dashed line or a shaded band) and its
+    label."""
+    w, h = _legend_size(items)
+    svg.open("vlf-legend")
+    svg.add("rect", x=x, y=top, width=w, height=h, fill="#fff", stroke="#ccc", stroke_width=0.8)
+    for k, item in enumerate(items):
+        y = top + 4 + k * (line(LEGEND) + 3)
+        _swatch(svg, x + 5, y + line(LEGEND) / 2, item)
+        svg.text(x + 26, y, item["label"], LEGEND)
+    svg.close()
+
+
+def _swatch(svg: Svg, x: float, mid: float, item: dict) -> None:
+    kind, color = item.get("kind", "bar"), item["color"]
+    if kind == "bar":
+        svg.add("rect", x=x, y=mid - 4, width=16, height=8, fill=color, fill_opacity=item.get("opacity"))
+    else:
+        svg.add("line", x1=x, y1=mid, x2=x + 16, y2=mid, stroke=color, stroke_width=1.8,
+                stroke_dasharray="4 2" if kind == "dashed" else None)
+        if kind == "marker":
+            svg.add("circle", cx=x + 8, cy=mid, r=2.5, fill=color)
+
+
+class Scale:
+    """Data values to pixels along one axis."""
+
+    def __init__(self, lo: float, hi: float, a: float, b: float):
+        self.lo, self.hi, self.a, self.b = lo, hi, a, b
+
+    def __call__(self, v: float) -> float:
+        return self.a + (v - self.lo) * (self.b - self.a) / ((self.hi - self.lo) or 1)
+
+
+class HBars(Panel):
+    """Horizontal bars: per category one bar of each series ({label, values, color, texts?, xerr?, base?}),
+    side by side, or stacked where series carry `base` (where each bar starts); value labels at the bars' ends
+    with the x range stretched until the longest ends inside; optional per-category dashed `baselines`."""
+
+    def __init__(self, categories: list[str], series: list[dict], *, xlabel: str = "", title: str = "",
+                 legend: bool = False, xmax: float | None = None, baselines: list[float] | None = None,
+                 baseline_label: str = "", stacked: bool = False, fmt: str = "{:,.0f}"):
+        self.categories, self.series, self.stacked = [printable(c) for c in categories], series, stacked
+        self.xmax, self.baselines, self.fmt = xmax, baselines, fmt
+        self.groups = 1 if stacked else len(series)
+        self.label_size = 8 if self.groups > 2 else 9
+        self.bar = line(self.label_size) + 0.5
+        self.pitch = self.groups * self.bar + 8
+        items = [{"label": s["label"], "color": s["color"]} for s in series] if legend else []
+        if baselines and legend:
+            items.append({"label": baseline_label, "color": "#d62828", "kind": "dashed"})
+        super().__init__(title, xlabel, legend=items, plot_height=len(categories) * self.pitch + 6)
+
+    def left_labels(self) -> list[str]:
+        return self.categories
+
+    def _bars(self):
+        """(series index, category index, start, end, value label) of every bar."""
+        for i, sr in enumerate(self.series):
+            texts = sr.get("texts")
+            for j, v in enumerate(sr["values"]):
+                start = sr["base"][j] if sr.get("base") else 0.0
+                end = start + v
+                if sr.get("xerr"):
+                    end = max(end, start + v + sr["xerr"][1][j])
+                text = texts[j] if texts is not None else self.fmt.format(v)
+                if self.stacked and i < len(self.series) - 1:
+                    text = ""  # a stack is labelled once, at its end
+                yield i, j, start, v, end, text
+
+    def draw(self, svg: Svg, x: float, y: float, w: float, h: float) -> None:
+        # the category labels take at most 45% of the panel; longer ones are cut
+        room = 0.45 * w
+        self.categories = [shorten(c, room) for c in self.categories]
+        super().draw(svg, x, y, w, h)
+
+    def draw_plot(self, svg: Svg, left: float, top: float, right: float, bottom: float) -> None:
+        span = right - left - 2
+        bars = list(self._bars())
+        # pixels per unit: every bar end plus its label inside the axes, and xmax inside too
+        k = min([(span - 4 - width(t, self.label_size)) / e for *_, e, t in bars if e > 0] or [span])
+        if self.xmax:
+            k = min(k, span / self.xmax)
+        k = max(k, 1e-12)
+        self.scale = Scale(0, span / k, left, left + span)
+        self.top = top
+        for v in ticks(0, span / k):
+            svg.add("line", x1=self.scale(v), y1=top, x2=self.scale(v), y2=bottom, stroke="#eee", stroke_width=0.8)
+        for i, j, start, v, end, text in bars:
+            y = self._y(i, j)
+            sr = self.series[i]
+            svg.add("rect", "vlf-bar", x=self.scale(start), y=y, width=max(0.0, v * k), height=self.bar - 1,
+                    fill=sr["color"])
+            if sr.get("xerr"):
+                lo, hi = self.scale(start + v - sr["xerr"][0][j]), self.scale(start + v + sr["xerr"][1][j])
+                mid = y + (self.bar - 1) / 2
+                svg.add("line", x1=lo, y1=mid, x2=hi, y2=mid, stroke="#222", stroke_width=0.8)
+                for at in (lo, hi):
+                    svg.add("line", x1=at, y1=mid - 2, x2=at, y2=mid + 2, stroke="#222", stroke_width=0.8)
+            if text:
+                svg.text(left + end * k + 3, y + (self.bar - 1 - line(self.label_size)) / 2, text, self.label_size,
+                         cls="vlf-label")
+        for j, base in enumerate(self.baselines or []):
+            at = self.scale(base)
+            svg.add("line", "vlf-baseline", x1=at, y1=self._y(0, j) - 2, x2=at,
+                    y2=self._y(self.groups - 1, j) + self.bar + 1, stroke="#d62828", stroke_width=1.5,
+                    stroke_dasharray="5 3")
+        for j, c in enumerate(self.categories):
+            mid = self._y(0, j) + self.groups * self.bar / 2
+            svg.text(left - 5, mid - line(TICK) / 2, c, TICK, "end")
+
+    def _y(self, i: int, j: int) -> float:
+        return self.top + 3 + 4 + j * self.pitch + (0 if self.stacked else i * self.bar)
+
+    def x_labels(self, left: float, right: float) -> list[tuple[float, str]]:
+        return [(self.scale(v), short_number(v)) for v in ticks(0, self.scale.hi)]
+
+
+class VBars(Panel):
+    """Vertical bars over categories (the x labels): per category one bar of each series ({label, values,
+    color}), and an optional shaded `band` over the categories from band[0] to band[1] (indices)."""
+
+    def __init__(self, categories: list[str], series: list[dict], *, title: str = "", xlabel: str = "",
+                 ylabel: str = "", band: tuple[int, int] | None = None, band_label: str = ""):
+        self.categories, self.series, self.band = categories, series, band
+        items = [{"label": s["label"], "color": s["color"]} for s in series]
+        if band:
+            items.append({"label": band_label, "color": "#f4a261", "opacity": 0.35})
+        super().__init__(title, xlabel, ylabel, items, plot_height=220)
+        top = max((max(s["values"], default=0) for s in series), default=0)
+        self.values = ticks(0, max(1, top * 1.05), integer=True)
+        self.hi = max(self.values[-1], top * 1.05)
+
+    def left_labels(self) -> list[str]:
+        return [short_number(v) for v in self.values]
+
+    def _slot(self, left: float, right: float) -> float:
+        return (right - left) / len(self.categories)
+
+    def draw_plot(self, svg: Svg, left: float, top: float, right: float, bottom: float) -> None:
+        scale = Scale(0, self.hi, bottom, top)
+        self.y_ticks(svg, left, right, scale, self.values)
+        slot = self._slot(left, right)
+        if self.band:
+            a, b = self.band
+            svg.add("rect", "vlf-band", x=left + a * slot + 0.04 * slot, y=top, width=(b - a + 0.92) * slot,
+                    height=bottom - top, fill="#f4a261", fill_opacity=0.35)
+        bar = 0.8 * slot / len(self.series)
+        for i, sr in enumerate(self.series):
+            for j, v in enumerate(sr["values"]):
+                x = left + (j + 0.1) * slot + i * bar
+                svg.add("rect", "vlf-bar", x=x, y=scale(v), width=bar - 0.5, height=bottom - scale(v),
+                        fill=sr["color"])
+
+    def x_labels(self, left: float, right: float) -> list[tuple[float, str]]:
+        slot = self._slot(left, right)
+        return [(left + (j + 0.5) * slot, c) for j, c in enumerate(self.categories)]
+
+
+class Hist(Panel):
+    """Histograms of groups ({name, values, color, label}) over shared bins, each drawn as its share of its
+    own values (a filled step area and its outline), in the order given (later on top); each group one
+    element of class `vlf-hist-<cls>-<name>`."""
+
+    def __init__(self, groups: list[dict], bins: int = 30, *, cls: str, xlabel: str = "", ylabel: str = ""):
+        self.groups, self.cls = groups, cls
+        top = max((max(g["values"]) for g in groups), default=1) or 1
+        self.edges = [top * i / bins for i in range(bins + 1)]
+        self.shares = []
+        for g in groups:
+            counts = [0] * bins
+            for v in g["values"]:
+                counts[min(bins - 1, int(v / top * bins))] += 1
+            self.shares.append([100 * c / len(g["values"]) for c in counts])
+        peak = max(max(s) for s in self.shares)
+        self.y = ticks(0, peak * 1.05)
+        self.hi = max(self.y[-1], peak * 1.05)
+        super().__init__("", xlabel, ylabel, plot_height=220)
+
+    def left_labels(self) -> list[str]:
+        return [short_number(v) for v in self.y]
+
+    def draw_plot(self, svg: Svg, left: float, top: float, right: float, bottom: float) -> None:
+        sy = Scale(0, self.hi, bottom, top)
+        self.sx = Scale(0, self.edges[-1], left, right)
+        self.y_ticks(svg, left, right, sy, self.y)
+        for g, shares in zip(self.groups, self.shares):
+            points = [(self.sx(0), bottom)]
+            for a, b, s in zip(self.edges, self.edges[1:], shares):
+                points += [(self.sx(a), sy(s)), (self.sx(b), sy(s))]
+            points.append((self.sx(self.edges[-1]), bottom))
+            path = " ".join(f"{_n(px)},{_n(py)}" for px, py in points)
+            name = re.sub(r"[^\w-]", "_", g["name"])
+            svg.open(f"vlf-hist-{self.cls}-{name}")
+            svg.add("polygon", points=path, fill=g["color"], fill_opacity=0.25)
+            svg.add("polyline", points=path, fill="none", stroke=g["color"], stroke_width=1.8)
+            svg.close()
+
+    def x_labels(self, left: float, right: float) -> list[tuple[float, str]]:
+        return [(self.sx(v), short_number(v)) for v in ticks(0, self.edges[-1])]
+
+
+class Lines(Panel):
+    """Lines ({label, points [(x, y)], color, yerr? [(below, above)], values? (annotate each point)}) over a
+    numeric x, or over `categories` (x = their index); y from the data (from 0 where `zero`) or `ylim`."""
+
+    def __init__(self, series: list[dict], *, title: str = "", xlabel: str = "", ylabel: str = "",
+                 categories: list[str] | None = None, ylim: tuple[float, float] | None = None,
+                 integer_x: bool = False, legend: bool = True, height: float = 200, markers: bool = True,
+                 zero: bool = True):
+        self.series, self.categories, self.integer_x, self.markers = series, categories, integer_x, markers
+        ends = [(y - e[0], y + e[1]) for s in series for (_, y), e in zip(s["points"], _errors(s))]
+        lo, hi = min(e[0] for e in ends), max(e[1] for e in ends)
+        if zero:
+            lo = min(lo, 0.0)
+        pad = 0.05 * ((hi - lo) or abs(hi) or 1)
+        self.ylo, self.yhi = ylim or (lo if zero and lo == 0 else lo - pad, hi + pad)
+        self.y = ticks(self.ylo, self.yhi)
+        xs = [x for s in series for x, _ in s["points"]]
+        if categories is not None:
+            self.xlo, self.xhi = -0.5, len(categories) - 0.5
+        else:
+            self.xlo, self.xhi = min(xs, default=0), max(xs, default=1)
+            if self.xhi == self.xlo:
+                self.xlo, self.xhi = self.xlo - 1, self.xhi + 1
+        items = [{"label": s["label"], "color": s["color"], "kind": "marker" if markers else "line"}
+                 for s in series] if legend else []
+        super().__init__(title, xlabel, ylabel, items, plot_height=height)
+
+    def left_labels(self) -> list[str]:
+        return [short_number(v) for v in self.y]
+
+    def draw_plot(self, svg: Svg, left: float, top: float, right: float, bottom: float) -> None:
+        sy = Scale(self.ylo, self.yhi, bottom, top)
+        pad = 0 if self.categories is not None else 6
+        self.sx = Scale(self.xlo, self.xhi, left + pad, right - pad)
+        self.y_ticks(svg, left, right, sy, self.y)
+        for s in self.series:
+            pts = [(self.sx(x), sy(y)) for x, y in s["points"]]
+            for (px, _), (_, y), (below, above) in zip(pts, s["points"], _errors(s) if s.get("yerr") else []):
+                y0, y1 = sy(y - below), sy(y + above)
+                svg.add("line", x1=px, y1=y0, x2=px, y2=y1, stroke=s["color"], stroke_width=1)
+                for at in (y0, y1):
+                    svg.add("line", x1=px - 3, y1=at, x2=px + 3, y2=at, stroke=s["color"], stroke_width=1)
+            svg.add("polyline", points=" ".join(f"{_n(px)},{_n(py)}" for px, py in pts), fill="none",
+                    stroke=s["color"], stroke_width=1.6)
+            if self.markers and len(pts) < 40:
+                for px, py in pts:
+                    svg.add("circle", cx=px, cy=py, r=2.5, fill=s["color"])
+            for (px, py), text in zip(pts, s.get("values") or []):
+                svg.text(px + 6, py - line(8) / 2, text, 8)
+
+    def x_labels(self, left: float, right: float) -> list[tuple[float, str]]:
+        if self.categories is not None:
+            return [(self.sx(i), c) for i, c in enumerate(self.categories)]
+        values = ticks(self.xlo, self.xhi, integer=self.integer_x)
+        return [(self.sx(v), short_number(v)) for v in values]
+
+
+def _errors(series: dict) -> list[tuple[float, float]]:
+    return series.get("yerr") or [(0.0, 0.0)] * len(series["points"])
+
+
+def figure(panels: list[Panel], cols: int = 1, wide: float = 800, title: str = "",
+           legend: list[dict] | None = None) -> str:
+    """Panels in a grid of `cols` columns, `title` above, an optional legend below every panel."""
+    svg = Svg()
+    y = 6.0
+    if title:
+        svg.text(wide / 2, y, shorten(title, wide - 8, SUPTITLE, True), SUPTITLE, "middle", bold=True)
+        y += line(SUPTITLE) + 4
+    w = (wide - 4) / cols
+    for r in range(0, len(panels), cols):
+        row = panels[r:r + cols]
+        h = max(p.height() for p in row)
+        for c, p in enumerate(row):
+            p.draw(svg, 2 + c * w, y, w, h)
+        y += h + 4
+    if legend:
+        y = _figure_legend(svg, wide, y, legend)
+    return svg.done(wide, y + 4)
+
+
+def _figure_legend(svg: Svg, wide: float, y: float, items: list[dict]) -> float:
+    """Items in up to three columns, centred below the panels; the y under them."""
+    cell = 26 + max(width(i["label"], LEGEND) for i in items) + 10
+    cols = max(1, min(3, len(items), int((wide - 16) // cell)))
+    rows = -(-len(items) // cols)
+    x0 = (wide - cols * cell) / 2
+    h = rows * (line(LEGEND) + 3) + 6
+    svg.open("vlf-legend")
+    svg.add("rect", x=x0 - 4, y=y, width=cols * cell + 8, height=h, fill="#fff", stroke="#ccc", stroke_width=0.8)
+    for k, item in enumerate(items):
+        cx, cy = x0 + (k % cols) * cell, y + 4 + (k // cols) * (line(LEGEND) + 3)
+        _swatch(svg, cx + 4, cy + line(LEGEND) / 2, item)
+        svg.text(cx + 26, cy, shorten(item["label"], cell - 30, LEGEND), LEGEND)
+    svg.close()
+    return y + h

@@ -6,6 +6,7 @@ and verdict."""
 from __future__ import annotations
 
 import base64
+import html
 import io
 import re
 import shutil
@@ -524,25 +525,41 @@ def test_accuracy_by_source_beside_its_question_only_baseline(small_lake, tmp_pa
     assert section.count("<svg") == 1 and section.count('class="vlf-baseline"') == 2  # a chance line per source
 
 
-def test_a_plot_drawn_before_comes_from_the_cache_never_a_stale_one(tmp_path, monkeypatch):
-    """A plot of the same numbers by the same code is read back, not drawn; other numbers, or other code, are
-    drawn anew."""
-    from vlfactory.reports import figures, plots
+def test_bars_are_drawn_to_scale_with_round_ticks():
+    """A bar's length is its value times one scale for the whole axes, the ticks are round numbers inside the
+    axes, and a label past 45% of the panel is cut with an ellipsis, never left to run off the figure."""
+    from vlfactory.reports import figures
 
-    monkeypatch.setenv("VLFACTORY_CACHE", str(tmp_path))
-    first = plots.iterations(["iter1", "iter2"], {"problems": [10, 12]})
-    assert first.startswith("<svg") and len(list((tmp_path / "figures").glob("*.svg"))) == 1
+    svg = figures.figure([figures.HBars(["a", "b" * 200, "c"], [{"label": "rows", "values": [10, 20, 35],
+                                                                  "color": "#000"}])])
+    widths = [float(w) for w in re.findall(r'class="vlf-bar" x="[^"]+" y="[^"]+" width="([^"]+)"', svg)]
+    assert len(widths) == 3 and abs(widths[1] / widths[0] - 2) < 0.02 and abs(widths[2] / widths[0] - 3.5) < 0.02
+    assert "b" * 200 not in svg and "b…<" in svg
+    assert figures.ticks(0, 1234) == [0, 250, 500, 750, 1000] and figures.ticks(0, 105) == [0, 25, 50, 75, 100]
+    assert figures.ticks(0, 13_535_353) == [0, 5e6, 10e6] and figures.ticks(0.3, 0.71) == [0.3, 0.4, 0.5, 0.6, 0.7]
+    assert [figures.short_number(x) for x in (0, 0.25, 1500, 2_500_000, 2.5e-5)] == ["0", "0.25", "1.5k", "2.5M",
+                                                                                        "2.5e-5"]
 
-    def draw(*args, **kwargs):
-        raise AssertionError("drawn again")
 
-    monkeypatch.setattr(plots, "_figure", draw)
-    assert plots.iterations(["iter1", "iter2"], {"problems": [10, 12]}) == first
-    with pytest.raises(AssertionError, match="drawn again"):
-        plots.iterations(["iter1", "iter2"], {"problems": [10, 13]})
-    monkeypatch.setattr(figures, "_code", lambda: "the plotting code changed")
-    with pytest.raises(AssertionError, match="drawn again"):
-        plots.iterations(["iter1", "iter2"], {"problems": [10, 12]})
+def test_text_widths_are_never_underestimated(tmp_path):
+    """Every position in a plot rests on `figures.width`: in Chromium, each string (every printable ASCII
+    character, words, digits, bold, a non-ASCII one) is at most as wide as it says."""
+    from vlfactory.reports import figures
+
+    strings = [chr(c) * 10 for c in range(32, 127)] + ["synthetic-more: rollouts", "13,535,353", "WWWWmmmm",
+                                                       "rollout: iter1 grpo", "réponse 答案", "iter2 sft (1,500)"]
+    cases = [(s, size, bold) for s in strings for size, bold in ((10, False), (13, True))]
+    texts = "".join(f'<text x="5" y="{20 + 20 * i}" font-size="{size}" font-weight="{"bold" if bold else "normal"}">'
+                    f"{html.escape(s)}</text>" for i, (s, size, bold) in enumerate(cases))
+    page = tmp_path / "widths.html"
+    page.write_text(f'<!doctype html><html><body><svg class="plot" width="2000" height="{40 * len(strings) + 40}" '
+                    f'font-family="{figures.FONT}">{texts}</svg></body></html>')
+    with Browser() as b:
+        b.open(page.as_uri())
+        measured = b.eval("[...document.querySelectorAll('text')].map(t => t.getBBox().width)")
+    expected = [figures.width(s, size, bold) for s, size, bold in cases]
+    over = [(case, m, e) for case, m, e in zip(cases, measured, expected) if m > e + 0.01]
+    assert len(measured) == len(expected) and over == [], over
 
 
 def test_keywords_never_found_are_said_not_drawn(small_lake, tmp_path):

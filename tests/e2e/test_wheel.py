@@ -12,7 +12,7 @@ way `pip wheel .` does and check it against the tree:
   `vlfactory --help`, and runs ingest, caption, distil and verify from a working directory
   outside the repository against an OpenAI-compatible server on loopback (tests/support/fault_server.py,
   which answers a chat request whose content is plain text, as distil sends it; answer_server.py
-  reads only content parts, as rollout sends them).
+  reads only content parts, as rollout sends them), then writes the report with its plots.
 """
 
 from __future__ import annotations
@@ -245,3 +245,7 @@ with Lake(sys.argv[1]) as lake:
     # the lake, not the stage lines (whose wording may change): 2 samples of each problem, each graded
     assert dict(counts["traces"]) == {pid: 2 for pid in planned}
     assert counts["grades"] == 12
+
+    # (e) the report, with its plots, from the core install alone (the SVG is written by vlfactory itself)
+    run("report", "--lake", str(lake), "--out", str(work / "report.html"))
+    assert (work / "report.html").read_text().count('<svg class="plot"') >= 3

@@ -1,9 +1,9 @@
 """Data is never code (issue 18): names that become paths are slugs (item 2), the card's shell and Markdown
 quote what they embed (items 3 and 9), terminal output spells out control characters (item 10), plot labels
-are text, not math (item 6), and recipe values that would fail later fail at load (item 14).
+are text, never markup or math (item 6), and recipe values that would fail later fail at load (item 14).
 
 Each test renders or loads the real thing (the card's Markdown parsed by markdown-it, the reproduce block
-run by bash, matplotlib drawing the labels); nothing here needs a lake.
+run by bash, the plots' SVG parsed as XML); nothing here needs a lake.
 
     .venv/bin/python -m pytest -q -p no:cacheprovider tests/unit/test_data_is_never_code.py
 """
@@ -222,15 +222,23 @@ def test_keywords_the_report_counts_are_sql_literals():
 
 # ---- item 6: plot labels are text ----------------------------------------------------------------------
 
-def test_dollar_signs_in_labels_are_text_not_math():
+def test_labels_from_the_data_are_text_in_the_svg_never_markup_or_math():
+    """Answers and reasons come from model output: in a plot each is one text node, exactly as written (control
+    characters spelled out), parsed back from the SVG as XML: no element it could open, no math it could set."""
+    from xml.etree import ElementTree
+
     from vlfactory.reports import plots
 
-    answers = [{"series": "gold", "answer": r"$\frac12$", "rows": 3},
-               {"series": "gold", "answer": "$5 and $6", "rows": 2},
-               {"series": "traces", "answer": r"$\frac{1}{$", "rows": 1}]
-    svg = plots.distributions([{"stage": "distil", "finish_reason": "$x$", "rows": 1}], answers)
-    assert r"$\frac12$" in svg and "$5 and $6" in svg and r"$\frac{1}{$" in svg
-    assert plots.funnel({"$a$": {"problems": 1}}, ("problems",))
+    raw = [r"$\frac12$", "$5 and $6", '</text><script>', "a & b <c>", "\x02 bell\x07"]
+    answers = [{"series": "gold", "answer": a, "rows": 3 + i} for i, a in enumerate(raw)]
+    svg = plots.distributions([{"stage": "distil", "finish_reason": "$x$ & <y>", "rows": 1}], answers)
+    root = ElementTree.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    texts = {t.text for t in root.iter(f"{ns}text")}
+    assert {r"$\frac12$", "$5 and $6", '</text><script>', "a & b <c>", "\\x02 bell\\x07",
+            "distil: $x$ & <y>"} <= texts, texts
+    assert {e.tag for e in root.iter()} <= {f"{ns}{t}" for t in ("svg", "g", "rect", "line", "text")}
+    assert ElementTree.fromstring(plots.funnel({"</svg>$a$": {"problems": 1}}, ("problems",)))
 
 
 # ---- item 14: values that pass loading and fail later ------------------------------------------------------
