@@ -150,7 +150,8 @@ class Panel:
 
     def __init__(self, title: str = "", xlabel: str = "", ylabel: str = "", legend: list[dict] | None = None,
                  plot_height: float = 200):
-        self.title, self.xlabel, self.ylabel, self.legend = title, xlabel, ylabel, legend or []
+        self.title, self.xlabel, self.ylabel = title, xlabel, ylabel
+        self.legend = [item | {"label": shorten(item["label"], 220, LEGEND)} for item in legend or []]
         self.plot_height = plot_height
 
     # -- what a subclass says about itself
@@ -179,7 +180,8 @@ class Panel:
     def height(self) -> float:
         return self._top() + self._plot_h() + self._bottom()
 
-    def draw(self, svg: Svg, x: float, y: float, w: float, h: float) -> None:
+    def draw(self, svg: Svg, x: float, y: float, w: float) -> None:
+        """The panel in the `w` px wide column from `x`, its top at `y`."""
         left = x + 4 + (line(TICK) + 4 if self.ylabel else 0)
         left += max((width(t, TICK) for t in self.left_labels()), default=0) + 8
         edge = x + w - 2 - self._legend_width()  # what the x tick labels may reach
@@ -217,12 +219,11 @@ class Panel:
                      "middle")
 
     @staticmethod
-    def y_ticks(svg: Svg, left: float, right: float, scale, values: list[float], labels: list[str] | None = None,
-                grid: bool = True) -> None:
-        for v, text in zip(values, labels or [short_number(v) for v in values]):
-            y = scale(v)
-            if grid:
-                svg.add("line", x1=left, y1=y, x2=right, y2=y, stroke="#eee", stroke_width=0.8)
+    def y_ticks(svg: Svg, left: float, right: float, scale: Scale, values: list[float]) -> None:
+        """Labelled ticks on the y axis, each with a light grid line across the axes."""
+        for v in values:
+            y, text = scale(v), short_number(v)
+            svg.add("line", x1=left, y1=y, x2=right, y2=y, stroke="#eee", stroke_width=0.8)
             svg.add("line", x1=left - 3, y1=y, x2=left, y2=y, stroke="#666", stroke_width=0.8)
             svg.text(left - 5, y - line(TICK) / 2, text, TICK, "end")
 
@@ -301,11 +302,9 @@ class HBars(Panel):
                     text = ""  # a stack is labelled once, at its end
                 yield i, j, start, v, end, text
 
-    def draw(self, svg: Svg, x: float, y: float, w: float, h: float) -> None:
-        # the category labels take at most 45% of the panel; longer ones are cut
-        room = 0.45 * w
-        self.categories = [shorten(c, room) for c in self.categories]
-        super().draw(svg, x, y, w, h)
+    def draw(self, svg: Svg, x: float, y: float, w: float) -> None:
+        self.categories = [shorten(c, 0.45 * w) for c in self.categories]  # at most 45% of the panel, cut
+        super().draw(svg, x, y, w)
 
     def draw_plot(self, svg: Svg, left: float, top: float, right: float, bottom: float) -> None:
         span = right - left - 2
@@ -507,7 +506,7 @@ def figure(panels: list[Panel], cols: int = 1, wide: float = 800, title: str = "
         row = panels[r:r + cols]
         h = max(p.height() for p in row)
         for c, p in enumerate(row):
-            p.draw(svg, 2 + c * w, y, w, h)
+            p.draw(svg, 2 + c * w, y, w)
         y += h + 4
     if legend:
         y = _figure_legend(svg, wide, y, legend)
