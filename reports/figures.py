@@ -433,8 +433,9 @@ class Hist(Panel):
 
 
 class Lines(Panel):
-    """Lines ({label, points [(x, y)], color, yerr? [(below, above)], values? (annotate each point)}) over a
-    numeric x, or over `categories` (x = their index); y from the data (from 0 where `zero`) or `ylim`."""
+    """Lines ({label, points [(x, y)], color, yerr? [(below, above)], values? (labels of the points), side? (1:
+    the labels right of the points, -1: left)}) over a numeric x, or over `categories` (x = their index); y
+    from the data (from 0 where `zero`) or `ylim`."""
 
     def __init__(self, series: list[dict], *, title: str = "", xlabel: str = "", ylabel: str = "",
                  categories: list[str] | None = None, ylim: tuple[float, float] | None = None,
@@ -479,8 +480,9 @@ class Lines(Panel):
             if self.markers and len(pts) < 40:
                 for px, py in pts:
                     svg.add("circle", cx=px, cy=py, r=2.5, fill=s["color"])
+            side = s.get("side", 1)  # value labels right of the points, or left (-1)
             for (px, py), text in zip(pts, s.get("values") or []):
-                svg.text(px + 6, py - line(8) / 2, text, 8)
+                svg.text(px + 6 * side, py - line(8) / 2, text, 8, "start" if side > 0 else "end")
 
     def x_labels(self, left: float, right: float) -> list[tuple[float, str]]:
         if self.categories is not None:

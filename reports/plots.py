@@ -199,9 +199,11 @@ def evals(rows: list[dict]) -> str | None:
 
     labels = sorted({(eval_order(r), eval_label(r)) for r in rows if r.get("iteration") is not None})
     position = {label: i for i, (_, label) in enumerate(labels)}
+    # an evaluation outside the loop (`vlfactory eval` of one of its models) sits at that model's place
+    loop = {r["model"]: position[eval_label(r)] for r in rows if r.get("iteration") is not None}
     by_bench: dict[str, dict[float, tuple[float, float, float]]] = {}
     for i, r in enumerate(rows):
-        x = position.get(eval_label(r), len(labels) + i)
+        x = position[eval_label(r)] if r.get("iteration") is not None else loop.get(r["model"], len(labels) + i)
         lo, hi = wilson_interval(r["accuracy"], r["problems"]) if r["problems"] else (r["accuracy"],) * 2
         by_bench.setdefault(r["benchmark"], {})[x] = (100 * r["accuracy"], 100 * lo, 100 * hi)
     last = max(x for p in by_bench.values() for x in p)
@@ -212,7 +214,9 @@ def evals(rows: list[dict]) -> str | None:
         shift = 0.06 * (k - (len(by_bench) - 1) / 2)  # benchmarks side by side, intervals apart
         series.append({"label": bench, "color": TAB10[k % 10], "points": [(x + shift, points[x][0]) for x in xs],
                        "yerr": [(points[x][0] - points[x][1], points[x][2] - points[x][0]) for x in xs],
-                       "values": [f"{points[x][0]:.1f}" for x in xs]})
+                       # the values, while two benchmarks can show theirs on either side of the points
+                       "values": [f"{points[x][0]:.1f}" for x in xs] if len(by_bench) <= 2 else [],
+                       "side": 1 if k == 0 else -1})
     return figure([Lines(series, categories=categories, ylim=(0, 105), xlabel="model of the loop",
                          ylabel="accuracy (%), 95% interval", height=240)],
                   wide=850, title="Held-out accuracy across the loop")
