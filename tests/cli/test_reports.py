@@ -541,6 +541,22 @@ def test_bars_are_drawn_to_scale_with_round_ticks():
                                                                                         "2.5e-5"]
 
 
+def test_an_evaluation_outside_the_loop_sits_at_its_models_place():
+    """`vlfactory eval` of a loop's model (no iteration on the row) is drawn at that model's place on the loop's
+    axis, beside the loop's own evaluation of it, not at a place of its own past the loop."""
+    from vlfactory.reports import plots
+
+    loop = [{"benchmark": "a-val", "model": m, "iteration": i, "stage": stage, "accuracy": acc, "problems": 100}
+            for m, i, stage, acc in (("m0", 0, "base", 0.1), ("m1", 1, "sft", 0.6), ("m2", 1, "grpo", 0.62))]
+    outside = {"benchmark": "b-eval", "model": "m1", "iteration": None, "stage": None, "accuracy": 0.5,
+               "problems": 100}
+    svg = plots.evals([*loop, outside])
+    cx = [float(x) for x in re.findall(r'<circle cx="([^"]+)"', svg)]
+    assert len(cx) == 4 + 2, cx  # a-val's three points, b-eval's one, a marker in the legend for each
+    assert abs(cx[3] - cx[1]) < 15 and abs(cx[3] - cx[1]) < abs(cx[3] - cx[2]) / 4, cx
+    assert svg.count(">iter1 sft<") == 1 and ">-<" not in svg
+
+
 def test_text_widths_are_never_underestimated(tmp_path):
     """Every position in a plot rests on `figures.width`: in Chromium, each string (every printable ASCII
     character, words, digits, bold, a non-ASCII one) is at most as wide as it says."""
