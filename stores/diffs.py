@@ -213,15 +213,23 @@ def _inlined(lake: Lake, table: str) -> bool:
 
 def counts(lake: Lake, a: str | int, b: str | int) -> dict[str, dict[str, int]]:
     """Per table, rows added, removed and changed (by key, as `row_diff` counts them) from version A to B. A table
-    that no snapshot in between touched is not compared; a touched one is counted in one query (`_tally`)."""
+    that no snapshot in between touched is not compared; one the snapshots in between only inserted into is
+    counted from the catalog (no row is gone or changed, so the newer side's extra rows are all added); any
+    other is counted in one query (`_tally`)."""
     sa, sb = lake.resolve(a), lake.resolve(b)
     lo, hi = sorted((sa, sb))
     if lo == 0 < hi:  # the empty lake (snapshot 0, before any table): every row at the other side, from the catalog
         side, rows = "added" if sa == 0 else "removed", lake.row_counts([hi])[hi]
         return {t: {"added": 0, "removed": 0, "changed": 0} | {side: rows.get(t, 0)} for t in lake.tables()}
     touched = _touched(lake, lo, hi)
+    appended = {t for t, kinds in (touched or {}).items() if kinds <= INSERTS}
+    rows = lake.row_counts([lo, hi]) if appended else {}
     out = {}
     for table in lake.tables():
+        if table in appended:
+            grown = rows[hi].get(table, 0) - rows[lo].get(table, 0)
+            out[table] = {"added": grown if sa < sb else 0, "removed": 0 if sa < sb else grown, "changed": 0}
+            continue
         if sa == sb:
             moved = False
         elif touched is not None:
@@ -242,13 +250,15 @@ def counts(lake: Lake, a: str | int, b: str | int) -> dict[str, dict[str, int]]:
 # What a snapshot's `changes` lists by table id; any other change (a table created, dropped, renamed or
 # altered, a schema) leaves the question to table_changes, table by table.
 ROW_CHANGES = ("tables_inserted_into", "tables_deleted_from", "inlined_insert", "inlined_delete")
+INSERTS = {"tables_inserted_into", "inlined_insert"}
 
 
-def _touched(lake: Lake, lo: int, hi: int) -> set[str] | None:
-    """The tables whose rows the snapshots after `lo` up to `hi` changed, read from DuckLake's snapshot list in
-    one query (None where a snapshot changed more than rows: then each table is asked)."""
+def _touched(lake: Lake, lo: int, hi: int) -> dict[str, set[str]] | None:
+    """The tables whose rows the snapshots after `lo` up to `hi` changed, each with the kinds of change, read
+    from DuckLake's snapshot list in one query (None where a snapshot changed more than rows: then each table
+    is asked)."""
     if lo == hi:
-        return set()
+        return {}
     meta = f"__ducklake_metadata_{DB}"
     rows = lake.con.execute(f"""
         WITH c AS (SELECT unnest(map_keys(changes)) AS kind, unnest(map_values(changes)) AS ids
@@ -258,7 +268,10 @@ def _touched(lake: Lake, lo: int, hi: int) -> set[str] | None:
     """).fetchall()
     if any(kind not in ROW_CHANGES or name is None for kind, name in rows):
         return None
-    return {name for _, name in rows}
+    out: dict[str, set[str]] = {}
+    for kind, name in rows:
+        out.setdefault(name, set()).add(kind)
+    return out
 
 
 def _tally(lake: Lake, table: str, sa: int, sb: int) -> dict[str, int]:
