@@ -11,6 +11,9 @@ size, Parquet file and snapshot counts, query latency, and an idle rerun of
 distil (nothing to send). The figure: per-row cost at the end of distil over
 its cost at the start (flat = 1.0; target <= 1.5), and each stage's time at the
 large size over its time at the small one (target <= 12x for 10x the rows).
+With --report, each lake's report too: the latest version's statistics
+(reports/stats.py version_stats, its slowest queries) and `vlfactory report` as a
+user runs it (aim: well under a minute at 1M traces).
 
 What the server writes: bench/slot_server.py answers every request with the same
 one-line completion, "The answer is 42.", so distil stores and verify grades that
@@ -23,6 +26,8 @@ over small), which measure how cost grows with the number of rows.
     python bench/scale.py                      # 25k and 250k problems, n=4 (1M traces; ~15-20 min on 2 cores)
     python bench/scale.py --sizes 5000 25000   # quicker
     python bench/scale.py --keep /tmp/scale    # keep the lakes (then profile a rerun on /tmp/scale/n250000/lake)
+    python bench/scale.py --report             # and time each lake's report
+    python bench/scale.py --report-on /tmp/scale/n250000/lake   # time the report of a kept lake, build nothing
 """
 
 from __future__ import annotations
@@ -171,6 +176,40 @@ sft: {{cleaned: false}}
     return out
 
 
+def time_report(path: Path, slowest: int = 5) -> dict:
+    """Seconds of the latest version's statistics (and its slowest queries, each with the rows it fetched), then
+    of `vlfactory report` on the lake as a user runs it, in its own process."""
+    from vlfactory.reports import evals, stats
+    from vlfactory.stores.lake import Lake
+
+    timed, read = [], stats.rows
+
+    def rows(lake, sql, params=None):
+        t0 = time.perf_counter()
+        out = read(lake, sql, params)
+        timed.append((time.perf_counter() - t0, len(out), " ".join(sql.split())[:90]))
+        return out
+
+    stats.rows = evals.rows = rows  # this process only: timing each query of version_stats
+    try:
+        with Lake(path, read_only=True) as lake, lake.one_read():
+            t0 = time.perf_counter()
+            stats.version_stats(lake, "latest")
+            seconds = time.perf_counter() - t0
+    finally:
+        stats.rows = evals.rows = read
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "vlfactory.cli", "report", "--lake", str(path), "--out",
+                        f"{tmp}/report.html"], check=True, stdout=subprocess.DEVNULL)
+        report = time.perf_counter() - t0
+    print(f"  report of {path}: version_stats {seconds:.2f} s ({len(timed)} queries), vlfactory report {report:.2f} s "
+          "wall; slowest queries:", flush=True)
+    for q_s, n, sql in sorted(timed, reverse=True)[:slowest]:
+        print(f"    {q_s:6.2f} s {n:>8} rows  {sql}", flush=True)
+    return {"version_stats_s": seconds, "report_s": report}
+
+
 def _ms(seconds_per_1k: float | None) -> str:
     return "   -   " if seconds_per_1k is None else f"{1000 * seconds_per_1k:6.0f} ms"
 
@@ -180,7 +219,12 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[25_000, 250_000])
     ap.add_argument("--samples", type=int, default=4, help="distil samples per problem")
     ap.add_argument("--keep", type=Path, help="build the lakes in this folder and keep them (to profile a rerun)")
+    ap.add_argument("--report", action="store_true", help="time each lake's report (version_stats, vlfactory report)")
+    ap.add_argument("--report-on", type=Path, metavar="LAKE", help="only time the report of this lake")
     args = ap.parse_args()
+    if args.report_on:
+        print(json.dumps({k: round(v, 2) for k, v in time_report(args.report_on).items()}))
+        return
     port = free_port()
     server = subprocess.Popen([sys.executable, str(REPO / "bench" / "slot_server.py"), "--port", str(port),
                                "--slots", "256", "--latency", "0.0"], stdout=subprocess.DEVNULL,
@@ -190,6 +234,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = args.keep or Path(tmp)
             results = [run_size(n, args.samples, f"http://127.0.0.1:{port}/v1", folder) for n in args.sizes]
+            if args.report:
+                server.terminate()  # nothing left to ask it; the report has both cores
+                for n, r in zip(args.sizes, results):
+                    r |= time_report(folder / f"n{n}" / "lake")
     finally:
         server.terminate()
         server.wait(10)
@@ -202,7 +250,9 @@ def main() -> None:
     flat = d["end_ms_per_1k"] / d["start_ms_per_1k"] if d["start_ms_per_1k"] and d["end_ms_per_1k"] else None
     print(json.dumps({"distil_cost_end_over_start": flat and round(flat, 2), "target": 1.5,
                       "idle_rerun_s": [round(r["idle_rerun_s"], 1) for r in results],
-                      "snapshots": [r["snapshots"] for r in results], "files": [r["files"] for r in results]}))
+                      "snapshots": [r["snapshots"] for r in results], "files": [r["files"] for r in results]}
+                     | ({"version_stats_s": [round(r["version_stats_s"], 2) for r in results],
+                         "report_s": [round(r["report_s"], 2) for r in results]} if args.report else {})))
 
 
 if __name__ == "__main__":
