@@ -30,12 +30,23 @@ def tracked_keywords(st: VersionStats) -> list[str]:
     return list(TRACKED_KEYWORDS)
 
 
-def _keyword_sql(keywords: list[str]) -> str:
-    """Words and per-keyword counts (whole words, any case) of `completion`, summed over the rows."""
-    counts = ", ".join(f"sum(len(regexp_extract_all(lower(completion), {literal(_word(k))}))) AS \"{i}\""
+def _keyword_sql(keywords: list[str], rows: str) -> str:
+    """A query of the words and per-keyword counts (whole words, any case) of `completion`, summed over `rows` (a
+    FROM clause). Words are the runs of characters other than space, tab, newline, form feed and carriage return.
+    The one-word keywords are found in one regex pass (their alternatives: two whole words never overlap, so each
+    match is one keyword's); a keyword of several words ("but wait") by its own regex, as it may overlap another.
+    On 100k completions of ~250 words: 8 regexes 4.4 s -> 1.1 s, and the words 4.0 s (a regex split) -> 2.1 s."""
+    single = [k for k in dict.fromkeys(k.lower() for k in keywords) if re.fullmatch(r"[a-z0-9_]+", k)]
+    found = (f"regexp_extract_all(text, {literal(chr(92) + 'b(?:' + '|'.join(single) + ')' + chr(92) + 'b')})"
+             if single else "[]::VARCHAR[]")
+    counts = ", ".join(f"sum(len(list_filter(found, lambda x: x = {literal(k.lower())}))) AS \"{i}\""
+                       if k.lower() in single else f"sum(len(regexp_extract_all(text, {literal(_word(k))}))) AS \"{i}\""
                        for i, k in enumerate(keywords))
-    words = "sum(CASE WHEN trim(completion) = '' THEN 0 ELSE len(string_split_regex(trim(completion), '\\s+')) END)"
-    return f"count(*) AS samples, coalesce({words}, 0) AS words, {counts}"
+    space = "chr(9) || chr(10) || chr(12) || chr(13)"  # tab, newline, form feed, carriage return -> space
+    words = f"len(list_filter(string_split(translate(completion, {space}, '    '), ' '), lambda w: w <> ''))"
+    return f"""SELECT count(*) AS samples, coalesce(sum(words), 0) AS words, {counts}
+               FROM (SELECT {words} AS words, text, {found} AS found
+                     FROM (SELECT completion, lower(completion) AS text {rows}))"""
 
 
 def _word(keyword: str) -> str:
@@ -48,7 +59,6 @@ def keyword_rates(lake: Lake, keywords: list[str]) -> list[dict]:
     each evaluated model of the loop (eval samples of base, iterK sft, iterK grpo)."""
     out: list[dict] = []
     previous = None
-    select = _keyword_sql(keywords)
 
     def add(series: str, point: str, order: tuple, sql: str) -> None:
         for r in rows(lake, sql):
@@ -61,7 +71,7 @@ def keyword_rates(lake: Lake, keywords: list[str]) -> list[dict]:
     for k, (name, s) in enumerate(iteration_tags(lake), 1):
         for table, key in (("traces", "trace_id"), ("rollouts", "rollout_id")):
             new = f" WHERE {key} NOT IN (SELECT {key} FROM {table}@{previous})" if previous is not None else ""
-            add(table, name, (k, 0), f"SELECT {select} FROM {table}@{s}{new}")
+            add(table, name, (k, 0), _keyword_sql(keywords, f"FROM {table}@{s}{new}"))
         previous = s
     # Each evaluated model once, at the last iteration tag (evals are never rewritten).
     tags = iteration_tags(lake)
@@ -70,8 +80,8 @@ def keyword_rates(lake: Lake, keywords: list[str]) -> list[dict]:
         models = rows(lake, f"""SELECT DISTINCT iteration, stage, eval_key FROM evals@{s}
                                 WHERE iteration IS NOT NULL AND stage IS NOT NULL""")
         for m in models:
-            add("eval samples", eval_label(m), eval_order(m), f"""SELECT {select} FROM eval_samples@{s}
-                                                  WHERE eval_key = {literal(m['eval_key'])}""")
+            add("eval samples", eval_label(m), eval_order(m), _keyword_sql(keywords, f"""FROM eval_samples@{s}
+                                                  WHERE eval_key = {literal(m['eval_key'])}"""))
     # one point per (series, label): evals of several benchmarks add up
     merged: dict[tuple, dict] = {}
     for r in out:

@@ -107,3 +107,21 @@ def test_version_stats_reads_counts_not_rows(grown_lake, monkeypatch):
                                                               ("big-00001", False)]
     assert all(e["completion"].startswith("<think>wait") and e["question"] and e["caption"] is None
                for e in traces)
+
+
+def test_keyword_counts_in_one_pass_equal_a_regex_per_keyword():
+    """The one-word keywords are counted from one regex of alternatives: a keyword that begins another (may,
+    maybe) or lies inside one of several words (wait, but wait) still counts as its own regex finds it; words
+    are what str.split() finds, leading and trailing newlines included (a regex split counted them as words)."""
+    import duckdb
+
+    from vlfactory.reports.keywords import _keyword_sql
+
+    keywords = ["may", "maybe", "wait", "but wait", "Check", "first"]
+    texts = ["\nMaybe I may check.\tBut wait, wait!\n", "may-be maybe_not waiting", "", "  but   wait  ", "first\r\n"]
+    got = duckdb.sql(_keyword_sql(keywords, "FROM (SELECT unnest($t) AS completion)"),
+                     params={"t": texts}).fetchone()
+    found = [sum(len(re.findall(r"\b" + re.escape(k.lower()).replace(r"\ ", r"\s+") + r"\b", t.lower()))
+                 for t in texts) for k in keywords]
+    assert got == (len(texts), sum(len(t.split()) for t in texts), *found), got
+    assert found == [2, 1, 3, 2, 1, 1]  # may-be is may; maybe_not is one word

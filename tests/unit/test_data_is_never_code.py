@@ -215,8 +215,7 @@ def test_keywords_the_report_counts_are_sql_literals():
     from vlfactory.reports.keywords import _keyword_sql
 
     words = ["it's", "x') or 'a", "a\\b"]  # through stores.sqltext.literal, as every literal DuckDB cannot bind
-    row = duckdb.sql(f"SELECT {_keyword_sql(words)} FROM (VALUES ('It''s a\\b; x'') or ''a and it''s')) "
-                     "t(completion)").fetchone()
+    row = duckdb.sql(_keyword_sql(words, "FROM (VALUES ('It''s a\\b; x'') or ''a and it''s')) t(completion)")).fetchone()
     assert row[2:] == (2, 1, 1), row
 
 
