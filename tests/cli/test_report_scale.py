@@ -19,11 +19,13 @@ from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake
 
 GROWN = 3000  # traces added over the small lake's problems, with 7 distinct lengths
+POLICY = 600  # problems added with 4 rollouts of policy-2 each, 0 to 4 of them correct
 
 
 @pytest.fixture(scope="module")
 def grown_lake(tmp_path_factory) -> Path:
-    """The reports' small lake (two iterations, tagged), then one commit of GROWN more traces and their grades."""
+    """The reports' small lake (two iterations, tagged), then one commit of GROWN more traces and their grades,
+    and POLICY more problems with their graded rollouts."""
     lake_dir = build_lake(tmp_path_factory.mktemp("scale"))
     with Lake(lake_dir) as lake:
         problems = lake.query("SELECT problem_id, source, answer FROM problems ORDER BY problem_id").fetchall()
@@ -39,8 +41,22 @@ def grown_lake(tmp_path_factory) -> Path:
                            "top_p": 0.95, "max_tokens": 512, "seed": 0, "request_key": tid, "latency_s": 1.5,
                            "finish_reason": "stop", "run_id": run})
             grades.append(grade(tid, "traces", pid, source, ok, said, [] if ok else ["incorrect"], words))
+        added, rollouts = [], []
+        for n in range(POLICY):
+            pid = f"big-p{n:04}"
+            added.append({"problem_id": pid, "source": "charts", "source_id": pid, "split": "train",
+                          "question": f"How tall is bar {n}?", "answer": "4", "run_id": run})
+            for i in range(4):
+                ok, rid = i < n % 5, f"big-r{n:04}-{i}"
+                rollouts.append({"rollout_id": rid, "problem_id": pid, "sample_index": i, "model": "policy-2",
+                                 "completion": "<answer>4</answer>", "completion_tokens": 5, "request_key": rid,
+                                 "run_id": run})
+                grades.append(grade(rid, "rollouts", pid, "charts", ok, "4" if ok else "5",
+                                    [] if ok else ["incorrect"], 1))
         with lake.transaction("test grow"):
+            lake.insert("problems", pa.Table.from_pylist(added, schema=schema.PROBLEMS))
             lake.insert("traces", pa.Table.from_pylist(traces, schema=schema.TRACES))
+            lake.insert("rollouts", pa.Table.from_pylist(rollouts, schema=schema.ROLLOUTS))
             lake.insert("grades", pa.Table.from_pylist(grades, schema=schema.GRADES))
         lake.end_run("ok")
     return lake_dir
@@ -91,6 +107,9 @@ def test_version_stats_reads_counts_not_rows(grown_lake, monkeypatch):
                                FROM grades g LEFT JOIN traces t ON g.ref_table = 'traces' AND t.trace_id = g.ref_id
                                LEFT JOIN rollouts r ON g.ref_table = 'rollouts' AND r.rollout_id = g.ref_id
                                UNION ALL SELECT 'sft', words, NULL FROM sft""").fetchall()
+        passes = lake.query("""SELECT r.model, count(*) FILTER (WHERE g.correct), count(*) FROM rollouts r
+                               JOIN grades g ON g.ref_table = 'rollouts' AND g.ref_id = r.rollout_id
+                               WHERE g.correct IS NOT NULL GROUP BY r.problem_id, r.model""").fetchall()
     truth: dict[str, dict[str, list[int]]] = {}
     for group, words, tokens in graded:  # one row per completion, as version_stats read them before
         for unit, value in (("words", words), ("tokens", tokens)):
@@ -100,7 +119,12 @@ def test_version_stats_reads_counts_not_rows(grown_lake, monkeypatch):
     ordered = lambda lengths: {u: {g: sorted(v) for g, v in groups.items()} for u, groups in lengths.items()}
     assert ordered(st.lengths) == ordered(truth)
     assert list(st.lengths) == ["words", "tokens"]
-    assert sum(fetched) < GROWN / 10, fetched  # counts per value, not a row per completion
+    assert sum(fetched) < GROWN / 10, fetched  # counts per value, not a row per completion or per problem
+    per_model: dict[str, list[tuple[int, int]]] = {}
+    for model, correct, samples in sorted(passes):
+        per_model.setdefault(model, []).append((correct, samples))
+    assert st.pass_counts == per_model and len(per_model["policy-2"]) > POLICY
+    assert st.pass_rates == {m: [c / n for c, n in v] for m, v in per_model.items()}
     # the examples are still the first keys of each verdict, read whole
     traces = [e for e in st.examples if e["ref_table"] == "traces"]
     assert [(e["ref_id"], e["accepted"]) for e in traces] == [("big-00000", True), ("big-00003", True),
