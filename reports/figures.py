@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import math
 import re
+from collections import Counter
 
 COLORS = {"accepted": "#2a9d8f", "rejected": "#e76f51", "sft": "#264653", "added": "#2a9d8f", "removed": "#e76f51",
           "changed": "#e9c46a"}
@@ -401,8 +402,8 @@ class Hist(Panel):
         self.shares = []
         for g in groups:
             counts = [0] * bins
-            for v in g["values"]:
-                counts[min(bins - 1, int(v / top * bins))] += 1
+            for v, n in Counter(g["values"]).items():  # lengths repeat: each distinct one binned once
+                counts[min(bins - 1, int(v / top * bins))] += n
             self.shares.append([100 * c / len(g["values"]) for c in counts])
         peak = max(max(s) for s in self.shares)
         self.y = ticks(0, peak * 1.05)

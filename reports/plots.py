@@ -83,10 +83,14 @@ def pass_rates(counts: dict[str, list[tuple[int, int]]], band: tuple[float, floa
 
     from vlfactory.reports.stats import short_name
 
-    values = sorted({Fraction(c, n) for v in counts.values() for c, n in v if n})
+    pairs = {model: Counter(v) for model, v in counts.items()}  # a rate per distinct (correct, samples), not per row
+    values = sorted({Fraction(c, n) for p in pairs.values() for c, n in p if n})
     series = []
     for i, (model, v) in enumerate(counts.items()):
-        seen = Counter(Fraction(c, n) for c, n in v if n)
+        seen = Counter()
+        for (c, n), k in pairs[model].items():
+            if n:
+                seen[Fraction(c, n)] += k
         series.append({"label": f"{short_name(model, names or {})} ({len(v):,} problems)",
                        "values": [seen[x] for x in values], "color": TAB10[i % 10]})
     inside = [j for j, x in enumerate(values) if band and band[0] <= x <= band[1]]
