@@ -442,9 +442,10 @@ class Lines(Panel):
                  categories: list[str] | None = None, ylim: tuple[float, float] | None = None,
                  integer_x: bool = False, legend: bool = True, height: float = 200, markers: bool = True,
                  zero: bool = True):
+        series = [_finite(s) for s in series]  # a training can log nan or inf (a diverged loss): not drawn
         self.series, self.categories, self.integer_x, self.markers = series, categories, integer_x, markers
         ends = [(y - e[0], y + e[1]) for s in series for (_, y), e in zip(s["points"], _errors(s))]
-        lo, hi = min(e[0] for e in ends), max(e[1] for e in ends)
+        lo, hi = min((e[0] for e in ends), default=0.0), max((e[1] for e in ends), default=1.0)
         if zero:
             lo = min(lo, 0.0)
         pad = 0.05 * ((hi - lo) or abs(hi) or 1)
@@ -490,6 +491,17 @@ class Lines(Panel):
             return [(self.sx(i), c) for i, c in enumerate(self.categories)]
         values = ticks(self.xlo, self.xhi, integer=self.integer_x)
         return [(self.sx(v), short_number(v)) for v in values]
+
+
+def _finite(series: dict) -> dict:
+    """The series without its points whose x, y or interval is not a finite number."""
+    keep = [i for i, ((x, y), (lo, hi)) in enumerate(zip(series["points"], _errors(series)))
+            if all(math.isfinite(v) for v in (x, y, lo, hi))]
+    out = series | {"points": [series["points"][i] for i in keep]}
+    for key in ("yerr", "values"):
+        if series.get(key):
+            out[key] = [series[key][i] for i in keep]
+    return out
 
 
 def _errors(series: dict) -> list[tuple[float, float]]:

@@ -557,6 +557,20 @@ def test_an_evaluation_outside_the_loop_sits_at_its_models_place():
     assert svg.count(">iter1 sft<") == 1 and ">-<" not in svg
 
 
+def test_a_diverged_training_nan_and_inf_is_drawn_without_them():
+    """TRL logs nan or inf when a training diverges: the curves leave those points out (the SVG parses, no nan
+    coordinate) and draw the rest; a metric logged only as nan gets its panel, empty."""
+    from xml.etree import ElementTree
+
+    from vlfactory.reports import plots
+
+    nan, inf = float("nan"), float("inf")
+    svg = plots.curves({"iter1 sft": {"loss": [(1, 0.5), (2, nan), (3, inf), (4, 0.3)], "grad_norm": [(1, nan)]}})
+    ElementTree.fromstring(svg)
+    assert "nan" not in svg.lower() and "inf" not in svg.replace("info", "")
+    assert ">loss<" in svg and ">grad norm<" in svg and svg.count('<circle cx=') == 2 + 1  # 2 points, the legend's
+
+
 def test_text_widths_are_never_underestimated(tmp_path):
     """Every position in a plot rests on `figures.width`: in Chromium, each string (every printable ASCII
     character, words, digits, bold, a non-ASCII one) is at most as wide as it says."""
