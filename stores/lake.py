@@ -63,12 +63,6 @@ class Lake(Versions, Reads, Writes):
             if not create or self.read_only:
                 raise LakeError(f"no lake at {self.spec.display} (run `vlfactory ingest RECIPE` first, or pass --lake)")
             catalog.parent.mkdir(parents=True, exist_ok=True)
-            if self.spec.catalog.startswith("ducklake:sqlite:"):
-                # Write-ahead logging (kept in the file): readers never wait for a writer, nor it for them.
-                import sqlite3
-
-                with contextlib.closing(sqlite3.connect(catalog)) as db:
-                    db.execute("PRAGMA journal_mode=WAL")
         # DuckDB checks an extension file's signature at every LOAD: 0.15-0.3 s for each of the 35 MB ducklake and
         # sqlite files, most of what `vlfactory versions` or `sql` cost. A read-only Lake skips the check: its
         # extensions are the ones `load_extension` installed in DuckDB's own folder (from the registry packages,
@@ -89,6 +83,13 @@ class Lake(Versions, Reads, Writes):
             self._open_read_only(at)
         else:
             with self._writer_lock():  # two commands creating one new lake: one creates, the other finds it
+                if catalog is not None and not catalog.exists() and self.spec.catalog.startswith("ducklake:sqlite:"):
+                    # Write-ahead logging (kept in the file): readers never wait for a writer, nor it for them.
+                    # Switched under the lock: two processes switching one new file at once, one gets "locked".
+                    import sqlite3
+
+                    with contextlib.closing(sqlite3.connect(catalog)) as db:
+                        db.execute("PRAGMA journal_mode=WAL")
                 self._attach(None)
                 self.migrate()  # an old lake opens with a newer vlfactory: a write command upgrades it
 
