@@ -140,7 +140,7 @@ def version_sections(lake: Lake, st: VersionStats, compare_to: tuple[str, int] |
         _section(prefix + "pass-rates", "Pass rates of rollouts",
                  _figure(plots.pass_rates(st.pass_counts, st.band, st.names), "Pass-rate histogram", "pass-rates"),
                  f'<p class="meta">RL band: [{st.band[0]}, {st.band[1]}] (the rl set keeps problems whose pass rate '
-                 "lies in it)</p>" if st.band and st.pass_rates else ""),
+                 "lies in it)</p>" if st.band and st.pass_counts else ""),
         _section(prefix + "distributions", "Finish reasons and answers",
                  _figure(plots.distributions(st.finish, st.answers), "Finish reasons and answers", "distributions")),
         _section(prefix + "examples", "Example samples", _examples(st)),

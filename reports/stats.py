@@ -67,8 +67,7 @@ class VersionStats:
     rejected: list[dict] = field(default_factory=list)                # stage, reason, rows
     verdicts: list[dict] = field(default_factory=list)                # ref_table, reason, rows (graded, not accepted)
     lengths: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # words|tokens -> group -> values
-    pass_rates: dict[str, list[float]] = field(default_factory=dict)  # policy model -> per-problem pass rates
-    pass_counts: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # ... as (correct, samples)
+    pass_counts: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # policy -> per problem (right, n)
     usage: list[dict] = field(default_factory=list)                   # stage, model, calls, tokens, latency
     sampling: list[dict] = field(default_factory=list)                # stage, model, temperature, top_p, ...
     prompts: list[dict] = field(default_factory=list)                 # stage, name, prompt_hash, text
@@ -93,6 +92,11 @@ class VersionStats:
     @property
     def sources(self) -> list[str]:
         return sorted(self.funnel)
+
+    @property
+    def pass_rates(self) -> dict[str, list[float]]:
+        """Per policy model, each problem's pass rate (correct / samples)."""
+        return {model: [c / n for c, n in counts] for model, counts in self.pass_counts.items()}
 
     @property
     def band(self) -> tuple[float, float] | None:
@@ -168,7 +172,6 @@ def version_stats(lake: Lake, version: str | int, since: int | None = None) -> V
                        FROM rollouts@{s} r JOIN grades@{s} g ON g.ref_table = 'rollouts' AND g.ref_id = r.rollout_id
                        WHERE g.correct IS NOT NULL GROUP BY r.problem_id, r.model)
                    GROUP BY ALL ORDER BY ALL"""):
-        st.pass_rates.setdefault(r["model"], []).extend([r["correct"] / r["samples"]] * r["problems"])
         st.pass_counts.setdefault(r["model"], []).extend([(r["correct"], r["samples"])] * r["problems"])
     st.usage = q(f"""SELECT stage, model, count(*) AS calls, sum(prompt_tokens) AS prompt_tokens,
                                      sum(completion_tokens) AS completion_tokens, sum(latency_s) AS latency_s
