@@ -103,10 +103,10 @@ def main() -> None:
 
 def report(recipe, work: Path, wall: float | None, bench: str) -> str:
     from vlfactory import verify
+    from vlfactory.reports.evals import wilson_interval
     from vlfactory.sources.readers import read_source
     from vlfactory.sources.synthetic import blank_copy, shape_set
     from vlfactory.stages.eval import run as evaluate
-    from vlfactory.stages.eval import wilson_interval
     from vlfactory.stores.lake import Lake
 
     val = recipe.loop.benchmarks[0]

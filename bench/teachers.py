@@ -40,8 +40,8 @@ def main() -> None:
     from vlfactory.models import resolve_model
     from vlfactory.prompts import load_template
     from vlfactory.recipe import load_recipe
+    from vlfactory.reports.evals import wilson_interval
     from vlfactory.sources.readers import read_source
-    from vlfactory.stages.eval import wilson_interval
 
     recipe = load_recipe(a.recipe)
     src = next(s for s in recipe.sources if s.name == "synthetic")

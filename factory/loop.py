@@ -322,7 +322,7 @@ def _clock(seconds: float) -> str:
 
 def evals_table(rows: list[dict]) -> str:
     """The loop's models side by side: held-out accuracy with a 95% Wilson interval over the problems."""
-    from vlfactory.stages.eval import wilson_interval
+    from vlfactory.reports.evals import wilson_interval
 
     head = ["model", "identity", "iteration", "stage", "benchmark", "accuracy", "95% CI", "problems"]
     lines = [head]

@@ -55,7 +55,6 @@ from vlfactory.sources.images import images_root, load_image
 from vlfactory.sources.readers import read_source
 from vlfactory.prompts import load_template
 from vlfactory.recipe import EvalConfig
-from vlfactory.reports.evals import wilson_interval  # noqa: F401 (the reports' statistics; imported from here too)
 from vlfactory.stages import Scope, StageResult
 from vlfactory.stores import schema
 from vlfactory.stores.lake import Lake

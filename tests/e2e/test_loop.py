@@ -101,7 +101,7 @@ def test_quickstart_loop_learns_and_resumes_after_a_kill(tmp_path):
         assert metrics["steps_reward_std_nonzero"] >= max(8.0, 0.25 * metrics["logged_steps"]), metrics
 
     # learning beyond noise: the SFT model's 95% interval lies above the base model's
-    from vlfactory.stages.eval import wilson_interval
+    from vlfactory.reports.evals import wilson_interval
 
     base, sft, final = evals[(0, "base")], evals[(1, "sft")], evals[(2, "grpo")]
     assert sft[1] == base[1] == final[1] >= 500 and {(1, "grpo"), (2, "sft")} <= set(evals)
