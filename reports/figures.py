@@ -101,6 +101,13 @@ def ticks(lo: float, hi: float, most: int = 5, integer: bool = False) -> list[fl
     return [v for v in values if lo - 1e-9 * step <= v <= hi + 1e-9 * step][:most + 1]
 
 
+def _from_zero(top: float, integer: bool = False) -> tuple[list[float], float]:
+    """An axis from 0 to a little over `top`: its ticks and its end."""
+    end = max(1, top * 1.05) if integer else top * 1.05
+    values = ticks(0, end, integer=integer)
+    return values, max(values[-1], end)
+
+
 def _n(v: float) -> str:
     return f"{v:.1f}".rstrip("0").rstrip(".")
 
@@ -360,9 +367,7 @@ class VBars(Panel):
         if band:
             items.append({"label": band_label, "color": "#f4a261", "opacity": 0.35})
         super().__init__(title, xlabel, ylabel, items, plot_height=220)
-        top = max((max(s["values"], default=0) for s in series), default=0)
-        self.values = ticks(0, max(1, top * 1.05), integer=True)
-        self.hi = max(self.values[-1], top * 1.05)
+        self.values, self.hi = _from_zero(max((max(s["values"], default=0) for s in series), default=0), True)
 
     def left_labels(self) -> list[str]:
         return [short_number(v) for v in self.values]
@@ -405,9 +410,7 @@ class Hist(Panel):
             for v, n in Counter(g["values"]).items():  # lengths repeat: each distinct one binned once
                 counts[min(bins - 1, int(v / top * bins))] += n
             self.shares.append([100 * c / len(g["values"]) for c in counts])
-        peak = max(max(s) for s in self.shares)
-        self.y = ticks(0, peak * 1.05)
-        self.hi = max(self.y[-1], peak * 1.05)
+        self.y, self.hi = _from_zero(max(max(s) for s in self.shares))
         super().__init__("", xlabel, ylabel, plot_height=220)
 
     def left_labels(self) -> list[str]:
